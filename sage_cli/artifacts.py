@@ -1,0 +1,324 @@
+"""Every on-disk artifact of the pipeline: Parquet schemas, JSON records, atomic writes, guards.
+
+Each stage writes its tables with :func:`write_table` and finishes by writing a JSON record
+(``prepare.json``, ``encode.json``, ``train.json`` ...) with :func:`write_record`. The record is
+written last, so a directory with tables but no record is an interrupted run. Later stages read
+tables with :func:`read_table`, which validates columns and types against the schemas below and
+fails with a one-line error naming the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from sage_cli import __version__
+from sage_cli.errors import SageError
+
+SCHEMA_VERSION = 1
+_META_TABLE = b"sage.table"
+_META_VERSION = b"sage.schema_version"
+
+# A column type of ``None`` in a schema below means "fixed-size list of float32, any size".
+EMBEDDING = None
+
+
+@dataclass(frozen=True)
+class TableSchema:
+    """Name, file name and column types of one Parquet artifact."""
+
+    name: str
+    filename: str
+    columns: Mapping[str, pa.DataType | None]
+
+    def arrow_schema(self, embedding_dim: int | None = None) -> pa.Schema:
+        fields = []
+        for col, dtype in self.columns.items():
+            if dtype is EMBEDDING:
+                if embedding_dim is None:
+                    raise ValueError(f"{self.name}: embedding_dim is required for column {col!r}")
+                dtype = pa.list_(pa.float32(), embedding_dim)
+            fields.append(pa.field(col, dtype))
+        meta = {_META_TABLE: self.name.encode(), _META_VERSION: str(SCHEMA_VERSION).encode()}
+        return pa.schema(fields, metadata=meta)
+
+
+MANIFEST = TableSchema(
+    "manifest",
+    "manifest.parquet",
+    {"sample_id": pa.int64(), "path": pa.string(), "label": pa.int64(), "split": pa.string()},
+)
+CLASSES = TableSchema(
+    "classes",
+    "classes.parquet",
+    {
+        "class_id": pa.int64(),
+        "name": pa.string(),
+        "train_count": pa.int64(),
+        "prior": pa.float64(),
+        "group": pa.string(),
+    },
+)
+TEXT_CACHE = TableSchema(
+    "text_cache",
+    "text_cache.parquet",
+    {
+        "class_id": pa.int64(),
+        "class_name": pa.string(),
+        "source": pa.string(),
+        "text": pa.string(),
+        "embedding": EMBEDDING,
+    },
+)
+CLASS_EMBEDDINGS = TableSchema(
+    "class_embeddings",
+    "class_embeddings.parquet",
+    {"class_id": pa.int64(), "class_name": pa.string(), "embedding": EMBEDDING},
+)
+PREDICTIONS = TableSchema(
+    "predictions",
+    "predictions.parquet",
+    {
+        "sample_id": pa.int64(),
+        "label": pa.int64(),
+        "top_classes": pa.list_(pa.int64()),
+        "top_scores": pa.list_(pa.float32()),
+    },
+)
+
+SPLITS = ("train", "val", "test")
+GROUPS = ("many", "medium", "few")
+
+PREPARE_RECORD = "prepare.json"
+ENCODE_RECORD = "encode.json"
+TRAIN_RECORD = "train.json"
+REPORT_RECORD = "report.json"
+
+
+# --------------------------------------------------------------------------------------------
+# Atomic writes
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it over ``path`` only on success.
+
+    An interrupted or failed write leaves the old file (or nothing) in place, never half a file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
+    text = json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n"
+    write_bytes_atomic(path, text.encode())
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item"):  # numpy / torch scalars
+        return obj.item()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+# --------------------------------------------------------------------------------------------
+# Parquet tables
+
+
+def write_table(
+    directory: str | os.PathLike[str],
+    schema: TableSchema,
+    data: pa.Table | Mapping[str, Any] | Any,
+    embedding_dim: int | None = None,
+) -> Path:
+    """Write ``data`` (Arrow table, dict of columns or pandas DataFrame) as ``schema``, atomically."""
+    target = schema.arrow_schema(embedding_dim)
+    if isinstance(data, pa.Table):
+        table = data.select(list(schema.columns)).cast(target)
+    elif hasattr(data, "to_dict") and hasattr(data, "columns"):  # pandas
+        table = pa.Table.from_pandas(data[list(schema.columns)], schema=target, preserve_index=False)
+    else:
+        table = pa.table({c: data[c] for c in schema.columns}, schema=target)
+    table = table.replace_schema_metadata(target.metadata)
+    path = Path(directory) / schema.filename
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+    return path
+
+
+def read_table(directory_or_file: str | os.PathLike[str], schema: TableSchema) -> pa.Table:
+    """Read and validate one artifact table. Raises :class:`SageError` naming the file."""
+    path = Path(directory_or_file)
+    if path.is_dir() or path.suffix != ".parquet":
+        path = path / schema.filename
+    if not path.is_file():
+        raise SageError(f"{path}: missing ({schema.name} table); run the stage that writes it first")
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises several types for corrupt files
+        raise SageError(f"{path}: not a readable Parquet file ({exc})") from None
+    validate_table(table, schema, path)
+    return table
+
+
+def validate_table(table: pa.Table, schema: TableSchema, path: Path | str) -> None:
+    meta = table.schema.metadata or {}
+    name = meta.get(_META_TABLE, b"").decode()
+    if name and name != schema.name:
+        raise SageError(f"{path}: holds a {name!r} table, expected {schema.name!r}")
+    version = int(meta.get(_META_VERSION, b"0") or 0)
+    if version > SCHEMA_VERSION:
+        raise SageError(
+            f"{path}: schema version {version} is newer than this sage ({SCHEMA_VERSION}); upgrade sage"
+        )
+    for col, dtype in schema.columns.items():
+        if col not in table.column_names:
+            raise SageError(f"{path}: column {col!r} is missing ({schema.name} table)")
+        actual = table.schema.field(col).type
+        if dtype is EMBEDDING:
+            ok = pa.types.is_fixed_size_list(actual) and actual.value_type == pa.float32()
+            want = "fixed_size_list<float32>"
+        else:
+            ok = actual == dtype
+            want = str(dtype)
+        if not ok:
+            raise SageError(f"{path}: column {col!r} has type {actual}, expected {want}")
+
+
+def embedding_matrix(table: pa.Table, column: str = "embedding") -> Any:
+    """The fixed-size-list column as a float32 numpy array of shape [rows, dim]."""
+    col = table.column(column).combine_chunks()
+    dim = col.type.list_size
+    return col.values.to_numpy(zero_copy_only=False).reshape(-1, dim)
+
+
+# --------------------------------------------------------------------------------------------
+# Hashes and records
+
+
+def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_json(obj: Any) -> str:
+    """Content hash of a JSON-serialisable object (keys sorted, so order does not matter)."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=_json_default)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def software_versions() -> dict[str, str]:
+    versions = {"sage": __version__, "python": platform.python_version()}
+    for module in ("torch", "open_clip", "pandas", "pyarrow"):
+        try:
+            versions[module] = __import__(module).__version__
+        except Exception:  # not installed or no version attribute
+            continue
+    return versions
+
+
+def build_record(stage: str, inputs: Mapping[str, Any], **fields: Any) -> dict[str, Any]:
+    """A stage record: what ran, on which inputs (with a fingerprint of them), with what software."""
+    return {
+        "stage": stage,
+        "schema_version": SCHEMA_VERSION,
+        "fingerprint": sha256_json(inputs),
+        "inputs": dict(inputs),
+        **fields,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "versions": software_versions(),
+    }
+
+
+def write_record(directory: str | os.PathLike[str], filename: str, record: Mapping[str, Any]) -> Path:
+    path = Path(directory) / filename
+    write_json_atomic(path, record)
+    return path
+
+
+def read_record(directory: str | os.PathLike[str], filename: str) -> dict[str, Any]:
+    path = Path(directory) / filename
+    if not path.is_file():
+        raise SageError(f"{path}: missing; is {Path(directory)} the output of the stage that writes it?")
+    try:
+        record = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SageError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(record, dict) or "fingerprint" not in record:
+        raise SageError(f"{path}: not a sage stage record (no 'fingerprint')")
+    if int(record.get("schema_version", 0)) > SCHEMA_VERSION:
+        raise SageError(f"{path}: written by a newer sage (schema {record['schema_version']}); upgrade sage")
+    return record
+
+
+def guard_output_dir(
+    directory: str | os.PathLike[str],
+    record_name: str,
+    fingerprint: str,
+    outputs: tuple[str, ...],
+    force: bool,
+) -> bool:
+    """Decide whether a stage may write into ``directory``.
+
+    Returns True when the directory already holds this exact result (same fingerprint): the stage
+    can skip its work. Returns False when the directory is free (or ``force``). Raises
+    :class:`SageError` when it holds outputs of other inputs, or of an interrupted run, and
+    ``force`` is not set: an existing artifact is never overwritten silently.
+    """
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise SageError(f"{directory}: exists and is not a directory")
+    record_path = directory / record_name
+    if record_path.is_file():
+        try:
+            existing = json.loads(record_path.read_text()).get("fingerprint")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            existing = None
+        if existing == fingerprint and all((directory / o).exists() for o in outputs):
+            return not force
+        if not force:
+            raise SageError(
+                f"{directory}: holds a {record_name.removesuffix('.json')} result of other inputs; "
+                "choose another --out or pass --force to overwrite it"
+            )
+        return False
+    present = [o for o in outputs if (directory / o).exists()]
+    if present and not force:
+        raise SageError(
+            f"{directory}: holds {present[0]} without {record_name} (an interrupted run?); "
+            "pass --force to overwrite it"
+        )
+    return False

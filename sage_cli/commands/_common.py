@@ -1,0 +1,42 @@
+"""What every command body shares: error mapping and explicit-flag detection."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+import typer
+
+from sage_cli.console import err_console
+from sage_cli.errors import SageError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def handle_errors(fn: F) -> F:
+    """Turn a :class:`SageError` into one red line on stderr and exit code 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except SageError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", soft_wrap=True, markup=True, highlight=False)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            err_console.print("[yellow]interrupted[/]")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def explicit_params(ctx: typer.Context) -> set[str]:
+    """Names of the parameters the user actually passed on the command line (not defaults)."""
+    explicit = set()
+    for name in ctx.params:
+        source = ctx.get_parameter_source(name)
+        if source in (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT):
+            explicit.add(name)
+    return explicit
