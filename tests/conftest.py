@@ -7,6 +7,10 @@ import os
 import pytest
 import torch
 
+# No test may reach the network: open_clip / huggingface_hub must stay offline.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
 # Keep tests deterministic and light on a 2-core machine.
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
