@@ -1,0 +1,209 @@
+"""Logit-adjusted cross-entropy with a distribution mismatch-aware compensation factor.
+
+    L = CE(z(x) + tau * log(pi) - delta, y)
+
+``pi`` is the training label prior (a buffer); ``delta`` [C] comes from a compensation estimator
+chosen by name in :data:`ESTIMATORS`: "semantic" (text-anchored shrinkage estimate, needs the
+image features), "count" (lambda * log(1 + kappa / n_y)) or "none" (plain logit adjustment).
+Estimator statistics are buffers, so ``loss.state_dict()`` checkpoints them. Predictions at test
+time use ``z(x)`` alone. See docs/method.md for the derivation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from sage_cli.errors import SageError
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """tau scales log(pi); lam, kappa, delta_max shape delta; ema is the running-stats momentum."""
+
+    tau: float = 1.0
+    compensation: str = "semantic"
+    lam: float = 1.0
+    kappa: float = 16.0
+    delta_max: float = 5.0
+    ema: float = 0.9
+
+    def __post_init__(self) -> None:
+        if self.compensation not in ESTIMATORS:
+            raise SageError(_unknown_estimator(self.compensation))
+        checks = [
+            (self.tau >= 0, f"--tau must be >= 0; got {self.tau}"),
+            (self.lam >= 0, f"--lam must be >= 0; got {self.lam}"),
+            (self.kappa > 0, f"--kappa must be > 0; got {self.kappa}"),
+            (self.delta_max >= 0, f"--delta-max must be >= 0; got {self.delta_max}"),
+            (0 <= self.ema < 1, f"--ema must be in [0, 1); got {self.ema}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise SageError(message)
+
+
+class CompensationEstimator(nn.Module):
+    """Estimates delta [C]; ``update`` sees each training batch's (detached) features and labels."""
+
+    needs_features: bool = False
+
+    def __init__(self, class_counts: torch.Tensor, text_embeddings: torch.Tensor, cfg: LossConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.register_buffer("class_counts", class_counts.detach().clone().float())  # [C]
+
+    @property
+    def num_classes(self) -> int:
+        return self.class_counts.shape[0]
+
+    def update(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        """Fold one batch into the running statistics (no-op unless the estimator keeps any)."""
+
+    def delta(self) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class NoCompensation(CompensationEstimator):
+    """delta = 0: plain logit adjustment."""
+
+    def delta(self) -> torch.Tensor:
+        return torch.zeros_like(self.class_counts)
+
+
+class CountCompensation(CompensationEstimator):
+    """delta_y = lam * log(1 + kappa / n_y): a count-only proxy, needs no features."""
+
+    def delta(self) -> torch.Tensor:
+        return self.cfg.lam * torch.log1p(self.cfg.kappa / self.class_counts)
+
+
+class SemanticCompensation(CompensationEstimator):
+    """delta_y = lam * (kappa / (n_y + kappa))^2 * ||m_y - t'_y||^2 / S^2, clamped to [0, delta_max].
+
+    m_y: EMA mean of v(x) over class y; S^2: EMA of the pooled mean squared distance of v(x) to
+    its class mean; t'_y = t_y - mean_c(t_c) + mean_x(v(x)): the text vector moved across the
+    modality gap, with mean_x the EMA of the batch feature mean. delta = 0 until every class has
+    been seen once.
+    """
+
+    needs_features = True
+
+    def __init__(self, class_counts: torch.Tensor, text_embeddings: torch.Tensor, cfg: LossConfig) -> None:
+        super().__init__(class_counts, text_embeddings, cfg)
+        text = F.normalize(text_embeddings.detach().float(), dim=-1)
+        num_classes, dim = text.shape
+        self.register_buffer("centred_text", text - text.mean(dim=0))  # t_y - mean_c(t_c), [C, E]
+        self.register_buffer("class_means", torch.zeros(num_classes, dim))  # m_y, [C, E]
+        self.register_buffer("seen", torch.zeros(num_classes, dtype=torch.bool))  # [C]
+        self.register_buffer("feature_mean", torch.zeros(dim))  # mean_x v(x), [E]
+        self.register_buffer("spread", torch.zeros(()))  # S^2
+        self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def update(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        # Full [C, E] updates rather than boolean indexing: no host sync on a GPU.
+        sums, counts, sq_norms = _class_sums(features.detach().float(), labels, self.num_classes)
+        present = counts > 0  # [C]
+        keep = torch.where(present, torch.where(self.seen, self.cfg.ema, 0.0), 1.0)[:, None]  # [C, 1]
+        batch_means = sums / counts.clamp_min(1)[:, None]  # [C, E]
+        self.class_means.mul_(keep).add_((1 - keep) * batch_means)
+        self.seen |= present
+        means = self.class_means
+        # sum_i ||f_i - m_y||^2 = sum_i ||f_i||^2 - 2 m_y . sum_i f_i + n ||m_y||^2 (0 for absent classes)
+        sq_dist = sq_norms - 2 * (means * sums).sum(-1) + counts * means.pow(2).sum(-1)  # [C]
+        total = counts.sum().clamp_min(1)
+        momentum = torch.where(self.num_updates > 0, self.cfg.ema, 0.0)  # first batch: take it
+        self.spread.mul_(momentum).add_((1 - momentum) * sq_dist.sum().clamp_min(0) / total)
+        self.feature_mean.mul_(momentum).add_((1 - momentum) * sums.sum(0) / total)
+        self.num_updates += 1
+
+    def delta(self) -> torch.Tensor:
+        anchors = self.centred_text + self.feature_mean  # t'_y, [C, E]
+        distance = (self.class_means - anchors).pow(2).sum(-1)  # [C]
+        shrink = (self.cfg.kappa / (self.class_counts + self.cfg.kappa)) ** 2
+        delta = self.cfg.lam * shrink * distance / self.spread.clamp_min(1e-12)
+        # zero until every class has been seen once (a where, not an if: no host sync)
+        return torch.where(self.seen.all(), delta.clamp(0.0, self.cfg.delta_max), 0.0)
+
+
+def _class_sums(
+    features: torch.Tensor, labels: torch.Tensor, num_classes: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-class feature sums [C, E], counts [C] and summed squared norms [C], all-reduced under DDP."""
+    dim = features.shape[1]
+    packed = torch.zeros(num_classes, dim + 2, device=features.device, dtype=features.dtype)
+    packed[:, :dim].index_add_(0, labels, features)
+    packed[:, dim].index_add_(0, labels, torch.ones_like(labels, dtype=features.dtype))
+    packed[:, dim + 1].index_add_(0, labels, features.pow(2).sum(-1))
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(packed)  # every rank folds in the same global batch statistics
+    return packed[:, :dim], packed[:, dim], packed[:, dim + 1]
+
+
+ESTIMATORS: dict[str, type[CompensationEstimator]] = {
+    "semantic": SemanticCompensation,
+    "count": CountCompensation,
+    "none": NoCompensation,
+}
+
+
+def _unknown_estimator(name: str) -> str:
+    return f"--compensation must be one of {', '.join(ESTIMATORS)}; got {name!r}"
+
+
+def build_estimator(
+    name: str, class_counts: torch.Tensor, text_embeddings: torch.Tensor, cfg: LossConfig
+) -> CompensationEstimator:
+    """Look ``name`` up in :data:`ESTIMATORS`; a SageError listing the valid names otherwise."""
+    if name not in ESTIMATORS:
+        raise SageError(_unknown_estimator(name))
+    return ESTIMATORS[name](class_counts, text_embeddings, cfg)
+
+
+class CompensatedLALoss(nn.Module):
+    """CE(logits + tau * log(pi) - delta, y); in train mode the estimator sees the batch first."""
+
+    def __init__(self, cfg: LossConfig, class_counts: torch.Tensor, estimator: CompensationEstimator) -> None:
+        super().__init__()
+        self.cfg = cfg
+        prior = class_counts.detach().float() / class_counts.sum()
+        self.register_buffer("log_prior", prior.log())  # [C]
+        self.estimator = estimator
+
+    def delta(self) -> torch.Tensor:
+        """The current compensation factor [C]."""
+        return self.estimator.delta()
+
+    def forward(
+        self, logits: torch.Tensor, labels: torch.Tensor, features: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if self.training:
+            if features is None and self.estimator.needs_features:
+                raise ValueError(f"the {self.cfg.compensation!r} compensation needs the image features")
+            if features is not None:
+                self.estimator.update(features, labels)
+        offset = self.cfg.tau * self.log_prior - self.estimator.delta()  # [C]
+        return F.cross_entropy(logits.float() + offset, labels)
+
+
+def build_loss(
+    cfg: LossConfig, class_counts: torch.Tensor, text_embeddings: torch.Tensor
+) -> CompensatedLALoss:
+    """The training loss for ``class_counts`` [C] (images per class) and text vectors [C, E]."""
+    class_counts = torch.as_tensor(class_counts).detach().float().cpu()
+    num_classes = class_counts.shape[0] if class_counts.ndim == 1 else -1
+    if num_classes < 1 or text_embeddings.ndim != 2 or text_embeddings.shape[0] != num_classes:
+        raise SageError(
+            f"class counts {tuple(class_counts.shape)} and text embeddings {tuple(text_embeddings.shape)} "
+            f"disagree on the number of classes"
+        )
+    empty = torch.nonzero(class_counts <= 0).flatten().tolist()
+    if empty:
+        raise SageError(f"classes {empty[:5]} have no training images; every class needs at least one")
+    estimator = build_estimator(cfg.compensation, class_counts, text_embeddings.detach().cpu(), cfg)
+    return CompensatedLALoss(cfg, class_counts, estimator)

@@ -1,0 +1,59 @@
+"""AdapterConfig validation and LIFT's bottleneck rule."""
+
+from __future__ import annotations
+
+import pytest
+
+from sage_cli.errors import SageError
+from sage_cli.model import AdapterConfig, compute_default_bottleneck
+
+
+@pytest.mark.parametrize(
+    ("num_classes", "num_layers", "expected"),
+    [
+        (1000, 12, 32),  # 1000 / 24 = 41.7 -> 2^5 (ImageNet-LT, LIFT's figure)
+        (8142, 12, 256),  # 339.3 -> 2^8 (iNaturalist 2018)
+        (365, 12, 8),  # Places-LT: 15.2 -> 2^3
+        (100, 12, 4),  # CIFAR-100: 4.17 -> 2^2
+        (10, 12, 1),  # 0.42 -> floor(log2) < 0 -> 2^0
+        (24, 12, 1),  # exactly 1 -> 2^0
+        (48, 12, 2),  # exactly 2 -> 2^1
+        (47, 12, 1),  # just under 2
+        (10, 2, 2),  # sage-tiny with 10 classes: 2.5 -> 2^1
+    ],
+)
+def test_default_bottleneck_follows_lift_rule(num_classes: int, num_layers: int, expected: int) -> None:
+    assert compute_default_bottleneck(num_classes, num_layers) == expected
+
+
+def test_guidance_resolves_per_method() -> None:
+    assert AdapterConfig(method="sage").use_guidance is True
+    assert AdapterConfig(method="sage", guidance=False).use_guidance is False
+    assert AdapterConfig(method="lift").use_guidance is False
+    assert AdapterConfig(method="linear").use_adapters is False
+    assert AdapterConfig(method="zeroshot").use_adapters is False
+
+
+def test_blocks_list_is_normalised_to_tuple() -> None:
+    assert AdapterConfig(blocks=[0, 1]).blocks == (0, 1)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "flag"),
+    [
+        ({"method": "lora"}, "--method"),
+        ({"activation": "tanh"}, "--activation"),
+        ({"bottleneck": 0}, "--bottleneck"),
+        ({"attn_heads": 0}, "--attn-heads"),
+        ({"guidance_tokens": 0}, "--guidance-tokens"),
+        ({"logit_scale": 0.0}, "--logit-scale"),
+        ({"blocks": (0, 0)}, "--blocks"),
+        ({"blocks": (-1,)}, "--blocks"),
+        ({"blocks": ()}, "--blocks"),
+        ({"method": "lift", "guidance": True}, "--guidance"),
+    ],
+)
+def test_bad_config_names_the_flag(kwargs: dict, flag: str) -> None:
+    with pytest.raises(SageError, match=flag) as info:
+        AdapterConfig(**kwargs)
+    assert "\n" not in str(info.value)

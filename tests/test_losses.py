@@ -1,0 +1,192 @@
+"""The compensated logit-adjusted loss and its estimators, against hand-computed values."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from sage_cli.errors import SageError
+from sage_cli.losses import (
+    ESTIMATORS,
+    CountCompensation,
+    LossConfig,
+    NoCompensation,
+    SemanticCompensation,
+    build_estimator,
+    build_loss,
+)
+
+AXES = torch.eye(3)  # text vectors t_y = e_y
+
+
+def test_plain_logit_adjustment_hand_values() -> None:
+    # pi = [1/2, 1/4, 1/4]; z = [log 2, 2 log 2, 2 log 2] -> z + log pi = [0, 0, 0] -> CE = log 3
+    loss = build_loss(LossConfig(compensation="none"), torch.tensor([2.0, 1.0, 1.0]), AXES)
+    logits = torch.tensor([[math.log(2), 2 * math.log(2), 2 * math.log(2)]] * 2)
+    value = loss(logits, torch.tensor([0, 2]))
+    assert value.item() == pytest.approx(math.log(3), abs=1e-6)
+    # z = 0 -> softmax(log pi) = pi -> CE(y=0) = -log 1/2
+    assert loss(torch.zeros(1, 3), torch.tensor([0])).item() == pytest.approx(math.log(2), abs=1e-6)
+
+
+def test_tau_scales_the_prior() -> None:
+    # pi = [0.8, 0.2], tau = 0.5 -> softmax(0.5 log pi) = [2/3, 1/3] -> CE(y=1) = log 3
+    loss = build_loss(LossConfig(tau=0.5, compensation="none"), torch.tensor([4.0, 1.0]), AXES[:2])
+    assert loss(torch.zeros(1, 2), torch.tensor([1])).item() == pytest.approx(math.log(3), abs=1e-6)
+
+
+def test_count_compensation_hand_values() -> None:
+    # n = [2, 1, 1], kappa = 2, lam = 1: delta = log(1 + 2/n) = [log 2, log 3, log 3]
+    cfg = LossConfig(compensation="count", kappa=2.0, lam=1.0)
+    loss = build_loss(cfg, torch.tensor([2.0, 1.0, 1.0]), AXES)
+    torch.testing.assert_close(loss.delta(), torch.tensor([math.log(2), math.log(3), math.log(3)]))
+    # z = 0: log pi - delta = [-log 4, -log 12, -log 12] -> softmax [3/5, 1/5, 1/5]
+    assert loss(torch.zeros(1, 3), torch.tensor([0])).item() == pytest.approx(math.log(5 / 3), abs=1e-6)
+    assert loss(torch.zeros(1, 3), torch.tensor([1])).item() == pytest.approx(math.log(5), abs=1e-6)
+    half = build_loss(LossConfig(compensation="count", kappa=2.0, lam=0.5), torch.tensor([2.0, 1.0, 1.0]), AXES)
+    torch.testing.assert_close(half.delta(), 0.5 * loss.delta())
+
+
+def test_loss_leaves_the_logits_alone() -> None:
+    """Predictions use z(x) alone: the loss adds its offset to a copy, never in place."""
+    loss = build_loss(LossConfig(compensation="count"), torch.tensor([100.0, 1.0]), AXES[:2]).train()
+    logits = torch.tensor([[0.3, 0.1]])
+    loss(logits, torch.tensor([1]))
+    assert torch.equal(logits, torch.tensor([[0.3, 0.1]]))
+    assert logits.argmax().item() == 0
+
+
+# One batch with a head class (n = 1000) and two tail classes (n = 2): class 1's features sit
+# on its text anchor's axis, class 2's are pulled towards class 0.
+FEATURES = torch.tensor(
+    [
+        [1.0, 0.1, 0.0], [1.0, -0.1, 0.0],  # class 0: mean e0, squared distances 0.01 + 0.01
+        [0.1, 1.0, 0.0], [-0.1, 1.0, 0.0],  # class 1: mean e1
+        [0.6, 0.1, 0.8], [0.6, -0.1, 0.8],  # class 2: mean (0.6, 0, 0.8)
+    ]
+)
+LABELS = torch.tensor([0, 0, 1, 1, 2, 2])
+COUNTS = torch.tensor([1000.0, 2.0, 2.0])
+
+
+def _semantic(**overrides) -> SemanticCompensation:
+    cfg = LossConfig(**{"compensation": "semantic", "kappa": 2.0, "ema": 0.0, **overrides})
+    return build_estimator("semantic", COUNTS, AXES, cfg)
+
+
+def test_semantic_compensation_hand_values() -> None:
+    estimator = _semantic()
+    estimator.update(FEATURES, LABELS)
+    # S^2 = 0.06 / 6 = 0.01; mean_x v = (8/15, 1/3, 4/15) -> t'_y = e_y + (1/5, 0, -1/15)
+    # ||m - t'||^2 = [2/45, 2/45, 8/45]; shrink (kappa/(n+kappa))^2 = [(2/1002)^2, 1/4, 1/4]
+    assert estimator.spread.item() == pytest.approx(0.01, rel=1e-5)
+    torch.testing.assert_close(estimator.feature_mean, torch.tensor([8 / 15, 1 / 3, 4 / 15]))
+    expected = torch.tensor([(2 / 1002) ** 2 * (2 / 45) / 0.01, 10 / 9, 40 / 9])
+    torch.testing.assert_close(estimator.delta(), expected, rtol=1e-4, atol=1e-7)
+    delta = estimator.delta()
+    assert delta[0] < 1e-4  # head class ~0
+    assert delta[2] > delta[1] > 0  # the tail class far from its anchor gets more
+
+
+def test_semantic_delta_is_clamped() -> None:
+    estimator = _semantic(delta_max=2.0)
+    estimator.update(FEATURES, LABELS)
+    torch.testing.assert_close(estimator.delta()[1:], torch.tensor([10 / 9, 2.0]), rtol=1e-4, atol=0)
+
+
+def test_semantic_delta_is_zero_until_every_class_is_seen() -> None:
+    estimator = _semantic()
+    estimator.update(FEATURES[:4], LABELS[:4])  # classes 0 and 1 only
+    assert torch.equal(estimator.delta(), torch.zeros(3))
+    estimator.update(FEATURES[4:], LABELS[4:])
+    assert estimator.seen.all() and estimator.delta()[2] > 0
+
+
+def test_semantic_running_stats_are_emas() -> None:
+    estimator = _semantic(ema=0.9)
+    estimator.update(FEATURES[:2], LABELS[:2])  # class 0 mean (1, 0, 0), S^2 = 0.01
+    estimator.update(torch.tensor([[0.0, 1.0, 0.0]]), torch.tensor([0]))
+    # m_0 = 0.9 (1,0,0) + 0.1 (0,1,0); the new image is 0.81 + 0.81 = 1.62 from it
+    torch.testing.assert_close(estimator.class_means[0], torch.tensor([0.9, 0.1, 0.0]))
+    torch.testing.assert_close(estimator.feature_mean, torch.tensor([0.9, 0.1, 0.0]))
+    assert estimator.spread.item() == pytest.approx(0.9 * 0.01 + 0.1 * 1.62, rel=1e-5)
+    assert estimator.num_updates.item() == 2
+
+
+def test_semantic_loss_updates_first_then_uses_delta() -> None:
+    loss = build_loss(LossConfig(compensation="semantic", kappa=2.0, ema=0.0), COUNTS, AXES).train()
+    logits = torch.zeros(6, 3)
+    value = loss(logits, LABELS, FEATURES)
+    offset = torch.log(COUNTS / COUNTS.sum()) - torch.tensor([(2 / 1002) ** 2 * 400 / 90, 10 / 9, 40 / 9])
+    expected = torch.nn.functional.cross_entropy(logits + offset, LABELS)
+    assert value.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_eval_mode_does_not_touch_the_statistics() -> None:
+    loss = build_loss(LossConfig(compensation="semantic"), COUNTS, AXES).eval()
+    loss(torch.zeros(6, 3), LABELS, FEATURES)
+    assert loss.estimator.num_updates.item() == 0 and not loss.estimator.seen.any()
+
+
+def test_semantic_needs_features_in_training() -> None:
+    loss = build_loss(LossConfig(compensation="semantic"), COUNTS, AXES).train()
+    with pytest.raises(ValueError, match="'semantic' compensation needs the image features"):
+        loss(torch.zeros(1, 3), torch.tensor([0]))
+    counted = build_loss(LossConfig(compensation="count"), COUNTS, AXES).train()
+    assert torch.isfinite(counted(torch.zeros(1, 3), torch.tensor([0])))
+
+
+def test_statistics_round_trip_through_state_dict() -> None:
+    loss = build_loss(LossConfig(compensation="semantic", kappa=2.0), COUNTS, AXES).train()
+    loss(torch.zeros(6, 3), LABELS, FEATURES)
+    restored = build_loss(LossConfig(compensation="semantic", kappa=2.0), COUNTS, AXES)
+    restored.load_state_dict(loss.state_dict())
+    assert torch.equal(restored.delta(), loss.delta())
+    assert {"log_prior", "estimator.class_means", "estimator.spread", "estimator.seen"} <= set(loss.state_dict())
+
+
+def test_estimator_registry() -> None:
+    assert ESTIMATORS == {"semantic": SemanticCompensation, "count": CountCompensation, "none": NoCompensation}
+    assert isinstance(build_estimator("count", COUNTS, AXES, LossConfig()), CountCompensation)
+    assert torch.equal(build_estimator("none", COUNTS, AXES, LossConfig()).delta(), torch.zeros(3))
+
+
+def test_unknown_estimator_lists_the_valid_names() -> None:
+    message = "--compensation must be one of semantic, count, none; got 'kl'"
+    with pytest.raises(SageError, match=message):
+        LossConfig(compensation="kl")
+    with pytest.raises(SageError, match=message):
+        build_estimator("kl", COUNTS, AXES, LossConfig())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "flag"),
+    [({"tau": -1.0}, "--tau"), ({"lam": -0.1}, "--lam"), ({"kappa": 0.0}, "--kappa"),
+     ({"delta_max": -1.0}, "--delta-max"), ({"ema": 1.0}, "--ema")],
+)
+def test_bad_loss_config_names_the_flag(kwargs: dict, flag: str) -> None:
+    with pytest.raises(SageError, match=flag):
+        LossConfig(**kwargs)
+
+
+def test_bad_counts_are_refused() -> None:
+    with pytest.raises(SageError, match=r"classes \[1\] have no training images"):
+        build_loss(LossConfig(), torch.tensor([3.0, 0.0, 1.0]), AXES)
+    with pytest.raises(SageError, match="disagree on the number of classes"):
+        build_loss(LossConfig(), torch.tensor([3.0, 1.0]), AXES)
+
+
+def test_statistics_are_all_reduced_under_distributed(tmp_path) -> None:
+    """A one-process gloo group runs the all-reduce path and gives the single-process numbers."""
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        estimator = _semantic()
+        estimator.update(FEATURES, LABELS)
+    finally:
+        dist.destroy_process_group()
+    reference = _semantic()
+    reference.update(FEATURES, LABELS)
+    assert torch.equal(estimator.delta(), reference.delta())
