@@ -98,6 +98,20 @@ PREDICTIONS = TableSchema(
     },
 )
 
+PER_CLASS = TableSchema(
+    "per_class",
+    "per_class.parquet",
+    {
+        "run": pa.string(),
+        "class_id": pa.int64(),
+        "name": pa.string(),
+        "group": pa.string(),
+        "train_count": pa.int64(),
+        "n_test": pa.int64(),
+        "accuracy": pa.float64(),  # NaN for a class with no evaluated sample
+    },
+)
+
 SPLITS = ("train", "val", "test")
 GROUPS = ("many", "medium", "few")
 
@@ -105,6 +119,7 @@ PREPARE_RECORD = "prepare.json"
 ENCODE_RECORD = "encode.json"
 TRAIN_RECORD = "train.json"
 REPORT_RECORD = "report.json"
+PREDICTIONS_RECORD = "predictions.json"
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,72 @@
+"""`sage report`: evaluate runs (and the zero-shot baseline) and write the comparison."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from sage_cli.commands._common import handle_errors
+from sage_cli.console import console
+
+
+@handle_errors
+def command(
+    runs: list[Path] = typer.Argument(None, help="Run directories written by sage train.", show_default=False),
+    out: Path = typer.Option(..., "--out", "-o", help="Directory for report.json/.md/.html and per_class.parquet."),
+    zero_shot: Path | None = typer.Option(None, "--zero-shot", help="Prepared dataset: add the frozen CLIP zero-shot row."),
+    text_cache: Path | None = typer.Option(None, "--text-cache", help="Text cache for --zero-shot (sage encode-text)."),
+    tte: bool = typer.Option(False, "--tte", help="Test-time ensembling: five crops, logits averaged."),
+    split: str = typer.Option("test", "--split", help="test or val."),
+    checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Checkpoint to evaluate (one RUN_DIR only)."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass."),
+    workers: int = typer.Option(4, "--workers", help="DataLoader worker processes (0: load in the main process)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    force: bool = typer.Option(False, "--force", help="Overwrite a report of other inputs in --out."),
+    as_json: bool = typer.Option(False, "--json", help="Print report.json to stdout instead of a table."),
+) -> None:
+    """Top-1/top-5, many/medium/few, prediction share, calibration and plots for one or more runs."""
+    from sage_cli.report import ReportConfig, run
+
+    config = ReportConfig(
+        out=out, runs=tuple(runs or ()), zero_shot=zero_shot, text_cache=text_cache, tte=tte, split=split,
+        checkpoint=checkpoint, batch_size=batch_size, num_workers=workers, device=device, force=force,
+    )
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=console, transient=True, disable=as_json) as bar:
+        tasks: dict[str, Any] = {}
+
+        def update(phase: str, done: int, total: int) -> None:
+            if phase not in tasks:
+                tasks[phase] = bar.add_task(phase, total=total)
+            bar.update(tasks[phase], completed=done, total=total)
+
+        result = run(config, progress=update)
+    if as_json:
+        typer.echo(json.dumps(result.report, indent=2))  # stdout, machine-readable
+        return
+    console.print(summary_table(result.report))
+    note = "already held this report; nothing redone" if result.skipped else "written"
+    console.print(f"{out}: report.md, report.html, report.json, per_class.parquet {note}", soft_wrap=True)
+
+
+def summary_table(report: dict[str, Any]) -> Table:
+    """Overall / many / medium / few top-1 (and top-5, ECE) per run, in %."""
+    from sage_cli.report.markdown import format_percent
+
+    data = report["dataset"]
+    title = f"{data['dataset']} {report['split']} ({data['num_samples']} images){' · TTE' if report['tte'] else ''}"
+    table = Table(title=title)
+    table.add_column("run")
+    for heading in ("overall", "many", "medium", "few", "top-5", "ECE"):
+        table.add_column(heading, justify="right")
+    for run in report["runs"]:
+        m = run["metrics"]
+        cached = " [dim](cached)[/]" if run["evaluation"].get("cached") else ""
+        table.add_row(run["name"] + cached, *(format_percent(m[k]) for k in ("top1", "many", "medium", "few", "top5",
+                                                                             "ece")))
+    return table

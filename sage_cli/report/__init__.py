@@ -1,0 +1,186 @@
+"""The report stage: evaluate runs (and the zero-shot baseline) and write the comparison.
+
+Public API: :class:`ReportConfig`, :func:`run` -> :class:`ReportResult`. Outputs in ``out``:
+report.json (the record, with every figure), per_class.parquet, report.md and report.html.
+Predictions are cached per run (``RUN_DIR/predictions.parquet``) and reused when the checkpoint,
+the prepared test set and the TTE flag are those they were made from.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sage_cli import artifacts
+from sage_cli.artifacts import PER_CLASS, REPORT_RECORD
+from sage_cli.errors import SageError
+from sage_cli.report import build, html, markdown
+from sage_cli.report.evaluate import (
+    Predictions,
+    evaluate_classifier,
+    load_cached_predictions,
+    save_predictions,
+)
+from sage_cli.report.loader import build_eval_loader
+from sage_cli.report.sources import (
+    ZERO_SHOT,
+    Source,
+    check_same_test_set,
+    load_run_source,
+    load_zero_shot_source,
+)
+from sage_cli.report.tte import build_five_crop_transform
+
+logger = logging.getLogger(__name__)
+
+STAGE = "report"
+OUTPUTS = (REPORT_RECORD, PER_CLASS.filename, "report.md", "report.html")
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """What to evaluate and where to write the report."""
+
+    out: Path
+    runs: tuple[Path, ...] = ()
+    zero_shot: Path | None = None  # a prepared dataset dir: add the frozen CLIP zero-shot row
+    text_cache: Path | None = None  # the text cache the zero-shot head comes from
+    tte: bool = False
+    split: str = "test"
+    checkpoint: Path | None = None  # instead of RUN_DIR/adapter.safetensors (one run only)
+    batch_size: int = 64
+    num_workers: int = 0
+    device: str = "auto"
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "runs", tuple(Path(r) for r in self.runs))
+        if not self.runs and self.zero_shot is None:
+            raise SageError("nothing to report: pass RUN_DIR(s) and/or --zero-shot PREPARED_DIR")
+        if (self.zero_shot is None) != (self.text_cache is None):
+            raise SageError("--zero-shot PREPARED_DIR and --text-cache TEXT_DIR go together")
+        if self.split not in ("test", "val"):
+            raise SageError(f"--split must be test or val; got {self.split!r}")
+        if self.checkpoint is not None and len(self.runs) != 1:
+            raise SageError(f"--checkpoint applies to exactly one RUN_DIR; got {len(self.runs)}")
+        if self.batch_size < 1:
+            raise SageError(f"--batch-size must be a positive integer; got {self.batch_size}")
+        if self.num_workers < 0:
+            raise SageError(f"--workers must be >= 0; got {self.num_workers}")
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    out: Path
+    skipped: bool  # True when ``out`` already held this exact report
+    report: dict[str, Any]
+    evaluated: tuple[str, ...] = ()  # runs evaluated now (the others came from their cache)
+
+
+def run(config: ReportConfig, progress: Progress | None = None) -> ReportResult:
+    """Evaluate every source of ``config`` and write the report into ``config.out``."""
+    sources = load_sources(config)
+    check_same_test_set(sources)
+    inputs = {"sources": [{"name": s.name, **s.identity} for s in sources],
+              "split": config.split, "tte": config.tte}
+    fingerprint = artifacts.sha256_json(inputs)
+    out = Path(config.out)
+    if artifacts.guard_output_dir(out, REPORT_RECORD, fingerprint, OUTPUTS, config.force):
+        logger.info("%s already holds this report", out)
+        return ReportResult(out, True, artifacts.read_record(out, REPORT_RECORD))
+    from sage_cli.backbone import resolve_device
+
+    device = resolve_device(config.device)
+    entries, evaluated = [], []
+    for source in sources:
+        predictions, evaluation = predict(source, config, device, progress)
+        if not evaluation["cached"]:
+            evaluated.append(source.name)
+        build.check_predictions_fit(predictions, source.test_set, source.name)
+        entries.append(build.build_run_entry(source, build.compute_run_metrics(predictions, source.test_set),
+                                             evaluation))
+    report = artifacts.build_record(
+        STAGE, inputs, split=config.split, tte=config.tte,
+        dataset=build.build_dataset_entry(sources[0].test_set),
+        runs=entries, deltas=build.compute_deltas(entries),
+    )
+    write_outputs(out, report)
+    return ReportResult(out, False, report, tuple(evaluated))
+
+
+def load_sources(config: ReportConfig) -> list[Source]:
+    """The zero-shot baseline first (when asked for), then the runs in the order given."""
+    sources = []
+    if config.zero_shot is not None:
+        cache_dir = Path(config.out) / ZERO_SHOT
+        sources.append(load_zero_shot_source(Path(config.zero_shot), Path(config.text_cache), config.split, cache_dir))
+    sources += [load_run_source(r, config.split, config.checkpoint) for r in config.runs]
+    return _with_unique_names(sources)
+
+
+def _with_unique_names(sources: list[Source]) -> list[Source]:
+    """Name runs by directory; where two share a name, prefix the parent directory."""
+    from dataclasses import replace
+
+    names = [s.name for s in sources]
+    out = []
+    for source in sources:
+        name = source.name
+        if names.count(name) > 1 and source.kind == "run":
+            name = f"{source.location.resolve().parent.name}/{name}"
+        out.append(replace(source, name=name))
+    if len({s.name for s in out}) != len(out):
+        raise SageError(f"the same run is listed twice: {', '.join(s.name for s in out)}")
+    return out
+
+
+def predict(
+    source: Source, config: ReportConfig, device: torch.device, progress: Progress | None
+) -> tuple[Predictions, dict[str, Any]]:
+    """The source's predictions: from its cache when the fingerprint matches, else evaluated now."""
+    cache_inputs = {**source.identity, "split": config.split, "tte": config.tte}
+    fingerprint = artifacts.sha256_json(cache_inputs)
+    cached = load_cached_predictions(source.cache_dir, fingerprint)
+    if cached is not None:
+        predictions, record = cached
+        logger.info("%s: reusing cached predictions in %s", source.name, source.cache_dir)
+        return predictions, {**record.get("evaluation", {}), "cached": True}
+    classifier, backbone = source.build(device)
+    transform = build_five_crop_transform(backbone) if config.tte else _eval_transform(backbone)
+    loader = build_eval_loader(source.test_set, transform, config.batch_size, config.num_workers, device)
+    predictions, stats = evaluate_classifier(classifier, loader, device, len(source.test_set.samples), progress)
+    evaluation = {"seconds": round(stats.seconds, 3), "images_per_second": round(stats.images_per_second, 1),
+                  "device": stats.device, "precision": stats.precision, "batch_size": config.batch_size,
+                  "tte": config.tte, "image_size": backbone.get("image_size")}
+    save_predictions(source.cache_dir, predictions, artifacts.build_record("predictions", cache_inputs,
+                                                                             evaluation=evaluation))
+    return predictions, {**evaluation, "cached": False}
+
+
+def _eval_transform(backbone: dict[str, Any]) -> Callable[[Any], torch.Tensor]:
+    """open_clip's own eval preprocessing (resize + centre crop) for this backbone."""
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
+    cfg = PreprocessCfg(size=tuple(backbone["image_size"]), mean=tuple(backbone["mean"]), std=tuple(backbone["std"]),
+                        interpolation=backbone.get("interpolation", "bicubic"),
+                        resize_mode=backbone.get("resize_mode", "shortest"))
+    return image_transform_v2(cfg, is_train=False)
+
+
+def write_outputs(out: Path, report: dict[str, Any]) -> None:
+    """Tables and pages first, report.json (the record) last."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / REPORT_RECORD).unlink(missing_ok=True)
+    artifacts.write_table(out, PER_CLASS, build.build_per_class_table(report))
+    artifacts.write_bytes_atomic(out / "report.md", markdown.render_markdown(report).encode())
+    artifacts.write_bytes_atomic(out / "report.html", html.render_html(report).encode())
+    artifacts.write_record(out, REPORT_RECORD, report)
+
+
+__all__ = ["ReportConfig", "ReportResult", "run"]

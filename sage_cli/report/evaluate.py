@@ -1,0 +1,142 @@
+"""Batched, no-grad evaluation of a classifier over one split, and the per-run predictions cache.
+
+The cache is ``predictions.parquet`` (sample_id, label, top-k classes and softmax scores, k =
+min(5, C)) plus ``predictions.json``, a record whose fingerprint covers the checkpoint sha256, the
+prepared dataset's fingerprint, the split's content hash and the TTE flag. A later report reuses
+the cache only when that fingerprint matches; anything else is evaluated again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sage_cli import artifacts
+from sage_cli.artifacts import PREDICTIONS, PREDICTIONS_RECORD
+from sage_cli.errors import SageError
+from sage_cli.report.tte import compute_ensembled_logits
+
+logger = logging.getLogger(__name__)
+
+TOP_K = 5
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """Ranked predictions of one classifier on one split, in sample order."""
+
+    sample_ids: np.ndarray  # [N] int64
+    labels: np.ndarray  # [N] int64
+    top_classes: np.ndarray  # [N, k] int64, best first (ties: lower class id first)
+    top_scores: np.ndarray  # [N, k] float32 softmax probabilities
+
+    @property
+    def top1(self) -> np.ndarray:
+        return self.top_classes[:, 0]
+
+    @property
+    def confidence(self) -> np.ndarray:
+        """Max softmax probability per sample [N]."""
+        return self.top_scores[:, 0]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass(frozen=True)
+class EvalStats:
+    seconds: float
+    images_per_second: float
+    device: str
+    precision: str
+
+
+def compute_ranked_scores(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-``k`` classes and softmax scores of ``logits`` [B, C]; equal scores rank by class id."""
+    probs = logits.float().softmax(dim=-1)
+    scores, order = torch.sort(probs, dim=-1, descending=True, stable=True)
+    k = min(k, logits.shape[-1])
+    return order[:, :k], scores[:, :k]
+
+
+def evaluate_classifier(
+    classifier: torch.nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    device: torch.device,
+    total: int,
+    progress: Progress | None = None,
+) -> tuple[Predictions, EvalStats]:
+    """Run ``classifier`` over ``batches`` of (images, labels, sample_ids); bf16 autocast on CUDA.
+
+    Images are ``[B, 3, H, W]``, or ``[B, V, 3, H, W]`` for test-time ensembling (logits averaged).
+    """
+    classifier.eval()
+    parts: list[tuple[np.ndarray, ...]] = []
+    done, start = 0, time.perf_counter()
+    with torch.inference_mode(), _autocast(device):
+        for images, labels, sample_ids in batches:
+            logits = compute_ensembled_logits(classifier, images.to(device, non_blocking=True))
+            top, scores = compute_ranked_scores(logits, TOP_K)
+            parts.append((sample_ids.numpy(), labels.numpy(), top.cpu().numpy(), scores.cpu().numpy()))
+            done += len(labels)
+            if progress is not None:
+                progress("evaluate", done, total)
+    seconds = time.perf_counter() - start
+    if not parts:
+        raise SageError("the split to evaluate has no samples")
+    ids, labels, top, scores = (np.concatenate(cols) for cols in zip(*parts))
+    predictions = Predictions(ids.astype(np.int64), labels.astype(np.int64), top.astype(np.int64),
+                              scores.astype(np.float32))
+    precision = "bf16-autocast" if device.type == "cuda" else "fp32"
+    return predictions, EvalStats(seconds, done / max(seconds, 1e-9), str(device), precision)
+
+
+def _autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def save_predictions(directory: Path, predictions: Predictions, record: dict[str, Any]) -> None:
+    """Write the cache: the table first, the record last (a table without record is never reused)."""
+    (directory / PREDICTIONS_RECORD).unlink(missing_ok=True)
+    artifacts.write_table(directory, PREDICTIONS, {
+        "sample_id": predictions.sample_ids,
+        "label": predictions.labels,
+        "top_classes": [row.tolist() for row in predictions.top_classes],
+        "top_scores": [row.tolist() for row in predictions.top_scores],
+    })
+    artifacts.write_record(directory, PREDICTIONS_RECORD, record)
+
+
+def load_cached_predictions(directory: Path, fingerprint: str) -> tuple[Predictions, dict[str, Any]] | None:
+    """The cached predictions in ``directory`` if their record has ``fingerprint``, else None."""
+    record_path = directory / PREDICTIONS_RECORD
+    if not record_path.is_file() or not (directory / PREDICTIONS.filename).is_file():
+        return None
+    try:
+        record = artifacts.read_record(directory, PREDICTIONS_RECORD)
+        if record.get("fingerprint") != fingerprint:
+            return None
+        table = artifacts.read_table(directory, PREDICTIONS)
+    except SageError as exc:
+        logger.warning("ignoring the predictions cache in %s: %s", directory, exc)
+        return None
+    top = np.asarray(table.column("top_classes").to_pylist(), dtype=np.int64)
+    scores = np.asarray(table.column("top_scores").to_pylist(), dtype=np.float32)
+    predictions = Predictions(
+        table.column("sample_id").to_numpy().astype(np.int64),
+        table.column("label").to_numpy().astype(np.int64),
+        top.reshape(len(table), -1),
+        scores.reshape(len(table), -1),
+    )
+    return predictions, record

@@ -1,0 +1,84 @@
+"""report.md: the report's tables in Markdown, ready to paste into a paper draft or an issue.
+
+Accuracies are percentages with one decimal; a figure without samples is shown as "–".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sage_cli.artifacts import GROUPS
+
+DASH = "–"
+COLUMNS = (("top1", "Top-1"), ("top5", "Top-5"), ("many", "Many"), ("medium", "Medium"), ("few", "Few"))
+
+
+def format_percent(value: float | None) -> str:
+    return DASH if value is None else f"{100 * value:.1f}"
+
+
+def format_delta(value: float | None) -> str:
+    return DASH if value is None else f"{100 * value:+.1f}"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], align_first_left: bool = True) -> list[str]:
+    rule = [":---" if i == 0 and align_first_left else "---:" for i in range(len(header))]
+    return ["| " + " | ".join(line) + " |" for line in (header, rule, *rows)]
+
+
+def summary_rows(report: dict[str, Any]) -> list[list[str]]:
+    """One row per run: name, top-1, top-5, many, medium, few, ECE (percent)."""
+    rows = []
+    for run in report["runs"]:
+        m = run["metrics"]
+        rows.append([run["name"], *(format_percent(m[key]) for key, _ in COLUMNS), format_percent(m["ece"])])
+    return rows
+
+
+def delta_rows(report: dict[str, Any]) -> list[list[str]]:
+    return [[d["name"], *(format_delta(d[key]) for key, _ in COLUMNS)] for d in report["deltas"][1:]]
+
+
+def share_rows(report: dict[str, Any]) -> list[list[str]]:
+    """Per run: predicted share of many / medium / few (true share in the header)."""
+    return [[run["name"], *(format_percent(run["metrics"]["prediction_share"][g]["predicted"]) for g in GROUPS)]
+            for run in report["runs"]]
+
+
+def true_shares(report: dict[str, Any]) -> dict[str, float | None]:
+    share = report["runs"][0]["metrics"]["prediction_share"]
+    return {g: share[g]["true"] for g in GROUPS}
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    data = report["dataset"]
+    groups = data["groups"]
+    lines = [
+        f"# Sage report: {data['dataset']} ({report['split']} split)",
+        "",
+        f"{data['num_samples']} images, {data['num_classes']} classes "
+        f"(many {groups['many']}, medium {groups['medium']}, few {groups['few']}); "
+        f"test-time ensembling {'on (five crops)' if report['tte'] else 'off'}. Top-1 accuracy in % "
+        "unless noted; group accuracy is over the images of the group's classes.",
+        "",
+        "## Accuracy",
+        "",
+        *_table(["Run", *(title for _, title in COLUMNS), "ECE"], summary_rows(report)),
+    ]
+    if len(report["runs"]) > 1:
+        first = report["runs"][0]["name"]
+        lines += ["", f"## Change against {first} (percentage points)", "",
+                  *_table(["Run", *(title for _, title in COLUMNS)], delta_rows(report))]
+    truth = true_shares(report)
+    lines += ["", "## Prediction share by group (% of predictions; true share in the header)", "",
+              *_table(["Run", *(f"{g.capitalize()} (true {format_percent(truth[g])})" for g in GROUPS)],
+                      share_rows(report))]
+    lines += ["", "## Most confused pairs", ""]
+    for run in report["runs"]:
+        pairs = run["metrics"]["confused_pairs"][:5]
+        text = "; ".join(f"{p['true_name']} → {p['predicted_name']} ({p['count']})" for p in pairs) or "none"
+        lines.append(f"- **{run['name']}**: {text}")
+    lines += ["", f"_Written by sage {report['versions'].get('sage', '?')} on {report['created']}; "
+              "every figure is in report.json._", ""]
+    return "\n".join(lines)

@@ -1,0 +1,218 @@
+"""What a report evaluates: trained runs and the zero-shot baseline, each on a prepared test set.
+
+A :class:`Source` knows its test set, the hashes that decide its predictions (its cache key) and
+how to build its classifier; the classifier is built only when the cache cannot be reused.
+:func:`check_same_test_set` refuses a comparison of runs prepared on different test sets.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from sage_cli import artifacts
+from sage_cli.errors import SageError
+
+CHECKPOINT_NAME = "adapter.safetensors"
+ZERO_SHOT = "zero-shot"
+_CLASS_COLUMNS = ["class_id", "name", "train_count", "group"]
+
+
+@dataclass(frozen=True)
+class TestSet:
+    """The split of a prepared dataset that a source is evaluated on."""
+
+    prepared: Path
+    dataset: str
+    prepare_fingerprint: str
+    split: str
+    split_sha256: str  # content hash of (sample_id, path, label) of the split's rows
+    classes_sha256: str  # content hash of (class_id, name, train_count, group)
+    samples: pd.DataFrame  # sample_id, path, label of the split, by sample_id
+    classes: pd.DataFrame  # class_id, name, train_count, group, by class_id
+    image_root: Path
+    group_thresholds: dict[str, Any]
+
+    def image_path(self, path: str) -> Path:
+        return self.image_root / path
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "prepared": str(self.prepared), "dataset": self.dataset, "split": self.split,
+            "prepare_fingerprint": self.prepare_fingerprint, "split_sha256": self.split_sha256,
+            "classes_sha256": self.classes_sha256, "num_samples": len(self.samples),
+            "num_classes": len(self.classes), "group_thresholds": self.group_thresholds,
+        }
+
+
+# A built classifier (eval mode, on the device) and its backbone record (image size, mean, std ...).
+Loader = Callable[[torch.device], tuple[torch.nn.Module, dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class Source:
+    """One row of the report: a trained run or the zero-shot baseline."""
+
+    name: str
+    kind: str  # "run" | "zero-shot"
+    location: Path  # the run directory, or the text cache for zero-shot
+    test_set: TestSet
+    identity: dict[str, Any]  # what decides the predictions: checkpoint / weights / text hashes
+    config: dict[str, Any]  # the run's resolved config (train.json) or the zero-shot settings
+    cache_dir: Path  # where predictions.parquet is cached
+    build: Loader
+
+
+def load_test_set(prepared: str | os.PathLike[str], split: str) -> TestSet:
+    """Read the split ``split`` and the class table of the prepared dataset ``prepared``."""
+    prepared = Path(prepared)
+    record = artifacts.read_record(prepared, artifacts.PREPARE_RECORD)
+    manifest = artifacts.read_table(prepared, artifacts.MANIFEST).to_pandas()
+    classes = artifacts.read_table(prepared, artifacts.CLASSES).to_pandas()
+    classes = classes.sort_values("class_id", ignore_index=True)[_CLASS_COLUMNS]
+    samples = manifest[manifest["split"] == split].sort_values("sample_id", ignore_index=True)
+    samples = samples[["sample_id", "path", "label"]]
+    if samples.empty:
+        raise SageError(f"{prepared}: the {split} split has no samples; choose another --split")
+    return TestSet(
+        prepared=prepared.resolve(),
+        dataset=str(record.get("dataset", prepared.name)),
+        prepare_fingerprint=record["fingerprint"],
+        split=split,
+        split_sha256=artifacts.sha256_json(samples.values.tolist()),
+        classes_sha256=artifacts.sha256_json(classes.values.tolist()),
+        samples=samples,
+        classes=classes,
+        image_root=Path(record.get("image_root", prepared)),
+        group_thresholds=dict(record.get("group_thresholds") or {}),
+    )
+
+
+def check_same_test_set(sources: list[Source]) -> None:
+    """Refuse to compare sources evaluated on different test sets, naming the first difference."""
+    first = sources[0]
+    for other in sources[1:]:
+        difference = _describe_difference(first.test_set, other.test_set)
+        if difference:
+            raise SageError(
+                f"cannot compare {first.name} ({first.test_set.prepared}) with {other.name} "
+                f"({other.test_set.prepared}): {difference}; report runs prepared on the same test set"
+            )
+
+
+def _describe_difference(a: TestSet, b: TestSet) -> str | None:
+    if a.split_sha256 != b.split_sha256:
+        return (f"their {a.split} splits differ ({len(a.samples)} vs {len(b.samples)} samples, "
+                f"sha256 {a.split_sha256[:12]} vs {b.split_sha256[:12]})")
+    if len(a.classes) != len(b.classes):
+        return f"their class tables differ ({len(a.classes)} vs {len(b.classes)} classes)"
+    for column in ("name", "train_count", "group"):
+        mismatch = (a.classes[column] != b.classes[column]).to_numpy().nonzero()[0]
+        if len(mismatch):
+            i = int(mismatch[0])
+            return (f"their class tables differ in {column!r} ({len(mismatch)} classes; class {i}: "
+                    f"{a.classes[column][i]!r} vs {b.classes[column][i]!r})")
+    return None
+
+
+def load_run_source(run_dir: str | os.PathLike[str], split: str, checkpoint: Path | None = None) -> Source:
+    """A trained run: its train.json, its checkpoint (default ``RUN_DIR/adapter.safetensors``)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise SageError(f"{run_dir}: not a directory; pass a run directory written by sage train")
+    record = artifacts.read_record(run_dir, artifacts.TRAIN_RECORD)
+    ckpt = Path(checkpoint) if checkpoint is not None else run_dir / CHECKPOINT_NAME
+    if not ckpt.is_file():
+        where = f"--checkpoint {ckpt}" if checkpoint is not None else f"{run_dir}: no checkpoint {CHECKPOINT_NAME}"
+        raise SageError(f"{where}: not found; is the run finished? pass --checkpoint FILE to pick one")
+    check_checkpoint_readable(ckpt)
+    test_set = load_test_set(find_prepared_dir(record, run_dir), split)
+    identity = {
+        "kind": "run",
+        "checkpoint_sha256": artifacts.sha256_file(ckpt),
+        "train_fingerprint": record["fingerprint"],
+        "prepare_fingerprint": test_set.prepare_fingerprint,
+        "split_sha256": test_set.split_sha256,
+    }
+
+    def build(device: torch.device) -> tuple[torch.nn.Module, dict[str, Any]]:
+        from sage_cli.train import load_trained_classifier
+
+        classifier, clip, _ = load_trained_classifier(run_dir, checkpoint=ckpt, device=device)
+        return classifier, clip.record
+
+    config = {"checkpoint": str(ckpt.resolve()), **{k: v for k, v in record.items() if k != "versions"}}
+    return Source(run_dir.name, "run", run_dir, test_set, identity, config, run_dir, build)
+
+
+def check_checkpoint_readable(path: Path) -> None:
+    """Refuse a damaged safetensors file before any work (its header must parse)."""
+    if path.suffix != ".safetensors":
+        return  # other formats are checked by the trainer's loader
+    from safetensors.torch import load_file
+
+    try:
+        load_file(str(path))  # adapter + head only: small, and every tensor's bytes are checked
+    except Exception as exc:  # safetensors raises its own error type and OSError for bad files
+        raise SageError(f"{path}: not a readable safetensors checkpoint ({exc}); is it damaged?") from None
+
+
+def find_prepared_dir(train_record: dict[str, Any], run_dir: Path) -> Path:
+    """The prepared dataset a run was trained on, from its train.json."""
+    candidates = [train_record.get("prepared"), train_record.get("inputs", {}).get("prepared"),
+                  train_record.get("config", {}).get("prepared")]
+    for value in candidates:
+        if isinstance(value, dict):
+            value = value.get("path") or value.get("dir")
+        if isinstance(value, str) and value:
+            return Path(value)
+    raise SageError(f"{run_dir / artifacts.TRAIN_RECORD}: names no prepared dataset; was it written by sage train?")
+
+
+def load_zero_shot_source(prepared: Path, text_dir: Path, split: str, cache_dir: Path) -> Source:
+    """Frozen CLIP with the cached class embeddings as its head (no training)."""
+    from sage_cli.encode_text import load_text_cache
+
+    cache = load_text_cache(text_dir, prepared=prepared)  # refuses a cache of other classes / data
+    test_set = load_test_set(prepared, split)
+    record = cache.record
+    embeddings_sha = artifacts.sha256_file(Path(text_dir) / artifacts.CLASS_EMBEDDINGS.filename)
+    identity = {
+        "kind": ZERO_SHOT,
+        "model": record.get("model"),
+        "weights": record.get("pretrained_sha256") or record.get("pretrained"),
+        "class_embeddings_sha256": embeddings_sha,
+        "prepare_fingerprint": test_set.prepare_fingerprint,
+        "split_sha256": test_set.split_sha256,
+    }
+
+    def build(device: torch.device) -> tuple[torch.nn.Module, dict[str, Any]]:
+        return build_zero_shot_classifier(cache, device)
+
+    config = {"method": "zeroshot", "model": record.get("model"), "pretrained": record.get("pretrained"),
+              "text_cache": str(Path(text_dir).resolve()), "text_cache_fingerprint": record.get("fingerprint")}
+    return Source(ZERO_SHOT, ZERO_SHOT, Path(text_dir), test_set, identity, config, cache_dir, build)
+
+
+def build_zero_shot_classifier(cache: Any, device: torch.device) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """CLIP's own zero-shot classifier: cosine head = class embeddings, CLIP's learned logit scale."""
+    from sage_cli.backbone import load_clip
+    from sage_cli.encode_text import check_text_cache_matches
+    from sage_cli.model import AdapterConfig, build_classifier
+
+    record = cache.record
+    # Random-init weights ("none", tests and smoke runs) come from a fixed seed, so the baseline is
+    # reproducible and its cached predictions stay valid; the global RNG is left as it was.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        clip = load_clip(record["model"], record["pretrained"], device)
+    check_text_cache_matches(cache, clip.record)
+    scale = float(clip.model.logit_scale.exp()) if hasattr(clip.model, "logit_scale") else 100.0
+    classifier = build_classifier(clip.model, cache.class_embeddings, AdapterConfig("zeroshot", logit_scale=scale))
+    return classifier.eval(), clip.record
