@@ -1,0 +1,90 @@
+# Shared helpers for the reproduction scripts. Source it; do not run it.
+#
+# Every script accepts:
+#   --dry-run        print the commands instead of running them
+#   --work DIR       where the artifacts go (default: runs/<benchmark>)
+#   --root DIR       the dataset root (or the DATA_ROOT environment variable)
+#   --methods "..."  methods to train (default: "lift sage")
+# and these environment variables: SAGE (the sage command; default: sage if on PATH, else
+# ./sagew sage), MODEL (default ViT-B-16), PRETRAINED (default openai), DEVICE (default auto),
+# EXTRA_TRAIN_ARGS (appended to every sage train call, e.g. "--max-steps 20").
+set -euo pipefail
+
+SAGE_REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+DRY_RUN=0
+WORK=""
+ROOT="${DATA_ROOT:-}"
+METHODS="lift sage"
+MODEL="${MODEL:-ViT-B-16}"
+PRETRAINED="${PRETRAINED:-openai}"
+DEVICE="${DEVICE:-auto}"
+EXTRA_TRAIN_ARGS="${EXTRA_TRAIN_ARGS:-}"
+POSITIONAL=()
+
+if [[ -z "${SAGE:-}" ]]; then
+    if command -v sage >/dev/null 2>&1; then SAGE="sage"; else SAGE="$SAGE_REPO/sagew sage"; fi
+fi
+
+parse_args() {
+    while [[ $# -gt 0 ]]; do
+        case "$1" in
+            --dry-run) DRY_RUN=1 ;;
+            --work) WORK="$2"; shift ;;
+            --root) ROOT="$2"; shift ;;
+            --methods) METHODS="$2"; shift ;;
+            -h|--help) usage; exit 0 ;;
+            -*) echo "error: unknown option $1 (see --help)" >&2; exit 2 ;;
+            *) POSITIONAL+=("$1") ;;
+        esac
+        shift
+    done
+}
+
+# Print a command; run it unless --dry-run.
+run() {
+    echo "+ $*"
+    [[ "$DRY_RUN" == 1 ]] || eval "$@"
+}
+
+# require_root NAME HINT FILE...: the data root must exist and hold FILEs, else say what to get.
+require_root() {
+    local name="$1" hint="$2"; shift 2
+    if [[ -z "$ROOT" ]]; then
+        if [[ "$DRY_RUN" == 1 ]]; then ROOT="/path/to/$name"; return 0; fi
+        echo "error: no data root for $name: pass --root DIR or set DATA_ROOT. $hint" >&2
+        exit 2
+    fi
+    [[ "$DRY_RUN" == 1 ]] && return 0
+    local missing=()
+    for f in "$@"; do [[ -e "$ROOT/$f" ]] || missing+=("$f"); done
+    if [[ ${#missing[@]} -gt 0 ]]; then
+        echo "error: $ROOT lacks ${missing[*]} for $name. $hint" >&2
+        exit 2
+    fi
+}
+
+# train_method METHOD PRESET: train one method; resume a killed run; skip a finished one.
+train_method() {
+    local method="$1" preset="$2" run_dir="$WORK/runs/$1" resume=""
+    if [[ -f "$run_dir/checkpoints/last.state.pt" && ! -f "$run_dir/train.json" ]]; then
+        echo "# $run_dir holds a checkpoint of an interrupted run: resuming it"
+        resume="--resume"
+    fi
+    run "$SAGE train --prepared '$WORK/prepared' --text-cache '$WORK/text' --method $method" \
+        "--config '$preset' --device $DEVICE --out '$run_dir' $resume $EXTRA_TRAIN_ARGS"
+}
+
+# run_pipeline DATASET PREPARE_ARGS PRESET: the four stages.
+run_pipeline() {
+    local dataset="$1" prepare_args="$2" preset="$3" runs=()
+    run "$SAGE prepare $dataset $prepare_args --out '$WORK/prepared'"
+    run "$SAGE encode-text --prepared '$WORK/prepared' --model '$MODEL' --pretrained '$PRETRAINED'" \
+        "--device $DEVICE --out '$WORK/text'"
+    for method in $METHODS; do
+        train_method "$method" "$preset"
+        runs+=("'$WORK/runs/$method'")
+    done
+    run "$SAGE report ${runs[*]} --zero-shot '$WORK/prepared' --text-cache '$WORK/text'" \
+        "--device $DEVICE --out '$WORK/report'"
+    echo "report: $WORK/report/report.html (tables: $WORK/report/report.md)"
+}
