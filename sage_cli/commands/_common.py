@@ -6,7 +6,6 @@ import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import click
 import typer
 
 from sage_cli.console import err_console
@@ -37,6 +36,7 @@ def explicit_params(ctx: typer.Context) -> set[str]:
     explicit = set()
     for name in ctx.params:
         source = ctx.get_parameter_source(name)
-        if source in (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT):
+        # By name: typer may vendor its own click, whose ParameterSource is another enum class.
+        if getattr(source, "name", None) in ("COMMANDLINE", "ENVIRONMENT"):
             explicit.add(name)
     return explicit

@@ -1,0 +1,36 @@
+"""The train stage: SG-Adapter / LIFT / linear-probe fine-tuning of a frozen CLIP image tower.
+
+Public API: :func:`run` with :class:`TrainConfig` (built from flat options by
+:func:`build_train_config`) returning :class:`TrainResult`; :func:`load_trained_classifier` for
+the stages that evaluate a run.
+"""
+
+from sage_cli.train.config import (
+    DataConfig,
+    ModelConfig,
+    OptimConfig,
+    RunConfig,
+    TrainConfig,
+    build_train_config,
+    parse_blocks,
+)
+from sage_cli.train.core import ADAPTER, TrainResult, run
+from sage_cli.train.loop import METRICS, StepInfo, TrainHooks
+from sage_cli.train.restore import load_trained_classifier
+
+__all__ = [
+    "ADAPTER",
+    "METRICS",
+    "DataConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "RunConfig",
+    "StepInfo",
+    "TrainConfig",
+    "TrainHooks",
+    "TrainResult",
+    "build_train_config",
+    "load_trained_classifier",
+    "parse_blocks",
+    "run",
+]

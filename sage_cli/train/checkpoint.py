@@ -1,0 +1,181 @@
+"""Checkpoints of a run and loading a trained classifier back.
+
+A checkpoint is a directory ``RUN_DIR/checkpoints/step-00000120/`` holding
+
+- ``adapter.safetensors``: adapter + head weights only (never the frozen backbone), and
+- ``state.pt``: optimizer, scheduler and loss-module state (compensation statistics), the
+  data-order position (epoch, step in epoch, global step) and every RNG state; plain tensors and
+  Python values only, read back with ``torch.load(weights_only=True)``.
+
+Both files are written into a temporary directory that is renamed into place, then
+``checkpoints/last.json`` (atomic) names the newest; a kill at any moment leaves either the old
+or the new checkpoint complete. Older checkpoints beyond ``keep`` are pruned afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from sage_cli import artifacts
+from sage_cli.errors import SageError
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+LATEST = "last.json"
+WEIGHTS = "adapter.safetensors"
+STATE = "state.pt"
+STATE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where the data order stands: ``step_in_epoch`` optimizer steps of ``epoch`` are done."""
+
+    epoch: int
+    step_in_epoch: int
+    global_step: int
+
+
+# --------------------------------------------------------------------------------------------
+# Weights
+
+
+def save_weights(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
+    """Write ``tensors`` as safetensors (atomically), metadata values as JSON strings."""
+    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in tensors.items()}
+    meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
+    with artifacts.atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    """Read a safetensors file of adapter + head weights; a one-line SageError naming a bad file."""
+    if not path.is_file():
+        raise SageError(f"{path}: checkpoint not found")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise SageError(f"{path}: not a readable safetensors checkpoint ({exc}); is it damaged?") from None
+
+
+# --------------------------------------------------------------------------------------------
+# RNG state
+
+
+def collect_rng_state() -> dict[str, Any]:
+    """torch (CPU and every CUDA device), numpy and Python ``random`` states, as plain values."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+        "python": random.getstate(),
+    }
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoint directories
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def checkpoint_name(global_step: int) -> str:
+    return f"step-{global_step:08d}"
+
+
+def save_checkpoint(
+    run_dir: Path,
+    weights: dict[str, torch.Tensor],
+    state: dict[str, Any],
+    position: Position,
+    metadata: dict[str, Any],
+    keep: int = 2,
+) -> Path:
+    """Write one checkpoint directory atomically, point ``last.json`` at it, prune old ones."""
+    root = run_dir / CHECKPOINT_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / checkpoint_name(position.global_step)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=root))
+    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; a checkpoint is as readable as the run
+    try:
+        save_weights(tmp / WEIGHTS, weights, {**metadata, "global_step": position.global_step})
+        payload = {"format": STATE_FORMAT, "position": vars(position), **state}
+        with artifacts.atomic_path(tmp / STATE) as part:
+            torch.save(payload, part)
+        if final.exists():  # the same step written again (e.g. epoch end == every-N step)
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    artifacts.write_json_atomic(root / LATEST, {"checkpoint": final.name, **vars(position)})
+    prune_checkpoints(root, keep)
+    return final
+
+
+def prune_checkpoints(root: Path, keep: int) -> None:
+    """Remove all but the newest ``keep`` checkpoints and any leftover temporary directories."""
+    for leftover in root.glob(".step-*.tmp"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    for old in list_checkpoints(root)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoint directories under ``root``, oldest first."""
+    found = [p for p in root.glob("step-*") if p.is_dir() and (p / WEIGHTS).is_file() and (p / STATE).is_file()]
+    return sorted(found, key=lambda p: p.name)
+
+
+def find_latest_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint ``last.json`` names, else the newest complete one, else None."""
+    root = run_dir / CHECKPOINT_DIR
+    try:
+        name = json.loads((root / LATEST).read_text())["checkpoint"]
+        if (root / name / WEIGHTS).is_file() and (root / name / STATE).is_file():
+            return root / name
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    found = list_checkpoints(root) if root.is_dir() else []
+    return found[-1] if found else None
+
+
+def load_checkpoint_state(checkpoint: Path) -> dict[str, Any]:
+    """``state.pt`` of a checkpoint directory (tensors and plain values only)."""
+    path = checkpoint / STATE
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise SageError(f"{path}: checkpoint state not found") from None
+    except Exception as exc:  # torch raises several types for damaged files
+        raise SageError(f"{path}: not a readable checkpoint state ({exc.__class__.__name__})") from None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise SageError(f"{path}: not a sage training state (format {STATE_FORMAT})")
+    return state

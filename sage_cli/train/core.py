@@ -1,0 +1,213 @@
+"""``run``: check the inputs, build the classifier and loss, train, write the run directory.
+
+Outputs in ``RUN_DIR``: ``metrics.jsonl`` (appended as the run goes), ``checkpoints/``,
+``adapter.safetensors`` (the final adapter + head weights) and, last, ``train.json``. A directory
+with outputs but no train.json is an interrupted run: ``--resume`` continues it, ``--force``
+starts over.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import resource
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sage_cli import artifacts
+from sage_cli.artifacts import TRAIN_RECORD
+from sage_cli.backbone import resolve_device
+from sage_cli.data import ManifestDataset
+from sage_cli.encode_text import check_text_cache_matches
+from sage_cli.errors import SageError
+from sage_cli.losses import build_loss
+from sage_cli.model import build_classifier
+from sage_cli.train import checkpoint as ckpt
+from sage_cli.train.config import TrainConfig
+from sage_cli.train.inputs import BACKBONE_INIT_SEED, TrainInputs, build_backbone, resolve_inputs
+from sage_cli.train.loop import METRICS, Trainer, TrainHooks
+from sage_cli.train.transforms import build_transforms, describe_preprocessing
+
+logger = logging.getLogger(__name__)
+
+STAGE = "train"
+ADAPTER = "adapter.safetensors"
+OUTPUTS = (ADAPTER, METRICS, ckpt.CHECKPOINT_DIR)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """The run directory and its train.json; ``skipped`` when it already held this exact run."""
+
+    out: Path
+    record: dict[str, Any]
+    skipped: bool = False
+
+
+def run(config: TrainConfig, hooks: TrainHooks | None = None) -> TrainResult:
+    """Train ``config.method`` on the prepared data with the cached class texts; see module doc."""
+    started = time.perf_counter()
+    inputs = resolve_inputs(config)  # every refusal of a mismatched input happens here
+    record_inputs = {**inputs.record(), "config": config.result_dict()}
+    fingerprint = artifacts.sha256_json(record_inputs)
+    out = config.run.out
+    resume_from = find_resume_checkpoint(out, fingerprint) if config.run.resume else None
+    if not config.run.resume and artifacts.guard_output_dir(out, TRAIN_RECORD, fingerprint, OUTPUTS,
+                                                            config.run.force):
+        return TrainResult(out, artifacts.read_record(out, TRAIN_RECORD), skipped=True)
+    device = resolve_device(config.run.device)
+    seed_everything(config.run.seed)
+    trainer, clip_record = build_trainer(config, inputs, device, hooks, fingerprint)
+    if resume_from is None:
+        clear_outputs(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if resume_from is not None:
+        trainer.restore(resume_from)
+        logger.info("resuming from %s (step %d)", resume_from, trainer.position.global_step)
+    preprocessing = describe_preprocessing(clip_record, config.data.augment)
+    if hooks is not None and hooks.on_start is not None:
+        hooks.on_start(start_info(trainer, preprocessing, inputs, resume_from))
+    final_eval = trainer.fit()
+    save_final_weights(out / ADAPTER, trainer, clip_record)
+    record = artifacts.build_record(
+        STAGE, record_inputs, **summarise(config, trainer, clip_record, preprocessing, inputs, device),
+        final_eval=final_eval, wall_time_s=time.perf_counter() - started,
+    )
+    artifacts.write_record(out, TRAIN_RECORD, record)  # last: marks the run complete
+    return TrainResult(out, record)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's ``random``, numpy and torch (every device)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_trainer(
+    config: TrainConfig, inputs: TrainInputs, device: torch.device, hooks: TrainHooks | None, fingerprint: str
+) -> tuple[Trainer, dict[str, Any]]:
+    """Backbone, classifier, loss and datasets, wired into a :class:`Trainer`."""
+    clip = build_backbone(inputs.model, inputs.pretrained, device)
+    check_text_cache_matches(inputs.cache, clip.record)
+    embeddings = inputs.cache.class_embeddings
+    classifier = build_classifier(clip.model, embeddings, config.model.adapter)
+    counts = torch.tensor(inputs.data.classes["train_count"].to_numpy(), dtype=torch.float32)
+    loss_fn = build_loss(config.loss, counts, embeddings).to(device)
+    train_tf, eval_tf = build_transforms(clip, config.data.augment)
+    data = inputs.data
+    train_set = ManifestDataset(data.split("train"), data.image_root, train_tf)
+    eval_set = (ManifestDataset(data.split(inputs.eval_split), data.image_root, eval_tf)
+                if inputs.eval_split else None)
+    groups = data.classes["group"].tolist()
+    trainer = Trainer(config, classifier, loss_fn, train_set, eval_set, groups, device, hooks,
+                      eval_split=inputs.eval_split, fingerprint=fingerprint)
+    return trainer, clip.record
+
+
+def find_resume_checkpoint(out: Path, fingerprint: str) -> Path | None:
+    """The latest checkpoint of an interrupted run of these exact inputs, or a SageError."""
+    if (out / TRAIN_RECORD).is_file():
+        raise SageError(f"{out}: the run is already complete ({TRAIN_RECORD}); nothing to resume")
+    checkpoint = ckpt.find_latest_checkpoint(out)
+    if checkpoint is None:
+        logger.warning("%s: no checkpoint to resume from; starting from step 0", out)
+        if any((out / o).exists() for o in OUTPUTS):
+            raise SageError(f"{out}: holds outputs but no checkpoint; pass --force to start over")
+        return None
+    state = ckpt.load_checkpoint_state(checkpoint)
+    if state.get("fingerprint") != fingerprint:
+        raise SageError(
+            f"{checkpoint}: was written by a run of other inputs or options; resume with the same "
+            "command, or pass --force to start over"
+        )
+    return checkpoint
+
+
+def clear_outputs(out: Path) -> None:
+    """Remove this stage's outputs of an earlier run (only reached with --force or on a fresh dir)."""
+    (out / TRAIN_RECORD).unlink(missing_ok=True)  # first: the directory is now marked incomplete
+    (out / ADAPTER).unlink(missing_ok=True)
+    (out / METRICS).unlink(missing_ok=True)
+    shutil.rmtree(out / ckpt.CHECKPOINT_DIR, ignore_errors=True)
+
+
+def save_final_weights(path: Path, trainer: Trainer, clip_record: dict[str, Any]) -> None:
+    metadata = {
+        "format": "sage-adapter",
+        "method": trainer.config.method,
+        "adapter_config": trainer.config.to_dict()["model"]["adapter"],
+        "model": clip_record["model"],
+        "pretrained": clip_record["pretrained"],
+        "global_step": trainer.position.global_step,
+        "fingerprint": trainer.fingerprint,
+    }
+    ckpt.save_weights(path, trainer.classifier.trainable_state_dict(), metadata)
+
+
+def start_info(
+    trainer: Trainer, preprocessing: dict[str, Any], inputs: TrainInputs, resume_from: Path | None
+) -> dict[str, Any]:
+    """What the front end prints before the first step."""
+    return {
+        "trainable_params": trainer.classifier.num_trainable,
+        "total_params": sum(p.numel() for p in trainer.classifier.parameters()),
+        "classifier": trainer.classifier.summary(),
+        "preprocessing": preprocessing,
+        "total_steps": trainer.total_steps,
+        "start_step": trainer.position.global_step,
+        "steps_per_epoch": trainer.steps_per_epoch,
+        "train_images": trainer.num_samples,
+        "eval_split": inputs.eval_split,
+        "device": str(trainer.device),
+        "resumed_from": str(resume_from) if resume_from else None,
+    }
+
+
+def summarise(
+    config: TrainConfig, trainer: Trainer, clip_record: dict[str, Any], preprocessing: dict[str, Any],
+    inputs: TrainInputs, device: torch.device,
+) -> dict[str, Any]:
+    """The fields of train.json beside inputs, final_eval and wall time."""
+    counters = trainer.counters
+    return {
+        "method": config.method,
+        "config": config.to_dict(),
+        "prepared": str(inputs.data.directory.resolve()),
+        "text_cache": str(inputs.cache.directory.resolve()),
+        "model": clip_record,
+        "backbone_init_seed": BACKBONE_INIT_SEED,
+        "classifier": trainer.classifier.summary(),
+        "trainable_params": trainer.classifier.num_trainable,
+        "preprocessing": preprocessing,
+        "device": str(device),
+        "precision": "bf16-autocast" if device.type == "cuda" else "fp32",
+        "steps": trainer.position.global_step,
+        "steps_per_epoch": trainer.steps_per_epoch,
+        "warmup_steps": trainer.warmup_steps,
+        "epochs_completed": trainer.position.epoch,
+        "train_images": trainer.num_samples,
+        "eval_split": inputs.eval_split,
+        "images_seen": counters.train_images,
+        "train_time_s": counters.train_seconds,
+        "eval_time_s": counters.eval_seconds,
+        "images_per_s": counters.train_images / max(counters.train_seconds, 1e-9),
+        "peak_memory": measure_peak_memory(device),
+        "outputs": [ADAPTER, METRICS, ckpt.CHECKPOINT_DIR],
+    }
+
+
+def measure_peak_memory(device: torch.device) -> dict[str, Any]:
+    """CUDA max allocated bytes on GPU, else the process's max RSS (bytes)."""
+    if device.type == "cuda":
+        return {"kind": "cuda_max_allocated", "bytes": int(torch.cuda.max_memory_allocated(device))}
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    scale = 1 if sys.platform == "darwin" else 1024  # macOS reports bytes, Linux KiB
+    return {"kind": "cpu_max_rss", "bytes": int(rss * scale)}

@@ -1,0 +1,121 @@
+"""The train stage's inputs, read and cross-checked before any work, and the backbone they name.
+
+:func:`resolve_inputs` reads the prepared dataset and the text cache and refuses a cache of another
+class set, prepared dataset or backbone before a model is built or a file written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sage_cli import artifacts
+from sage_cli.backbone import LoadedClip, backbone_identity, check_model_name, classify_pretrained, load_clip
+from sage_cli.data import PreparedData, load_prepared_data
+from sage_cli.encode_text import TextCache, check_text_cache_matches, load_text_cache
+from sage_cli.errors import SageError
+from sage_cli.train.config import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+# Random-init backbones ("none": tests and smoke runs) are built from this torch seed in every
+# stage (train, report's zero-shot baseline), so they are the same network everywhere.
+BACKBONE_INIT_SEED = 0
+
+
+@dataclass(frozen=True)
+class TrainInputs:
+    """What a run trains on: the prepared data, the text cache and the resolved backbone name."""
+
+    data: PreparedData
+    cache: TextCache
+    model: str
+    pretrained: str
+    eval_split: str | None
+
+    def record(self) -> dict[str, Any]:
+        """Paths and content hashes of the inputs (the ``inputs`` of train.json)."""
+        prep, text = self.data.directory.resolve(), self.cache.directory.resolve()
+        return {
+            "prepared": {
+                "path": str(prep),
+                "fingerprint": self.data.record["fingerprint"],
+                "classes_sha256": artifacts.sha256_file(prep / artifacts.CLASSES.filename),
+            },
+            "text_cache": {
+                "path": str(text),
+                "fingerprint": self.cache.record["fingerprint"],
+                "class_embeddings_sha256": artifacts.sha256_file(text / artifacts.CLASS_EMBEDDINGS.filename),
+            },
+            "backbone": backbone_identity(describe_backbone(self.model, self.pretrained)),
+        }
+
+
+def resolve_inputs(config: TrainConfig) -> TrainInputs:
+    """Read and cross-check the prepared dataset and text cache; SageError on any mismatch."""
+    data = load_prepared_data(config.data.prepared)
+    cache = load_text_cache(config.data.text_cache, prepared=config.data.prepared)
+    model = config.model.model or str(cache.record.get("model"))
+    pretrained = config.model.pretrained or str(cache.record.get("pretrained"))
+    check_text_cache_matches(cache, describe_backbone(model, pretrained))
+    if cache.class_embeddings.shape[0] != len(data.classes):
+        raise SageError(
+            f"{cache.directory}: {cache.class_embeddings.shape[0]} class embeddings for "
+            f"{len(data.classes)} classes in {data.directory}; re-run sage encode-text"
+        )
+    if not data.has_split("train"):
+        raise SageError(f"{data.directory}: the manifest has no train split; nothing to train on")
+    return TrainInputs(data, cache, check_model_name(model), pretrained, choose_eval_split(data, config))
+
+
+def choose_eval_split(data: PreparedData, config: TrainConfig) -> str | None:
+    """``--eval-split`` if given (it must exist), else val if present, else test, else None."""
+    wanted = config.data.eval_split
+    if wanted is not None:
+        if not data.has_split(wanted):
+            raise SageError(f"--eval-split {wanted}: {data.directory} has no {wanted} split")
+        return wanted
+    for split in ("val", "test"):
+        if data.has_split(split):
+            return split
+    logger.warning("%s has neither a val nor a test split; the run is not evaluated", data.directory)
+    return None
+
+
+def describe_backbone(model: str, pretrained: str) -> dict[str, Any]:
+    """The identity fields of a backbone record (name, weights, file hash) without loading it."""
+    name = check_model_name(model)
+    kind, weights = classify_pretrained(name, pretrained)
+    return {
+        "model": name,
+        "pretrained": "none" if kind == "none" else weights,
+        "pretrained_sha256": artifacts.sha256_file(weights) if kind == "file" else None,
+    }
+
+
+def build_backbone(model: str, pretrained: str, device: str | torch.device) -> LoadedClip:
+    """:func:`load_clip` with random init drawn from :data:`BACKBONE_INIT_SEED`; global RNG untouched."""
+    with seeded(BACKBONE_INIT_SEED):
+        return load_clip(model, pretrained, device)
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def text_cache_dir(train_record: dict[str, Any], run_dir: Path) -> Path:
+    """The text cache a run was trained with, from its train.json."""
+    path = train_record.get("inputs", {}).get("text_cache", {}).get("path")
+    if not path:
+        raise SageError(f"{run_dir / artifacts.TRAIN_RECORD}: names no text cache; was it written by sage train?")
+    return Path(path)

@@ -1,0 +1,64 @@
+"""`sage train` through the CLI: presets with explicit overrides, --json, one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from sage_cli import artifacts
+from sage_cli.cli import app
+
+runner = CliRunner()
+
+
+def _args(prepared: Path, text: Path, out: Path, *extra: str) -> list[str]:
+    return ["train", "--prepared", str(prepared), "--text-cache", str(text), "--method", "linear",
+            "--out", str(out), "--device", "cpu", "--num-workers", "0", *extra]
+
+
+def test_preset_supplies_defaults_and_explicit_flags_win(synthetic_prepared: Path, synthetic_text_cache: Path,
+                                                         tmp_path: Path) -> None:
+    preset = tmp_path / "preset.yaml"
+    preset.write_text("epochs: 3\nbatch-size: 16\nlr: 0.5\nmax_steps: 4\nlog_every: 1\n")
+    out = tmp_path / "run"
+    result = runner.invoke(app, _args(synthetic_prepared, synthetic_text_cache, out, "--config", str(preset),
+                                      "--lr", "0.02", "--max-steps", "2", "--json"))
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert record == artifacts.read_record(out, artifacts.TRAIN_RECORD)
+    config = record["config"]
+    assert config["optim"]["epochs"] == 3 and config["data"]["batch_size"] == 16  # from the preset
+    assert config["optim"]["lr"] == 0.02 and config["run"]["max_steps"] == 2  # explicit flags win
+    assert record["steps"] == 2
+
+
+def test_unknown_preset_key_is_one_line_error(synthetic_prepared: Path, synthetic_text_cache: Path,
+                                              tmp_path: Path) -> None:
+    preset = tmp_path / "preset.yaml"
+    preset.write_text("epoch: 3\n")
+    result = runner.invoke(app, _args(synthetic_prepared, synthetic_text_cache, tmp_path / "run",
+                                      "--config", str(preset)))
+    assert result.exit_code == 1
+    assert "unknown option 'epoch'" in result.output and len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_summary_prints_trainable_params_and_protocol(synthetic_prepared: Path, synthetic_text_cache: Path,
+                                                      tmp_path: Path) -> None:
+    result = runner.invoke(app, _args(synthetic_prepared, synthetic_text_cache, tmp_path / "run", "--max-steps", "1"))
+    assert result.exit_code == 0, result.output
+    record = artifacts.read_record(tmp_path / "run", artifacts.TRAIN_RECORD)
+    assert f"trainable parameters: {record['trainable_params']:,}" in result.output
+    assert "bicubic interpolation" in result.output and "centre crop" in result.output
+    quiet = runner.invoke(app, ["--quiet", *_args(synthetic_prepared, synthetic_text_cache, tmp_path / "q",
+                                                  "--max-steps", "1")])
+    assert quiet.exit_code == 0 and quiet.output.strip() == ""
+
+
+def test_bad_flag_is_one_line_error(synthetic_prepared: Path, synthetic_text_cache: Path, tmp_path: Path) -> None:
+    result = runner.invoke(app, _args(synthetic_prepared, synthetic_text_cache, tmp_path / "run",
+                                      "--batch-size", "8", "--micro-batch-size", "3"))
+    assert result.exit_code == 1 and "--micro-batch-size 3 must divide --batch-size 8" in result.output
+    assert not (tmp_path / "run").exists()
