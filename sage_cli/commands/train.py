@@ -32,7 +32,7 @@ def command(
     model: str | None = typer.Option(None, "--model", "-m", help="open_clip model (default: the text cache's)."),
     pretrained: str | None = typer.Option(None, "--pretrained", help="Tag, checkpoint file or none (default: the text cache's)."),
     guidance: bool | None = typer.Option(None, "--guidance/--no-guidance", help="Text guidance in the adapters (sage only; default on)."),
-    compensation: str = typer.Option("semantic", "--compensation", help="semantic, count or none."),
+    compensation: str | None = typer.Option(None, "--compensation", help="semantic, count or none (default: semantic for sage, none for lift/linear)."),
     tau: float = typer.Option(1.0, "--tau", help="Scale of log(prior) in the logit adjustment."),
     lam: float = typer.Option(1.0, "--lam", help="lambda: scale of the compensation factor."),
     kappa: float = typer.Option(16.0, "--kappa", help="Pseudo-count of the text anchor."),

@@ -200,6 +200,11 @@ def parse_blocks(text: str | None) -> tuple[int, ...] | None:
     return tuple(blocks)
 
 
+def default_compensation(method: str) -> str:
+    """sage trains with the semantic compensation factor; lift and linear with plain LA (none)."""
+    return "semantic" if method == "sage" else "none"
+
+
 def build_train_config(options: Mapping[str, Any]) -> TrainConfig:
     """A :class:`TrainConfig` from ``sage train``'s flat options (flag names with underscores).
 
@@ -222,7 +227,8 @@ def build_train_config(options: Mapping[str, Any]) -> TrainConfig:
         data=DataConfig(**pick("prepared", "text_cache", "batch_size", "micro_batch_size", "num_workers",
                                "augment", "eval_split")),
         model=ModelConfig(model=o.get("model"), pretrained=o.get("pretrained"), adapter=adapter),
-        loss=LossConfig(**pick("tau", "compensation", "lam", "kappa", "delta_max")),
+        loss=LossConfig(compensation=o.get("compensation") or default_compensation(o["method"]),
+                        **pick("tau", "lam", "kappa", "delta_max")),
         optim=OptimConfig(**pick("epochs", "lr", "momentum", "weight_decay", "warmup_epochs", "warmup_steps")),
         run=RunConfig(**pick("out", "seed", "max_steps", "eval_every", "checkpoint_every", "log_every",
                              "device", "force", "resume")),
