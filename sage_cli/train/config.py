@@ -196,7 +196,7 @@ def parse_blocks(text: str | None) -> tuple[int, ...] | None:
                 raise ValueError
             blocks.extend(range(start, stop + 1))
     except ValueError:
-        raise SageError(f"--adapter-blocks must look like 0-5 or 0,2,4; got {text!r}") from None
+        raise SageError(f"--blocks must look like 0-5 or 0,2,4; got {text!r}") from None
     return tuple(blocks)
 
 
@@ -220,15 +220,16 @@ def build_train_config(options: Mapping[str, Any]) -> TrainConfig:
         return {n: o[n] for n in names if o.get(n) is not None}
 
     adapter = AdapterConfig(
-        method=o["method"], blocks=parse_blocks(o.get("adapter_blocks")), guidance=o.get("guidance"),
-        **pick("bottleneck", "guidance_tokens"),
+        method=o["method"], blocks=parse_blocks(o.get("blocks", o.get("adapter_blocks"))),
+        guidance=o.get("guidance"),
+        **pick("bottleneck", "guidance_tokens", "activation", "attn_heads", "logit_scale"),
     )
     return TrainConfig(
         data=DataConfig(**pick("prepared", "text_cache", "batch_size", "micro_batch_size", "num_workers",
                                "augment", "eval_split")),
         model=ModelConfig(model=o.get("model"), pretrained=o.get("pretrained"), adapter=adapter),
         loss=LossConfig(compensation=o.get("compensation") or default_compensation(o["method"]),
-                        **pick("tau", "lam", "kappa", "delta_max")),
+                        **pick("tau", "lam", "kappa", "delta_max", "ema")),
         optim=OptimConfig(**pick("epochs", "lr", "momentum", "weight_decay", "warmup_epochs", "warmup_steps")),
         run=RunConfig(**pick("out", "seed", "max_steps", "eval_every", "checkpoint_every", "log_every",
                              "device", "force", "resume")),

@@ -14,7 +14,7 @@ import resource
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from sage_cli.data import ManifestDataset
 from sage_cli.encode_text import check_text_cache_matches
 from sage_cli.errors import SageError
 from sage_cli.losses import build_loss
-from sage_cli.model import build_classifier
+from sage_cli.model import SageClassifier, build_classifier
 from sage_cli.train import checkpoint as ckpt
 from sage_cli.train.config import TrainConfig
 from sage_cli.train.inputs import BACKBONE_INIT_SEED, TrainInputs, build_backbone, resolve_inputs
@@ -44,11 +44,15 @@ OUTPUTS = (ADAPTER, METRICS, ckpt.CHECKPOINT_DIR)
 
 @dataclass(frozen=True)
 class TrainResult:
-    """The run directory and its train.json; ``skipped`` when it already held this exact run."""
+    """The run directory and its train.json; ``skipped`` when it already held this exact run.
+
+    ``classifier`` is the trained model in memory (eval mode; None when skipped).
+    """
 
     out: Path
     record: dict[str, Any]
     skipped: bool = False
+    classifier: SageClassifier | None = field(default=None, repr=False, compare=False)
 
 
 def run(config: TrainConfig, hooks: TrainHooks | None = None) -> TrainResult:
@@ -81,7 +85,7 @@ def run(config: TrainConfig, hooks: TrainHooks | None = None) -> TrainResult:
         final_eval=final_eval, wall_time_s=time.perf_counter() - started,
     )
     artifacts.write_record(out, TRAIN_RECORD, record)  # last: marks the run complete
-    return TrainResult(out, record)
+    return TrainResult(out, record, classifier=trainer.classifier.eval())
 
 
 def seed_everything(seed: int) -> None:

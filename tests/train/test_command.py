@@ -34,6 +34,26 @@ def test_preset_supplies_defaults_and_explicit_flags_win(synthetic_prepared: Pat
     assert record["steps"] == 2
 
 
+def test_shipped_preset_keeps_the_per_method_loss(synthetic_prepared: Path, synthetic_text_cache: Path,
+                                                  tmp_path: Path) -> None:
+    preset = Path(__file__).resolve().parents[2] / "sage_cli" / "presets" / "synthetic.yaml"
+    runs = {}
+    for method, extra in (("linear", ()), ("sage", ()), ("lift", ("--compensation", "count"))):
+        out = tmp_path / method
+        args = _args(synthetic_prepared, synthetic_text_cache, out, "--config", str(preset), "--max-steps", "1",
+                     "--blocks", "1", "--activation", "gelu", "--ema", "0.5", *extra)
+        args[args.index("linear")] = method
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        runs[method] = artifacts.read_record(out, artifacts.TRAIN_RECORD)["config"]
+    assert runs["linear"]["loss"]["compensation"] == "none"  # LA for the baselines
+    assert runs["sage"]["loss"]["compensation"] == "semantic" and runs["sage"]["loss"]["ema"] == 0.5
+    assert runs["lift"]["loss"]["compensation"] == "count"  # explicit flag wins
+    adapter = runs["sage"]["model"]["adapter"]
+    assert adapter["blocks"] == [1] and adapter["activation"] == "gelu"
+    assert runs["sage"]["data"]["batch_size"] == 32  # from the preset
+
+
 def test_unknown_preset_key_is_one_line_error(synthetic_prepared: Path, synthetic_text_cache: Path,
                                               tmp_path: Path) -> None:
     preset = tmp_path / "preset.yaml"

@@ -21,9 +21,9 @@ def test_parse_blocks() -> None:
     assert parse_blocks("0,2,4") == (0, 2, 4)
     assert parse_blocks("0-1,7,9-10") == (0, 1, 7, 9, 10)
     assert parse_blocks(None) is None and parse_blocks("all") is None
-    with pytest.raises(SageError, match="--adapter-blocks"):
+    with pytest.raises(SageError, match="--blocks"):
         parse_blocks("5-2")
-    with pytest.raises(SageError, match="--adapter-blocks"):
+    with pytest.raises(SageError, match="--blocks"):
         parse_blocks("a,b")
 
 
@@ -43,6 +43,11 @@ def test_parse_blocks() -> None:
         ({"method": "zeroshot"}, "--method"),
         ({"method": "lift", "guidance": True}, "--guidance"),
         ({"num_workers": -1}, "--num-workers"),
+        ({"activation": "tanh"}, "--activation"),
+        ({"attn_heads": 0}, "--attn-heads"),
+        ({"logit_scale": 0.0}, "--logit-scale"),
+        ({"ema": 1.0}, "--ema"),
+        ({"blocks": "0,0"}, "--blocks"),
     ],
 )
 def test_invalid_option_names_the_flag(options: dict, flag: str) -> None:
@@ -52,7 +57,7 @@ def test_invalid_option_names_the_flag(options: dict, flag: str) -> None:
 
 def test_build_config_groups_options() -> None:
     config = build_train_config({**REQUIRED, "method": "lift", "batch_size": 16, "micro_batch_size": 4, "lr": 0.1,
-                                 "adapter_blocks": "0-1", "compensation": "count", "seed": 3})
+                                 "blocks": "0-1", "compensation": "count", "seed": 3})
     assert config.data.accumulation_steps == 4 and config.data.micro_batch == 4
     assert config.model.adapter.blocks == (0, 1) and config.model.adapter.method == "lift"
     assert config.loss.compensation == "count" and config.optim.lr == 0.1 and config.run.seed == 3

@@ -97,6 +97,22 @@ def test_load_trained_classifier_reproduces_the_final_eval(sage_run, synthetic_p
     assert result["top1"] == sage_run.record["final_eval"]["top1"]
 
 
+def test_reloaded_classifier_gives_the_trained_logits(sage_run, synthetic_prepared: Path) -> None:
+    from sage_cli.data import ManifestDataset, load_prepared_data
+
+    reloaded, clip, _ = load_trained_classifier(sage_run.out, device="cpu")
+    data = load_prepared_data(synthetic_prepared)
+    dataset = ManifestDataset(data.split("val"), data.image_root, clip.preprocess_eval)
+    images = torch.stack([dataset[i][0] for i in range(len(dataset))])  # [8, 3, 32, 32]
+    with torch.no_grad():
+        trained, again = sage_run.classifier(images), reloaded(images)  # [8, 4]
+    assert trained.shape == (8, 4) and torch.equal(trained, again)
+    initial, _, _ = load_trained_classifier(sage_run.out, device="cpu")
+    initial.load_trainable_state_dict({k: torch.zeros_like(v) for k, v in initial.trainable_state_dict().items()})
+    with torch.no_grad():
+        assert not torch.equal(initial(images), trained)  # the comparison can fail
+
+
 def test_damaged_weights_are_refused_naming_the_file(sage_run, tmp_path: Path) -> None:
     broken = tmp_path / "broken"
     shutil.copytree(sage_run.out, broken)
