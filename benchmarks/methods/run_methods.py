@@ -1,0 +1,107 @@
+"""Methods and ablations on Shapes-LT, several seeds: overall / many / medium / few, mean ± spread.
+
+    python benchmarks/methods/run_methods.py --out runs/bench-methods --seeds 0 1 2
+
+Reuses `sage demo`'s prepared data and text cache layout under --out and the same training
+settings as the demo (so the table explains what the demo shows). Writes results.json and
+RESULTS.md beside this script unless --no-record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+from sage_cli.demo import DemoConfig
+from sage_cli.demo import _encode as encode
+from sage_cli.demo import _prepare as prepare
+
+# name -> (method, extra options): the four methods, then the ablations of Sage's two pieces.
+VARIANTS = {
+    "linear": ("linear", {}),
+    "lift": ("lift", {}),
+    "sage": ("sage", {}),
+    "sage, guidance off": ("sage", {"guidance": False}),
+    "sage, compensation none": ("sage", {"compensation": "none"}),
+    "sage, compensation count": ("sage", {"compensation": "count"}),
+}
+HERE = Path(__file__).resolve().parent
+
+
+def train_variant(name: str, seed: int, out: Path, base: DemoConfig) -> Path:
+    from sage_cli.train import build_train_config
+    from sage_cli.train import run as train
+
+    method, extra = VARIANTS[name]
+    run_dir = out / f"seed{seed}" / name.replace(", ", "_").replace(" ", "-")
+    options = {
+        "prepared": out / "prepared", "text_cache": out / "text", "out": run_dir, "method": method,
+        "epochs": base.epochs, "batch_size": base.batch_size, "lr": base.lr, "seed": seed,
+        "device": base.device, "num_workers": 0, "eval_every": 0, **extra,
+    }
+    train(build_train_config(options))
+    return run_dir
+
+
+def evaluate(runs: list[Path], out: Path) -> dict:
+    from sage_cli.report import ReportConfig
+    from sage_cli.report import run as report
+
+    result = report(ReportConfig(out=out, runs=tuple(runs), zero_shot=out.parent / "prepared",
+                                 text_cache=out.parent / "text", device="cpu", num_workers=0))
+    return result.report
+
+
+def summarise(rows: dict[str, list[dict]]) -> str:
+    lines = ["| method | overall | many | medium | few |", "|---|---|---|---|---|"]
+    for name, metrics in rows.items():
+        cells = []
+        for key in ("top1", "many", "medium", "few"):
+            values = [100 * m[key] for m in metrics]
+            spread = statistics.stdev(values) if len(values) > 1 else 0.0
+            cells.append(f"{statistics.mean(values):.1f} ± {spread:.1f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("runs/bench-methods"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    parser.add_argument("--no-record", action="store_true")
+    args = parser.parse_args()
+    base = DemoConfig(out=args.out, device="cpu")
+    started = time.perf_counter()
+    prepare(args.out / "prepared", base)
+    encode(args.out / "prepared", args.out / "text", base)
+    rows: dict[str, list[dict]] = {"zero-shot": []}
+    for seed in args.seeds:
+        runs = [train_variant(name, seed, args.out, base) for name in args.variants]
+        report = evaluate(runs, args.out / f"report-seed{seed}")
+        for name, run in zip(["zero-shot", *args.variants], report["runs"]):
+            rows.setdefault(name, []).append(run["metrics"])
+    table = summarise(rows)
+    print(table)
+    if args.no_record:
+        return
+    cpu = subprocess.run(["sh", "-c", "lscpu | grep 'Model name' | cut -d: -f2"], capture_output=True, text=True)
+    machine = f"{cpu.stdout.strip() or platform.processor()}, {__import__('os').cpu_count()} cores, CPU only"
+    record = {"seeds": args.seeds, "settings": {"epochs": base.epochs, "batch_size": base.batch_size,
+              "lr": base.lr}, "machine": machine, "seconds": round(time.perf_counter() - started),
+              "results": rows}
+    (HERE / "results.json").write_text(json.dumps(record, indent=2) + "\n")
+    (HERE / "RESULTS.md").write_text(
+        f"# Shapes-LT: methods and ablations\n\nSeeds {args.seeds}; demo settings (epochs {base.epochs}, "
+        f"batch {base.batch_size}, lr {base.lr}); toy CLIP; test split, top-1 %, mean ± sample std over "
+        f"seeds.\nMachine: {machine}; {record['seconds']} s in all.\n\n{table}\n"
+    )
+
+
+if __name__ == "__main__":
+    main()
