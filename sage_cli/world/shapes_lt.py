@@ -1,0 +1,114 @@
+"""Shapes-LT: the downstream long-tailed task, drawn from the SHIFTED domain of the shapes world.
+
+:func:`prepare_shapes_lt` writes PNGs under ``out_dir/images/<split>/`` and returns the manifest
+rows (``sample_id, path, label, split`` with ``path`` relative to ``out_dir``) and the class names.
+The train split is long-tailed: downstream class ``i`` (of ``C``) keeps
+``floor(max_count * imbalance_ratio ** (-i / (C - 1)))`` images (300 down to 3 by default);
+val and test are balanced. Downstream class order is a Latin square over shapes and colours, so
+every stretch of the tail mixes all shapes and many colours (head and tail are not one shape).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from sage_cli.errors import SageError
+from sage_cli.world.shapes import COLOUR_NAMES, SHAPES, SHIFTED, class_names, generate
+
+IMAGE_DIR = "images"
+_SPLIT_STREAMS = {"train": 0, "val": 1, "test": 2}
+_ORDER_SEED = 20240607  # fixes which shape / colour leads the Latin square; never tied to --seed
+_CHUNK = 512  # images rendered per call; part of the definition of the stream, do not change
+
+
+def compute_class_order() -> list[int]:
+    """World class ids in downstream order (index = downstream label, 0 = most frequent).
+
+    Rank ``r`` takes shape ``s = r % 8`` and colour ``(r // 8 + s) % 10`` of fixed seeded
+    permutations of the shapes and colours: all 80 pairs, each block of 8 ranks holds every shape.
+    """
+    rng = np.random.default_rng(_ORDER_SEED)
+    shape_perm = rng.permutation(len(SHAPES))
+    colour_perm = rng.permutation(len(COLOUR_NAMES))
+    order = []
+    for rank in range(len(SHAPES) * len(COLOUR_NAMES)):
+        s = rank % len(SHAPES)
+        c = (rank // len(SHAPES) + s) % len(COLOUR_NAMES)
+        order.append(int(colour_perm[c]) * len(SHAPES) + int(shape_perm[s]))
+    return order
+
+
+def compute_train_counts(num_classes: int, imbalance_ratio: float, max_count: int) -> list[int]:
+    """``floor(max_count * imbalance_ratio ** (-i / (C - 1)))`` for ``i`` in ``0..C-1``."""
+    # The tiny epsilon keeps exact values (e.g. 300 / 100 = 3) from flooring to one less.
+    return [
+        math.floor(max_count * imbalance_ratio ** (-i / max(1, num_classes - 1)) + 1e-9)
+        for i in range(num_classes)
+    ]
+
+
+def _validate(imbalance_ratio: float, max_count: int, val_per_class: int, test_per_class: int) -> None:
+    if imbalance_ratio < 1:
+        raise SageError(f"--imbalance-ratio must be >= 1, got {imbalance_ratio}")
+    if max_count < 1:
+        raise SageError(f"--max-count must be >= 1, got {max_count}")
+    if max_count / imbalance_ratio < 1:
+        raise SageError(
+            f"--max-count {max_count} / --imbalance-ratio {imbalance_ratio} leaves the rarest class no "
+            "training image; raise --max-count or lower --imbalance-ratio"
+        )
+    if val_per_class < 0 or test_per_class < 1:
+        raise SageError(f"need --val-per-class >= 0 and --test-per-class >= 1, got {val_per_class}, {test_per_class}")
+
+
+def _write_split(out_dir: Path, split: str, labels: np.ndarray, world_ids: np.ndarray, seed: int) -> list[str]:
+    """Render the SHIFTED images of one split (downstream ``labels``) to PNG; return their relative paths."""
+    rng = np.random.default_rng([seed, _SPLIT_STREAMS[split]])
+    folder = out_dir / IMAGE_DIR / split
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for start in range(0, len(labels), _CHUNK):
+        batch = generate(world_ids[labels[start : start + _CHUNK]], rng, SHIFTED)
+        for offset, image in enumerate(batch.images):
+            relative = f"{IMAGE_DIR}/{split}/{start + offset:06d}.png"
+            Image.fromarray(image).save(out_dir / relative)
+            paths.append(relative)
+    return paths
+
+
+def prepare_shapes_lt(
+    out_dir: Path,
+    *,
+    imbalance_ratio: float = 100.0,
+    max_count: int = 300,
+    val_per_class: int = 20,
+    test_per_class: int = 50,
+    seed: int = 0,
+) -> tuple[pd.DataFrame, list[str]]:
+    """Write the Shapes-LT images under ``out_dir/images`` and return (manifest, class names).
+
+    The manifest has ``sample_id`` (int64, 0.. in train, val, test order), ``path`` (relative to
+    ``out_dir``), ``label`` (downstream class id, 0 = head) and ``split``. Same arguments -> the
+    same pixels.
+    """
+    _validate(imbalance_ratio, max_count, val_per_class, test_per_class)
+    order = np.asarray(compute_class_order(), dtype=np.int64)
+    counts = compute_train_counts(len(order), imbalance_ratio, max_count)
+    per_split = {
+        "train": np.repeat(np.arange(len(order)), counts),
+        "val": np.repeat(np.arange(len(order)), val_per_class),
+        "test": np.repeat(np.arange(len(order)), test_per_class),
+    }
+    frames = []
+    for split, labels in per_split.items():
+        paths = _write_split(Path(out_dir), split, labels, order, seed)
+        frames.append(pd.DataFrame({"path": paths, "label": labels.astype(np.int64), "split": split}))
+    manifest = pd.concat(frames, ignore_index=True)
+    manifest.insert(0, "sample_id", np.arange(len(manifest), dtype=np.int64))
+    names = class_names()
+    return manifest, [names[i] for i in order]
