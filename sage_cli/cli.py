@@ -34,18 +34,14 @@ def main(
 
 def _register() -> None:
     # Command modules import torch and friends lazily, so `sage --help` stays fast.
-    for module_name, command_name in (
-        ("prepare", "prepare"),
-        ("encode_text", "encode-text"),
-        ("train", "train"),
-        ("report", "report"),
-        ("demo", "demo"),
-    ):
-        try:
-            module = __import__(f"sage_cli.commands.{module_name}", fromlist=["command"])
-        except ModuleNotFoundError:
-            continue  # stage not built yet
-        app.command(command_name, no_args_is_help=command_name != "demo")(module.command)
+    from sage_cli.commands import demo, encode_text, prepare, pretrain_toy, report, train
+
+    app.command("prepare", no_args_is_help=True)(prepare.command)
+    app.command("encode-text", no_args_is_help=True)(encode_text.command)
+    app.command("train", no_args_is_help=True)(train.command)
+    app.command("report", no_args_is_help=True)(report.command)
+    app.command("demo")(demo.command)
+    app.command("pretrain-toy")(pretrain_toy.command)
 
 
 _register()
