@@ -305,9 +305,12 @@ def guard_output_dir(
     fingerprint: str,
     outputs: tuple[str, ...],
     force: bool,
+    required: tuple[str, ...] | None = None,
 ) -> bool:
     """Decide whether a stage may write into ``directory``.
 
+    ``outputs`` are every file or folder the stage may write (their presence without a record marks
+    an interrupted run); ``required`` (default: all of ``outputs``) those a finished result has.
     Returns True when the directory already holds this exact result (same fingerprint): the stage
     can skip its work. Returns False when the directory is free (or ``force``). Raises
     :class:`SageError` when it holds outputs of other inputs, or of an interrupted run, and
@@ -322,8 +325,14 @@ def guard_output_dir(
             existing = json.loads(record_path.read_text()).get("fingerprint")
         except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
             existing = None
-        if existing == fingerprint and all((directory / o).exists() for o in outputs):
+        missing = [o for o in (outputs if required is None else required) if not (directory / o).exists()]
+        if existing == fingerprint and not missing:
             return not force
+        if existing == fingerprint and not force:
+            raise SageError(
+                f"{directory}: holds this {record_name.removesuffix('.json')} result but {missing[0]} "
+                "is missing; pass --force to redo it"
+            )
         if not force:
             raise SageError(
                 f"{directory}: holds a {record_name.removesuffix('.json')} result of other inputs; "

@@ -115,3 +115,15 @@ def test_read_record_errors(tmp_path):
     (tmp_path / "prepare.json").write_text(json.dumps({"fingerprint": "x", "schema_version": 99}))
     with pytest.raises(SageError, match="newer sage"):
         artifacts.read_record(tmp_path, "prepare.json")
+
+
+def test_guard_same_inputs_with_a_missing_output_says_so(tmp_path):
+    out = tmp_path / "run"
+    artifacts.write_record(out, "train.json", {"fingerprint": "fp"})
+    (out / "adapter.safetensors").write_bytes(b"x")
+    # An optional output (no checkpoint folder in a short run) does not make a finished run unfinished.
+    assert artifacts.guard_output_dir(out, "train.json", "fp", ("adapter.safetensors", "checkpoints"),
+                                      force=False, required=("adapter.safetensors",)) is True
+    (out / "adapter.safetensors").unlink()
+    with pytest.raises(SageError, match="holds this train result but adapter.safetensors is missing"):
+        artifacts.guard_output_dir(out, "train.json", "fp", ("adapter.safetensors",), force=False)

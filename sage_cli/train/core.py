@@ -64,7 +64,7 @@ def run(config: TrainConfig, hooks: TrainHooks | None = None) -> TrainResult:
     out = config.run.out
     resume_from = find_resume_checkpoint(out, fingerprint) if config.run.resume else None
     if not config.run.resume and artifacts.guard_output_dir(out, TRAIN_RECORD, fingerprint, OUTPUTS,
-                                                            config.run.force):
+                                                            config.run.force, required=(ADAPTER,)):
         return TrainResult(out, artifacts.read_record(out, TRAIN_RECORD), skipped=True)
     device = resolve_device(config.run.device)
     seed_everything(config.run.seed)
