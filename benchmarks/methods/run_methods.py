@@ -43,6 +43,8 @@ def train_variant(name: str, seed: int, out: Path, base: DemoConfig) -> Path:
         "prepared": out / "prepared", "text_cache": out / "text", "out": run_dir, "method": method,
         "epochs": base.epochs, "batch_size": base.batch_size, "lr": base.lr, "seed": seed,
         "device": base.device, "num_workers": 0, "eval_every": 0, **extra,
+        # A run cut off by a killed benchmark is redone; a finished one is reused as it is.
+        "force": run_dir.exists() and not (run_dir / "train.json").exists(),
     }
     train(build_train_config(options))
     return run_dir
@@ -81,23 +83,25 @@ def main() -> None:
     prepare(args.out / "prepared", base)
     encode(args.out / "prepared", args.out / "text", base)
     rows: dict[str, list[dict]] = {"zero-shot": []}
-    for seed in args.seeds:
+    for i, seed in enumerate(args.seeds):
         runs = [train_variant(name, seed, args.out, base) for name in args.variants]
         report = evaluate(runs, args.out / f"report-seed{seed}")
         for name, run in zip(["zero-shot", *args.variants], report["runs"]):
             rows.setdefault(name, []).append(run["metrics"])
+        print(summarise(rows), flush=True)
+        if not args.no_record:  # after every seed, so a cut-off run still leaves its figures
+            write_results(rows, args.seeds[: i + 1], base, time.perf_counter() - started)
+
+
+def write_results(rows: dict[str, list[dict]], seeds: list[int], base: DemoConfig, seconds: float) -> None:
     table = summarise(rows)
-    print(table)
-    if args.no_record:
-        return
     cpu = subprocess.run(["sh", "-c", "lscpu | grep 'Model name' | cut -d: -f2"], capture_output=True, text=True)
     machine = f"{cpu.stdout.strip() or platform.processor()}, {__import__('os').cpu_count()} cores, CPU only"
-    record = {"seeds": args.seeds, "settings": {"epochs": base.epochs, "batch_size": base.batch_size,
-              "lr": base.lr}, "machine": machine, "seconds": round(time.perf_counter() - started),
-              "results": rows}
+    record = {"seeds": seeds, "settings": {"epochs": base.epochs, "batch_size": base.batch_size,
+              "lr": base.lr}, "machine": machine, "seconds": round(seconds), "results": rows}
     (HERE / "results.json").write_text(json.dumps(record, indent=2) + "\n")
     (HERE / "RESULTS.md").write_text(
-        f"# Shapes-LT: methods and ablations\n\nSeeds {args.seeds}; demo settings (epochs {base.epochs}, "
+        f"# Shapes-LT: methods and ablations\n\nSeeds {seeds}; demo settings (epochs {base.epochs}, "
         f"batch {base.batch_size}, lr {base.lr}); toy CLIP; test split, top-1 %, mean ± sample std over "
         f"seeds.\nMachine: {machine}; {record['seconds']} s in all.\n\n{table}\n"
     )
