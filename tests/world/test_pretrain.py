@@ -11,6 +11,7 @@ import open_clip
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 
 from sage_cli.errors import SageError
 from sage_cli.world import CLEAN, SHIFTED, TOY_WEIGHTS, generate
@@ -91,8 +92,13 @@ def test_run_is_deterministic_and_guarded(tmp_path: Path) -> None:
     kwargs = dict(steps=3, batch_size=8, warmup_steps=1, eval_per_class=0)
     a = run(PretrainConfig(out=tmp_path / "a", **kwargs))
     b = run(PretrainConfig(out=tmp_path / "b", **kwargs))
-    assert a.losses == b.losses
-    assert a.weights.read_bytes() == b.weights.read_bytes()
+    # Same seed, same run. Not bytes: MKL's float32 matmuls are not bitwise reproducible across
+    # memory alignments, so a last-bit difference can flip one float16 rounding (a CI run saw it).
+    assert a.losses == pytest.approx(b.losses, rel=1e-5)
+    wa, wb = load_file(str(a.weights)), load_file(str(b.weights))
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        torch.testing.assert_close(wa[key].float(), wb[key].float(), atol=1e-3, rtol=1e-3, msg=key)
     # Same inputs again: skipped, nothing rewritten.
     assert run(PretrainConfig(out=tmp_path / "a", **kwargs)).skipped
     # Other inputs into the same directory: refused, weights untouched.
@@ -102,7 +108,8 @@ def test_run_is_deterministic_and_guarded(tmp_path: Path) -> None:
     assert "\n" not in str(info.value)
     assert a.weights.read_bytes() == before
     c = run(PretrainConfig(out=tmp_path / "c", **{**kwargs, "seed": 1}))
-    assert c.weights.read_bytes() != before
+    wc = load_file(str(c.weights))
+    assert max(float((wc[k].float() - wa[k].float()).abs().max()) for k in wa) > 0.05  # another seed differs
 
 
 def test_shipped_weights_zero_shot_well_above_chance() -> None:
