@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import typer
+from rich.progress import Progress
 from rich.table import Table
 
 from sage_cli.commands._common import handle_errors
@@ -14,32 +18,63 @@ from sage_cli.console import console
 
 @handle_errors
 def command(
-    dataset: str = typer.Argument(..., help="synthetic or shapes-lt."),
+    dataset: str = typer.Argument(..., help="imagenet-lt, places-lt, inat2018, cifar100-lt, folder, csv, "
+                                  "synthetic or shapes-lt (layouts: docs/datasets.md)."),
     out: Path = typer.Option(..., "--out", "-o", help="Directory for manifest.parquet, classes.parquet, prepare.json."),
-    root: Path | None = typer.Option(None, "--root", help="Dataset root (not used by generated datasets)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the generated images."),
-    imbalance_ratio: float | None = typer.Option(None, "--imbalance-ratio", help="Largest / smallest class count."),
+    root: Path | None = typer.Option(None, "--root", help="Dataset root (the CSV file for csv; unused by generated sets)."),
+    classnames: Path | None = typer.Option(None, "--classnames", help="Class names: '<wnid> <name>' or one name per line, in label order."),
+    verify: str = typer.Option("exists", "--verify", help="exists: every listed image is a file; decode: also decode each."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Drop missing/undecodable images (listed in OUT/dropped.csv) instead of failing."),
+    imbalance_ratio: float | None = typer.Option(None, "--imbalance-ratio", help="Largest / smallest class count (cifar100-lt: 100; any value > 1)."),
+    groups_from: str | None = typer.Option(None, "--groups-from", help="cifar100-lt groups: ir100 (default, LIFT's 35/35/30) or own (this ratio's counts)."),
     many_threshold: int = typer.Option(100, "--many-threshold", help="many: more training images than this."),
     few_threshold: int = typer.Option(20, "--few-threshold", help="few: fewer training images than this."),
+    workers: int | None = typer.Option(None, "--workers", help="Threads for image checks and PNG writes (default: automatic)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the generated images."),
     force: bool = typer.Option(False, "--force", help="Overwrite a preparation of other inputs in --out."),
     as_json: bool = typer.Option(False, "--json", help="Print prepare.json to stdout instead of a summary."),
 ) -> None:
     """Write the manifest, class table (counts, priors, many/medium/few) and record of a dataset."""
     from sage_cli.prepare import PrepareConfig, run
 
-    result = run(PrepareConfig(dataset=dataset, out=out, root=root, seed=seed, imbalance_ratio=imbalance_ratio,
-                               many_threshold=many_threshold, few_threshold=few_threshold, force=force))
-    record = result.record
+    config = PrepareConfig(dataset=dataset, out=out, root=root, seed=seed, imbalance_ratio=imbalance_ratio,
+                           many_threshold=many_threshold, few_threshold=few_threshold, force=force,
+                           classnames=classnames, verify=verify, skip_bad=skip_bad, groups_from=groups_from,
+                           workers=workers)
+    with _progress(f"checking images ({verify})", quiet=as_json) as progress:
+        result = run(config, progress=progress)
     if as_json:
-        typer.echo(json.dumps(record, indent=2))
+        typer.echo(json.dumps(result.record, indent=2))
         return
     if result.skipped:
         console.print(f"{out} already holds this preparation; nothing to do", soft_wrap=True)
+    console.print(_summary(result.record))
+
+
+@contextlib.contextmanager
+def _progress(label: str, quiet: bool) -> Iterator[Any]:
+    """A Rich progress bar fed by ``(done, total)`` callbacks; silent under --json / --quiet."""
+    with Progress(console=console, transient=True, disable=quiet or console.quiet) as bar:
+        task = bar.add_task(label, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
+def _summary(record: dict[str, Any]) -> Table:
+    """Images per split, class counts, imbalance and classes per group."""
     table = Table(title=f"{record['dataset']}: {record['num_classes']} classes")
     for col in ("train", "val", "test", "max", "min", "imbalance", "many/medium/few"):
         table.add_column(col, justify="right")
     g = record["group_counts"]
-    table.add_row(*(str(record["counts"][s]) for s in ("train", "val", "test")), str(record["max_count"]),
-                  str(record["min_count"]), f"{record['max_count'] / record['min_count']:.0f}",
+    table.add_row(*(f"{record['counts'][s]:,}" for s in ("train", "val", "test")), f"{record['max_count']:,}",
+                  f"{record['min_count']:,}", f"{record['max_count'] / record['min_count']:.0f}",
                   f"{g['many']}/{g['medium']}/{g['few']}")
-    console.print(table)
+    notes = []
+    if record.get("groups_from"):
+        notes.append("groups from the IR-100 counts (LIFT's convention)" if record["groups_from"] == "ir100"
+                     else "groups from this ratio's own counts")
+    if record.get("dropped"):
+        notes.append(f"{record['dropped']:,} bad image(s) dropped (dropped.csv)")
+    if record.get("warnings"):
+        notes.append(f"{len(record['warnings'])} warning(s) in prepare.json")
+    table.caption = "; ".join(notes) or None
+    return table

@@ -1,14 +1,18 @@
-"""`sage prepare`: long-tailed manifests and class-frequency priors for the generated datasets.
+"""`sage prepare`: long-tailed manifests, class-frequency priors and many/medium/few groups.
 
-Sources here: ``synthetic`` (a small procedurally drawn long-tailed set) and ``shapes-lt`` (the
-embedded shapes world, see ``sage_cli.world``). Both write PNGs under ``OUT/images``; the
-manifest's paths are relative to it (``prepare.json``'s ``image_root``).
+Sources (the ``SOURCES`` table): the generated ``synthetic`` and ``shapes-lt`` sets; the split-file
+benchmarks ``imagenet-lt``, ``places-lt`` and ``inat2018`` (:mod:`.splits`); ``cifar100-lt`` from
+the official pickles (:mod:`.cifar`); and user data as ``folder`` or ``csv`` (:mod:`.folder`).
+Generated sets and CIFAR write PNGs under ``OUT/images`` (``image_root`` is OUT); the others keep
+paths relative to ``--root`` (``image_root`` is ROOT), after checking every listed image exists
+(:mod:`.check`). Benchmarks are compared with their recipe in ``data_manifests/`` (:mod:`.recipes`).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +21,22 @@ import pandas as pd
 
 from sage_cli import artifacts
 from sage_cli.errors import SageError
+from sage_cli.prepare import check, recipes
+from sage_cli.prepare.source import SourceData
 
 logger = logging.getLogger(__name__)
 
-SOURCES = ("synthetic", "shapes-lt")
-OUTPUTS = (artifacts.MANIFEST.filename, artifacts.CLASSES.filename)
+GENERATED = ("synthetic", "shapes-lt")
+SOURCES = (*GENERATED, "imagenet-lt", "places-lt", "inat2018", "cifar100-lt", "folder", "csv")
+WITH_CLASSNAMES = ("imagenet-lt", "places-lt", "inat2018", "folder", "csv")
+OUTPUTS = (artifacts.MANIFEST.filename, artifacts.CLASSES.filename, check.DROPPED)
+REQUIRED = (artifacts.MANIFEST.filename, artifacts.CLASSES.filename)
 
 
 @dataclass(frozen=True)
 class PrepareConfig:
+    """Options of one preparation; every check names the flag at fault."""
+
     dataset: str
     out: Path
     root: Path | None = None
@@ -34,6 +45,11 @@ class PrepareConfig:
     many_threshold: int = 100
     few_threshold: int = 20
     force: bool = False
+    classnames: Path | None = None
+    verify: str = "exists"
+    skip_bad: bool = False
+    groups_from: str | None = None  # cifar100-lt: "ir100" (default) or "own"
+    workers: int | None = None  # threads for image checks and PNG writes (None: automatic)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out", Path(self.out))
@@ -43,6 +59,32 @@ class PrepareConfig:
             raise SageError(f"--imbalance-ratio must be > 1; got {self.imbalance_ratio}")
         if not 0 < self.few_threshold <= self.many_threshold:
             raise SageError("--few-threshold must be positive and at most --many-threshold")
+        if self.verify not in check.VERIFY_MODES:
+            raise SageError(f"--verify must be one of {', '.join(check.VERIFY_MODES)}; got {self.verify!r}")
+        if self.workers is not None and self.workers < 1:
+            raise SageError(f"--workers must be at least 1; got {self.workers}")
+        self._check_dataset_options()
+
+    def _check_dataset_options(self) -> None:
+        if self.dataset in GENERATED:
+            return
+        if self.root is None:
+            raise SageError(f"--root is required for {self.dataset}; see docs/datasets.md for its layout")
+        object.__setattr__(self, "root", Path(self.root).expanduser().resolve())
+        if not self.root.exists():
+            raise SageError(f"--root {self.root} does not exist")
+        if self.imbalance_ratio is not None and self.dataset != "cifar100-lt":
+            raise SageError(f"--imbalance-ratio applies to cifar100-lt and generated sets, not {self.dataset}")
+        if self.groups_from is not None and self.dataset != "cifar100-lt":
+            raise SageError("--groups-from applies to cifar100-lt only")
+        if self.groups_from not in (None, "ir100", "own"):
+            raise SageError(f"--groups-from must be ir100 or own; got {self.groups_from!r}")
+        if self.classnames is not None:
+            if self.dataset not in WITH_CLASSNAMES:
+                raise SageError(f"--classnames does not apply to {self.dataset} (its names come with it)")
+            object.__setattr__(self, "classnames", Path(self.classnames).expanduser().resolve())
+            if not self.classnames.is_file():
+                raise SageError(f"--classnames {self.classnames} is not a file")
 
 
 @dataclass(frozen=True)
@@ -52,49 +94,142 @@ class PrepareResult:
     skipped: bool = False
 
 
-def compute_class_table(names: list[str], train_labels: np.ndarray, many: int, few: int) -> pd.DataFrame:
-    """class_id, name, train_count, prior and group (many > ``many``, few < ``few``, else medium)."""
+@dataclass(frozen=True)
+class Source:
+    """How to load one dataset, and which files define it (hashed into the fingerprint)."""
+
+    load: Callable[[PrepareConfig], SourceData]
+    input_hashes: Callable[[PrepareConfig], dict[str, str]] | None = None  # None: generated
+    writes_images: bool = False  # load() writes PNGs into OUT: the old record goes first
+
+
+def compute_class_table(names: list[str], train_labels: np.ndarray, many: int, few: int,
+                        group_counts: np.ndarray | None = None) -> pd.DataFrame:
+    """class_id, name, train_count, prior and group (many > ``many``, few < ``few``, else medium).
+
+    Groups follow ``group_counts`` when given (CIFAR-100-LT's IR-100 convention), else train counts.
+    """
     counts = np.bincount(train_labels, minlength=len(names)).astype(np.int64)
     empty = np.flatnonzero(counts == 0)
     if len(empty):
         raise SageError(f"class {int(empty[0])} ({names[empty[0]]!r}) has no training image")
-    group = np.where(counts > many, "many", np.where(counts < few, "few", "medium"))
+    by = counts if group_counts is None else np.asarray(group_counts)
+    group = np.where(by > many, "many", np.where(by < few, "few", "medium"))
     return pd.DataFrame({
         "class_id": np.arange(len(names), dtype=np.int64), "name": names, "train_count": counts,
         "prior": counts / counts.sum(), "group": group,
     })
 
 
-def run(config: PrepareConfig) -> PrepareResult:
-    """Generate the dataset into ``config.out`` unless it already holds exactly this preparation."""
-    inputs = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()
-              if k not in ("out", "force")}
+def run(config: PrepareConfig, progress: check.Progress | None = None) -> PrepareResult:
+    """Prepare ``config.dataset`` into ``config.out`` unless it already holds exactly this preparation.
+
+    ``progress(done, total)`` is called as listed images are checked.
+    """
+    source = _source_table()[config.dataset]
+    hashes = source.input_hashes(config) if source.input_hashes else None
+    inputs = _fingerprint_inputs(config, hashes)
     fingerprint = artifacts.sha256_json(inputs)
-    if artifacts.guard_output_dir(config.out, artifacts.PREPARE_RECORD, fingerprint, OUTPUTS, config.force):
+    if artifacts.guard_output_dir(config.out, artifacts.PREPARE_RECORD, fingerprint, OUTPUTS, config.force,
+                                  required=REQUIRED):
         return PrepareResult(config.out, artifacts.read_record(config.out, artifacts.PREPARE_RECORD), True)
-    (config.out / artifacts.PREPARE_RECORD).unlink(missing_ok=True)
-    manifest, names = _generate(config)
-    train = manifest[manifest["split"] == "train"]["label"].to_numpy()
-    classes = compute_class_table(names, train, config.many_threshold, config.few_threshold)
+    if source.writes_images:
+        (config.out / artifacts.PREPARE_RECORD).unlink(missing_ok=True)
+    data = source.load(config)
+    manifest = data.manifest
+    if "sample_id" not in manifest.columns:  # ids before any drop, so kept images keep theirs
+        manifest.insert(0, "sample_id", np.arange(len(manifest), dtype=np.int64))
+    dropped = pd.DataFrame(columns=["path", "split", "reason"])
+    if not data.generated:
+        manifest, dropped = check.apply_checks(manifest, data.image_root, config.verify, config.skip_bad,
+                                               config.workers, progress)
+    train = manifest.loc[manifest["split"] == "train", "label"].to_numpy()
+    classes = compute_class_table(data.names, train, config.many_threshold, config.few_threshold,
+                                  data.group_counts)
+    (config.out / artifacts.PREPARE_RECORD).unlink(missing_ok=True)  # tables without a record: interrupted
     artifacts.write_table(config.out, artifacts.MANIFEST, manifest)
     artifacts.write_table(config.out, artifacts.CLASSES, classes)
-    counts = {s: int((manifest["split"] == s).sum()) for s in artifacts.SPLITS}
-    record = artifacts.build_record(
-        "prepare", inputs, dataset=config.dataset, root=None, image_root=str(config.out.resolve()),
-        options=inputs, counts=counts, num_classes=len(names),
-        group_thresholds={"many": config.many_threshold, "few": config.few_threshold},
-        group_counts={g: int((classes["group"] == g).sum()) for g in artifacts.GROUPS},
-        max_count=int(classes["train_count"].max()), min_count=int(classes["train_count"].min()),
-    )
+    check.save_dropped(config.out, dropped)
+    record = _build_record(config, inputs, hashes, data, manifest, classes, len(dropped))
     artifacts.write_record(config.out, artifacts.PREPARE_RECORD, record)
     return PrepareResult(config.out, record)
 
 
-def _generate(config: PrepareConfig) -> tuple[pd.DataFrame, list[str]]:
+def _fingerprint_inputs(config: PrepareConfig, hashes: dict[str, str] | None) -> dict[str, Any]:
+    keys = ["dataset", "root", "seed", "imbalance_ratio", "many_threshold", "few_threshold"]
+    if hashes is not None:  # generated sets keep their original inputs (and fingerprints)
+        keys += ["classnames", "verify", "skip_bad", "groups_from"]
+    inputs = {k: getattr(config, k) for k in keys}
+    inputs = {k: (str(v) if isinstance(v, Path) else v) for k, v in inputs.items()}
+    return inputs if hashes is None else {**inputs, "hashes": hashes}
+
+
+def _build_record(config: PrepareConfig, inputs: dict[str, Any], hashes: dict[str, str] | None,
+                  data: SourceData, manifest: pd.DataFrame, classes: pd.DataFrame,
+                  num_dropped: int) -> dict[str, Any]:
+    counts = {s: int((manifest["split"] == s).sum()) for s in artifacts.SPLITS}
+    stats = {**counts, "classes": len(classes), "max_count": int(classes["train_count"].max()),
+             "min_count": int(classes["train_count"].min())}
+    warnings = data.warnings + _compare_recipe(config, stats)
+    options = {k: v for k, v in inputs.items() if k != "hashes"}
+    return artifacts.build_record(
+        "prepare", inputs, dataset=config.dataset, root=options["root"],
+        image_root=str(Path(data.image_root).resolve()), options=options, hashes=hashes or {},
+        counts=counts, num_classes=len(classes),
+        group_thresholds={"many": config.many_threshold, "few": config.few_threshold},
+        group_counts={g: int((classes["group"] == g).sum()) for g in artifacts.GROUPS},
+        max_count=stats["max_count"], min_count=stats["min_count"], dropped=num_dropped,
+        warnings=warnings, **data.notes,
+    )
+
+
+def _compare_recipe(config: PrepareConfig, stats: dict[str, int]) -> list[str]:
+    if config.dataset not in recipes.RECIPES:
+        return []
+    recipe = recipes.load_recipe(config.dataset)
+    expected = recipes.expected_statistics(recipe, config.imbalance_ratio or 100.0)
+    return recipes.compare_statistics(recipe["name"], stats, expected)
+
+
+def _source_table() -> dict[str, Source]:
+    """dataset name -> Source. Imports are local so `sage prepare synthetic` stays light."""
+    from sage_cli.prepare import cifar, folder, splits
+
+    def split_source(name: str) -> Source:
+        return Source(lambda c: splits.load_split_dataset(name, c.root, c.classnames),
+                      lambda c: _hash_files(splits.input_files(name, c.root, c.classnames)))
+
+    return {
+        "synthetic": Source(_generate, writes_images=True), "shapes-lt": Source(_generate, writes_images=True),
+        **{name: split_source(name) for name in splits.SPLIT_DATASETS},
+        "cifar100-lt": Source(
+            lambda c: cifar.load_cifar100_lt(c.root, c.out, c.imbalance_ratio or 100.0, c.groups_from or "ir100",
+                                             c.workers),
+            lambda c: _hash_files(cifar.input_files(c.root)), writes_images=True),
+        "folder": Source(lambda c: folder.load_folder(c.root, c.classnames),
+                         lambda c: {**folder.folder_inputs(c.root), **_hash_classnames(c)}),
+        "csv": Source(lambda c: folder.load_csv(c.root, c.classnames),
+                      lambda c: _hash_files({"csv": folder.find_csv(c.root)}) | _hash_classnames(c)),
+    }
+
+
+def _hash_files(files: dict[str, Path]) -> dict[str, str]:
+    return {name: artifacts.sha256_file(path) for name, path in files.items()}
+
+
+def _hash_classnames(config: PrepareConfig) -> dict[str, str]:
+    return _hash_files({"classnames": config.classnames}) if config.classnames else {}
+
+
+def _generate(config: PrepareConfig) -> SourceData:
     if config.dataset == "shapes-lt":
         from sage_cli.world.shapes_lt import prepare_shapes_lt
 
-        return prepare_shapes_lt(config.out, imbalance_ratio=config.imbalance_ratio or 100.0, seed=config.seed)
-    from sage_cli.prepare.synthetic import generate_synthetic
+        manifest, names = prepare_shapes_lt(config.out, imbalance_ratio=config.imbalance_ratio or 100.0,
+                                            seed=config.seed)
+    else:
+        from sage_cli.prepare.synthetic import generate_synthetic
 
-    return generate_synthetic(config.out, imbalance_ratio=config.imbalance_ratio or 30.0, seed=config.seed)
+        manifest, names = generate_synthetic(config.out, imbalance_ratio=config.imbalance_ratio or 30.0,
+                                             seed=config.seed)
+    return SourceData(manifest, names, config.out, generated=True)
