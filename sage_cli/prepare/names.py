@@ -40,7 +40,7 @@ def read_names_file(path: Path) -> tuple[list[str], dict[str, str]]:
         mapping = {key: rest.split(",")[0].strip() for key, rest in first}
         return list(mapping.values()), mapping
     last = [line.rsplit(maxsplit=1) for line in lines]
-    if all(len(p) == 2 and p[1].isdigit() for p in last):
+    if all(len(p) == 2 and p[0].startswith("/") and p[1].isdigit() for p in last):
         ordered = sorted(((int(i), name_from_folders(n.strip("/").split("/"))) for n, i in last))
         if [i for i, _ in ordered] != list(range(len(ordered))):
             raise SageError(f"{path}: the ids of '<name> <id>' lines must run 0..{len(ordered) - 1}")
