@@ -1,30 +1,38 @@
 """Images of a prepared dataset as torch batches, in a seeded data order that can resume mid-epoch.
 
 :class:`ManifestDataset` reads the manifest rows of one split (PIL -> RGB -> transform) and yields
-``(image, label, sample_id)``. :class:`SeededEpochSampler` derives epoch ``e``'s order, and one
-seed per sample for the random augmentation, from ``(seed, e)`` alone; so the images a step sees
-depend only on the seed, the epoch and the position in it, whatever the number of workers, and a
-run can restart at any step. :func:`build_loader` wires them into a DataLoader.
+``(image, label, sample_id)`` (with ``skip_bad``, a :class:`BadSample` marker for an unreadable
+file, dropped by :func:`collate_samples`). :func:`compute_epoch_order` derives epoch ``e``'s order,
+and one seed per sample for the random augmentation, from ``(seed, e)`` alone; so the images a step
+sees depend only on the seed, the epoch and the position in it, whatever the number of workers or
+processes, and a run can restart at any step. :class:`StepBatchSampler` cuts that order into
+optimizer steps and micro-batches and, under DDP, gives each rank a disjoint strided slice of every
+micro-batch. :func:`build_loader` wires them into a DataLoader.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import os
-from collections.abc import Callable, Iterable, Iterator
+import signal
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from sage_cli import artifacts
 from sage_cli.errors import SageError
 
 Transform = Callable[[Image.Image], torch.Tensor]
+logger = logging.getLogger(__name__)
+
 # A sampler key: a plain index (deterministic transform), or (index, seed) for a seeded augmentation.
 Key = int | tuple[int, int]
 
@@ -75,26 +83,65 @@ def load_image(path: str | os.PathLike[str]) -> Image.Image:
         raise SageError(f"{path}: cannot read image ({exc.__class__.__name__}: {exc})") from None
 
 
+@dataclass(frozen=True)
+class BadSample:
+    """Returned in place of a sample whose image cannot be read (``skip_bad``); dropped in collate."""
+
+    path: str
+    reason: str
+
+
+class MicroBatch(NamedTuple):
+    """A collated batch: ``images`` [B, 3, H, W] (None when every image of it was bad), ``labels``
+    [B], ``sample_ids`` [B], and the paths of the images skipped as unreadable."""
+
+    images: torch.Tensor | None
+    labels: torch.Tensor
+    sample_ids: torch.Tensor
+    skipped: tuple[str, ...] = ()
+
+
+def collate_samples(samples: Sequence[Any]) -> MicroBatch:
+    """Collate ``(image, label, sample_id)`` items, dropping :class:`BadSample` markers (and counting them)."""
+    good = [s for s in samples if not isinstance(s, BadSample)]
+    skipped = tuple(s.path for s in samples if isinstance(s, BadSample))
+    if not good:
+        empty = torch.zeros(0, dtype=torch.long)
+        return MicroBatch(None, empty, empty.clone(), skipped)
+    images, labels, sample_ids = default_collate(good)
+    return MicroBatch(images, labels, sample_ids, skipped)
+
+
 class ManifestDataset(Dataset):
     """Samples of one split: ``(image [3, H, W], label, sample_id)``.
 
     A key may be an index, or ``(index, seed)``: the transform then runs under that torch seed,
-    so random crops and flips are a function of the key alone (reproducible, resumable).
+    so random crops and flips are a function of the key alone (reproducible, resumable). With
+    ``skip_bad`` an unreadable image gives a :class:`BadSample` instead of a SageError.
     """
 
-    def __init__(self, samples: pd.DataFrame, image_root: str | os.PathLike[str], transform: Transform) -> None:
+    def __init__(
+        self, samples: pd.DataFrame, image_root: str | os.PathLike[str], transform: Transform, skip_bad: bool = False
+    ) -> None:
         root = Path(image_root)
         self.paths = [str(root / p) for p in samples["path"]]  # an absolute `path` stays as it is
         self.labels = samples["label"].to_numpy(dtype=np.int64)
         self.sample_ids = samples["sample_id"].to_numpy(dtype=np.int64)
         self.transform = transform
+        self.skip_bad = skip_bad
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, key: Key) -> tuple[torch.Tensor, int, int]:
+    def __getitem__(self, key: Key) -> tuple[torch.Tensor, int, int] | BadSample:
         index, seed = key if isinstance(key, tuple) else (key, None)
-        image = load_image(self.paths[index])
+        try:
+            image = load_image(self.paths[index])
+        except SageError as exc:
+            if not self.skip_bad:
+                raise
+            logger.warning("skipping %s (--skip-bad)", exc)
+            return BadSample(self.paths[index], str(exc))
         if seed is None:
             pixels = self.transform(image)
         else:
@@ -142,28 +189,86 @@ class SeededEpochSampler(Sampler[tuple[int, int]]):
         return self.num_samples - self.start
 
 
+class StepBatchSampler(Sampler[list[tuple[int, int]]]):
+    """Yields this rank's micro-batches of ``(index, seed)`` keys, step after step, of one epoch.
+
+    Step ``s`` covers positions ``[s * batch_size, min((s + 1) * batch_size, N))`` of
+    :func:`compute_epoch_order`; it is cut into global micro-batches of ``micro_batch_size``
+    consecutive positions, and rank ``r`` of ``world_size`` takes positions ``r, r + W, ...`` of
+    each (possibly none). The ranks together see exactly the images one process sees, in the same
+    micro-batches. Call :meth:`set_epoch` before each epoch; ``start_step`` skips steps (resume).
+    """
+
+    def __init__(
+        self, num_samples: int, seed: int, batch_size: int, micro_batch_size: int,
+        rank: int = 0, world_size: int = 1, shuffle: bool = True,
+    ) -> None:
+        if batch_size % micro_batch_size or not 0 <= rank < world_size:
+            raise ValueError(f"bad batching: batch {batch_size}, micro {micro_batch_size}, rank {rank}/{world_size}")
+        self.num_samples, self.seed, self.shuffle = num_samples, seed, shuffle
+        self.batch_size, self.micro_batch_size = batch_size, micro_batch_size
+        self.rank, self.world_size = rank, world_size
+        self.epoch, self.start_step = 0, 0
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.num_samples / self.batch_size)
+
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        if not 0 <= start_step <= self.steps_per_epoch:
+            raise ValueError(f"start step {start_step} outside 0..{self.steps_per_epoch}")
+        self.epoch, self.start_step = epoch, start_step
+
+    def step_size(self, step: int) -> int:
+        """Images in step ``step`` of an epoch, over all ranks (the last step may be short)."""
+        return max(0, min(self.batch_size, self.num_samples - step * self.batch_size))
+
+    def micro_batches_in_step(self, step: int) -> int:
+        return math.ceil(self.step_size(step) / self.micro_batch_size)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        order, seeds = compute_epoch_order(self.num_samples, self.seed, self.epoch, self.shuffle)
+        for step in range(self.start_step, self.steps_per_epoch):
+            first = step * self.batch_size
+            stop = first + self.step_size(step)
+            for begin in range(first, stop, self.micro_batch_size):
+                positions = range(begin + self.rank, min(begin + self.micro_batch_size, stop), self.world_size)
+                yield [(int(order[p]), int(seeds[p])) for p in positions]
+
+    def __len__(self) -> int:
+        return sum(self.micro_batches_in_step(s) for s in range(self.start_step, self.steps_per_epoch))
+
+
+def ignore_interrupts(worker_id: int) -> None:
+    """DataLoader worker init: leave Ctrl-C to the main process, which stops at a step boundary."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def build_loader(
     dataset: Dataset,
     batch_size: int,
     num_workers: int,
     device: torch.device,
-    sampler: Sampler | None = None,
+    sampler: Sampler | Iterable[int] | None = None,
+    batch_sampler: Sampler | None = None,
 ) -> DataLoader:
-    """A DataLoader in ``sampler``'s order (or the dataset's), pinned memory on CUDA, workers kept alive.
+    """A DataLoader in ``sampler``'s order (or ``batch_sampler``'s batches, or the dataset's order),
+    pinned memory on CUDA, workers kept alive; batches are :class:`MicroBatch` es.
 
     Workers are capped at the CPUs this process may use (more only thrash); the data a step sees
     does not depend on their number.
     """
     num_workers = min(num_workers, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    batching: dict[str, Any] = ({"batch_sampler": batch_sampler} if batch_sampler is not None else
+                                {"batch_size": batch_size, "sampler": sampler, "shuffle": False, "drop_last": False})
     return DataLoader(
         dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        shuffle=False,
+        **batching,
         num_workers=num_workers,
+        collate_fn=collate_samples,
         pin_memory=device.type == "cuda",
         persistent_workers=num_workers > 0,
-        drop_last=False,
+        worker_init_fn=ignore_interrupts if num_workers > 0 else None,
     )
 
 

@@ -116,11 +116,13 @@ class SemanticCompensation(CompensationEstimator):
         means = self.class_means
         # sum_i ||f_i - m_y||^2 = sum_i ||f_i||^2 - 2 m_y . sum_i f_i + n ||m_y||^2 (0 for absent classes)
         sq_dist = sq_norms - 2 * (means * sums).sum(-1) + counts * means.pow(2).sum(-1)  # [C]
+        seen_any = counts.sum() > 0  # False for a batch whose images were all skipped (on every rank)
         total = counts.sum().clamp_min(1)
         momentum = torch.where(self.num_updates > 0, self.cfg.ema, 0.0)  # first batch: take it
+        momentum = torch.where(seen_any, momentum, 1.0)  # an empty batch changes nothing
         self.spread.mul_(momentum).add_((1 - momentum) * sq_dist.sum().clamp_min(0) / total)
         self.feature_mean.mul_(momentum).add_((1 - momentum) * sums.sum(0) / total)
-        self.num_updates += 1
+        self.num_updates += seen_any.long()
 
     def delta(self) -> torch.Tensor:
         anchors = self.centred_text + self.feature_mean  # t'_y, [C, E]

@@ -31,6 +31,7 @@ from safetensors.torch import load_file, save_file
 
 from sage_cli import artifacts
 from sage_cli.errors import SageError
+from sage_cli.train.faults import explain_write_errors
 
 logger = logging.getLogger(__name__)
 
@@ -119,25 +120,45 @@ def save_checkpoint(
     metadata: dict[str, Any],
     keep: int = 2,
 ) -> Path:
-    """Write one checkpoint directory atomically, point ``last.json`` at it, prune old ones."""
+    """Write one checkpoint directory atomically, point ``last.json`` at it, prune old ones.
+
+    A full or read-only disk is a SageError naming the checkpoint; the previous checkpoint stays
+    the latest and intact.
+    """
     root = run_dir / CHECKPOINT_DIR
-    root.mkdir(parents=True, exist_ok=True)
     final = root / checkpoint_name(position.global_step)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=root))
-    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; a checkpoint is as readable as the run
-    try:
-        save_weights(tmp / WEIGHTS, weights, {**metadata, "global_step": position.global_step})
-        payload = {"format": STATE_FORMAT, "position": vars(position), **state}
-        with artifacts.atomic_path(tmp / STATE) as part:
-            torch.save(payload, part)
-        if final.exists():  # the same step written again (e.g. epoch end == every-N step)
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    artifacts.write_json_atomic(root / LATEST, {"checkpoint": final.name, **vars(position)})
+    with explain_write_errors(final, "checkpoint"):
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=root))
+        try:
+            tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; a checkpoint is as readable as the run
+            save_weights(tmp / WEIGHTS, weights, {**metadata, "global_step": position.global_step})
+            write_state(tmp / STATE, {"format": STATE_FORMAT, "position": vars(position), **state})
+            replace_directory(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        artifacts.write_json_atomic(root / LATEST, {"checkpoint": final.name, **vars(position)})
     prune_checkpoints(root, keep)
     return final
+
+
+def write_state(path: Path, payload: dict[str, Any]) -> None:
+    """``torch.save`` ``payload`` to ``path`` atomically (fsynced, then renamed)."""
+    with artifacts.atomic_path(path) as part:
+        torch.save(payload, part)
+
+
+def replace_directory(tmp: Path, final: Path) -> None:
+    """Rename ``tmp`` to ``final``; an existing ``final`` (the same step written again) is moved
+    aside first, under a name :func:`prune_checkpoints` removes, so no instant lacks both."""
+    if final.exists():
+        aside = final.parent / f".{final.name}.old.tmp"
+        shutil.rmtree(aside, ignore_errors=True)
+        os.replace(final, aside)
+        os.replace(tmp, final)
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
 
 
 def prune_checkpoints(root: Path, keep: int) -> None:

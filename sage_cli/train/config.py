@@ -32,9 +32,11 @@ class DataConfig:
     """Where the data comes from and how it is batched.
 
     ``batch_size`` images make one optimizer step; they go through the model in micro-batches of
-    ``micro_batch_size`` (gradient accumulation; None = the whole batch at once). ``augment``
-    False trains on the eval transform (deterministic; used by tests). ``eval_split`` None means
-    val when the prepared dataset has one, else test.
+    ``micro_batch_size`` (gradient accumulation; None = the whole batch at once); both are global
+    (under torchrun each rank takes 1 / world size of every micro-batch). ``augment`` False trains
+    on the eval transform (deterministic; used by tests). ``eval_split`` None means val when the
+    prepared dataset has one, else test. ``skip_bad`` skips (and records) unreadable images
+    instead of stopping on the first.
     """
 
     prepared: Path
@@ -44,6 +46,7 @@ class DataConfig:
     num_workers: int = 4
     augment: bool = True
     eval_split: str | None = None
+    skip_bad: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "prepared", Path(self.prepared))
@@ -166,6 +169,7 @@ class TrainConfig:
         for key in ("out", "force", "resume", "eval_every", "checkpoint_every", "log_every"):
             config["run"].pop(key)
         config["data"].pop("num_workers")
+        config["data"].pop("skip_bad")  # a run that meets no bad image ends the same either way
         for key in ("prepared", "text_cache"):  # identified by their content hashes instead
             config["data"].pop(key)
         return config
@@ -226,7 +230,7 @@ def build_train_config(options: Mapping[str, Any]) -> TrainConfig:
     )
     return TrainConfig(
         data=DataConfig(**pick("prepared", "text_cache", "batch_size", "micro_batch_size", "num_workers",
-                               "augment", "eval_split")),
+                               "augment", "eval_split", "skip_bad")),
         model=ModelConfig(model=o.get("model"), pretrained=o.get("pretrained"), adapter=adapter),
         loss=LossConfig(compensation=o.get("compensation") or default_compensation(o["method"]),
                         **pick("tau", "lam", "kappa", "delta_max", "ema")),

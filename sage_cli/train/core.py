@@ -3,7 +3,7 @@
 Outputs in ``RUN_DIR``: ``metrics.jsonl`` (appended as the run goes), ``checkpoints/``,
 ``adapter.safetensors`` (the final adapter + head weights) and, last, ``train.json``. A directory
 with outputs but no train.json is an interrupted run: ``--resume`` continues it, ``--force``
-starts over.
+starts over. Under torchrun only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import torch
 
 from sage_cli import artifacts
 from sage_cli.artifacts import TRAIN_RECORD
-from sage_cli.backbone import resolve_device
 from sage_cli.data import ManifestDataset
 from sage_cli.encode_text import check_text_cache_matches
 from sage_cli.errors import SageError
@@ -31,6 +30,8 @@ from sage_cli.losses import build_loss
 from sage_cli.model import SageClassifier, build_classifier
 from sage_cli.train import checkpoint as ckpt
 from sage_cli.train.config import TrainConfig
+from sage_cli.train.distributed import DistContext, distributed_session
+from sage_cli.train.faults import explain_write_errors
 from sage_cli.train.inputs import BACKBONE_INIT_SEED, TrainInputs, build_backbone, resolve_inputs
 from sage_cli.train.loop import METRICS, Trainer, TrainHooks
 from sage_cli.train.transforms import build_transforms, describe_preprocessing
@@ -56,9 +57,21 @@ class TrainResult:
 
 
 def run(config: TrainConfig, hooks: TrainHooks | None = None) -> TrainResult:
-    """Train ``config.method`` on the prepared data with the cached class texts; see module doc."""
+    """Train ``config.method`` on the prepared data with the cached class texts; see module doc.
+
+    Under torchrun every rank calls this; they train data-parallel and rank 0 writes the outputs.
+    """
     started = time.perf_counter()
     inputs = resolve_inputs(config)  # every refusal of a mismatched input happens here
+    with distributed_session(config.run.device) as (dist_ctx, device):
+        return run_on(config, inputs, dist_ctx, device, hooks, started)
+
+
+def run_on(
+    config: TrainConfig, inputs: TrainInputs, dist_ctx: DistContext, device: torch.device,
+    hooks: TrainHooks | None, started: float,
+) -> TrainResult:
+    """:func:`run` once the inputs are checked and this process knows its rank and device."""
     record_inputs = {**inputs.record(), "config": config.result_dict()}
     fingerprint = artifacts.sha256_json(record_inputs)
     out = config.run.out
@@ -66,25 +79,30 @@ def run(config: TrainConfig, hooks: TrainHooks | None = None) -> TrainResult:
     if not config.run.resume and artifacts.guard_output_dir(out, TRAIN_RECORD, fingerprint, OUTPUTS,
                                                             config.run.force, required=(ADAPTER,)):
         return TrainResult(out, artifacts.read_record(out, TRAIN_RECORD), skipped=True)
-    device = resolve_device(config.run.device)
     seed_everything(config.run.seed)
-    trainer, clip_record = build_trainer(config, inputs, device, hooks, fingerprint)
-    if resume_from is None:
-        clear_outputs(out)
-    out.mkdir(parents=True, exist_ok=True)
+    trainer, clip_record = build_trainer(config, inputs, device, hooks, fingerprint, dist_ctx)
+    dist_ctx.barrier()  # every rank has read the run directory before rank 0 changes it
+    if dist_ctx.is_main:
+        with explain_write_errors(out, "run directory"):
+            if resume_from is None:
+                clear_outputs(out)
+            out.mkdir(parents=True, exist_ok=True)
     if resume_from is not None:
         trainer.restore(resume_from)
         logger.info("resuming from %s (step %d)", resume_from, trainer.position.global_step)
     preprocessing = describe_preprocessing(clip_record, config.data.augment)
-    if hooks is not None and hooks.on_start is not None:
+    if hooks is not None and hooks.on_start is not None and dist_ctx.is_main:
         hooks.on_start(start_info(trainer, preprocessing, inputs, resume_from))
     final_eval = trainer.fit()
-    save_final_weights(out / ADAPTER, trainer, clip_record)
     record = artifacts.build_record(
         STAGE, record_inputs, **summarise(config, trainer, clip_record, preprocessing, inputs, device),
         final_eval=final_eval, wall_time_s=time.perf_counter() - started,
     )
-    artifacts.write_record(out, TRAIN_RECORD, record)  # last: marks the run complete
+    if dist_ctx.is_main:
+        save_final_weights(out / ADAPTER, trainer, clip_record)
+        with explain_write_errors(out / TRAIN_RECORD, "run record"):
+            artifacts.write_record(out, TRAIN_RECORD, record)  # last: marks the run complete
+    dist_ctx.barrier()  # no rank reports success before the outputs are on disk
     return TrainResult(out, record, classifier=trainer.classifier.eval())
 
 
@@ -96,7 +114,8 @@ def seed_everything(seed: int) -> None:
 
 
 def build_trainer(
-    config: TrainConfig, inputs: TrainInputs, device: torch.device, hooks: TrainHooks | None, fingerprint: str
+    config: TrainConfig, inputs: TrainInputs, device: torch.device, hooks: TrainHooks | None, fingerprint: str,
+    dist_ctx: DistContext | None = None,
 ) -> tuple[Trainer, dict[str, Any]]:
     """Backbone, classifier, loss and datasets, wired into a :class:`Trainer`."""
     clip = build_backbone(inputs.model, inputs.pretrained, device)
@@ -107,12 +126,13 @@ def build_trainer(
     loss_fn = build_loss(config.loss, counts, embeddings).to(device)
     train_tf, eval_tf = build_transforms(clip, config.data.augment)
     data = inputs.data
-    train_set = ManifestDataset(data.split("train"), data.image_root, train_tf)
-    eval_set = (ManifestDataset(data.split(inputs.eval_split), data.image_root, eval_tf)
+    skip_bad = config.data.skip_bad
+    train_set = ManifestDataset(data.split("train"), data.image_root, train_tf, skip_bad=skip_bad)
+    eval_set = (ManifestDataset(data.split(inputs.eval_split), data.image_root, eval_tf, skip_bad=skip_bad)
                 if inputs.eval_split else None)
     groups = data.classes["group"].tolist()
     trainer = Trainer(config, classifier, loss_fn, train_set, eval_set, groups, device, hooks,
-                      eval_split=inputs.eval_split, fingerprint=fingerprint)
+                      eval_split=inputs.eval_split, fingerprint=fingerprint, dist_ctx=dist_ctx)
     return trainer, clip.record
 
 
@@ -153,7 +173,8 @@ def save_final_weights(path: Path, trainer: Trainer, clip_record: dict[str, Any]
         "global_step": trainer.position.global_step,
         "fingerprint": trainer.fingerprint,
     }
-    ckpt.save_weights(path, trainer.classifier.trainable_state_dict(), metadata)
+    with explain_write_errors(path, "final weights"):
+        ckpt.save_weights(path, trainer.classifier.trainable_state_dict(), metadata)
 
 
 def start_info(
@@ -192,6 +213,8 @@ def summarise(
         "trainable_params": trainer.classifier.num_trainable,
         "preprocessing": preprocessing,
         "device": str(device),
+        "world_size": trainer.dist.world_size,
+        "distributed_backend": trainer.dist.backend,
         "precision": "bf16-autocast" if device.type == "cuda" else "fp32",
         "steps": trainer.position.global_step,
         "steps_per_epoch": trainer.steps_per_epoch,
@@ -204,6 +227,7 @@ def summarise(
         "eval_time_s": counters.eval_seconds,
         "images_per_s": counters.train_images / max(counters.train_seconds, 1e-9),
         "peak_memory": measure_peak_memory(device),
+        "skipped_images": trainer.all_skipped(),
         "outputs": [ADAPTER, METRICS, ckpt.CHECKPOINT_DIR],
     }
 

@@ -32,23 +32,38 @@ def compute_group_top1(
 
 
 @torch.no_grad()
-def evaluate(
-    classifier: nn.Module, loader: DataLoader, groups: Sequence[str], device: torch.device
-) -> dict[str, Any]:
-    """Top-1 (overall, many, medium, few) of ``classifier`` on ``loader``; the model is left as found."""
+def predict(classifier: nn.Module, loader: DataLoader, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """Arg-max predictions [N] and labels [N] of ``classifier`` over ``loader``; the model is left as found.
+
+    Batches may be ``(images, labels, ...)`` tuples or :class:`~sage_cli.data.MicroBatch` es (an
+    all-skipped batch, images None, is passed over).
+    """
     was_training = classifier.training
     classifier.eval()
     predictions, labels = [], []
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
                 else contextlib.nullcontext())
-    for images, batch_labels, _ in iterate_batches(loader):
+    for batch in iterate_batches(loader):
+        images, batch_labels = batch[0], batch[1]
+        if images is None:
+            continue
         with autocast:
             logits = classifier(images.to(device, non_blocking=True))  # [B, C]
         predictions.append(logits.argmax(dim=-1))
         labels.append(batch_labels)
     classifier.train(was_training)
     if not labels:
-        return {"samples": 0, **compute_group_top1(np.array([]), np.array([], dtype=np.int64), groups)}
-    pred = torch.cat(predictions).cpu().numpy()
-    true = torch.cat(labels).numpy()
-    return {"samples": int(len(true)), **compute_group_top1(pred, true, groups)}
+        return np.array([], dtype=np.int64), np.array([], dtype=np.int64)
+    return torch.cat(predictions).cpu().numpy(), torch.cat(labels).numpy()
+
+
+def summarise_predictions(predictions: np.ndarray, labels: np.ndarray, groups: Sequence[str]) -> dict[str, Any]:
+    """``samples`` and the top-1 figures of :func:`compute_group_top1`."""
+    return {"samples": int(len(labels)), **compute_group_top1(predictions, labels, groups)}
+
+
+def evaluate(
+    classifier: nn.Module, loader: DataLoader, groups: Sequence[str], device: torch.device
+) -> dict[str, Any]:
+    """Top-1 (overall, many, medium, few) of ``classifier`` on ``loader``; the model is left as found."""
+    return summarise_predictions(*predict(classifier, loader, device), groups)

@@ -3,33 +3,45 @@
 One optimizer step sees ``batch_size`` images in micro-batches of ``micro_batch_size``; each
 micro-batch's mean loss is weighted by its share of the step's images, so an accumulated step
 takes the same update as one big batch. The compensation statistics of the loss are updated per
-micro-batch. Nothing is synchronised with the GPU per step except on logging steps.
+micro-batch. Nothing is synchronised with the GPU per step except on logging and checkpoint steps.
+
+Under torchrun each rank takes a disjoint strided slice of every micro-batch of the same seeded
+order (:class:`~sage_cli.data.StepBatchSampler`), weights its losses by its share of the *global*
+step, and the gradients are summed over ranks; rank 0 alone writes. A NaN / inf loss stops the
+run before anything is logged or checkpointed; SIGINT / SIGTERM stop it at the next step
+boundary with a checkpoint (see :mod:`sage_cli.train.faults`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+import numpy as np
 import torch
 
 from sage_cli.artifacts import write_bytes_atomic
-from sage_cli.data import ManifestDataset, SeededEpochSampler, build_loader, iterate_batches
+from sage_cli.data import ManifestDataset, MicroBatch, StepBatchSampler, build_loader, iterate_batches
+from sage_cli.errors import SageError
 from sage_cli.losses import CompensatedLALoss
 from sage_cli.model import SageClassifier
 from sage_cli.train import checkpoint as ckpt
 from sage_cli.train.config import TrainConfig
-from sage_cli.train.evaluate import evaluate
+from sage_cli.train.distributed import DistContext
+from sage_cli.train.evaluate import predict, summarise_predictions
+from sage_cli.train.faults import (
+    NonFiniteWatch,
+    StopSignals,
+    TrainingInterrupted,
+    explain_write_errors,
+    non_finite_error,
+)
 from sage_cli.train.optim import build_optimizer, build_scheduler, compute_warmup_steps
-
-Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # images [B, 3, H, W], labels [B], sample ids [B]
-
 
 @dataclass(frozen=True)
 class StepInfo:
@@ -75,54 +87,83 @@ class Trainer:
         hooks: TrainHooks | None = None,
         eval_split: str | None = None,
         fingerprint: str = "",
+        dist_ctx: DistContext | None = None,
     ) -> None:
         self.config, self.classifier, self.loss_fn = config, classifier, loss_fn
         self.eval_split, self.fingerprint = eval_split, fingerprint
-        self.device, self.groups, self.hooks = device, groups, hooks or TrainHooks()
+        self.dist = dist_ctx or DistContext()
+        self.device, self.groups = device, groups
+        self.hooks = (hooks or TrainHooks()) if self.dist.is_main else TrainHooks()
         self.out = config.run.out
         data = config.data
         self.num_samples = len(train_set)
-        self.sampler = SeededEpochSampler(self.num_samples, config.run.seed)
-        self.loader = build_loader(train_set, data.micro_batch, data.num_workers, device, self.sampler)
-        self.eval_loader = (build_loader(eval_set, data.micro_batch, data.num_workers, device)
-                            if eval_set is not None and len(eval_set) else None)
-        self.steps_per_epoch = math.ceil(self.num_samples / data.batch_size)
+        self.sampler = StepBatchSampler(self.num_samples, config.run.seed, data.batch_size, data.micro_batch,
+                                        self.dist.rank, self.dist.world_size)
+        self.loader = build_loader(train_set, data.micro_batch, data.num_workers, device, batch_sampler=self.sampler)
+        self.eval_loader = self.build_eval_loader(eval_set)
+        self.steps_per_epoch = self.sampler.steps_per_epoch
         planned = config.optim.epochs * self.steps_per_epoch
         self.total_steps = min(planned, config.run.max_steps or planned)
         self.warmup_steps = compute_warmup_steps(config.optim, self.steps_per_epoch, self.total_steps)
         self.optimizer = build_optimizer(classifier, config.optim)
         self.scheduler = build_scheduler(self.optimizer, self.warmup_steps, self.total_steps)
+        self.trainable = [p for p in classifier.parameters() if p.requires_grad]
         self.position = ckpt.Position(epoch=0, step_in_epoch=0, global_step=0)
         self.counters = Counters()
         self.last_eval: dict[str, Any] | None = None
+        self.skipped: set[str] = set()  # unreadable training images met with --skip-bad (this rank)
         self.needs_features = loss_fn.estimator.needs_features
+        self.feature_dim = int(classifier.head.weight.shape[1])
+        self.watch = NonFiniteWatch(device)
+        self.signals = StopSignals()
+        self.stopped = False
+        self.saved_step: int | None = None  # global step of the newest checkpoint on disk
         self._window_loss = torch.zeros((), device=device)  # summed on device; read on log steps only
         self._window_steps, self._window_images, self._window_start = 0, 0, time.perf_counter()
         self._step_lr = 0.0
+
+    def build_eval_loader(self, eval_set: ManifestDataset | None) -> torch.utils.data.DataLoader | None:
+        """The eval loader; under DDP each rank evaluates a strided shard and the results are gathered."""
+        if eval_set is None or not len(eval_set):
+            return None
+        shard = range(self.dist.rank, len(eval_set), self.dist.world_size) if self.dist.enabled else None
+        data = self.config.data
+        return build_loader(eval_set, data.micro_batch, data.num_workers, self.device, sampler=shard)
 
     # ---------------------------------------------------------------------------------------
     # the loop
 
     def fit(self) -> dict[str, Any] | None:
-        """Train to ``total_steps``; evaluate and checkpoint on schedule. Returns the last eval."""
+        """Train to ``total_steps``; evaluate and checkpoint on schedule. Returns the last eval.
+
+        Raises :class:`TrainingInterrupted` after a stop signal (with a checkpoint of the last
+        finished step) and a SageError naming the step of a NaN / inf loss.
+        """
         self.classifier.train()
         self.loss_fn.train()
-        with open(self.out / METRICS, "a") as metrics:
+        self.dist.broadcast_params(self.trainable)
+        with MetricsLog(self.out / METRICS, self.dist.is_main) as metrics, self.signals:
             while self.position.global_step < self.total_steps:
                 finished_epoch = self.train_epoch(metrics)
+                if self.stopped:
+                    self.stop_with_checkpoint()
                 if finished_epoch:
                     self.end_epoch(metrics)
+            self.check_finite()
             if self.last_eval is None or self.last_eval["step"] != self.position.global_step:
                 self.run_eval(metrics)
         return self.last_eval
 
-    def train_epoch(self, metrics: TextIO) -> bool:
-        """Steps until the epoch ends (True) or the run reaches ``total_steps`` mid-epoch (False)."""
+    def train_epoch(self, metrics: MetricsLog) -> bool:
+        """Steps until the epoch ends (True), the run reaches ``total_steps`` or a stop signal (False)."""
         epoch, start_step = self.position.epoch, self.position.step_in_epoch
-        self.sampler.set_epoch(epoch, start=min(start_step * self.config.data.batch_size, self.num_samples))
+        self.sampler.set_epoch(epoch, start_step)
         tic = time.perf_counter()
         for micro_batches in self.group_steps(iterate_batches(self.loader), start_step):
             images = self.train_step(micro_batches)
+            if images is None:
+                self.stopped = True
+                break
             self.position = ckpt.Position(epoch, self.position.step_in_epoch + 1, self.position.global_step + 1)
             self.counters.train_images += images
             self._window_images += images
@@ -131,113 +172,170 @@ class Trainer:
             if self.position.global_step >= self.total_steps:
                 break
         self.counters.train_seconds += time.perf_counter() - tic
-        return self.position.step_in_epoch >= self.steps_per_epoch
+        return not self.stopped and self.position.step_in_epoch >= self.steps_per_epoch
 
-    def group_steps(self, batches: Iterable[Batch], start_step: int) -> Iterator[list[Batch]]:
-        """Group micro-batches into optimizer steps of ``batch_size`` images (the last may be short)."""
-        batch_size = self.config.data.batch_size
-        position = start_step * batch_size
-        group: list[Batch] = []
-        count = 0
+    def group_steps(self, batches: Iterable[MicroBatch], start_step: int) -> Iterator[list[MicroBatch]]:
+        """Group this rank's micro-batches into optimizer steps (the sampler knows how many per step)."""
+        step, group = start_step, []
         for batch in batches:
             group.append(batch)
-            count += len(batch[1])
-            if count >= min(batch_size, self.num_samples - position):
+            if len(group) == self.sampler.micro_batches_in_step(step):
                 yield group
-                position += count
-                group, count = [], 0
+                step, group = step + 1, []
 
-    def train_step(self, micro_batches: list[Batch]) -> int:
-        """One optimizer step over ``micro_batches``; returns the number of images it saw."""
-        total = sum(len(labels) for _, labels, _ in micro_batches)
+    def train_step(self, micro_batches: list[MicroBatch]) -> int | None:
+        """One optimizer step; the number of images it saw over all ranks, or None on a stop signal."""
+        local = sum(len(batch.labels) for batch in micro_batches)
+        self.note_skipped(micro_batches)
+        total, stops = self.dist.sum_host([local, int(self.signals.received is not None)])
+        if stops:
+            return None
+        step = self.position.global_step + 1
         self.optimizer.zero_grad(set_to_none=True)
-        for images, labels, _ in micro_batches:
-            images = images.to(self.device, non_blocking=True)
-            labels = labels.to(self.device, non_blocking=True)
-            with self.autocast():
-                logits, features = self.classifier.forward_with_features(images)  # [B, C], [B, E]
-            loss = self.loss_fn(logits, labels, features if self.needs_features else None)
-            weighted = loss * (len(labels) / total)
-            weighted.backward()
-            self._window_loss += weighted.detach()
+        for batch in micro_batches:
+            self.train_micro_batch(batch, total, step)
+        self.dist.all_reduce_grads(self.trainable)
         self._step_lr = self.optimizer.param_groups[0]["lr"]  # the lr this step used (a float)
         self.optimizer.step()
         self.scheduler.step()
         return total
+
+    def train_micro_batch(self, batch: MicroBatch, total: int, step: int) -> None:
+        """Forward and backward of one micro-batch, its loss weighted by its share of the step's ``total`` images."""
+        if batch.images is None:  # nothing readable here; the loss statistics still meet the other ranks
+            if self.needs_features:
+                self.loss_fn.estimator.update(torch.zeros(0, self.feature_dim, device=self.device),
+                                              torch.zeros(0, dtype=torch.long, device=self.device))
+            return
+        images = batch.images.to(self.device, non_blocking=True)
+        labels = batch.labels.to(self.device, non_blocking=True)
+        with self.autocast():
+            logits, features = self.classifier.forward_with_features(images)  # [B, C], [B, E]
+        loss = self.loss_fn(logits, labels, features if self.needs_features else None)
+        self.watch.observe(loss, step)
+        weighted = loss * (len(labels) / total)
+        weighted.backward()
+        self._window_loss += weighted.detach()
+
+    def note_skipped(self, micro_batches: list[MicroBatch]) -> None:
+        for batch in micro_batches:
+            self.skipped.update(batch.skipped)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.device.type == "cuda":
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def after_step(self, metrics: TextIO) -> None:
+    def after_step(self, metrics: MetricsLog) -> None:
         step = self.position.global_step
         info = StepInfo(step, self.total_steps, self.position.epoch)
         if step % self.config.run.log_every == 0 or step == self.total_steps:
+            self.check_finite()
             info = self.log_train(metrics)
         if self.hooks.on_step is not None:
             self.hooks.on_step(info)
         every = self.config.run.checkpoint_every
-        if every and step % every == 0 and step < self.total_steps:
+        # the last step of an epoch is checkpointed by end_epoch (after its eval)
+        if every and step % every == 0 and step < self.total_steps and self.position.step_in_epoch < self.steps_per_epoch:
             self.save_checkpoint()
 
-    def end_epoch(self, metrics: TextIO) -> None:
+    def end_epoch(self, metrics: MetricsLog) -> None:
         """Evaluate on schedule, move to the next epoch, checkpoint (so a resume skips the eval)."""
         epoch = self.position.epoch
         every = self.config.run.eval_every
+        self.check_finite()
         if every and (epoch + 1) % every == 0:
             self.run_eval(metrics)
         self.position = ckpt.Position(epoch + 1, 0, self.position.global_step)
         self.save_checkpoint()
 
+    def check_finite(self) -> None:
+        """A SageError naming the first step whose loss was NaN or inf (on any rank), if there was one."""
+        bad = self.watch.first_bad_step(self.dist.min_ if self.dist.enabled else None)
+        if bad is not None:
+            raise non_finite_error(bad, ckpt.find_latest_checkpoint(self.out))
+
+    def stop_with_checkpoint(self) -> None:
+        """After a stop signal: checkpoint the last finished step (unless on disk already) and raise."""
+        step = self.position.global_step
+        checkpoint = (ckpt.find_latest_checkpoint(self.out) if self.saved_step == step else self.save_checkpoint())
+        raise TrainingInterrupted(step, self.total_steps, checkpoint, self.signals.received or "stop signal")
+
     # ---------------------------------------------------------------------------------------
     # metrics
 
-    def log_train(self, metrics: TextIO) -> StepInfo:
+    def log_train(self, metrics: MetricsLog) -> StepInfo:
         elapsed = max(time.perf_counter() - self._window_start, 1e-9)
-        loss = float(self._window_loss) / max(1, self._window_steps)  # the one host sync
+        loss = float(self.dist.sum_(self._window_loss.clone())) / max(1, self._window_steps)  # the one host sync
         speed = self._window_images / elapsed
         entry = {
             "kind": "train", "step": self.position.global_step, "epoch": self.position.epoch,
             "loss": loss, "lr": self._step_lr, "images_per_s": speed,
             "steps": self._window_steps,
         }
-        write_metrics(metrics, entry)
+        metrics.write(entry)
         self._window_loss.zero_()
         self._window_steps, self._window_images, self._window_start = 0, 0, time.perf_counter()
         return StepInfo(self.position.global_step, self.total_steps, self.position.epoch, loss, speed)
 
-    def run_eval(self, metrics: TextIO) -> None:
+    def run_eval(self, metrics: MetricsLog) -> None:
         if self.eval_loader is None:
             return
         tic = time.perf_counter()
-        result = evaluate(self.classifier, self.eval_loader, self.groups, self.device)
+        predictions, labels = predict(self.classifier, self.eval_loader, self.device)
+        if self.dist.enabled:  # each rank evaluated a shard
+            shards = self.dist.gather_objects((predictions, labels))
+            predictions = np.concatenate([p for p, _ in shards])
+            labels = np.concatenate([y for _, y in shards])
+        result = summarise_predictions(predictions, labels, self.groups)
         self.counters.eval_seconds += time.perf_counter() - tic
         self.last_eval = {"kind": "eval", "step": self.position.global_step, "epoch": self.position.epoch,
                           "split": self.eval_split, **result}
-        write_metrics(metrics, self.last_eval)
+        metrics.write(self.last_eval)
         if self.hooks.on_eval is not None:
             self.hooks.on_eval(self.last_eval)
         self._window_start += time.perf_counter() - tic  # eval time is not training throughput
+
+    def all_skipped(self) -> list[str]:
+        """Unreadable training images met so far, over every rank, sorted."""
+        return sorted(set().union(*self.dist.gather_objects(self.skipped)))
 
     # ---------------------------------------------------------------------------------------
     # checkpoints
 
     def training_state(self) -> dict[str, Any]:
+        """Everything but the weights that a resume needs (collective under DDP: every rank calls it)."""
+        window_loss = float(self.dist.sum_(self._window_loss.clone()))
         return {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "loss": self.loss_fn.state_dict(),
             "rng": ckpt.collect_rng_state(),
+            "rng_ranks": self.dist.gather_objects(ckpt.collect_rng_state()) if self.dist.enabled else [],
             "counters": vars(self.counters).copy(),
+            "window": {"loss": window_loss, "steps": self._window_steps, "images": self._window_images},
+            "skipped": json.dumps(self.all_skipped()),
             "last_eval": json.dumps(self.last_eval),
             "fingerprint": self.fingerprint,
         }
 
     def save_checkpoint(self) -> Path:
-        metadata = {"method": self.config.method, "fingerprint": self.fingerprint}
-        return ckpt.save_checkpoint(self.out, self.classifier.trainable_state_dict(), self.training_state(),
-                                    self.position, metadata)
+        """Checkpoint the current step (rank 0 writes; every rank learns whether it worked)."""
+        self.check_finite()  # never save a state that a NaN / inf loss has reached
+        state = self.training_state()
+        path = self.out / ckpt.CHECKPOINT_DIR / ckpt.checkpoint_name(self.position.global_step)
+        error: SageError | None = None
+        if self.dist.is_main:
+            metadata = {"method": self.config.method, "fingerprint": self.fingerprint}
+            try:
+                path = ckpt.save_checkpoint(self.out, self.classifier.trainable_state_dict(), state,
+                                            self.position, metadata)
+            except SageError as exc:
+                error = exc
+        if not self.dist.all_true(error is None):
+            raise error or SageError(f"{path}: rank 0 could not write this checkpoint; see its error")
+        self.saved_step = self.position.global_step
+        return path
 
     def restore(self, checkpoint: Path) -> None:
         """Continue from ``checkpoint``: weights, optimizer, schedule, loss statistics, position, RNG."""
@@ -249,16 +347,46 @@ class Trainer:
         self.position = ckpt.Position(**state["position"])
         self.counters = Counters(**state["counters"])
         self.last_eval = json.loads(state["last_eval"])
-        ckpt.restore_rng_state(state["rng"])
-        truncate_metrics(self.out / METRICS, self.position.global_step, self.last_eval)
+        window = state.get("window", {"loss": 0.0, "steps": 0, "images": 0})
+        self._window_loss.fill_(window["loss"] if self.dist.is_main else 0.0)  # summed over ranks on log steps
+        self._window_steps, self._window_images = window["steps"], window["images"]
+        self.skipped = set(json.loads(state.get("skipped", "[]"))) if self.dist.is_main else set()
+        ranks = state.get("rng_ranks") or []
+        ckpt.restore_rng_state(ranks[self.dist.rank] if len(ranks) == self.dist.world_size else state["rng"])
+        self.saved_step = self.position.global_step
+        if self.dist.is_main:
+            with explain_write_errors(self.out / METRICS, "metrics"):
+                truncate_metrics(self.out / METRICS, self.position.global_step, self.last_eval)
 
 
 METRICS = "metrics.jsonl"
 
 
-def write_metrics(handle: TextIO, entry: dict[str, Any]) -> None:
-    handle.write(json.dumps(entry, allow_nan=False) + "\n")
-    handle.flush()
+class MetricsLog:
+    """Appends JSON lines to ``metrics.jsonl`` on rank 0 (a no-op elsewhere); write errors are SageErrors."""
+
+    def __init__(self, path: Path, enabled: bool = True) -> None:
+        self.path, self.enabled = path, enabled
+        self.handle: TextIO | None = None
+
+    def __enter__(self) -> MetricsLog:
+        if self.enabled:
+            with explain_write_errors(self.path, "metrics"):
+                self.handle = open(self.path, "a")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.handle is not None:
+            with contextlib.suppress(OSError):
+                self.handle.close()
+            self.handle = None
+
+    def write(self, entry: dict[str, Any]) -> None:
+        if self.handle is None:
+            return
+        with explain_write_errors(self.path, "metrics"):
+            self.handle.write(json.dumps(entry, allow_nan=False) + "\n")
+            self.handle.flush()
 
 
 def truncate_metrics(path: Path, step: int, last_eval: dict[str, Any] | None) -> None:
