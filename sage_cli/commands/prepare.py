@@ -54,7 +54,7 @@ def command(
 @contextlib.contextmanager
 def _progress(label: str, quiet: bool) -> Iterator[Any]:
     """A Rich progress bar fed by ``(done, total)`` callbacks; silent under --json / --quiet."""
-    with Progress(console=console, transient=True, disable=quiet or console.quiet) as bar:
+    with Progress(console=console, transient=True, disable=quiet or console.quiet or not console.is_terminal) as bar:
         task = bar.add_task(label, total=None)
         yield lambda done, total: bar.update(task, completed=done, total=total)
 
