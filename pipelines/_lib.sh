@@ -63,12 +63,23 @@ require_root() {
     fi
 }
 
+# has_checkpoint RUN_DIR: true when sage train left a checkpoint there (checkpoints/last.json
+# names the newest; step-NNNNNNNN/state.pt are the checkpoints themselves).
+has_checkpoint() {
+    [[ -f "$1/checkpoints/last.json" ]] || compgen -G "$1/checkpoints/step-*/state.pt" >/dev/null
+}
+
 # train_method METHOD PRESET: train one method; resume a killed run; skip a finished one.
 train_method() {
     local method="$1" preset="$2" run_dir="$WORK/runs/$1" resume=""
-    if [[ -f "$run_dir/checkpoints/last.state.pt" && ! -f "$run_dir/train.json" ]]; then
-        echo "# $run_dir holds a checkpoint of an interrupted run: resuming it"
-        resume="--resume"
+    if [[ -d "$run_dir" && ! -f "$run_dir/train.json" ]]; then
+        if has_checkpoint "$run_dir"; then
+            echo "# $run_dir holds a checkpoint of an interrupted run: resuming it"
+            resume="--resume"
+        elif [[ -n "$(ls -A "$run_dir")" ]]; then
+            echo "# $run_dir holds an interrupted run killed before its first checkpoint: starting it over"
+            resume="--force"
+        fi
     fi
     run "$SAGE train --prepared '$WORK/prepared' --text-cache '$WORK/text' --method $method" \
         "--config '$preset' --device $DEVICE --out '$run_dir' $resume $EXTRA_TRAIN_ARGS"

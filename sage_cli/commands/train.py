@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import inspect
 import json
-from collections.abc import Iterator
+import os
+import shlex
+import sys
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -15,7 +18,7 @@ from rich.table import Table
 
 from sage_cli.commands._common import explicit_params, handle_errors
 from sage_cli.config import load_yaml_mapping, merge_with_preset
-from sage_cli.console import console
+from sage_cli.console import console, err_console
 
 # Options a preset may not set: where outputs go and how this invocation behaves.
 NOT_IN_PRESETS = ("config", "out", "force", "resume", "as_json")
@@ -55,6 +58,7 @@ def command(
     num_workers: int = typer.Option(4, "--num-workers", help="DataLoader worker processes."),
     augment: bool = typer.Option(True, "--augment/--no-augment", help="Random crop + flip in training."),
     eval_split: str | None = typer.Option(None, "--eval-split", help="Split to validate on (default: val, else test)."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable images (listed in train.json) instead of stopping."),
     seed: int = typer.Option(0, "--seed", help="Seed of the init, the data order and the augmentation."),
     max_steps: int | None = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps (smoke runs)."),
     eval_every: int = typer.Option(1, "--eval-every", help="Validate every N epochs (0: only at the end)."),
@@ -65,13 +69,28 @@ def command(
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out from its last checkpoint."),
     as_json: bool = typer.Option(False, "--json", help="Print train.json to stdout instead of a summary."),
 ) -> None:
-    """Train SG-Adapter (sage), AdaptFormer (lift) or a linear head on a frozen CLIP."""
+    """Train SG-Adapter (sage), AdaptFormer (lift) or a linear head on a frozen CLIP.
+
+    Under torchrun (``torchrun --nproc-per-node N -m sage_cli train ...``) it trains data-parallel;
+    only rank 0 prints and writes.
+    """
     from sage_cli.train import build_train_config, run
+    from sage_cli.train.distributed import is_main_process
+    from sage_cli.train.faults import TrainingInterrupted
 
     options = resolve_options(ctx, config)
     train_config = build_train_config(options)
-    with progress_bar(quiet=as_json) as hooks:
-        result = run(train_config, hooks)
+    main = is_main_process()
+    try:
+        with progress_bar(quiet=as_json or not main) as hooks:
+            result = run(train_config, hooks)
+    except TrainingInterrupted as exc:
+        if main:
+            err_console.print(f"[yellow]{exc}[/]\nresume with:\n  {resume_command(sys.argv)}",
+                              soft_wrap=True, highlight=False)
+        raise typer.Exit(130) from None
+    if not main:
+        return
     if as_json:
         typer.echo(json.dumps(result.record, indent=2))
     elif result.skipped:
@@ -89,6 +108,21 @@ def resolve_options(ctx: typer.Context, preset_path: Path | None) -> dict[str, A
     for name in ("out", "force", "resume"):
         merged[name] = ctx.params[name]
     return merged
+
+
+def resume_command(argv: Sequence[str], under_torchrun: bool | None = None) -> str:
+    """The command line that continues this run: the same arguments, ``--force`` dropped, ``--resume`` added."""
+    if under_torchrun is None:
+        under_torchrun = "TORCHELASTIC_RUN_ID" in os.environ
+    program = Path(argv[0]).name if argv else "sage"
+    if under_torchrun:
+        prefix = "torchrun [the same torchrun options] -m sage_cli"
+    elif program in ("__main__.py", "sage_cli"):
+        prefix = "python -m sage_cli"
+    else:
+        prefix = shlex.quote(program)
+    args = [a for a in argv[1:] if a not in ("--force", "--resume")]
+    return " ".join([prefix, *(shlex.quote(a) for a in args), "--resume"])
 
 
 def option_defaults() -> dict[str, Any]:
