@@ -127,3 +127,15 @@ def test_guard_same_inputs_with_a_missing_output_says_so(tmp_path):
     (out / "adapter.safetensors").unlink()
     with pytest.raises(SageError, match="holds this train result but adapter.safetensors is missing"):
         artifacts.guard_output_dir(out, "train.json", "fp", ("adapter.safetensors",), force=False)
+
+
+def test_atomic_writes_honour_the_umask_not_mkstemps_private_mode(tmp_path):
+    old = os.umask(0o022)
+    try:
+        artifacts.write_json_atomic(tmp_path / "a.json", {"x": 1})
+        os.umask(0o077)
+        artifacts.write_json_atomic(tmp_path / "b.json", {"x": 1})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644  # readable by a colleague, like open()'s
+    assert (tmp_path / "b.json").stat().st_mode & 0o777 == 0o600

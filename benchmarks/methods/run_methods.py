@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
 import time
 from pathlib import Path
+
+import torch
 
 from sage_cli.demo import DemoConfig
 from sage_cli.demo import _encode as encode
@@ -80,8 +83,7 @@ def main() -> None:
     args = parser.parse_args()
     base = DemoConfig(out=args.out, device="cpu")
     started = time.perf_counter()
-    prepare(args.out / "prepared", base)
-    encode(args.out / "prepared", args.out / "text", base)
+    prepare_inputs(args.out, base)
     rows: dict[str, list[dict]] = {"zero-shot": []}
     for i, seed in enumerate(args.seeds):
         runs = [train_variant(name, seed, args.out, base) for name in args.variants]
@@ -93,10 +95,20 @@ def main() -> None:
             write_results(rows, args.seeds[: i + 1], base, time.perf_counter() - started)
 
 
+def prepare_inputs(out: Path, base: DemoConfig) -> None:
+    """The demo's Shapes-LT preparation and toy-CLIP text cache under ``out`` (skipped when done)."""
+    prepare(out / "prepared", base)
+    encode(out / "prepared", out / "text", base)
+
+
+def machine_description() -> str:
+    cpu = subprocess.run(["sh", "-c", "lscpu | grep 'Model name' | cut -d: -f2"], capture_output=True, text=True)
+    return f"{cpu.stdout.strip() or platform.processor()}, {os.cpu_count()} cores, CPU only, torch {torch.__version__}"
+
+
 def write_results(rows: dict[str, list[dict]], seeds: list[int], base: DemoConfig, seconds: float) -> None:
     table = summarise(rows)
-    cpu = subprocess.run(["sh", "-c", "lscpu | grep 'Model name' | cut -d: -f2"], capture_output=True, text=True)
-    machine = f"{cpu.stdout.strip() or platform.processor()}, {__import__('os').cpu_count()} cores, CPU only"
+    machine = machine_description()
     record = {"seeds": seeds, "settings": {"epochs": base.epochs, "batch_size": base.batch_size,
               "lr": base.lr}, "machine": machine, "seconds": round(seconds), "results": rows}
     (HERE / "results.json").write_text(json.dumps(record, indent=2) + "\n")
