@@ -240,8 +240,10 @@ class StepBatchSampler(Sampler[list[tuple[int, int]]]):
 
 
 def ignore_interrupts(worker_id: int) -> None:
-    """DataLoader worker init: leave Ctrl-C to the main process, which stops at a step boundary."""
+    """DataLoader worker init: leave Ctrl-C / SIGTERM to the main process, which stops at a step
+    boundary (a worker still exits when the main process is gone)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def build_loader(

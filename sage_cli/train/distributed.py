@@ -97,17 +97,15 @@ class DistContext:
         """
         if not self.enabled:
             return
+        present = self.sum_host([int(p.grad is not None) for p in params])  # host-side: no GPU sync
         device = params[0].device
-        pieces = [p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel(), device=device) for p in params]
-        present = torch.tensor([float(p.grad is not None) for p in params], device=device)  # [P]
-        flat = self.sum_(torch.cat([*pieces, present]))
+        flat = torch.cat([p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel(), device=device)
+                          for p in params])
+        self.sum_(flat)
         offset = 0
-        for index, p in enumerate(params):
+        for p, count in zip(params, present):
             numel = p.numel()
-            if flat[-len(params) + index] > 0:
-                p.grad = flat[offset:offset + numel].view_as(p).to(p.dtype)
-            else:
-                p.grad = None
+            p.grad = flat[offset:offset + numel].view_as(p).to(p.dtype) if count else None
             offset += numel
 
 

@@ -6,7 +6,7 @@
   step whose loss was NaN or inf; the loop checks it before it logs or checkpoints, so a bad state
   is never saved.
 - :class:`StopSignals`: the first SIGINT / SIGTERM asks the loop to stop at the next step
-  boundary (it then checkpoints and raises :class:`TrainingInterrupted`); a second one stops at once.
+  boundary (it then checkpoints and raises :class:`TrainingInterrupted`); a second Ctrl-C stops at once.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def non_finite_error(step: int, last_checkpoint: Path | None) -> SageError:
 class StopSignals:
     """Within the block, SIGINT / SIGTERM set :attr:`received` instead of killing the process.
 
-    A second signal raises KeyboardInterrupt at once. Outside the main thread (where handlers
+    A second SIGINT raises KeyboardInterrupt at once (a repeated SIGTERM is ignored). Outside the main thread (where handlers
     cannot be installed) it does nothing.
     """
 
@@ -110,7 +110,9 @@ class StopSignals:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.received is not None:
-            raise KeyboardInterrupt
+            if signum == signal.SIGINT:  # Ctrl-C twice: the user wants out now
+                raise KeyboardInterrupt
+            return  # SIGTERM again (torchrun forwards the scheduler's): already stopping
         self.received = signal.Signals(signum).name
         logger.warning("%s: stopping after this step and writing a checkpoint (again to stop at once)",
                        self.received)
