@@ -66,6 +66,12 @@ class PrepareConfig:
         self._check_dataset_options()
 
     def _check_dataset_options(self) -> None:
+        if self.groups_from is not None and self.dataset != "cifar100-lt":
+            raise SageError("--groups-from applies to cifar100-lt only")
+        if self.groups_from not in (None, "ir100", "own"):
+            raise SageError(f"--groups-from must be ir100 or own; got {self.groups_from!r}")
+        if self.classnames is not None and self.dataset not in WITH_CLASSNAMES:
+            raise SageError(f"--classnames does not apply to {self.dataset} (its names come with it)")
         if self.dataset in GENERATED:
             return
         if self.root is None:
@@ -75,13 +81,7 @@ class PrepareConfig:
             raise SageError(f"--root {self.root} does not exist")
         if self.imbalance_ratio is not None and self.dataset != "cifar100-lt":
             raise SageError(f"--imbalance-ratio applies to cifar100-lt and generated sets, not {self.dataset}")
-        if self.groups_from is not None and self.dataset != "cifar100-lt":
-            raise SageError("--groups-from applies to cifar100-lt only")
-        if self.groups_from not in (None, "ir100", "own"):
-            raise SageError(f"--groups-from must be ir100 or own; got {self.groups_from!r}")
         if self.classnames is not None:
-            if self.dataset not in WITH_CLASSNAMES:
-                raise SageError(f"--classnames does not apply to {self.dataset} (its names come with it)")
             object.__setattr__(self, "classnames", Path(self.classnames).expanduser().resolve())
             if not self.classnames.is_file():
                 raise SageError(f"--classnames {self.classnames} is not a file")

@@ -112,5 +112,9 @@ def test_option_errors_name_the_flag(imagenet_root: Path, tmp_path: Path) -> Non
         PrepareConfig("imagenet-lt", tmp_path / "out", root=imagenet_root, imbalance_ratio=10)
     with pytest.raises(SageError, match="--classnames .*nope.txt is not a file"):
         PrepareConfig("imagenet-lt", tmp_path / "out", root=imagenet_root, classnames=tmp_path / "nope.txt")
+    with pytest.raises(SageError, match="--groups-from applies to cifar100-lt only"):
+        PrepareConfig("synthetic", tmp_path / "out", groups_from="own")
+    with pytest.raises(SageError, match="--classnames does not apply to cifar100-lt"):
+        PrepareConfig("cifar100-lt", tmp_path / "out", root=imagenet_root, classnames=tmp_path / "x.txt")
     with pytest.raises(SageError, match="--root .*missing does not exist"):
         PrepareConfig("places-lt", tmp_path / "out", root=tmp_path / "missing")

@@ -172,3 +172,12 @@ def test_bad_categories_json_is_one_line_error(inat_root: Path, tmp_path: Path) 
     (inat_root / "categories.json").write_text(json.dumps([{"id": 0, "name": "a"}, {"id": 5, "name": "b"}]))
     with pytest.raises(SageError, match=r"categories.json: category ids must run 0..1"):
         run(PrepareConfig("inat2018", tmp_path / "out", root=inat_root))
+
+
+def test_classnames_flag_wins_over_categories_json(inat_root: Path, tmp_path: Path) -> None:
+    names = tmp_path / "names.txt"
+    names.write_text("oak\nblackbird\nhoney bee\n")
+    result = run(PrepareConfig("inat2018", tmp_path / "out", root=inat_root, classnames=names))
+    assert [c["name"] for c in _classes(tmp_path / "out")] == ["oak", "blackbird", "honey bee"]
+    assert set(result.record["hashes"]) == {"iNaturalist18_train.txt", "iNaturalist18_val.txt",
+                                            "classnames:names.txt"}
