@@ -40,10 +40,18 @@ def split_files(dataset: str, root: Path) -> dict[str, Path]:
 def input_files(dataset: str, root: Path, classnames: Path | None) -> dict[str, Path]:
     """Every file whose content defines the prepared dataset (hashed into the fingerprint)."""
     files = {path.name: path for path in split_files(dataset, root).values()}
-    names_file = classnames or (root / NAME_FILES[dataset] if dataset in NAME_FILES else None)
-    if names_file is not None and (classnames is not None or names_file.is_file()):
+    names_file = _names_file(dataset, root, classnames)
+    if names_file is not None:
         files[f"classnames:{names_file.name}"] = names_file
     return files
+
+
+def _names_file(dataset: str, root: Path, classnames: Path | None) -> Path | None:
+    """``--classnames``, else the dataset's own names file in ROOT if present."""
+    if classnames is not None or dataset not in NAME_FILES:
+        return classnames
+    own = root / NAME_FILES[dataset]
+    return own if own.is_file() else None
 
 
 def parse_split_file(path: Path) -> pd.DataFrame:
@@ -110,8 +118,8 @@ def resolve_names(dataset: str, root: Path, train: pd.DataFrame,
     """Class names in label order (made distinct) and the warnings raised on the way."""
     keys = class_names.folder_keys(train)
     num_labels = int(train["label"].max()) + 1
-    names_file = classnames or (root / NAME_FILES[dataset] if dataset in NAME_FILES else None)
-    if names_file is not None and (classnames is not None or names_file.is_file()):
+    names_file = _names_file(dataset, root, classnames)
+    if names_file is not None:
         names = _names_from_file(names_file, keys)
     elif dataset == "imagenet-lt":
         names = [keys[i][0] if keys.get(i) else f"class {i}" for i in range(num_labels)]
