@@ -77,7 +77,8 @@ def apply_checks(manifest: pd.DataFrame, root: Path, verify: str, skip_bad: bool
     bad = np.array([r is not None for r in reasons], dtype=bool)
     dropped = manifest.loc[bad, ["path", "split"]].assign(reason=reasons[bad]).reset_index(drop=True)
     if len(dropped) and not skip_bad:
-        kinds = ", ".join(f"{n} {r.split(' ')[0]}" for r, n in dropped["reason"].value_counts().items())
+        kinds = dropped["reason"].str.split(" ").str[0].value_counts()
+        kinds = ", ".join(f"{n} {kind}" for kind, n in kinds.items())
         first = ", ".join(dropped["path"].head(3))
         raise SageError(f"{len(dropped)} listed image(s) under {root} are bad ({kinds}), e.g. {first}; "
                         "fix them or pass --skip-bad to drop them (listed in dropped.csv)")
