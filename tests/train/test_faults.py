@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import importlib.util
 import json
-import shutil
+import os
 from pathlib import Path
 from typing import Any
 
@@ -119,8 +119,7 @@ def test_other_os_errors_keep_their_traceback(tmp_path: Path) -> None:
         raise FileNotFoundError(errno.ENOENT, "gone")
 
 
-@pytest.mark.skipif(not hasattr(__import__("os"), "geteuid") or __import__("os").geteuid() == 0,
-                    reason="root ignores permissions")
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root ignores permissions")
 def test_unwritable_out_dir_is_a_clear_error(synthetic_prepared: Path, synthetic_text_cache: Path,
                                              tmp_path: Path) -> None:
     parent = tmp_path / "locked"
