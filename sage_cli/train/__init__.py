@@ -2,7 +2,8 @@
 
 Public API: :func:`run` with :class:`TrainConfig` (built from flat options by
 :func:`build_train_config`) returning :class:`TrainResult`; :func:`load_trained_classifier` for
-the stages that evaluate a run.
+the stages that evaluate a run. :class:`TrainingInterrupted` (a SageError) is raised when a
+stop signal ended a run after writing its checkpoint.
 """
 
 from sage_cli.train.config import (
@@ -15,6 +16,7 @@ from sage_cli.train.config import (
     parse_blocks,
 )
 from sage_cli.train.core import ADAPTER, TrainResult, run
+from sage_cli.train.faults import TrainingInterrupted
 from sage_cli.train.loop import METRICS, StepInfo, TrainHooks
 from sage_cli.train.restore import load_trained_classifier
 
@@ -29,6 +31,7 @@ __all__ = [
     "TrainConfig",
     "TrainHooks",
     "TrainResult",
+    "TrainingInterrupted",
     "build_train_config",
     "load_trained_classifier",
     "parse_blocks",
