@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import hashlib
+import importlib.metadata
 import json
 import os
 import platform
@@ -264,11 +265,14 @@ def sha256_json(obj: Any) -> str:
 
 
 def software_versions() -> dict[str, str]:
+    """Versions of sage, Python and the libraries behind the artifacts (read from package metadata,
+    so recording them does not import torch)."""
     versions = {"sage": __version__, "python": platform.python_version()}
-    for module in ("torch", "open_clip", "pandas", "pyarrow"):
+    for key, dist in (("torch", "torch"), ("open_clip", "open_clip_torch"), ("pandas", "pandas"),
+                      ("pyarrow", "pyarrow")):
         try:
-            versions[module] = __import__(module).__version__
-        except Exception:  # not installed or no version attribute
+            versions[key] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
             continue
     return versions
 
