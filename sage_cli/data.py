@@ -162,33 +162,6 @@ def compute_epoch_order(num_samples: int, seed: int, epoch: int, shuffle: bool =
     return order, seeds
 
 
-class SeededEpochSampler(Sampler[tuple[int, int]]):
-    """Yields ``(index, seed)`` keys in the order of :func:`compute_epoch_order`.
-
-    Call :meth:`set_epoch` before each epoch; ``start`` skips the first positions (resume).
-    """
-
-    def __init__(self, num_samples: int, seed: int, shuffle: bool = True) -> None:
-        self.num_samples = num_samples
-        self.seed = seed
-        self.shuffle = shuffle
-        self.epoch = 0
-        self.start = 0
-
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        if not 0 <= start <= self.num_samples:
-            raise ValueError(f"start {start} outside 0..{self.num_samples}")
-        self.epoch, self.start = epoch, start
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        order, seeds = compute_epoch_order(self.num_samples, self.seed, self.epoch, self.shuffle)
-        for position in range(self.start, self.num_samples):
-            yield int(order[position]), int(seeds[position])
-
-    def __len__(self) -> int:
-        return self.num_samples - self.start
-
-
 class StepBatchSampler(Sampler[list[tuple[int, int]]]):
     """Yields this rank's micro-batches of ``(index, seed)`` keys, step after step, of one epoch.
 

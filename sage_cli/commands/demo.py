@@ -35,7 +35,7 @@ def command(
     def on_stage(name: str, detail: str) -> None:
         console.rule(f"[bold]{name}[/] · {detail}", align="left")
 
-    with progress_bar(quiet=True) as hooks:
+    with progress_bar(quiet=False, summary=False) as hooks:  # --quiet hides it (console.quiet)
         result = run(config, on_stage=on_stage, hooks=hooks)
     console.print(summary_table(result.report))
     console.print(f"report: {result.report_dir / 'report.html'}  (tables: {result.report_dir / 'report.md'})",

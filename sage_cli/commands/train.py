@@ -136,8 +136,12 @@ def option_defaults() -> dict[str, Any]:
 
 
 @contextmanager
-def progress_bar(quiet: bool) -> Iterator[Any]:
-    """TrainHooks that drive a Rich progress bar (loss, images/s) and print the start summary."""
+def progress_bar(quiet: bool, summary: bool = True) -> Iterator[Any]:
+    """TrainHooks that drive a Rich progress bar (loss, images/s) and print the start summary.
+
+    One bar serves several runs in a row (the demo): each run's start resets it. ``summary`` False
+    leaves out the start summary and the eval lines, keeping only the bar.
+    """
     from sage_cli.train import StepInfo, TrainHooks
 
     bar = Progress(
@@ -148,10 +152,13 @@ def progress_bar(quiet: bool) -> Iterator[Any]:
     task: list[int] = []
 
     def on_start(info: dict[str, Any]) -> None:
-        if not quiet:
+        if summary and not quiet:
             console.print(start_summary(info), soft_wrap=True)
-        task.append(bar.add_task("train", total=info["total_steps"], completed=info["start_step"],
-                                 epoch=1, loss="-", speed="-"))
+        fields = {"total": info["total_steps"], "completed": info["start_step"], "epoch": 1, "loss": "-", "speed": "-"}
+        if task:
+            bar.reset(task[0], **fields)
+        else:
+            task.append(bar.add_task("train", **fields))
 
     def on_step(step: StepInfo) -> None:
         fields: dict[str, Any] = {"completed": step.step, "epoch": step.epoch + 1}
@@ -164,7 +171,7 @@ def progress_bar(quiet: bool) -> Iterator[Any]:
                           f"many {_pct(entry['many'])}, medium {_pct(entry['medium'])}, few {_pct(entry['few'])})")
 
     with bar:
-        yield TrainHooks(on_start=on_start, on_step=on_step, on_eval=None if quiet else on_eval)
+        yield TrainHooks(on_start=on_start, on_step=on_step, on_eval=on_eval if summary and not quiet else None)
 
 
 def start_summary(info: dict[str, Any]) -> str:

@@ -102,12 +102,6 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 # Checkpoint directories
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def checkpoint_name(global_step: int) -> str:
     return f"step-{global_step:08d}"
 
@@ -131,7 +125,7 @@ def save_checkpoint(
         root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=root))
         try:
-            tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; a checkpoint is as readable as the run
+            tmp.chmod(0o777 & ~artifacts.current_umask())  # mkdtemp makes it private; a checkpoint is as readable as the run
             save_weights(tmp / WEIGHTS, weights, {**metadata, "global_step": position.global_step})
             write_state(tmp / STATE, {"format": STATE_FORMAT, "position": vars(position), **state})
             replace_directory(tmp, final)

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from sage_cli.data import ManifestDataset, SeededEpochSampler, compute_epoch_order, load_prepared_data
+from sage_cli.data import ManifestDataset, compute_epoch_order, load_prepared_data
 from sage_cli.errors import SageError
 from sage_cli.train.config import OptimConfig
 from sage_cli.train.evaluate import compute_group_top1
@@ -43,14 +43,6 @@ def test_epoch_order_is_a_function_of_seed_and_epoch() -> None:
     assert order.tolist() != compute_epoch_order(10, seed=1, epoch=1)[0].tolist()
     assert order.tolist() != compute_epoch_order(10, seed=2, epoch=0)[0].tolist()
     assert compute_epoch_order(4, 0, 0, shuffle=False)[0].tolist() == [0, 1, 2, 3]
-
-
-def test_sampler_resumes_mid_epoch() -> None:
-    sampler = SeededEpochSampler(9, seed=5)
-    sampler.set_epoch(2)
-    full = list(sampler)
-    sampler.set_epoch(2, start=4)
-    assert list(sampler) == full[4:] and len(sampler) == 5
 
 
 def _write_images(root: Path, n: int) -> pd.DataFrame:
