@@ -58,3 +58,20 @@ def test_shapes_lt_runs_for_real_then_skips_everything(tmp_path):
     assert second.returncode == 0, second.stderr[-3000:]
     assert "nothing to do" in second.stdout
     assert (work / "runs" / "sage" / "train.json").stat().st_mtime_ns == stamp
+
+
+def test_pretrain_recipe_matches_the_shipped_weights_record(tmp_path):
+    import json
+
+    from sage_cli.world import TOY_WEIGHTS
+
+    result = _run("pretrain_toy.sh", "--dry-run", "--work", str(tmp_path / "toy"))
+    assert result.returncode == 0, result.stderr
+    command = next(line for line in result.stdout.splitlines() if line.startswith("+ "))
+    shipped = json.loads(TOY_WEIGHTS.with_name("sage_toy.pretrain.json").read_text())["inputs"]
+    flags = {"steps": "--steps", "batch_size": "--batch-size", "lr": "--lr", "seed": "--seed",
+             "threads": "--threads", "eval_per_class": "--eval-per-class"}
+    words = command.split()
+    for key, flag in flags.items():  # the script's recipe is the one the shipped weights record
+        assert float(words[words.index(flag) + 1]) == float(shipped[key]), flag
+    assert not (tmp_path / "toy").exists()
