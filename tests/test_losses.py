@@ -73,7 +73,7 @@ COUNTS = torch.tensor([1000.0, 2.0, 2.0])
 
 
 def _semantic(**overrides) -> SemanticCompensation:
-    cfg = LossConfig(**{"compensation": "semantic", "kappa": 2.0, "ema": 0.0, **overrides})
+    cfg = LossConfig(**{"compensation": "semantic", "kappa": 2.0, "lam": 1.0, "ema": 0.0, **overrides})
     return build_estimator("semantic", COUNTS, AXES, cfg)
 
 
@@ -117,7 +117,7 @@ def test_semantic_running_stats_are_emas() -> None:
 
 
 def test_semantic_loss_updates_first_then_uses_delta() -> None:
-    loss = build_loss(LossConfig(compensation="semantic", kappa=2.0, ema=0.0), COUNTS, AXES).train()
+    loss = build_loss(LossConfig(compensation="semantic", kappa=2.0, lam=1.0, ema=0.0), COUNTS, AXES).train()
     logits = torch.zeros(6, 3)
     value = loss(logits, LABELS, FEATURES)
     offset = torch.log(COUNTS / COUNTS.sum()) - torch.tensor([(2 / 1002) ** 2 * 400 / 90, 10 / 9, 40 / 9])

@@ -32,6 +32,7 @@ VARIANTS = {
     "sage, guidance off": ("sage", {"guidance": False}),
     "sage, compensation none": ("sage", {"compensation": "none"}),
     "sage, compensation count": ("sage", {"compensation": "count"}),
+    "sage, lambda 1": ("sage", {"lam": 1.0}),  # the method spec's starting value
 }
 HERE = Path(__file__).resolve().parent
 

@@ -37,7 +37,7 @@ def command(
     guidance: bool | None = typer.Option(None, "--guidance/--no-guidance", help="Text guidance in the adapters (sage only; default on)."),
     compensation: str | None = typer.Option(None, "--compensation", help="semantic, count or none (default: semantic for sage, none for lift/linear)."),
     tau: float = typer.Option(1.0, "--tau", help="Scale of log(prior) in the logit adjustment."),
-    lam: float = typer.Option(1.0, "--lam", help="lambda: scale of the compensation factor."),
+    lam: float = typer.Option(0.25, "--lam", help="lambda: scale of the compensation factor."),
     kappa: float = typer.Option(16.0, "--kappa", help="Pseudo-count of the text anchor."),
     delta_max: float = typer.Option(5.0, "--delta-max", help="Upper clamp of the compensation factor."),
     bottleneck: int | None = typer.Option(None, "--bottleneck", help="Adapter width (default: LIFT's rule)."),
