@@ -5,9 +5,11 @@
 #   --work DIR       where the artifacts go (default: runs/<benchmark>)
 #   --root DIR       the dataset root (or the DATA_ROOT environment variable)
 #   --methods "..."  methods to train (default: "lift sage")
+#   --gpus N         train on N GPUs of this machine with torchrun (default 1: one process)
 # and these environment variables: SAGE (the sage command; default: sage if on PATH, else
 # ./sagew sage), MODEL (default ViT-B-16), PRETRAINED (default openai), DEVICE (default auto),
-# EXTRA_TRAIN_ARGS (appended to every sage train call, e.g. "--max-steps 20").
+# EXTRA_TRAIN_ARGS (appended to every sage train call, e.g. "--max-steps 20"), TORCHRUN (the
+# torchrun command for --gpus; default: torchrun if on PATH, else the one in .venv).
 set -euo pipefail
 
 SAGE_REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -15,6 +17,7 @@ DRY_RUN=0
 WORK=""
 ROOT="${DATA_ROOT:-}"
 METHODS="lift sage"
+GPUS=1
 MODEL="${MODEL:-ViT-B-16}"
 PRETRAINED="${PRETRAINED:-openai}"
 DEVICE="${DEVICE:-auto}"
@@ -32,6 +35,8 @@ parse_args() {
             --work) WORK="$2"; shift ;;
             --root) ROOT="$2"; shift ;;
             --methods) METHODS="$2"; shift ;;
+            --gpus) GPUS="$2"; shift
+                    [[ "$GPUS" =~ ^[1-9][0-9]*$ ]] || { echo "error: --gpus needs a positive integer, got '$GPUS'" >&2; exit 2; } ;;
             -h|--help) usage; exit 0 ;;
             -*) echo "error: unknown option $1 (see --help)" >&2; exit 2 ;;
             *) POSITIONAL+=("$1") ;;
@@ -81,8 +86,18 @@ train_method() {
             resume="--force"
         fi
     fi
-    run "$SAGE train --prepared '$WORK/prepared' --text-cache '$WORK/text' --method $method" \
+    run "$(train_command) --prepared '$WORK/prepared' --text-cache '$WORK/text' --method $method" \
         "--config '$preset' --device $DEVICE --out '$run_dir' $resume $EXTRA_TRAIN_ARGS"
+}
+
+# train_command: `sage train`, or torchrun over --gpus processes (same images per step).
+train_command() {
+    if [[ "$GPUS" == 1 ]]; then echo "$SAGE train"; return; fi
+    local torchrun="${TORCHRUN:-}"
+    if [[ -z "$torchrun" ]]; then
+        if command -v torchrun >/dev/null 2>&1; then torchrun="torchrun"; else torchrun="$SAGE_REPO/.venv/bin/torchrun"; fi
+    fi
+    echo "$torchrun --standalone --nproc-per-node $GPUS -m sage_cli train"
 }
 
 # run_pipeline DATASET PREPARE_ARGS PRESET: the four stages.

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduce CIFAR-100-LT end to end: prepare -> encode-text -> train (lift, sage) -> report.
-#   pipelines/cifar100_lt.sh [IR] --root cifar-100-python [--work DIR] [--methods "lift sage"] [--dry-run]
+#   pipelines/cifar100_lt.sh [IR] --root cifar-100-python [--work DIR] [--methods "lift sage"] [--gpus N] [--dry-run]
 # IR is the imbalance ratio (default 100; 50 and 10 are the usual others). Stages whose artifacts
 # already match their inputs are skipped; a killed training resumes.
 source "$(dirname "$0")/_lib.sh"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduce Places-LT end to end: prepare -> encode-text -> train (lift, sage) -> report.
-#   pipelines/places_lt.sh --root DATA_ROOT [--work DIR] [--methods "lift sage"] [--dry-run]
+#   pipelines/places_lt.sh --root DATA_ROOT [--work DIR] [--methods "lift sage"] [--gpus N] [--dry-run]
 # Stages whose artifacts already match their inputs are skipped; a killed training resumes.
 source "$(dirname "$0")/_lib.sh"
 usage() { sed -n '2,4p' "$0" | sed 's/^# \{0,1\}//'; }

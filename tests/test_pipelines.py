@@ -75,3 +75,14 @@ def test_pretrain_recipe_matches_the_shipped_weights_record(tmp_path):
     for key, flag in flags.items():  # the script's recipe is the one the shipped weights record
         assert float(words[words.index(flag) + 1]) == float(shipped[key]), flag
     assert not (tmp_path / "toy").exists()
+
+
+def test_gpus_flag_trains_under_torchrun(tmp_path):
+    result = _run("imagenet_lt.sh", "--dry-run", "--gpus", "4", "--work", str(tmp_path / "w"),
+                  env={"TORCHRUN": "torchrun"})
+    assert result.returncode == 0, result.stderr
+    trains = [line for line in result.stdout.splitlines() if " train " in line and line.startswith("+ ")]
+    assert len(trains) == 2  # lift and sage
+    assert all(line.startswith("+ torchrun --standalone --nproc-per-node 4 -m sage_cli train ") for line in trains)
+    bad = _run("imagenet_lt.sh", "--dry-run", "--gpus", "0")
+    assert bad.returncode == 2 and "--gpus needs a positive integer" in bad.stderr
