@@ -106,11 +106,12 @@ def test_reloaded_classifier_gives_the_trained_logits(sage_run, synthetic_prepar
     images = torch.stack([dataset[i][0] for i in range(len(dataset))])  # [8, 3, 32, 32]
     with torch.no_grad():
         trained, again = sage_run.classifier(images), reloaded(images)  # [8, 4]
-    assert trained.shape == (8, 4) and torch.equal(trained, again)
+    assert trained.shape == (8, 4)
+    torch.testing.assert_close(again, trained, atol=1e-5, rtol=0)  # float32 matmuls: not bitwise across copies
     initial, _, _ = load_trained_classifier(sage_run.out, device="cpu")
     initial.load_trainable_state_dict({k: torch.zeros_like(v) for k, v in initial.trainable_state_dict().items()})
     with torch.no_grad():
-        assert not torch.equal(initial(images), trained)  # the comparison can fail
+        assert float((initial(images) - trained).abs().max()) > 1e-3  # the comparison can fail
 
 
 def test_damaged_weights_are_refused_naming_the_file(sage_run, tmp_path: Path) -> None:
