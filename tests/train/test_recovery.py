@@ -68,8 +68,8 @@ def _timeless(out: Path) -> list[dict[str, Any]]:
 
 
 def _assert_same_run(expected: Path, actual: Path) -> None:
-    """Weights equal within 1e-6 (the issue's bound; they are bit-for-bit on a quiet CPU, but MKL does
-    not promise bitwise-reproducible float32 matmuls across processes), the same metrics lines
+    """Weights equal within 1e-6 (the issue's bound; they are bit-for-bit here, but CPU float32
+    kernels do not promise bitwise reproducibility across processes), the same metrics lines
     (floats to 1e-6) and the same final eval. A wrong resume (a step repeated or skipped, another
     augmentation) moves the weights by orders of magnitude more."""
     a, b = load_file(str(expected / "adapter.safetensors")), load_file(str(actual / "adapter.safetensors"))
