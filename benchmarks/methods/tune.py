@@ -75,7 +75,8 @@ def write_tuning(rows: list[dict], seed: int) -> None:
     old = json.loads(path.read_text())["rows"] if path.is_file() else []
     keep = [r for r in old if (r["method"], r["entry"], r["seed"]) not in {(x["method"], x["entry"], x["seed"]) for x in rows}]
     merged = keep + rows
-    path.write_text(json.dumps({"machine": machine_description(), "split": "val", "rows": merged}, indent=2) + "\n")
+    machine = machine_description()
+    path.write_text(json.dumps({"machine": machine, "split": "val", "rows": merged}, indent=2) + "\n")
     lines = ["| method | options | seed | val overall | many | medium | few |", "|---|---|---|---|---|---|---|"]
     for r in merged:
         lines.append(f"| {r['method']} | {r['entry']} | {r['seed']} | " + " | ".join(
@@ -83,7 +84,7 @@ def write_tuning(rows: list[dict], seed: int) -> None:
     (HERE / "TUNING.md").write_text(
         "# Shapes-LT: tuning the compensation factor on the validation split\n\n"
         "Demo training settings; toy CLIP; **val** split (the test split is only used by "
-        "run_methods.py). Written by tune.py.\n\n" + "\n".join(lines) + "\n"
+        f"run_methods.py). Written by tune.py.\nMachine: {machine}.\n\n" + "\n".join(lines) + "\n"
     )
 
 
