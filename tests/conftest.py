@@ -11,8 +11,9 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-# Keep tests deterministic and light on a 2-core machine.
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Keep tests deterministic and light on a 2-core machine. SAGE_TEST_THREADS overrides the count
+# (1 is faster when other jobs share the cores).
+torch.set_num_threads(int(os.environ.get("SAGE_TEST_THREADS") or max(1, min(2, os.cpu_count() or 1))))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
