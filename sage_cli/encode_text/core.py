@@ -27,6 +27,7 @@ from sage_cli.encode_text.descriptions import load_descriptions
 from sage_cli.encode_text.llm import PROMPT_VERSION, LLMConfig, generate_descriptions
 from sage_cli.encode_text.templates import SINGLE, TemplateSet, load_templates
 from sage_cli.errors import SageError
+from sage_cli.locks import lock_output_dir
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +89,11 @@ class EncodeTextResult:
 
 def run(config: EncodeTextConfig, progress: Progress | None = None) -> EncodeTextResult:
     """Encode the class texts of ``config.prepared`` into ``config.out`` (once)."""
+    with lock_output_dir(config.out, STAGE):
+        return _run_locked(config, progress)
+
+
+def _run_locked(config: EncodeTextConfig, progress: Progress | None) -> EncodeTextResult:
     prepared = read_prepared_classes(config.prepared)
     templates = load_templates(config.templates)
     described = load_descriptions(config.descriptions, prepared.names) if config.descriptions else {}

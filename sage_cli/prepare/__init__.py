@@ -21,11 +21,13 @@ import pandas as pd
 
 from sage_cli import artifacts
 from sage_cli.errors import SageError
+from sage_cli.locks import lock_output_dir
 from sage_cli.prepare import check, recipes
 from sage_cli.prepare.source import SourceData
 
 logger = logging.getLogger(__name__)
 
+STAGE = "prepare"
 GENERATED = ("synthetic", "shapes-lt")
 SOURCES = (*GENERATED, "imagenet-lt", "places-lt", "inat2018", "cifar100-lt", "folder", "csv")
 WITH_CLASSNAMES = ("imagenet-lt", "places-lt", "inat2018", "folder", "csv")
@@ -126,6 +128,11 @@ def run(config: PrepareConfig, progress: check.Progress | None = None) -> Prepar
 
     ``progress(done, total)`` is called as listed images are checked.
     """
+    with lock_output_dir(config.out, STAGE):
+        return _run_locked(config, progress)
+
+
+def _run_locked(config: PrepareConfig, progress: check.Progress | None) -> PrepareResult:
     source = _source_table()[config.dataset]
     hashes = source.input_hashes(config) if source.input_hashes else None
     inputs = _fingerprint_inputs(config, hashes)

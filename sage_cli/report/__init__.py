@@ -19,6 +19,7 @@ import torch
 from sage_cli import artifacts
 from sage_cli.artifacts import PER_CLASS, REPORT_RECORD
 from sage_cli.errors import SageError
+from sage_cli.locks import lock_output_dir
 from sage_cli.report import build, html, markdown
 from sage_cli.report.evaluate import (
     Predictions,
@@ -85,6 +86,11 @@ class ReportResult:
 
 def run(config: ReportConfig, progress: Progress | None = None) -> ReportResult:
     """Evaluate every source of ``config`` and write the report into ``config.out``."""
+    with lock_output_dir(config.out, STAGE):
+        return _run_locked(config, progress)
+
+
+def _run_locked(config: ReportConfig, progress: Progress | None) -> ReportResult:
     sources = load_sources(config)
     check_same_test_set(sources)
     inputs = {"sources": [{"name": s.name, **s.identity} for s in sources],

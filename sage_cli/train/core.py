@@ -26,6 +26,7 @@ from sage_cli.artifacts import TRAIN_RECORD
 from sage_cli.data import ManifestDataset
 from sage_cli.encode_text import check_text_cache_matches
 from sage_cli.errors import SageError
+from sage_cli.locks import lock_output_dir
 from sage_cli.losses import build_loss
 from sage_cli.model import SageClassifier, build_classifier
 from sage_cli.train import checkpoint as ckpt
@@ -72,6 +73,16 @@ def run_on(
     hooks: TrainHooks | None, started: float,
 ) -> TrainResult:
     """:func:`run` once the inputs are checked and this process knows its rank and device."""
+    out = config.run.out
+    with lock_output_dir(out, STAGE, enabled=dist_ctx.is_main, agree=dist_ctx.all_true if dist_ctx.enabled else None):
+        return train_locked(config, inputs, dist_ctx, device, hooks, started)
+
+
+def train_locked(
+    config: TrainConfig, inputs: TrainInputs, dist_ctx: DistContext, device: torch.device,
+    hooks: TrainHooks | None, started: float,
+) -> TrainResult:
+    """:func:`run_on` while holding the run directory's lock (rank 0)."""
     record_inputs = {**inputs.record(), "config": config.result_dict()}
     fingerprint = artifacts.sha256_json(record_inputs)
     out = config.run.out

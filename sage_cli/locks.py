@@ -1,0 +1,183 @@
+"""Exclusive locks on stage output directories: one writer per directory at a time.
+
+Every stage holds :func:`lock_output_dir` on its ``--out`` while it decides whether to work (the
+"nothing to do" check), clears old outputs (``--force``) and writes. The lock is ``OUT/.sage.lock``,
+held with ``flock`` (released by the kernel when the holder dies, also over NFS) and holding the
+holder's pid, host, stage and start time as JSON, for the message a second writer gets. A lock file
+whose holder is gone is stale: the next stage takes it over with a warning naming the old holder.
+The file is removed on release; a directory the lock created and nothing filled is removed too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import errno
+import json
+import logging
+import os
+import socket
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sage_cli.errors import SageError
+
+try:
+    import fcntl
+except ImportError:  # Windows: the pid check alone decides
+    fcntl = None  # type: ignore[assignment]
+
+logger = logging.getLogger(__name__)
+
+LOCK_NAME = ".sage.lock"
+# flock not supported by the filesystem (some FUSE / old NFS mounts): fall back to the pid check
+_NO_FLOCK = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
+
+
+@dataclass
+class _Held:
+    path: Path
+    fd: int
+    created_dir: bool
+
+
+@contextlib.contextmanager
+def lock_output_dir(
+    directory: str | os.PathLike[str], stage: str, enabled: bool = True,
+    agree: Callable[[bool], bool] | None = None,
+) -> Iterator[None]:
+    """Hold the exclusive lock of ``directory`` (created if missing) for the block.
+
+    A directory another live process holds is a one-line :class:`SageError` naming that process;
+    a stale lock (its holder is gone) is taken over with a warning. ``enabled=False`` takes no lock
+    (torchrun ranks other than 0, which never write); ``agree(ok)`` (a collective: True when every
+    rank is ok) lets those ranks fail together with the one that was refused.
+    """
+    held, error = None, None
+    if enabled:
+        try:
+            held = acquire_lock(Path(directory), stage)
+        except SageError as exc:
+            error = exc
+    if agree is not None and not agree(error is None):
+        if held is not None:
+            release_lock(held)
+        raise error or SageError(f"{directory}: rank 0 could not lock the output directory; see its error")
+    if error is not None:
+        raise error
+    try:
+        yield
+    finally:
+        if held is not None:
+            release_lock(held)
+
+
+def acquire_lock(directory: Path, stage: str) -> _Held:
+    if directory.exists() and not directory.is_dir():
+        raise SageError(f"{directory}: exists and is not a directory")
+    created = not directory.exists()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SageError(f"{directory}: cannot create the output directory ({exc.strerror})") from None
+    path = directory / LOCK_NAME
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise SageError(f"{path}: cannot create the lock file ({exc.strerror})") from None
+        if not _try_flock(fd, path, directory):
+            continue  # the file we opened was removed by its releasing holder: open the new one
+        previous = read_holder(fd)
+        if previous and previous.get("pid") != os.getpid():
+            logger.warning("%s: taking over a stale lock of %s (pid %s on %s, since %s; no longer running)",
+                           directory, previous.get("stage", "?"), previous.get("pid", "?"),
+                           previous.get("host", "?"), previous.get("since", "?"))
+        _write_holder(fd, stage)
+        return _Held(path, fd, created)
+
+
+def _try_flock(fd: int, path: Path, directory: Path) -> bool:
+    """Lock ``fd`` or raise the refusal; False when ``path`` no longer names ``fd``'s file."""
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        else:
+            _refuse_if_alive(fd, directory)
+    except BlockingIOError:
+        holder = read_holder(fd)
+        os.close(fd)
+        raise SageError(f"{directory}: in use by {describe_holder(holder)}; wait for it to finish or choose "
+                        "another --out") from None
+    except OSError as exc:
+        if exc.errno not in _NO_FLOCK:
+            os.close(fd)
+            raise
+        _refuse_if_alive(fd, directory)
+    try:
+        same = os.stat(path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        same = False
+    if not same:
+        os.close(fd)
+    return same
+
+
+def _refuse_if_alive(fd: int, directory: Path) -> None:
+    """Without flock: refuse when the recorded holder runs on this host (other hosts: trusted stale)."""
+    holder = read_holder(fd)
+    if holder and holder.get("host") == socket.gethostname() and holder.get("pid") != os.getpid() \
+            and pid_alive(int(holder.get("pid", 0))):
+        os.close(fd)
+        raise SageError(f"{directory}: in use by {describe_holder(holder)}; wait for it to finish or choose "
+                        "another --out")
+
+
+def release_lock(held: _Held) -> None:
+    """Remove the lock file (while still holding it, so no one locks a removed file), then unlock."""
+    with contextlib.suppress(OSError):
+        held.path.unlink()
+    os.close(held.fd)
+    if held.created_dir:
+        with contextlib.suppress(OSError):
+            held.path.parent.rmdir()  # only succeeds when empty: a refused or failed first run
+
+
+def read_holder(fd: int) -> dict[str, Any] | None:
+    """The JSON a holder wrote into the lock file, or None (empty, half-written or not ours)."""
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        data = os.read(fd, 4096)
+        holder = json.loads(data.decode()) if data else None
+    except (OSError, ValueError):
+        return None
+    return holder if isinstance(holder, dict) else None
+
+
+def _write_holder(fd: int, stage: str) -> None:
+    holder = {"pid": os.getpid(), "host": socket.gethostname(), "stage": stage,
+              "since": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    os.ftruncate(fd, 0)
+    os.lseek(fd, 0, os.SEEK_SET)
+    os.write(fd, (json.dumps(holder) + "\n").encode())
+
+
+def describe_holder(holder: dict[str, Any] | None) -> str:
+    if not holder:
+        return "another process (its lock file names no holder yet)"
+    return (f"sage {holder.get('stage', '?')} (pid {holder.get('pid', '?')} on {holder.get('host', '?')}, "
+            f"since {holder.get('since', '?')})")
+
+
+def pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

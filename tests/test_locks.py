@@ -1,0 +1,128 @@
+"""Output-directory locks: real processes racing for one directory, a live holder, a stale lock."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sage_cli import artifacts, locks
+from sage_cli.errors import SageError
+
+SAGE = [sys.executable, "-m", "sage_cli"]
+HOLD = """
+import sys, time
+from sage_cli.locks import lock_output_dir
+with lock_output_dir(sys.argv[1], "train"):
+    print("locked", flush=True)
+    sys.stdin.read()  # until the test closes our stdin (or kills us)
+"""
+
+
+def snapshot(directory: Path) -> dict[str, str]:
+    return {str(p.relative_to(directory)): artifacts.sha256_file(p) for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def holder(tmp_path: Path):
+    """Start a process that holds the lock of a directory until stdin closes; yields (process, start)."""
+    started: list[subprocess.Popen] = []
+
+    def start(directory: Path) -> subprocess.Popen:
+        proc = subprocess.Popen([sys.executable, "-c", HOLD, str(directory)], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True)
+        started.append(proc)
+        assert proc.stdout.readline().strip() == "locked"
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=30)
+
+
+def test_two_prepares_racing_one_wins_and_the_result_is_whole(tmp_path: Path) -> None:
+    out = tmp_path / "p"
+    procs = [subprocess.Popen([*SAGE, "-q", "prepare", "synthetic", "--out", str(out), "--seed", str(seed)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for seed in (0, 1)]
+    results = [p.communicate(timeout=120) + (p.returncode,) for p in procs]
+    codes = [r[2] for r in results]
+    assert sorted(codes) == [0, 1], results
+    loser = results[codes.index(1)]
+    error = loser[1].strip()
+    # refused by the lock while the other ran, or by the finished result of the other seed
+    assert error.count("\n") == 0 and error.startswith("error: "), error
+    assert ("in use by sage prepare (pid" in error) or ("result of other inputs" in error), error
+    winner_seed = codes.index(0)
+    reference = tmp_path / "reference"
+    subprocess.run([*SAGE, "-q", "prepare", "synthetic", "--out", str(reference), "--seed", str(winner_seed)],
+                   check=True, timeout=120)
+    assert artifacts.read_record(out, artifacts.PREPARE_RECORD)["inputs"]["seed"] == winner_seed
+    assert snapshot(out) == snapshot(reference) | {"prepare.json": snapshot(out)["prepare.json"]}
+    assert not (out / locks.LOCK_NAME).exists()
+
+
+def test_a_live_holder_refuses_a_second_writer_and_force_wipes_nothing(tmp_path: Path, holder) -> None:
+    out = tmp_path / "p"
+    subprocess.run([*SAGE, "-q", "prepare", "synthetic", "--out", str(out)], check=True, timeout=120)
+    before = snapshot(out)
+    proc = holder(out)
+    result = subprocess.run([*SAGE, "-q", "prepare", "synthetic", "--out", str(out), "--seed", "1", "--force"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (f"error: {out}: in use by sage train (pid {proc.pid} on {socket.gethostname()}, "
+                                     f"since {json.loads((out / locks.LOCK_NAME).read_text())['since']}); "
+                                     "wait for it to finish or choose another --out")
+    assert snapshot(out) == before | {locks.LOCK_NAME: snapshot(out)[locks.LOCK_NAME]}
+    proc.stdin.close()  # the holder finishes: its lock file goes with it
+    assert proc.wait(timeout=30) == 0
+    assert snapshot(out) == before
+
+
+def test_a_stale_lock_is_taken_over_with_a_message(tmp_path: Path, holder, caplog) -> None:
+    out = tmp_path / "run"
+    proc = holder(out)
+    with pytest.raises(SageError, match=rf"in use by sage train \(pid {proc.pid} on "):
+        with locks.lock_output_dir(out, "report"):
+            pass
+    os.kill(proc.pid, signal.SIGKILL)  # dies holding it: the file stays, the kernel drops the lock
+    proc.wait(timeout=30)
+    assert json.loads((out / locks.LOCK_NAME).read_text())["pid"] == proc.pid
+    with caplog.at_level(logging.WARNING, logger="sage_cli.locks"):
+        with locks.lock_output_dir(out, "report"):
+            assert json.loads((out / locks.LOCK_NAME).read_text())["pid"] == os.getpid()
+    assert f"taking over a stale lock of train (pid {proc.pid} on {socket.gethostname()}" in caplog.text
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_the_lock_goes_with_its_holder_and_a_directory_it_created_empty(tmp_path: Path) -> None:
+    out = tmp_path / "new" / "dir"
+    with locks.lock_output_dir(out, "prepare"):
+        assert (out / locks.LOCK_NAME).is_file()
+    assert not out.exists()
+    out.mkdir(parents=True)
+    with locks.lock_output_dir(out, "prepare"):
+        (out / "kept").write_text("x")
+    assert sorted(p.name for p in out.iterdir()) == ["kept"]
+
+
+def test_train_is_refused_while_another_process_holds_its_run_dir(tmp_path: Path, holder,
+                                                                   synthetic_prepared: Path, synthetic_text_cache: Path) -> None:
+    out = tmp_path / "run"
+    proc = holder(out)
+    result = subprocess.run([*SAGE, "-q", "train", "--prepared", str(synthetic_prepared), "--text-cache",
+                             str(synthetic_text_cache), "--out", str(out), "--max-steps", "2", "--force", "--method", "linear",
+                             "--device", "cpu", "--num-workers", "0"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().startswith(f"error: {out}: in use by sage train (pid {proc.pid} on ")
+    assert result.stderr.strip().count("\n") == 0
+    assert sorted(p.name for p in out.iterdir()) == [locks.LOCK_NAME]
