@@ -13,7 +13,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import subprocess
 import time
 from pathlib import Path
@@ -23,6 +22,8 @@ import torch
 from sage_cli.demo import DemoConfig
 from sage_cli.demo import _encode as encode
 from sage_cli.demo import _prepare as prepare
+from sage_cli.stats import summarise as summarise_values
+from sage_cli.stats import summarise_paired
 
 # name -> (method, extra options): the four methods, then the ablations of Sage's two pieces.
 VARIANTS = {
@@ -68,9 +69,27 @@ def summarise(rows: dict[str, list[dict]]) -> str:
     for name, metrics in rows.items():
         cells = []
         for key in ("top1", "many", "medium", "few"):
-            values = [100 * m[key] for m in metrics]
-            spread = statistics.stdev(values) if len(values) > 1 else 0.0
-            cells.append(f"{statistics.mean(values):.1f} ± {spread:.1f}")
+            summary = summarise_values(100 * m[key] for m in metrics)
+            cells.append(f"{summary.mean:.1f} ± {summary.std or 0.0:.1f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def summarise_against(rows: dict[str, list[dict]], seeds: list[int], reference: str = "lift") -> str:
+    """Each variant minus ``reference``, paired by seed: mean difference and its 95% t-interval (points)."""
+    if reference not in rows:
+        return ""
+    lines = [f"| method - {reference} | overall | many | medium | few |", "|---|---|---|---|---|"]
+    for name, metrics in rows.items():
+        if name in (reference, "zero-shot"):
+            continue
+        cells = []
+        for key in ("top1", "many", "medium", "few"):
+            ours = {seed: 100 * m[key] for seed, m in zip(seeds, metrics)}
+            theirs = {seed: 100 * m[key] for seed, m in zip(seeds, rows[reference])}
+            s = summarise_paired(ours, theirs)
+            cells.append("–" if s is None else f"{s.mean:+.1f}" + ("" if s.low is None else
+                                                                  f" [{s.low:+.1f}, {s.high:+.1f}]"))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -109,6 +128,7 @@ def machine_description() -> str:
 
 def write_results(rows: dict[str, list[dict]], seeds: list[int], base: DemoConfig, seconds: float) -> None:
     table = summarise(rows)
+    paired = summarise_against(rows, seeds)
     machine = machine_description()
     record = {"seeds": seeds, "settings": {"epochs": base.epochs, "batch_size": base.batch_size,
               "lr": base.lr}, "machine": machine, "seconds": round(seconds), "results": rows}
@@ -117,6 +137,7 @@ def write_results(rows: dict[str, list[dict]], seeds: list[int], base: DemoConfi
         f"# Shapes-LT: methods and ablations\n\nSeeds {seeds}; demo settings (epochs {base.epochs}, "
         f"batch {base.batch_size}, lr {base.lr}); toy CLIP; test split, top-1 %, mean ± sample std over "
         f"seeds.\nMachine: {machine}; {record['seconds']} s in all.\n\n{table}\n"
+        + (f"\nDifference to lift, paired by seed (points): mean [95% t-interval].\n\n{paired}\n" if paired else "")
     )
 
 
