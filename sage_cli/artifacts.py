@@ -104,9 +104,12 @@ PER_CLASS = TableSchema(
     "per_class.parquet",
     {
         "run": pa.string(),
+        "method": pa.string(),
+        "seed": pa.int64(),  # null for the zero-shot baseline
+        "run_group": pa.string(),  # runs of one configuration across seeds (report.json "groups")
         "class_id": pa.int64(),
         "name": pa.string(),
-        "group": pa.string(),
+        "group": pa.string(),  # the class's many / medium / few group
         "train_count": pa.int64(),
         "n_test": pa.int64(),
         "accuracy": pa.float64(),  # NaN for a class with no evaluated sample

@@ -27,6 +27,9 @@ def command(
     workers: int = typer.Option(4, "--workers", help="DataLoader worker processes (0: load in the main process)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     force: bool = typer.Option(False, "--force", help="Overwrite a report of other inputs in --out."),
+    reference: str | None = typer.Option(None, "--reference", help="Run group (or run) to compare with, paired by "
+                                         "seed: mean difference and 95% interval.", show_default=False),
+    latex: bool = typer.Option(False, "--latex", help="Also write report.tex (booktabs tables)."),
     as_json: bool = typer.Option(False, "--json", help="Print report.json to stdout instead of a table."),
 ) -> None:
     """Top-1/top-5, many/medium/few, prediction share, calibration and plots for one or more runs."""
@@ -35,6 +38,7 @@ def command(
     config = ReportConfig(
         out=out, runs=tuple(runs or ()), zero_shot=zero_shot, text_cache=text_cache, tte=tte, split=split,
         checkpoint=checkpoint, batch_size=batch_size, num_workers=workers, device=device, force=force,
+        reference=reference, latex=latex,
     )
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=console, transient=True, disable=as_json) as bar:
@@ -50,6 +54,10 @@ def command(
         typer.echo(json.dumps(result.report, indent=2))  # stdout, machine-readable
         return
     console.print(summary_table(result.report))
+    from sage_cli.report.markdown import shows_groups
+
+    if shows_groups(result.report):
+        console.print(groups_table(result.report))
     note = "already held this report; nothing redone" if result.skipped else "written"
     console.print(f"{out}: report.md, report.html, report.json, per_class.parquet {note}", soft_wrap=True)
 
@@ -69,4 +77,27 @@ def summary_table(report: dict[str, Any]) -> Table:
         cached = " [dim](cached)[/]" if run["evaluation"].get("cached") else ""
         table.add_row(run["name"] + cached, *(format_percent(m[k]) for k in ("top1", "many", "medium", "few", "top5",
                                                                              "ece")))
+    return table
+
+
+def groups_table(report: dict[str, Any]) -> Table:
+    """Runs of one configuration across seeds: mean ± std (n), and the paired difference to the reference."""
+    from sage_cli.report.markdown import format_interval, format_summary
+
+    paired = {p["group"]: p for p in report.get("paired", [])}
+    table = Table(title="across seeds: mean ± std" + (f"; Δ vs {report['reference']} paired by seed, 95% CI"
+                                                      if report.get("reference") else ""))
+    table.add_column("group")
+    table.add_column("n", justify="right")
+    for heading in ("overall", "many", "medium", "few"):
+        table.add_column(heading, justify="right")
+    if paired:
+        table.add_column("Δ overall", justify="right")
+    for group in report["groups"]:
+        m = group["metrics"]
+        row = [group["name"], str(group["n"]), *(format_summary(m[k]) for k in ("top1", "many", "medium", "few"))]
+        if paired:
+            p = paired.get(group["name"])
+            row.append("reference" if p is None else format_interval(p["metrics"]["top1"]))
+        table.add_row(*row)
     return table

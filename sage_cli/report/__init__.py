@@ -20,7 +20,7 @@ from sage_cli import artifacts
 from sage_cli.artifacts import PER_CLASS, REPORT_RECORD
 from sage_cli.errors import SageError
 from sage_cli.locks import lock_output_dir
-from sage_cli.report import build, html, markdown
+from sage_cli.report import build, html, markdown, seeds, tex
 from sage_cli.report.evaluate import (
     Predictions,
     evaluate_classifier,
@@ -40,6 +40,7 @@ from sage_cli.report.tte import build_five_crop_transform
 logger = logging.getLogger(__name__)
 
 STAGE = "report"
+LATEX = "report.tex"
 OUTPUTS = (REPORT_RECORD, PER_CLASS.filename, "report.md", "report.html")
 Progress = Callable[[str, int, int], None]
 
@@ -59,6 +60,8 @@ class ReportConfig:
     num_workers: int = 0
     device: str = "auto"
     force: bool = False
+    reference: str | None = None  # a run group (or run) name: paired differences by seed against it
+    latex: bool = False  # also write report.tex (booktabs tables)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "runs", tuple(Path(r) for r in self.runs))
@@ -94,10 +97,12 @@ def _run_locked(config: ReportConfig, progress: Progress | None) -> ReportResult
     sources = load_sources(config)
     check_same_test_set(sources)
     inputs = {"sources": [{"name": s.name, **s.identity} for s in sources],
-              "split": config.split, "tte": config.tte}
+              "split": config.split, "tte": config.tte, **_output_options(config)}
     fingerprint = artifacts.sha256_json(inputs)
     out = Path(config.out)
-    if artifacts.guard_output_dir(out, REPORT_RECORD, fingerprint, OUTPUTS, config.force):
+    check_reference(config.reference, sources)
+    required = OUTPUTS + ((LATEX,) if config.latex else ())
+    if artifacts.guard_output_dir(out, REPORT_RECORD, fingerprint, OUTPUTS + (LATEX,), config.force, required):
         logger.info("%s already holds this report", out)
         return ReportResult(out, True, artifacts.read_record(out, REPORT_RECORD))
     from sage_cli.backbone import resolve_device
@@ -111,13 +116,32 @@ def _run_locked(config: ReportConfig, progress: Progress | None) -> ReportResult
         build.check_predictions_fit(predictions, source.test_set, source.name)
         entries.append(build.build_run_entry(source, build.compute_run_metrics(predictions, source.test_set),
                                              evaluation))
+    groups = seeds.assign_groups(entries)
     report = artifacts.build_record(
         STAGE, inputs, split=config.split, tte=config.tte,
         dataset=build.build_dataset_entry(sources[0].test_set),
         runs=entries, deltas=build.compute_deltas(entries),
+        groups=seeds.compute_group_rows(groups, entries), reference=config.reference,
+        paired=seeds.compute_paired_rows(groups, entries, config.reference) if config.reference else [],
     )
-    write_outputs(out, report)
+    write_outputs(out, report, latex=config.latex)
     return ReportResult(out, False, report, tuple(evaluated))
+
+
+def check_reference(reference: str | None, sources: list[Source]) -> None:
+    """Refuse a ``--reference`` that names no run and no run directory, before any evaluation."""
+    if reference is None:
+        return
+    known = {s.name for s in sources} | {s.location.name for s in sources if s.kind == "run"}
+    if reference not in known:
+        raise SageError(f"--reference {reference}: names no run of this report; the runs are: "
+                        f"{', '.join(s.name for s in sources)}")
+
+
+def _output_options(config: ReportConfig) -> dict[str, Any]:
+    """The options that change what is written (part of the report's fingerprint when set)."""
+    options = {"reference": config.reference, "latex": config.latex or None}
+    return {k: v for k, v in options.items() if v is not None}
 
 
 def load_sources(config: ReportConfig) -> list[Source]:
@@ -179,13 +203,15 @@ def _eval_transform(backbone: dict[str, Any]) -> Callable[[Any], torch.Tensor]:
     return image_transform_v2(cfg, is_train=False)
 
 
-def write_outputs(out: Path, report: dict[str, Any]) -> None:
+def write_outputs(out: Path, report: dict[str, Any], latex: bool = False) -> None:
     """Tables and pages first, report.json (the record) last."""
     out.mkdir(parents=True, exist_ok=True)
     (out / REPORT_RECORD).unlink(missing_ok=True)
     artifacts.write_table(out, PER_CLASS, build.build_per_class_table(report))
     artifacts.write_bytes_atomic(out / "report.md", markdown.render_markdown(report).encode())
     artifacts.write_bytes_atomic(out / "report.html", html.render_html(report).encode())
+    if latex:
+        artifacts.write_bytes_atomic(out / LATEX, tex.render_latex(report).encode())
     artifacts.write_record(out, REPORT_RECORD, report)
 
 

@@ -15,6 +15,7 @@ import pandas as pd
 
 from sage_cli import metrics
 from sage_cli.artifacts import GROUPS
+from sage_cli.report import seeds
 from sage_cli.report.evaluate import Predictions
 from sage_cli.report.sources import Source, TestSet
 
@@ -73,9 +74,14 @@ def compute_deltas(runs: list[dict[str, Any]]) -> list[dict[str, float | None]]:
 
 
 def build_run_entry(source: Source, run_metrics: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any]:
+    """One run's part of report.json; ``group`` is filled in by :func:`seeds.assign_groups`."""
     return {
         "name": source.name,
         "kind": source.kind,
+        "method": str(source.config.get("method") or source.kind),
+        "seed": seeds.run_seed(source.config),
+        "configuration": seeds.compute_configuration_key(source.config, source.kind),
+        "group": None,
         "location": str(source.location.resolve()),
         "identity": source.identity,
         "config": source.config,
@@ -100,13 +106,19 @@ def build_dataset_entry(test_set: TestSet) -> dict[str, Any]:
 
 
 def build_per_class_table(report: dict[str, Any]) -> pd.DataFrame:
-    """One row per (run, class): run, class_id, name, group, train_count, n_test, accuracy."""
+    """One row per (run, class): run, method, seed, run_group, class_id, name, group, counts, accuracy.
+
+    ``group`` is the class's many / medium / few group; ``run_group`` the run's seed group.
+    """
     classes = report["dataset"]["classes"]
     frames = []
     for run in report["runs"]:
         accuracy = [np.nan if a is None else a for a in run["metrics"]["per_class_accuracy"]]
         frames.append(pd.DataFrame({
             "run": run["name"],
+            "method": run.get("method"),
+            "seed": pd.array([run.get("seed")] * len(accuracy), dtype="Int64"),
+            "run_group": run.get("group"),
             "class_id": np.arange(len(accuracy), dtype=np.int64),
             "name": classes["name"],
             "group": classes["group"],

@@ -13,7 +13,17 @@ from typing import Any
 
 from sage_cli.artifacts import GROUPS
 from sage_cli.report import svg
-from sage_cli.report.markdown import COLUMNS, delta_rows, format_percent, share_rows, summary_rows, true_shares
+from sage_cli.report.markdown import (
+    COLUMNS,
+    delta_rows,
+    format_percent,
+    group_rows,
+    paired_rows,
+    share_rows,
+    shows_groups,
+    summary_rows,
+    true_shares,
+)
 
 CSS = """
 :root { color-scheme: light; }
@@ -81,6 +91,18 @@ def _accuracy_section(report: dict[str, Any]) -> str:
              _table("summary", ["Run", *(t for _, t in COLUMNS), "ECE"], summary_rows(report)),
              '<p class="note">Top-1 / top-5 accuracy in %. Many / medium / few: top-1 over the images of '
              "the classes in each group. ECE: expected calibration error (15 bins, %). – : no images.</p>"]
+    if shows_groups(report):
+        parts += ["<h2>Across seeds</h2>",
+                  _table("groups", ["Group", "n", *(t for _, t in COLUMNS), "ECE"], group_rows(report), swatches=False),
+                  '<p class="note">Runs of one configuration that differ only in seed: mean ± sample standard '
+                  "deviation over the n runs, in %.</p>"]
+    if report.get("paired"):
+        reference = report["paired"][0]["reference"]
+        parts += [f"<h2>Against {escape(reference)}, paired by seed</h2>",
+                  _table("paired", ["Group", "n", *(t for _, t in COLUMNS)], paired_rows(report), swatches=False,
+                         signed=True),
+                  '<p class="note">Percentage points: mean of the per-seed differences [95% Student-t interval]; '
+                  "n seeds paired.</p>"]
     if len(report["runs"]) > 1:
         first = report["runs"][0]["name"]
         parts += [f"<h2>Change against {escape(first)}</h2>",

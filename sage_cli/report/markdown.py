@@ -40,6 +40,41 @@ def delta_rows(report: dict[str, Any]) -> list[list[str]]:
     return [[d["name"], *(format_delta(d[key]) for key, _ in COLUMNS)] for d in report["deltas"][1:]]
 
 
+def format_summary(summary: dict[str, Any] | None) -> str:
+    """A group's figure over seeds: ``mean ± std`` in %, just the mean for one run."""
+    if summary is None:
+        return DASH
+    if summary["std"] is None:
+        return format_percent(summary["mean"])
+    return f"{100 * summary['mean']:.1f} ± {100 * summary['std']:.1f}"
+
+
+def format_interval(summary: dict[str, Any] | None) -> str:
+    """A paired difference in points: ``+1.2 [-0.3, +2.7]`` (mean [95% interval]); the mean alone for n = 1."""
+    if summary is None:
+        return DASH
+    if summary["ci_low"] is None:
+        return format_delta(summary["mean"])
+    return f"{format_delta(summary['mean'])} [{format_delta(summary['ci_low'])}, {format_delta(summary['ci_high'])}]"
+
+
+def shows_groups(report: dict[str, Any]) -> bool:
+    """The across-seeds table is shown when some group holds more than one run, or a reference is set."""
+    return bool(report.get("reference")) or any(g["n"] > 1 for g in report.get("groups", []))
+
+
+def group_rows(report: dict[str, Any]) -> list[list[str]]:
+    """One row per run group: name, n, mean ± std of top-1, top-5, many, medium, few, ECE."""
+    return [[g["name"], str(g["n"]), *(format_summary(g["metrics"][key]) for key, _ in COLUMNS),
+             format_summary(g["metrics"]["ece"])] for g in report.get("groups", [])]
+
+
+def paired_rows(report: dict[str, Any]) -> list[list[str]]:
+    """One row per group against the reference: name, seeds paired, mean difference [95% interval]."""
+    return [[p["group"], str(p["n"]), *(format_interval(p["metrics"][key]) for key, _ in COLUMNS)]
+            for p in report.get("paired", [])]
+
+
 def share_rows(report: dict[str, Any]) -> list[list[str]]:
     """Per run: predicted share of many / medium / few (true share in the header)."""
     return [[run["name"], *(format_percent(run["metrics"]["prediction_share"][g]["predicted"]) for g in GROUPS)]
@@ -70,6 +105,13 @@ def render_markdown(report: dict[str, Any]) -> str:
         first = report["runs"][0]["name"]
         lines += ["", f"## Change against {first} (percentage points)", "",
                   *_table(["Run", *(title for _, title in COLUMNS)], delta_rows(report))]
+    if shows_groups(report):
+        lines += ["", "## Across seeds (mean ± sample std over the n runs of each configuration)", "",
+                  *_table(["Group", "n", *(title for _, title in COLUMNS), "ECE"], group_rows(report))]
+    if report.get("paired"):
+        lines += ["", f"## Against {report['paired'][0]['reference']}, paired by seed "
+                  "(percentage points: mean difference [95% t-interval])", "",
+                  *_table(["Group", "n", *(title for _, title in COLUMNS)], paired_rows(report))]
     truth = true_shares(report)
     lines += ["", "## Prediction share by group (% of predictions; true share in the header)", "",
               *_table(["Run", *(f"{g.capitalize()} (true {format_percent(truth[g])})" for g in GROUPS)],

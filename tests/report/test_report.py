@@ -52,7 +52,10 @@ def test_zero_shot_report_writes_every_output_consistently(tiny_data, tmp_path: 
     assert np.all(np.diff(scores, axis=1) <= 0) and np.allclose(scores.sum(1), 1.0, atol=1e-5)
 
     per_class = artifacts.read_table(out, artifacts.PER_CLASS).to_pandas()
-    assert list(per_class.columns) == ["run", "class_id", "name", "group", "train_count", "n_test", "accuracy"]
+    assert list(per_class.columns) == ["run", "method", "seed", "run_group", "class_id", "name", "group",
+                                       "train_count", "n_test", "accuracy"]
+    assert per_class["method"].tolist() == ["zeroshot"] * 4 and per_class["seed"].isna().all()
+    assert per_class["run_group"].tolist() == ["zero-shot"] * 4
     assert per_class["name"].tolist() == ["apple", "bear", "cat", "dog"]
     assert per_class["train_count"].tolist() == [150, 40, 30, 5]
     expected = [(top[labels == c, 0] == c).mean() for c in range(4)]

@@ -67,3 +67,40 @@ def test_truncated_checkpoint_of_real_run_refused(trained, tmp_path: Path) -> No
     with pytest.raises(SageError, match="adapter.safetensors"):
         run(ReportConfig(out=tmp_path / "out", runs=(broken,), device="cpu"))
     assert not (tmp_path / "out").exists()
+
+
+def test_report_groups_seeds_with_reference_and_latex(tiny_data, trained, tmp_path: Path) -> None:
+    prepared, text = tiny_data
+    second = tmp_path / "s1" / "linear"
+    result = runner.invoke(app, ["train", "--prepared", str(prepared), "--text-cache", str(text), "--method",
+                                 "linear", "--out", str(second), "--max-steps", "2", "--batch-size", "4",
+                                 "--device", "cpu", "--seed", "1"])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "out"
+    args = ["report", str(trained[0]), str(second), str(trained[1]), "--out", str(out), "--device", "cpu",
+            "--workers", "0", "--reference", "lift", "--latex"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    runs = report["runs"]
+    assert [(r["method"], r["seed"], r["group"]) for r in runs] == [("linear", 0, "linear"), ("linear", 1, "linear"),
+                                                                     ("lift", 0, "lift")]
+    groups = {g["name"]: g for g in report["groups"]}
+    assert groups["linear"]["n"] == 2 and groups["linear"]["seeds"] == [0, 1] and groups["lift"]["n"] == 1
+    top1 = [r["metrics"]["top1"] for r in runs]
+    assert groups["linear"]["metrics"]["top1"]["mean"] == pytest.approx((top1[0] + top1[1]) / 2)
+    assert groups["linear"]["metrics"]["top1"]["std"] == pytest.approx(abs(top1[0] - top1[1]) / 2 ** 0.5)
+    (paired,) = report["paired"]
+    assert (paired["group"], paired["reference"], paired["seeds"], paired["unpaired_seeds"]) == (
+        "linear", "lift", [0], [1])
+    assert paired["metrics"]["top1"]["mean"] == pytest.approx(top1[0] - top1[2])
+    per_class = artifacts.read_table(out, artifacts.PER_CLASS).to_pandas()
+    assert per_class["seed"].tolist() == [0] * 4 + [1] * 4 + [0] * 4
+    assert per_class["run_group"].tolist() == ["linear"] * 8 + ["lift"] * 4
+    md = (out / "report.md").read_text()
+    assert "## Across seeds" in md and "## Against lift, paired by seed" in md
+    tex = (out / "report.tex").read_text()
+    assert r"\label{tab:sage-paired}" in tex and tex.count(r"\toprule") == 3
+    refused = runner.invoke(app, [*args[:-3], "--reference", "nope", "--force"])
+    assert refused.exit_code == 1 and "--reference nope: names no run" in refused.output
+    assert json.loads((out / "report.json").read_text()) == report  # nothing overwritten
