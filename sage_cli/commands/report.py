@@ -30,6 +30,11 @@ def command(
     reference: str | None = typer.Option(None, "--reference", help="Run group (or run) to compare with, paired by "
                                          "seed: mean difference and 95% interval.", show_default=False),
     latex: bool = typer.Option(False, "--latex", help="Also write report.tex (booktabs tables)."),
+    save_logits: bool = typer.Option(False, "--save-logits", help="Keep every logit (float16) in "
+                                     "RUN_DIR/logits.safetensors for post-hoc analysis."),
+    tau: list[float] = typer.Option([], "--tau", help="Post-hoc logit adjustment: add a row per run re-scored "
+                                    "with logits - T·log(prior) (repeatable; saves the logits).",
+                                    metavar="T", show_default=False),
     as_json: bool = typer.Option(False, "--json", help="Print report.json to stdout instead of a table."),
 ) -> None:
     """Top-1/top-5, many/medium/few, prediction share, calibration and plots for one or more runs."""
@@ -38,7 +43,7 @@ def command(
     config = ReportConfig(
         out=out, runs=tuple(runs or ()), zero_shot=zero_shot, text_cache=text_cache, tte=tte, split=split,
         checkpoint=checkpoint, batch_size=batch_size, num_workers=workers, device=device, force=force,
-        reference=reference, latex=latex,
+        reference=reference, latex=latex, save_logits=save_logits, tau=tuple(tau or ()),
     )
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=console, transient=True, disable=as_json) as bar:

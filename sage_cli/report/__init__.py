@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from sage_cli.report.evaluate import (
     save_predictions,
 )
 from sage_cli.report.loader import build_eval_loader
+from sage_cli.report.logits import compute_adjusted_predictions, compute_class_prior, load_logits, save_logits
 from sage_cli.report.sources import (
     ZERO_SHOT,
     Source,
@@ -62,6 +63,8 @@ class ReportConfig:
     force: bool = False
     reference: str | None = None  # a run group (or run) name: paired differences by seed against it
     latex: bool = False  # also write report.tex (booktabs tables)
+    save_logits: bool = False  # keep every logit (float16) in RUN_DIR/logits.safetensors
+    tau: tuple[float, ...] = ()  # post-hoc logit adjustment: one extra row per run and tau (needs logits)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "runs", tuple(Path(r) for r in self.runs))
@@ -77,6 +80,13 @@ class ReportConfig:
             raise SageError(f"--batch-size must be a positive integer; got {self.batch_size}")
         if self.num_workers < 0:
             raise SageError(f"--workers must be >= 0; got {self.num_workers}")
+        object.__setattr__(self, "tau", tuple(float(t) for t in self.tau))
+        if len(set(self.tau)) != len(self.tau):
+            raise SageError(f"--tau values must differ; got {', '.join(f'{t:g}' for t in self.tau)}")
+
+    @property
+    def needs_logits(self) -> bool:
+        return self.save_logits or bool(self.tau)
 
 
 @dataclass(frozen=True)
@@ -100,22 +110,14 @@ def _run_locked(config: ReportConfig, progress: Progress | None) -> ReportResult
               "split": config.split, "tte": config.tte, **_output_options(config)}
     fingerprint = artifacts.sha256_json(inputs)
     out = Path(config.out)
-    check_reference(config.reference, sources)
+    check_reference(config.reference, sources, config.tau)
     required = OUTPUTS + ((LATEX,) if config.latex else ())
     if artifacts.guard_output_dir(out, REPORT_RECORD, fingerprint, OUTPUTS + (LATEX,), config.force, required):
         logger.info("%s already holds this report", out)
         return ReportResult(out, True, artifacts.read_record(out, REPORT_RECORD))
     from sage_cli.backbone import resolve_device
 
-    device = resolve_device(config.device)
-    entries, evaluated = [], []
-    for source in sources:
-        predictions, evaluation = predict(source, config, device, progress)
-        if not evaluation["cached"]:
-            evaluated.append(source.name)
-        build.check_predictions_fit(predictions, source.test_set, source.name)
-        entries.append(build.build_run_entry(source, build.compute_run_metrics(predictions, source.test_set),
-                                             evaluation))
+    entries, evaluated = evaluate_sources(sources, config, resolve_device(config.device), progress)
     groups = seeds.assign_groups(entries)
     report = artifacts.build_record(
         STAGE, inputs, split=config.split, tte=config.tte,
@@ -128,11 +130,35 @@ def _run_locked(config: ReportConfig, progress: Progress | None) -> ReportResult
     return ReportResult(out, False, report, tuple(evaluated))
 
 
-def check_reference(reference: str | None, sources: list[Source]) -> None:
+def evaluate_sources(
+    sources: list[Source], config: ReportConfig, device: torch.device, progress: Progress | None
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Each source's report entry (and, with ``--tau``, one post-hoc adjusted entry per tau after it)."""
+    entries, evaluated = [], []
+    for source in sources:
+        predictions, evaluation = predict(source, config, device, progress)
+        if not evaluation["cached"]:
+            evaluated.append(source.name)
+        build.check_predictions_fit(predictions, source.test_set, source.name)
+        entries.append(build.build_run_entry(source, build.compute_run_metrics(predictions, source.test_set),
+                                             evaluation))
+        prior = compute_class_prior(source.test_set.classes["train_count"].to_numpy())
+        for tau in config.tau:
+            adjusted = compute_adjusted_predictions(predictions.logits, predictions.sample_ids, predictions.labels,
+                                                    prior, tau)
+            entries.append(build.build_run_entry(
+                replace(source, name=f"{source.name} τ={tau:g}"),
+                build.compute_run_metrics(adjusted, source.test_set),
+                {**evaluation, "posthoc_tau": tau}, tau=tau))
+    return entries, evaluated
+
+
+def check_reference(reference: str | None, sources: list[Source], taus: tuple[float, ...] = ()) -> None:
     """Refuse a ``--reference`` that names no run and no run directory, before any evaluation."""
     if reference is None:
         return
-    known = {s.name for s in sources} | {s.location.name for s in sources if s.kind == "run"}
+    names = {s.name for s in sources} | {s.location.name for s in sources if s.kind == "run"}
+    known = names | {f"{name} τ={tau:g}" for name in names for tau in taus}
     if reference not in known:
         raise SageError(f"--reference {reference}: names no run of this report; the runs are: "
                         f"{', '.join(s.name for s in sources)}")
@@ -140,7 +166,7 @@ def check_reference(reference: str | None, sources: list[Source]) -> None:
 
 def _output_options(config: ReportConfig) -> dict[str, Any]:
     """The options that change what is written (part of the report's fingerprint when set)."""
-    options = {"reference": config.reference, "latex": config.latex or None}
+    options = {"reference": config.reference, "latex": config.latex or None, "tau": list(config.tau) or None}
     return {k: v for k, v in options.items() if v is not None}
 
 
@@ -156,8 +182,6 @@ def load_sources(config: ReportConfig) -> list[Source]:
 
 def _with_unique_names(sources: list[Source]) -> list[Source]:
     """Name runs by directory; where two share a name, prefix the parent directory."""
-    from dataclasses import replace
-
     names = [s.name for s in sources]
     out = []
     for source in sources:
@@ -177,17 +201,23 @@ def predict(
     cache_inputs = {**source.identity, "split": config.split, "tte": config.tte}
     fingerprint = artifacts.sha256_json(cache_inputs)
     cached = load_cached_predictions(source.cache_dir, fingerprint)
-    if cached is not None:
+    saved = load_logits(source.cache_dir, fingerprint) if cached is not None and config.needs_logits else None
+    if cached is not None and (saved is not None or not config.needs_logits):
         predictions, record = cached
         logger.info("%s: reusing cached predictions in %s", source.name, source.cache_dir)
+        if saved is not None:
+            predictions = replace(predictions, logits=saved[0])
         return predictions, {**record.get("evaluation", {}), "cached": True}
     classifier, backbone = source.build(device)
     transform = build_five_crop_transform(backbone) if config.tte else _eval_transform(backbone)
     loader = build_eval_loader(source.test_set, transform, config.batch_size, config.num_workers, device)
-    predictions, stats = evaluate_classifier(classifier, loader, device, len(source.test_set.samples), progress)
+    predictions, stats = evaluate_classifier(classifier, loader, device, len(source.test_set.samples), progress,
+                                             keep_logits=config.needs_logits)
     evaluation = {"seconds": round(stats.seconds, 3), "images_per_second": round(stats.images_per_second, 1),
                   "device": stats.device, "precision": stats.precision, "batch_size": config.batch_size,
                   "tte": config.tte, "image_size": backbone.get("image_size")}
+    if predictions.logits is not None:  # before the record: a record never vouches for missing logits
+        save_logits(source.cache_dir, predictions.logits, predictions, fingerprint)
     save_predictions(source.cache_dir, predictions, artifacts.build_record("predictions", cache_inputs,
                                                                              evaluation=evaluation))
     return predictions, {**evaluation, "cached": False}

@@ -73,14 +73,19 @@ def compute_deltas(runs: list[dict[str, Any]]) -> list[dict[str, float | None]]:
     return out
 
 
-def build_run_entry(source: Source, run_metrics: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any]:
-    """One run's part of report.json; ``group`` is filled in by :func:`seeds.assign_groups`."""
+def build_run_entry(source: Source, run_metrics: dict[str, Any], evaluation: dict[str, Any],
+                    tau: float | None = None) -> dict[str, Any]:
+    """One run's part of report.json; ``group`` is filled in by :func:`seeds.assign_groups`.
+
+    ``tau``: the entry re-scores the source's saved logits with post-hoc logit adjustment.
+    """
     return {
         "name": source.name,
         "kind": source.kind,
         "method": str(source.config.get("method") or source.kind),
         "seed": seeds.run_seed(source.config),
-        "configuration": seeds.compute_configuration_key(source.config, source.kind),
+        "posthoc_tau": tau,
+        "configuration": seeds.compute_configuration_key(source.config, source.kind, tau),
         "group": None,
         "location": str(source.location.resolve()),
         "identity": source.identity,

@@ -38,6 +38,7 @@ class Predictions:
     labels: np.ndarray  # [N] int64
     top_classes: np.ndarray  # [N, k] int64, best first (ties: lower class id first)
     top_scores: np.ndarray  # [N, k] float32 softmax probabilities
+    logits: np.ndarray | None = None  # [N, C] float16, only when asked for (--save-logits)
 
     @property
     def top1(self) -> np.ndarray:
@@ -74,19 +75,24 @@ def evaluate_classifier(
     device: torch.device,
     total: int,
     progress: Progress | None = None,
+    keep_logits: bool = False,
 ) -> tuple[Predictions, EvalStats]:
     """Run ``classifier`` over ``batches`` of (images, labels, sample_ids); bf16 autocast on CUDA.
 
     Images are ``[B, 3, H, W]``, or ``[B, V, 3, H, W]`` for test-time ensembling (logits averaged).
+    With ``keep_logits`` the predictions also hold every logit, as float16.
     """
     classifier.eval()
     parts: list[tuple[np.ndarray, ...]] = []
+    kept: list[np.ndarray] = []
     done, start = 0, time.perf_counter()
     with torch.inference_mode(), _autocast(device):
         for images, labels, sample_ids in batches:
             logits = compute_ensembled_logits(classifier, images.to(device, non_blocking=True))
             top, scores = compute_ranked_scores(logits, TOP_K)
             parts.append((sample_ids.numpy(), labels.numpy(), top.cpu().numpy(), scores.cpu().numpy()))
+            if keep_logits:
+                kept.append(logits.float().cpu().numpy().astype(np.float16))
             done += len(labels)
             if progress is not None:
                 progress("evaluate", done, total)
@@ -95,7 +101,7 @@ def evaluate_classifier(
         raise SageError("the split to evaluate has no samples")
     ids, labels, top, scores = (np.concatenate(cols) for cols in zip(*parts))
     predictions = Predictions(ids.astype(np.int64), labels.astype(np.int64), top.astype(np.int64),
-                              scores.astype(np.float32))
+                              scores.astype(np.float32), np.concatenate(kept) if kept else None)
     precision = "bf16-autocast" if device.type == "cuda" else "fp32"
     return predictions, EvalStats(seconds, done / max(seconds, 1e-9), str(device), precision)
 

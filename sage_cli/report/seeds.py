@@ -23,13 +23,15 @@ logger = logging.getLogger(__name__)
 FIGURES = ("top1", "top5", "many", "medium", "few", "mean_class_accuracy", "ece")
 
 
-def compute_configuration_key(source_config: dict[str, Any], kind: str) -> str:
-    """What a run's group is decided by: its train.json inputs without the seed (zero-shot: its identity)."""
+def compute_configuration_key(source_config: dict[str, Any], kind: str, tau: float | None = None) -> str:
+    """What a run's group is decided by: its train.json inputs without the seed (zero-shot: its
+    identity), and the post-hoc ``tau`` it is re-scored with, if any."""
+    suffix = "" if tau is None else f":tau={tau!r}"
     if kind != "run":
-        return f"{kind}:{artifacts.sha256_json(source_config)}"
+        return f"{kind}:{artifacts.sha256_json(source_config)}{suffix}"
     inputs = copy.deepcopy(source_config.get("inputs") or {})
     inputs.get("config", {}).get("run", {}).pop("seed", None)
-    return "run:" + artifacts.sha256_json(inputs)
+    return "run:" + artifacts.sha256_json(inputs) + suffix
 
 
 def run_seed(source_config: dict[str, Any]) -> int | None:
@@ -49,7 +51,7 @@ def assign_groups(entries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         keyed.setdefault(entry["configuration"], []).append(entry)
     groups, taken = [], set()
     for members in keyed.values():
-        basenames = {PurePath(m["location"]).name if m["kind"] == "run" else m["name"] for m in members}
+        basenames = {_short_name(m) for m in members}
         name = basenames.pop() if len(basenames) == 1 else members[0]["name"]
         base, i = name, 1
         while name in taken:
@@ -65,6 +67,14 @@ def assign_groups(entries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         groups.append({"name": name, "method": members[0]["method"], "runs": [m["name"] for m in members],
                        "seeds": seeds})
     return groups
+
+
+def _short_name(entry: dict[str, Any]) -> str:
+    """A run's directory name (with its post-hoc tau); the zero-shot row's own name."""
+    if entry["kind"] != "run":
+        return entry["name"]
+    tau = entry.get("posthoc_tau")
+    return PurePath(entry["location"]).name + ("" if tau is None else f" τ={tau:g}")
 
 
 def _figure_by_seed(members: Sequence[dict[str, Any]], key: str) -> dict[Any, float]:
