@@ -115,6 +115,11 @@ PER_CLASS = TableSchema(
         "accuracy": pa.float64(),  # NaN for a class with no evaluated sample
     },
 )
+IMAGE_INDEX = TableSchema(  # sage cache-images: where each sample's pixels lie in a view's raw file
+    "image_index",
+    "image_index.parquet",
+    {"sample_id": pa.int64(), "view": pa.string(), "offset": pa.int64(), "height": pa.int32(), "width": pa.int32()},
+)
 
 SPLITS = ("train", "val", "test")
 GROUPS = ("many", "medium", "few")

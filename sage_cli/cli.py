@@ -34,10 +34,11 @@ def main(
 
 def _register() -> None:
     # Command modules import torch and friends lazily, so `sage --help` stays fast.
-    from sage_cli.commands import demo, encode_text, prepare, pretrain_toy, report, train
+    from sage_cli.commands import cache_images, demo, encode_text, prepare, pretrain_toy, report, train
 
     app.command("prepare", no_args_is_help=True)(prepare.command)
     app.command("encode-text", no_args_is_help=True)(encode_text.command)
+    app.command("cache-images", no_args_is_help=True)(cache_images.command)
     app.command("train", no_args_is_help=True)(train.command)
     app.command("report", no_args_is_help=True)(report.command)
     app.command("demo")(demo.command)

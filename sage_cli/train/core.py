@@ -23,7 +23,6 @@ import torch
 
 from sage_cli import artifacts
 from sage_cli.artifacts import TRAIN_RECORD
-from sage_cli.data import ManifestDataset
 from sage_cli.encode_text import check_text_cache_matches
 from sage_cli.errors import SageError
 from sage_cli.locks import lock_output_dir
@@ -31,11 +30,12 @@ from sage_cli.losses import build_loss
 from sage_cli.model import SageClassifier, build_classifier
 from sage_cli.train import checkpoint as ckpt
 from sage_cli.train.config import TrainConfig
+from sage_cli.train.datasets import build_datasets
 from sage_cli.train.distributed import DistContext, distributed_session
 from sage_cli.train.faults import explain_write_errors
 from sage_cli.train.inputs import BACKBONE_INIT_SEED, TrainInputs, build_backbone, resolve_inputs
 from sage_cli.train.loop import METRICS, Trainer, TrainHooks
-from sage_cli.train.transforms import build_transforms, describe_preprocessing
+from sage_cli.train.transforms import describe_preprocessing
 
 logger = logging.getLogger(__name__)
 
@@ -135,13 +135,8 @@ def build_trainer(
     classifier = build_classifier(clip.model, embeddings, config.model.adapter)
     counts = torch.tensor(inputs.data.classes["train_count"].to_numpy(), dtype=torch.float32)
     loss_fn = build_loss(config.loss, counts, embeddings).to(device)
-    train_tf, eval_tf = build_transforms(clip, config.data.augment)
-    data = inputs.data
-    skip_bad = config.data.skip_bad
-    train_set = ManifestDataset(data.split("train"), data.image_root, train_tf, skip_bad=skip_bad)
-    eval_set = (ManifestDataset(data.split(inputs.eval_split), data.image_root, eval_tf, skip_bad=skip_bad)
-                if inputs.eval_split else None)
-    groups = data.classes["group"].tolist()
+    train_set, eval_set = build_datasets(config, inputs, clip)
+    groups = inputs.data.classes["group"].tolist()
     trainer = Trainer(config, classifier, loss_fn, train_set, eval_set, groups, device, hooks,
                       eval_split=inputs.eval_split, fingerprint=fingerprint, dist_ctx=dist_ctx)
     return trainer, clip.record

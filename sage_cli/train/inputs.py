@@ -20,6 +20,7 @@ from sage_cli.backbone import LoadedClip, backbone_identity, check_model_name, c
 from sage_cli.data import PreparedData, load_prepared_data
 from sage_cli.encode_text import TextCache, check_text_cache_matches, load_text_cache
 from sage_cli.errors import SageError
+from sage_cli.image_cache import check_image_cache_source
 from sage_cli.train.config import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ class TrainInputs:
     model: str
     pretrained: str
     eval_split: str | None
+    image_cache: dict[str, Any] | None = None  # path and fingerprint of the image cache the run reads
 
     def record(self) -> dict[str, Any]:
         """Paths and content hashes of the inputs (the ``inputs`` of train.json)."""
@@ -54,6 +56,7 @@ class TrainInputs:
                 "class_embeddings_sha256": artifacts.sha256_file(text / artifacts.CLASS_EMBEDDINGS.filename),
             },
             "backbone": backbone_identity(describe_backbone(self.model, self.pretrained)),
+            **({"image_cache": self.image_cache} if self.image_cache else {}),
         }
 
 
@@ -71,7 +74,11 @@ def resolve_inputs(config: TrainConfig) -> TrainInputs:
         )
     if not data.has_split("train"):
         raise SageError(f"{data.directory}: the manifest has no train split; nothing to train on")
-    return TrainInputs(data, cache, check_model_name(model), pretrained, choose_eval_split(data, config))
+    image_cache = None
+    if config.data.image_cache is not None:
+        record = check_image_cache_source(config.data.image_cache, data)
+        image_cache = {"path": str(config.data.image_cache.resolve()), "fingerprint": record["fingerprint"]}
+    return TrainInputs(data, cache, check_model_name(model), pretrained, choose_eval_split(data, config), image_cache)
 
 
 def choose_eval_split(data: PreparedData, config: TrainConfig) -> str | None:

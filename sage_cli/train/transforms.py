@@ -3,13 +3,22 @@
 Train: RandomResizedCrop (LIFT's scale 0.08..1) + horizontal flip at the model's image size, with
 its mean / std and interpolation. Eval: open_clip's own eval transform (resize the shorter side,
 centre crop). Both change accuracy by points, so train.json records them.
+
+The fast path (:mod:`sage_cli.image_cache`) runs the same steps on uint8 tensors of cached images:
+the same RandomResizedCrop parameters (drawn by the same torchvision code from the same seed, so
+the same box for an image of the same size, and the same regions of the original for a uniformly
+shrunk one), the same interpolation (torch's antialiased kernel, within a fraction of a grey level
+of PIL's on average), then to float and normalise exactly as ToTensor + Normalize do.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+import torch
 from torchvision import transforms as T
+from torchvision.transforms import v2
 
 from sage_cli.backbone import LoadedClip
 from sage_cli.data import Transform
@@ -29,6 +38,37 @@ def build_train_transform(record: dict[str, Any]) -> Transform:
         T.ToTensor(),
         T.Normalize(record["mean"], record["std"]),
     ])
+
+
+class ToNormalizedFloat:
+    """uint8 [3, H, W] -> float32, as ToTensor (/ 255) then Normalize do, step for step."""
+
+    def __init__(self, mean: list[float], std: list[float]) -> None:
+        self.mean = torch.as_tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.as_tensor(std, dtype=torch.float32).view(-1, 1, 1)
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        return pixels.to(torch.float32).div(255).sub_(self.mean).div_(self.std)
+
+
+def build_cached_train_transform(record: dict[str, Any]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """:func:`build_train_transform` on uint8 tensors of cached images (see the module doc)."""
+    size = tuple(record["image_size"])
+    interpolation = v2.InterpolationMode(record.get("interpolation", "bicubic"))
+    return v2.Compose([
+        v2.RandomResizedCrop(size, scale=CROP_SCALE, ratio=CROP_RATIO, interpolation=interpolation, antialias=True),
+        v2.RandomHorizontalFlip(FLIP_P),
+        ToNormalizedFloat(record["mean"], record["std"]),
+    ])
+
+
+def build_cached_transforms(record: dict[str, Any], augment: bool) -> tuple[Callable, Callable]:
+    """(train, eval) transforms of cached pixels: the train view's crops, the eval view's tensors.
+
+    Without ``augment`` the train split is read from the eval view, like the plain path's eval transform.
+    """
+    eval_transform = ToNormalizedFloat(record["mean"], record["std"])
+    return (build_cached_train_transform(record) if augment else eval_transform), eval_transform
 
 
 def build_transforms(clip: LoadedClip, augment: bool) -> tuple[Transform, Transform]:
