@@ -38,7 +38,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from sage_cli import artifacts
-from sage_cli.data import Key, PreparedData, load_image
+from sage_cli.data import Key, PreparedData, cpu_seeded, load_image
 from sage_cli.errors import SageError
 
 logger = logging.getLogger(__name__)
@@ -322,8 +322,7 @@ class CachedImageDataset(Dataset):
         if seed is None:
             image = self.transform(pixels)
         else:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
+            with cpu_seeded(seed):
                 image = self.transform(pixels)
         return image, int(self.labels[index]), int(self.sample_ids[index])
 

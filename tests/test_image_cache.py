@@ -217,3 +217,16 @@ def test_training_refuses_the_cache_of_another_dataset(
     with pytest.raises(SageError, match="image cache of another prepared dataset"):
         train(_train_config(synthetic_prepared, synthetic_text_cache, tmp_path / "run", image_cache=cache.directory))
     assert not (tmp_path / "run").exists()
+
+
+def test_cpu_seeded_draws_as_manual_seed_and_restores_the_generator() -> None:
+    from sage_cli.data import cpu_seeded
+
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    with cpu_seeded(5):
+        drawn = torch.rand(3)
+    after = torch.rand(1)
+    torch.manual_seed(7)
+    assert torch.equal(drawn, expected) and torch.equal(after, torch.rand(1))
