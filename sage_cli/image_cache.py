@@ -40,6 +40,7 @@ from torch.utils.data import Dataset
 from sage_cli import artifacts
 from sage_cli.data import Key, PreparedData, cpu_seeded, load_image
 from sage_cli.errors import SageError
+from sage_cli.locks import lock_output_dir
 
 logger = logging.getLogger(__name__)
 
@@ -364,4 +365,6 @@ def run(config: CacheImagesConfig, progress: Callable[[str, int, int], None] | N
     if geometry.short_side < min(geometry.image_size):
         logger.warning("--short-side %d is below the model's %s px crops: train crops will be enlarged",
                        geometry.short_side, geometry.image_size)
-    return build_image_cache(data, clip.preprocess_eval, geometry, config.out, config.force, config.workers, progress)
+    with lock_output_dir(config.out, STAGE):
+        return build_image_cache(data, clip.preprocess_eval, geometry, config.out, config.force, config.workers,
+                                 progress)

@@ -30,6 +30,7 @@ def command(
     prepared: Path = typer.Option(..., "--prepared", "-p", help="Prepared dataset directory (sage prepare)."),
     text_cache: Path = typer.Option(..., "--text-cache", "-t", help="Text cache directory (sage encode-text)."),
     image_cache: Path | None = typer.Option(None, "--image-cache", help="Decoded-image cache (sage cache-images): the fast input path."),
+    feature_cache: Path | None = typer.Option(None, "--feature-cache", help="Directory of cached frozen features (linear with --no-augment): computed once, then read."),
     method: str = typer.Option(..., "--method", help="sage, lift or linear."),
     out: Path = typer.Option(..., "--out", "-o", help="Run directory to write."),
     config: Path | None = typer.Option(None, "--config", help="Preset YAML supplying defaults; explicit flags win."),

@@ -37,12 +37,14 @@ class DataConfig:
     on the eval transform (deterministic; used by tests). ``eval_split`` None means val when the
     prepared dataset has one, else test. ``skip_bad`` skips (and records) unreadable images
     instead of stopping on the first. ``image_cache`` reads decoded pixels from a ``sage
-    cache-images`` directory (the fast input path) instead of decoding every JPEG.
+    cache-images`` directory (the fast input path) instead of decoding every JPEG;
+    ``feature_cache`` trains a head-only method on the frozen tower's cached output.
     """
 
     prepared: Path
     text_cache: Path
     image_cache: Path | None = None
+    feature_cache: Path | None = None
     batch_size: int = 128
     micro_batch_size: int | None = None
     num_workers: int = 4
@@ -53,8 +55,9 @@ class DataConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "prepared", Path(self.prepared))
         object.__setattr__(self, "text_cache", Path(self.text_cache))
-        if self.image_cache is not None:
-            object.__setattr__(self, "image_cache", Path(self.image_cache))
+        for key in ("image_cache", "feature_cache"):
+            if getattr(self, key) is not None:
+                object.__setattr__(self, key, Path(getattr(self, key)))
         micro = self.micro_batch_size
         _require([
             (self.batch_size >= 1, f"--batch-size must be >= 1; got {self.batch_size}"),
@@ -174,6 +177,7 @@ class TrainConfig:
             config["run"].pop(key)
         config["data"].pop("num_workers")
         config["data"].pop("skip_bad")  # a run that meets no bad image ends the same either way
+        config["data"].pop("feature_cache")  # the same weights as from the images (within float rounding)
         for key in ("prepared", "text_cache", "image_cache"):  # identified by their content hashes instead
             config["data"].pop(key)
         return config
@@ -233,7 +237,7 @@ def build_train_config(options: Mapping[str, Any]) -> TrainConfig:
         **pick("bottleneck", "guidance_tokens", "activation", "attn_heads", "logit_scale"),
     )
     return TrainConfig(
-        data=DataConfig(**pick("prepared", "text_cache", "image_cache", "batch_size", "micro_batch_size", "num_workers",
+        data=DataConfig(**pick("prepared", "text_cache", "image_cache", "feature_cache", "batch_size", "micro_batch_size", "num_workers",
                                "augment", "eval_split", "skip_bad")),
         model=ModelConfig(model=o.get("model"), pretrained=o.get("pretrained"), adapter=adapter),
         loss=LossConfig(compensation=o.get("compensation") or default_compensation(o["method"]),

@@ -30,7 +30,7 @@ from sage_cli.losses import build_loss
 from sage_cli.model import SageClassifier, build_classifier
 from sage_cli.train import checkpoint as ckpt
 from sage_cli.train.config import TrainConfig
-from sage_cli.train.datasets import build_datasets
+from sage_cli.train.datasets import build_datasets, describe_input, use_cached_features
 from sage_cli.train.distributed import DistContext, distributed_session
 from sage_cli.train.faults import explain_write_errors
 from sage_cli.train.inputs import BACKBONE_INIT_SEED, TrainInputs, build_backbone, resolve_inputs
@@ -101,7 +101,7 @@ def train_locked(
     if resume_from is not None:
         trainer.restore(resume_from)
         logger.info("resuming from %s (step %d)", resume_from, trainer.position.global_step)
-    preprocessing = describe_preprocessing(clip_record, config.data.augment)
+    preprocessing = {**describe_preprocessing(clip_record, config.data.augment), "input": describe_input(config)}
     if hooks is not None and hooks.on_start is not None and dist_ctx.is_main:
         hooks.on_start(start_info(trainer, preprocessing, inputs, resume_from))
     final_eval = trainer.fit()
@@ -136,6 +136,10 @@ def build_trainer(
     counts = torch.tensor(inputs.data.classes["train_count"].to_numpy(), dtype=torch.float32)
     loss_fn = build_loss(config.loss, counts, embeddings).to(device)
     train_set, eval_set = build_datasets(config, inputs, clip)
+    if config.data.feature_cache is not None:
+        world_size = dist_ctx.world_size if dist_ctx is not None else 1
+        train_set, eval_set, _ = use_cached_features(config, inputs, classifier, (train_set, eval_set),
+                                                     clip.record, device, world_size)
     groups = inputs.data.classes["group"].tolist()
     trainer = Trainer(config, classifier, loss_fn, train_set, eval_set, groups, device, hooks,
                       eval_split=inputs.eval_split, fingerprint=fingerprint, dist_ctx=dist_ctx)

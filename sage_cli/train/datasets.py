@@ -1,4 +1,5 @@
-"""The train and eval datasets of a run: JPEGs through PIL (the plain path) or an image cache.
+"""The train and eval datasets of a run: JPEGs through PIL (the plain path), an image cache, or
+cached frozen features (:func:`use_cached_features`, head-only methods).
 
 With ``--image-cache`` the pixels come from :mod:`sage_cli.image_cache` (decoded once, memory-
 mapped) and go through the tensor transforms of :func:`~sage_cli.train.transforms.build_cached_transforms`;
@@ -8,10 +9,14 @@ augmentation distribution and the same eval tensors (docs/training.md, "Fast inp
 
 from __future__ import annotations
 
+import torch
+from torch import nn
 from torch.utils.data import Dataset
 
 from sage_cli.backbone import LoadedClip
 from sage_cli.data import ManifestDataset
+from sage_cli.errors import SageError
+from sage_cli.feature_cache import FeatureDataset, compute_key_inputs, feature_dir, load_or_compute_features
 from sage_cli.image_cache import CachedImageDataset, load_image_cache
 from sage_cli.train.config import TrainConfig
 from sage_cli.train.inputs import TrainInputs
@@ -34,3 +39,39 @@ def build_datasets(config: TrainConfig, inputs: TrainInputs, clip: LoadedClip) -
     train_set = CachedImageDataset(cache, data.split("train"), train_view, train_tf)
     eval_set = CachedImageDataset(cache, data.split(eval_split), "eval", eval_tf) if eval_split else None
     return train_set, eval_set
+
+
+def use_cached_features(
+    config: TrainConfig, inputs: TrainInputs, classifier: nn.Module, datasets: tuple[Dataset, Dataset | None],
+    clip_record: dict, device: torch.device, world_size: int = 1,
+) -> tuple[Dataset, Dataset | None, str]:
+    """``--feature-cache``: the frozen tower's output for the train and eval splits (computed once
+    from ``datasets``, the un-augmented eval tensors, then read from disk), and ``classifier``'s
+    tower replaced by an identity, so that the Trainer trains the head on them unchanged.
+
+    Returns (train set, eval set, the cache key's directory).
+    """
+    if world_size > 1:
+        raise SageError("--feature-cache trains in one process (seconds on a CPU); run it without torchrun")
+    key_inputs = compute_key_inputs(clip_record, inputs.data, device)
+    out: list[Dataset | None] = []
+    for split, dataset in (("train", datasets[0]), (inputs.eval_split, datasets[1])):
+        if dataset is None:
+            out.append(None)
+            continue
+        rows = inputs.data.split(split)
+        features, _ = load_or_compute_features(
+            config.data.feature_cache, key_inputs, split, classifier.visual, dataset,
+            rows["sample_id"].to_numpy(), device, config.data.micro_batch, config.data.num_workers)
+        out.append(FeatureDataset(features, rows["label"].to_numpy()))
+    classifier.visual = nn.Identity()  # the head now reads the cached tower output
+    return out[0], out[1], str(feature_dir(config.data.feature_cache, key_inputs))
+
+
+def describe_input(config: TrainConfig) -> str:
+    """Where the run's pixels (or features) come from, for train.json's ``preprocessing``."""
+    if config.data.feature_cache is not None:
+        return f"cached frozen features ({config.data.feature_cache})"
+    if config.data.image_cache is not None:
+        return f"image cache ({config.data.image_cache})"
+    return "JPEG decode (PIL)"

@@ -74,11 +74,22 @@ def resolve_inputs(config: TrainConfig) -> TrainInputs:
         )
     if not data.has_split("train"):
         raise SageError(f"{data.directory}: the manifest has no train split; nothing to train on")
+    check_feature_cache_options(config)
     image_cache = None
     if config.data.image_cache is not None:
         record = check_image_cache_source(config.data.image_cache, data)
         image_cache = {"path": str(config.data.image_cache.resolve()), "fingerprint": record["fingerprint"]}
     return TrainInputs(data, cache, check_model_name(model), pretrained, choose_eval_split(data, config), image_cache)
+
+
+def check_feature_cache_options(config: TrainConfig) -> None:
+    """Cached features are the frozen tower's output for un-augmented images: head-only, no augmentation."""
+    if config.data.feature_cache is None:
+        return
+    if config.method != "linear":
+        raise SageError(f"--feature-cache: only --method linear trains on cached frozen features; got {config.method}")
+    if config.data.augment:
+        raise SageError("--feature-cache needs --no-augment: the cached features are of the un-augmented eval crops")
 
 
 def choose_eval_split(data: PreparedData, config: TrainConfig) -> str | None:
