@@ -134,3 +134,34 @@ def compute_confused_pairs(
     counts = confusion[true_ids, pred_ids]
     order = np.argsort(-counts, kind="stable")[:top_n]
     return [(int(true_ids[i]), int(pred_ids[i]), int(counts[i])) for i in order]
+
+
+def compute_reliability(
+    confidences: np.ndarray, correct: np.ndarray, n_bins: int = ECE_BINS
+) -> dict[str, list[float | int | None]]:
+    """Per confidence bin (the bins of :func:`compute_ece`): sample count, mean confidence, accuracy.
+
+    An empty bin has count 0 and ``None`` confidence and accuracy. ECE is the count-weighted mean of
+    ``|accuracy - confidence|`` over these bins.
+    """
+    confidences = np.asarray(confidences, dtype=float)
+    correct = np.asarray(correct, dtype=float)
+    bins = np.clip(np.ceil(confidences * n_bins).astype(int) - 1, 0, n_bins - 1)
+    count = np.bincount(bins, minlength=n_bins)
+    conf_sum = np.bincount(bins, weights=confidences, minlength=n_bins)
+    hit_sum = np.bincount(bins, weights=correct, minlength=n_bins)
+    return {
+        "bins": n_bins,
+        "count": [int(c) for c in count],
+        "confidence": [float(s / c) if c else None for s, c in zip(conf_sum, count)],
+        "accuracy": [float(h / c) if c else None for h, c in zip(hit_sum, count)],
+    }
+
+
+def compute_group_confusion(predictions: np.ndarray, labels: np.ndarray, groups: Sequence[str]) -> np.ndarray:
+    """Counts [3, 3] of (true group, predicted group) in the order many, medium, few."""
+    index = {g: i for i, g in enumerate(GROUPS)}
+    class_group = np.asarray([index[g] for g in groups], dtype=np.int64)
+    predictions, labels = np.asarray(predictions), np.asarray(labels)
+    flat = np.bincount(class_group[labels] * len(GROUPS) + class_group[predictions], minlength=len(GROUPS) ** 2)
+    return flat.reshape(len(GROUPS), len(GROUPS))

@@ -52,4 +52,7 @@ def test_pipeline_through_the_cli(tmp_path):
         assert set(run["metrics"]) >= {"top1", "top5", "many", "medium", "few", "ece"}
     per_class = pq.read_table(report / "per_class.parquet")
     assert per_class.num_rows == 3 * classes.num_rows
-    assert (report / "report.html").read_text().count("<svg") == 3
+    # 8 figures (per-class, delta, groups, share, predicted count, reliability, group confusion, curves)
+    # and one full confusion matrix per run, inline in the page and as PDF + PNG in figures/.
+    assert (report / "report.html").read_text().count("<svg") == 11
+    assert len(list((report / "figures").glob("*.pdf"))) == len(list((report / "figures").glob("*.png"))) == 11

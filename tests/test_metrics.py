@@ -102,3 +102,30 @@ def test_confused_pairs_none_when_all_correct() -> None:
 def test_confusion_counts() -> None:
     counts = metrics.compute_confusion_counts(np.array([1, 1, 0]), np.array([0, 1, 0]), 2)
     assert counts.tolist() == [[1, 1], [0, 1]]
+
+
+def test_reliability_bins_by_hand() -> None:
+    from sage_cli.metrics import compute_ece, compute_reliability
+
+    conf = np.array([0.1, 0.15, 0.9, 0.95, 1.0])
+    correct = np.array([0, 1, 1, 1, 0])
+    rel = compute_reliability(conf, correct, n_bins=2)  # bins (0, 0.5] and (0.5, 1]
+    assert rel["count"] == [2, 3]
+    assert rel["confidence"] == [pytest.approx(0.125), pytest.approx(0.95)]
+    assert rel["accuracy"] == [pytest.approx(0.5), pytest.approx(2 / 3)]
+    ece = (2 * abs(0.5 - 0.125) + 3 * abs(2 / 3 - 0.95)) / 5
+    assert compute_ece(conf, correct, n_bins=2) == pytest.approx(ece)
+    empty = compute_reliability(np.array([0.9]), np.array([1]), n_bins=3)
+    assert empty["count"] == [0, 0, 1] and empty["accuracy"][:2] == [None, None]
+
+
+def test_group_confusion_by_hand() -> None:
+    from sage_cli.metrics import compute_group_confusion
+
+    groups = ["many", "medium", "few", "few"]
+    labels = np.array([0, 0, 1, 2, 3, 3])
+    predictions = np.array([0, 2, 0, 3, 3, 1])
+    expected = [[1, 0, 1],  # many: one right, one to a few class
+                [1, 0, 0],  # medium: to many
+                [0, 1, 2]]  # few: class 2 -> 3 (few), 3 -> 3 (few), 3 -> 1 (medium)
+    assert compute_group_confusion(predictions, labels, groups).tolist() == expected

@@ -35,6 +35,8 @@ def command(
     tau: list[float] = typer.Option([], "--tau", help="Post-hoc logit adjustment: add a row per run re-scored "
                                     "with logits - T·log(prior) (repeatable; saves the logits).",
                                     metavar="T", show_default=False),
+    figures: bool = typer.Option(True, "--figures/--no-figures", help="Draw the figures (report.html's plots, "
+                                 "figures/*.pdf and *.png); --no-figures: tables only, faster."),
     as_json: bool = typer.Option(False, "--json", help="Print report.json to stdout instead of a table."),
 ) -> None:
     """Top-1/top-5, many/medium/few, prediction share, calibration and plots for one or more runs."""
@@ -43,7 +45,7 @@ def command(
     config = ReportConfig(
         out=out, runs=tuple(runs or ()), zero_shot=zero_shot, text_cache=text_cache, tte=tte, split=split,
         checkpoint=checkpoint, batch_size=batch_size, num_workers=workers, device=device, force=force,
-        reference=reference, latex=latex, save_logits=save_logits, tau=tuple(tau or ()),
+        reference=reference, latex=latex, save_logits=save_logits, tau=tuple(tau or ()), figures=figures,
     )
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=console, transient=True, disable=as_json) as bar:

@@ -27,6 +27,7 @@ from sage_cli.report.evaluate import (
     load_cached_predictions,
     save_predictions,
 )
+from sage_cli.report.figures import render_figures
 from sage_cli.report.loader import build_eval_loader
 from sage_cli.report.logits import compute_adjusted_predictions, compute_class_prior, load_logits, save_logits
 from sage_cli.report.sources import (
@@ -42,6 +43,7 @@ logger = logging.getLogger(__name__)
 
 STAGE = "report"
 LATEX = "report.tex"
+FIGURES = "figures"
 OUTPUTS = (REPORT_RECORD, PER_CLASS.filename, "report.md", "report.html")
 Progress = Callable[[str, int, int], None]
 
@@ -65,6 +67,7 @@ class ReportConfig:
     latex: bool = False  # also write report.tex (booktabs tables)
     save_logits: bool = False  # keep every logit (float16) in RUN_DIR/logits.safetensors
     tau: tuple[float, ...] = ()  # post-hoc logit adjustment: one extra row per run and tau (needs logits)
+    figures: bool = True  # False: tables only (no figures/ folder, no plots in the page)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "runs", tuple(Path(r) for r in self.runs))
@@ -111,8 +114,9 @@ def _run_locked(config: ReportConfig, progress: Progress | None) -> ReportResult
     fingerprint = artifacts.sha256_json(inputs)
     out = Path(config.out)
     check_reference(config.reference, sources, config.tau)
-    required = OUTPUTS + ((LATEX,) if config.latex else ())
-    if artifacts.guard_output_dir(out, REPORT_RECORD, fingerprint, OUTPUTS + (LATEX,), config.force, required):
+    required = OUTPUTS + ((LATEX,) if config.latex else ()) + ((FIGURES,) if config.figures else ())
+    if artifacts.guard_output_dir(out, REPORT_RECORD, fingerprint, OUTPUTS + (LATEX, FIGURES), config.force,
+                                  required):
         logger.info("%s already holds this report", out)
         return ReportResult(out, True, artifacts.read_record(out, REPORT_RECORD))
     from sage_cli.backbone import resolve_device
@@ -126,7 +130,7 @@ def _run_locked(config: ReportConfig, progress: Progress | None) -> ReportResult
         groups=seeds.compute_group_rows(groups, entries), reference=config.reference,
         paired=seeds.compute_paired_rows(groups, entries, config.reference) if config.reference else [],
     )
-    write_outputs(out, report, latex=config.latex)
+    write_outputs(out, report, latex=config.latex, figures=config.figures)
     return ReportResult(out, False, report, tuple(evaluated))
 
 
@@ -166,7 +170,8 @@ def check_reference(reference: str | None, sources: list[Source], taus: tuple[fl
 
 def _output_options(config: ReportConfig) -> dict[str, Any]:
     """The options that change what is written (part of the report's fingerprint when set)."""
-    options = {"reference": config.reference, "latex": config.latex or None, "tau": list(config.tau) or None}
+    options = {"reference": config.reference, "latex": config.latex or None, "tau": list(config.tau) or None,
+               "figures": None if config.figures else False}
     return {k: v for k, v in options.items() if v is not None}
 
 
@@ -233,13 +238,18 @@ def _eval_transform(backbone: dict[str, Any]) -> Callable[[Any], torch.Tensor]:
     return image_transform_v2(cfg, is_train=False)
 
 
-def write_outputs(out: Path, report: dict[str, Any], latex: bool = False) -> None:
-    """Tables and pages first, report.json (the record) last."""
+def write_outputs(out: Path, report: dict[str, Any], latex: bool = False, figures: bool = True) -> None:
+    """Tables, figures and pages first, report.json (the record) last."""
     out.mkdir(parents=True, exist_ok=True)
     (out / REPORT_RECORD).unlink(missing_ok=True)
     artifacts.write_table(out, PER_CLASS, build.build_per_class_table(report))
     artifacts.write_bytes_atomic(out / "report.md", markdown.render_markdown(report).encode())
-    artifacts.write_bytes_atomic(out / "report.html", html.render_html(report).encode())
+    # figures/NAME.pdf and .png, and the page's inline SVG
+    plots = render_figures(report, out / FIGURES) if figures else {}
+    for stale in (out / FIGURES).glob("*"):  # figures of an earlier report (--force) that this one has not
+        if stale.suffix in (".pdf", ".png") and stale.stem not in plots:
+            stale.unlink()
+    artifacts.write_bytes_atomic(out / "report.html", html.render_html(report, plots).encode())
     if latex:
         artifacts.write_bytes_atomic(out / LATEX, tex.render_latex(report).encode())
     artifacts.write_record(out, REPORT_RECORD, report)

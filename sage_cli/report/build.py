@@ -7,7 +7,10 @@ per_class.parquet. NaN never reaches JSON: a figure without samples is ``None``.
 
 from __future__ import annotations
 
+import json
+import logging
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,8 +22,15 @@ from sage_cli.report import seeds
 from sage_cli.report.evaluate import Predictions
 from sage_cli.report.sources import Source, TestSet
 
+logger = logging.getLogger(__name__)
+
 HEADLINE = ("top1", "top5", "many", "medium", "few")  # the figures of the summary tables
-CONFUSED_PAIRS = 10
+CONFUSED_PAIRS = 10  # in report.json, report.md and report.html alike
+FULL_CONFUSION_MAX_CLASSES = 100  # report.json keeps the full confusion matrix up to this many classes
+METRICS_LOG = "metrics.jsonl"  # what sage train writes beside its checkpoint
+HISTORY_POINTS = 500  # training records kept per run for the curves (evenly thinned beyond this)
+TRAIN_FIELDS = ("step", "epoch", "loss", "lr", "images_per_s")
+EVAL_FIELDS = ("step", "epoch", "split", "top1", "many", "medium", "few")
 
 
 def _clean(value: float | None) -> float | None:
@@ -44,6 +54,11 @@ def compute_run_metrics(predictions: Predictions, test_set: TestSet) -> dict[str
         "ece": _clean(metrics.compute_ece(predictions.confidence, top1 == labels)),
         "prediction_share": metrics.compute_prediction_share(top1, labels, groups),
         "never_predicted": int(num_classes - len(np.unique(top1))),
+        "predicted_count": [int(c) for c in np.bincount(top1, minlength=num_classes)],
+        "reliability": metrics.compute_reliability(predictions.confidence, top1 == labels),
+        "confusion_groups": metrics.compute_group_confusion(top1, labels, groups).tolist(),
+        "confusion": (metrics.compute_confusion_counts(top1, labels, num_classes).tolist()
+                      if num_classes <= FULL_CONFUSION_MAX_CLASSES else None),
         "confused_pairs": [
             {"true": t, "true_name": names[t], "predicted": p, "predicted_name": names[p], "count": c}
             for t, p, c in metrics.compute_confused_pairs(top1, labels, num_classes, CONFUSED_PAIRS)
@@ -92,6 +107,7 @@ def build_run_entry(source: Source, run_metrics: dict[str, Any], evaluation: dic
         "config": source.config,
         "evaluation": evaluation,
         "metrics": run_metrics,
+        "history": load_history(source.location / METRICS_LOG) if source.kind == "run" and tau is None else None,
     }
 
 
@@ -132,3 +148,30 @@ def build_per_class_table(report: dict[str, Any]) -> pd.DataFrame:
             "accuracy": np.asarray(accuracy, dtype=np.float64),
         }))
     return pd.concat(frames, ignore_index=True)
+
+
+def load_history(metrics_path: Path) -> dict[str, list[dict[str, Any]]] | None:
+    """A run's training and evaluation records from its metrics.jsonl (None when it has none).
+
+    Training records beyond :data:`HISTORY_POINTS` are thinned evenly (the last one is kept); a
+    line that is not a JSON object is skipped with a warning naming it.
+    """
+    if not metrics_path.is_file():
+        return None
+    train, evals = [], []
+    for number, line in enumerate(metrics_path.read_text().splitlines(), start=1):
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            logger.warning("%s:%d: not a JSON line; left out of the curves", metrics_path, number)
+            continue
+        if not isinstance(entry, dict):
+            continue
+        if entry.get("kind") == "train":
+            train.append({k: entry.get(k) for k in TRAIN_FIELDS})
+        elif entry.get("kind") == "eval":
+            evals.append({k: entry.get(k) for k in EVAL_FIELDS})
+    if len(train) > HISTORY_POINTS:
+        keep = np.unique(np.linspace(0, len(train) - 1, HISTORY_POINTS).round().astype(int))
+        train = [train[i] for i in keep]
+    return {"train": train, "eval": evals} if train or evals else None

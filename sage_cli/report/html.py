@@ -1,7 +1,8 @@
 """report.html: one self-contained page (inline CSS and SVG, no external asset, no script).
 
-Sections: the accuracy table (with deltas against the first run), the three plots, the prediction
-share table, the most confused pairs and each run's configuration and input hashes.
+Sections: the accuracy tables (per run, across seeds, paired against the reference, deltas against
+the first run, class-level figures), the figures of :mod:`sage_cli.report.figures` (inline SVG),
+the prediction share table, the most confused pairs and each run's configuration and input hashes.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from html import escape
 from typing import Any
 
 from sage_cli.artifacts import GROUPS
-from sage_cli.report import svg
+from sage_cli.report.figures import render_figures, run_colour
 from sage_cli.report.markdown import (
     COLUMNS,
     delta_rows,
@@ -60,7 +61,7 @@ def _table(css_class: str, header: Sequence[str], rows: Sequence[Sequence[str]],
         cells = []
         for c, value in enumerate(row):
             if c == 0:
-                dot = f'<span class="swatch" style="background:{svg.run_colour(r + offset)}"></span>' if swatches else ""
+                dot = f'<span class="swatch" style="background:{run_colour(r + offset)}"></span>' if swatches else ""
                 cells.append(f"<td>{dot}{escape(value)}</td>")
             else:
                 tone = ' class="pos"' if signed and value.startswith("+") else (
@@ -111,28 +112,51 @@ def _accuracy_section(report: dict[str, Any]) -> str:
     return "".join(parts)
 
 
-def _plots_section(report: dict[str, Any]) -> str:
+FIGURE_SECTIONS = (  # (figure name or name prefix, heading) in page order
+    ("per-class", "Per-class accuracy against training images"),
+    ("delta", "Change per class against the reference"),
+    ("groups", "Accuracy by group"),
+    ("share", "Prediction share by group"),
+    ("predicted-count", "Predictions per class"),
+    ("reliability", "Calibration"),
+    ("confusion-groups", "Where each group's images go"),
+    ("curves", "Training and validation curves"),
+)
+
+
+def _plots_section(report: dict[str, Any], figures: dict[str, tuple[str, str]]) -> str:
     truth = true_shares(report)
     share_header = ["Run", *(f"{g} (true {format_percent(truth[g])})" for g in GROUPS)]
-    return "".join([
-        "<h2>Per-class accuracy against training images</h2>",
-        _figure(svg.render_per_class_plot(report),
-                "Each dot is a class; lines join the mean accuracy of classes in log-spaced count bins. "
-                "Shaded bands: many / medium / few groups."),
-        "<h2>Accuracy by group</h2>",
-        _figure(svg.render_group_plot(report), "Top-1 accuracy (%) overall and in each group."),
-        "<h2>Prediction share by group</h2>",
-        _figure(svg.render_share_plot(report),
-                "How often each group is predicted (bars) against how often it is the true class (dashed). "
-                "Bars above the line: the model favours that group."),
-        _table("share", share_header, share_rows(report)),
-    ])
+    parts = []
+    for name, heading in FIGURE_SECTIONS:
+        if name not in figures:
+            continue
+        svg_text, caption = figures[name]
+        parts += [f"<h2>{escape(heading)}</h2>", _figure(svg_text, caption)]
+        if name == "share":
+            parts.append(_table("share", share_header, share_rows(report)))
+    matrices = [(n, f) for n, f in figures.items() if n.startswith("confusion-") and n != "confusion-groups"]
+    if matrices:
+        parts.append("<h2>Confusion matrices</h2>")
+        parts += [f"<details><summary>{escape(caption)}</summary>{svg_text}</details>"
+                  for _, (svg_text, caption) in matrices]
+    return "".join(parts)
+
+
+def _class_section(report: dict[str, Any]) -> str:
+    """Mean class accuracy and the classes never predicted, per run."""
+    total = report["dataset"]["num_classes"]
+    rows = [[run["name"], format_percent(run["metrics"].get("mean_class_accuracy")),
+             f"{run['metrics'].get('never_predicted', 0)} of {total}"] for run in report["runs"]]
+    return ("<h2>Classes</h2>" + _table("classes", ["Run", "Mean class accuracy", "Classes never predicted"], rows)
+            + '<p class="note">Mean class accuracy: the mean of per-class top-1 (%), each class counting once. '
+            "Never predicted: classes that no test image is assigned to.</p>")
 
 
 def _confusions_section(report: dict[str, Any]) -> str:
     parts = ["<h2>Most confused pairs</h2>", '<div class="pairs-grid">']
     for run in report["runs"]:
-        pairs = run["metrics"]["confused_pairs"][:8]
+        pairs = run["metrics"]["confused_pairs"]  # all of them: the same list as report.json and report.md
         items = "".join(f"<li>{escape(p['true_name'])} → {escape(p['predicted_name'])} ({p['count']})</li>"
                         for p in pairs) or "<li>none</li>"
         parts.append(f"<div><h3>{escape(run['name'])}</h3><ul class=\"pairs\">{items}</ul></div>")
@@ -149,7 +173,9 @@ def _config_section(report: dict[str, Any]) -> str:
     return "".join(parts)
 
 
-def render_html(report: dict[str, Any]) -> str:
+def render_html(report: dict[str, Any], figures: dict[str, tuple[str, str]] | None = None) -> str:
+    """The page; ``figures`` (name -> (inline SVG, caption)) are rendered here when not given."""
+    figures = render_figures(report) if figures is None else figures
     title = f"Sage report: {report['dataset']['dataset']}"
     footer = (f"<footer>Written by sage {escape(report['versions'].get('sage', '?'))} on "
               f"{escape(report['created'])}. Every figure is in report.json; per-class figures in "
@@ -158,7 +184,7 @@ def render_html(report: dict[str, Any]) -> str:
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{escape(title)}</title><style>{CSS}</style></head><body><main>",
-        _header(report), _accuracy_section(report), _plots_section(report),
+        _header(report), _accuracy_section(report), _class_section(report), _plots_section(report, figures),
         _confusions_section(report), _config_section(report), footer,
         "</main></body></html>", "",
     ])

@@ -116,9 +116,12 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += ["", "## Prediction share by group (% of predictions; true share in the header)", "",
               *_table(["Run", *(f"{g.capitalize()} (true {format_percent(truth[g])})" for g in GROUPS)],
                       share_rows(report))]
+    lines += ["", "## Classes", "", *_table(["Run", "Mean class accuracy", "Classes never predicted"], [
+        [run["name"], format_percent(run["metrics"].get("mean_class_accuracy")),
+         f"{run['metrics'].get('never_predicted', 0)} of {data['num_classes']}"] for run in report["runs"]])]
     lines += ["", "## Most confused pairs", ""]
     for run in report["runs"]:
-        pairs = run["metrics"]["confused_pairs"][:5]
+        pairs = run["metrics"]["confused_pairs"]  # the same list as report.json and report.html
         text = "; ".join(f"{p['true_name']} → {p['predicted_name']} ({p['count']})" for p in pairs) or "none"
         lines.append(f"- **{run['name']}**: {text}")
     lines += ["", f"_Written by sage {report['versions'].get('sage', '?')} on {report['created']}; "

@@ -39,7 +39,7 @@ def test_adjusted_logits_by_hand() -> None:
 
 def test_save_logits_and_tau_rows(tiny_data, tmp_path: Path) -> None:
     prepared, text = tiny_data
-    base = dict(zero_shot=prepared, text_cache=text, device="cpu")
+    base = dict(zero_shot=prepared, text_cache=text, device="cpu", figures=False)
     first = run(ReportConfig(out=tmp_path / "a", save_logits=True, **base))
     cache = tmp_path / "a" / "zero-shot"
     saved = load_logits(cache, __import__("json").loads((cache / "predictions.json").read_text())["fingerprint"])
@@ -69,7 +69,8 @@ def test_tau_without_saved_logits_evaluates_and_saves_them(tiny_data, tmp_path: 
     from sage_cli.errors import SageError
 
     prepared, text = tiny_data
-    result = run(ReportConfig(out=tmp_path / "o", zero_shot=prepared, text_cache=text, device="cpu", tau=(0.5,)))
+    result = run(ReportConfig(out=tmp_path / "o", zero_shot=prepared, text_cache=text, device="cpu", tau=(0.5,),
+                              figures=False))
     assert result.evaluated == ("zero-shot",) and (tmp_path / "o" / "zero-shot" / LOGITS).is_file()
     with pytest.raises(SageError, match="--tau values must differ"):
         ReportConfig(out=tmp_path / "x", zero_shot=prepared, text_cache=text, tau=(1.0, 1.0))

@@ -3,14 +3,27 @@
 from __future__ import annotations
 
 import json
+import re
+import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from sage_cli.report import ReportConfig, run
 from sage_cli.report.markdown import format_delta, format_percent
-from sage_cli.report.svg import compute_group_bands
+from sage_cli.report.figures import compute_group_bands
+
+
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+def _svg_elements(page: str, css: str) -> ET.Element:
+    """The inline SVG of class ``plot {css}`` parsed as XML."""
+    match = re.search(rf'<svg class="plot {css}".*?</svg>', page, re.S)
+    assert match is not None, css
+    return ET.fromstring(match.group(0))
 
 
 class _Page(HTMLParser):
@@ -58,7 +71,7 @@ def two_row_report(tiny_data, tmp_path_factory: pytest.TempPathFactory) -> tuple
 
     out = tmp_path_factory.mktemp("pages")
     prepared, text = tiny_data
-    report = run(ReportConfig(out=out / "one", zero_shot=prepared, text_cache=text, device="cpu")).report
+    report = run(ReportConfig(out=out / "one", zero_shot=prepared, text_cache=text, device="cpu", figures=False)).report
     second = json.loads(json.dumps(report["runs"][0]))
     second["name"] = "sage-run"
     m = second["metrics"]
@@ -76,11 +89,21 @@ def test_html_is_self_contained_with_three_plots(two_row_report) -> None:
     text = (out / "report.html").read_text()
     page = _Page()
     page.feed(text)
-    assert page.svgs == ["plot plot-per-class", "plot plot-groups", "plot plot-share"]
+    assert page.svgs == ["plot plot-per-class", "plot plot-delta", "plot plot-groups", "plot plot-share",
+                         "plot plot-predicted-count", "plot plot-reliability", "plot plot-confusion-groups",
+                         "plot plot-confusion-zero-shot-0", "plot plot-confusion-sage-run-1"]
     assert not page.tags & {"script", "link", "img", "iframe"}
-    external = [v for k, v in page.attrs_seen if k in ("src", "href") and v]
-    assert external == []
-    assert text.count("<circle") == 7  # per-class dots: 4 + 3 (one class has no accuracy in run 2), no mean line
+    external = [v for k, v in page.attrs_seen if k.endswith("href") and v and not v.startswith(("#", "data:"))]
+    assert external == []  # markers are local references, matrices data: URIs
+    per_class = _svg_elements(text, "plot-per-class")
+    dots = [len(g.findall(".//{http://www.w3.org/2000/svg}use")) for g in per_class.iter(f"{SVG}g")
+            if g.get("id", "").startswith("dots-")]
+    assert dots == [4, 3]  # per-class dots: 4 + 3 (one class has no accuracy in run 2)
+    assert "mean class" in ET.tostring(_svg_elements(text, "plot-groups"), encoding="unicode")
+    assert (out / "figures" / "per-class.pdf").read_bytes().startswith(b"%PDF")
+    assert (out / "figures" / "reliability.png").read_bytes().startswith(b"\x89PNG")
+    assert sorted(p.stem for p in (out / "figures").glob("*.pdf")) == sorted(s.removeprefix("plot plot-")
+                                                                             for s in page.svgs)
 
 
 def test_html_tables_equal_report_json(two_row_report) -> None:
@@ -121,3 +144,39 @@ def test_group_bands_meet_at_geometric_midpoints() -> None:
     assert bands["medium"] == (pytest.approx((5 * 30) ** 0.5), pytest.approx((40 * 150) ** 0.5))
     assert bands["many"] == (pytest.approx((40 * 150) ** 0.5), 400.0)
     assert set(compute_group_bands([5, 6], ["few", "few"])) == {"few"}  # empty groups get no band
+
+
+def test_figures_are_byte_identical_on_a_rerun(two_row_report, tmp_path: Path) -> None:
+    from sage_cli.report import write_outputs
+
+    out, report = two_row_report
+    write_outputs(tmp_path / "again", report)
+    first = {p.name: p.read_bytes() for p in sorted((out / "figures").iterdir())}
+    second = {p.name: p.read_bytes() for p in sorted((tmp_path / "again" / "figures").iterdir())}
+    assert len(first) == 18 and first == second  # 9 figures as PDF and PNG
+    assert (out / "report.html").read_bytes() == (tmp_path / "again" / "report.html").read_bytes()
+
+
+def test_binned_means_by_hand() -> None:
+    from sage_cli.report.figures import compute_binned_means
+
+    counts = np.array([1, 1, 10, 100, 100])
+    values = np.array([10.0, 30.0, np.nan, 50.0, 70.0])
+    # Two log-spaced bins over 1..100: [1, 10) and [10, 100]; the NaN class is left out.
+    assert compute_binned_means(counts, values, bins=2) == [(1.0, 20.0, 2), (100.0, 60.0, 2)]
+
+
+def test_class_level_figures_shown(two_row_report) -> None:
+    out, report = two_row_report
+    page = _Page()
+    page.feed((out / "report.html").read_text())
+    classes = page.tables["classes"]
+    m = report["runs"][0]["metrics"]
+    assert classes[1] == ["zero-shot", format_percent(m["mean_class_accuracy"]), f"{m['never_predicted']} of 4"]
+    md = (out / "report.md").read_text()
+    assert f"| zero-shot | {format_percent(m['mean_class_accuracy'])} | {m['never_predicted']} of 4 |" in md
+    # One count of confused pairs everywhere: report.json's list, whole, in both pages.
+    pairs = report["runs"][0]["metrics"]["confused_pairs"]
+    html_text = (out / "report.html").read_text()
+    assert html_text.count(" → ") == md.count(" → ") and len(pairs) <= 10
+    assert md.count(" → ") == sum(len(r["metrics"]["confused_pairs"]) for r in report["runs"])

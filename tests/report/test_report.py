@@ -19,6 +19,7 @@ from .conftest import make_prepared
 
 def _config(tiny_data: tuple[Path, Path], out: Path, **kw: object) -> ReportConfig:
     prepared, text = tiny_data
+    kw.setdefault("figures", False)  # the figures have their own tests (test_pages, test_with_train)
     return ReportConfig(out=out, zero_shot=prepared, text_cache=text, device="cpu", **kw)
 
 

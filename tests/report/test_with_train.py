@@ -40,7 +40,7 @@ def trained(tiny_data, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, 
 def test_report_on_trained_runs(tiny_data, trained, tmp_path: Path) -> None:
     prepared, text = tiny_data
     out = tmp_path / "out"
-    config = ReportConfig(out=out, runs=trained, zero_shot=prepared, text_cache=text, device="cpu")
+    config = ReportConfig(out=out, runs=trained, zero_shot=prepared, text_cache=text, device="cpu", figures=False)
     result = run(config)
     names = [r["name"] for r in result.report["runs"]]
     assert names == ["zero-shot", "linear", "lift"] and set(result.evaluated) == set(names)
@@ -53,7 +53,8 @@ def test_report_on_trained_runs(tiny_data, trained, tmp_path: Path) -> None:
     assert deltas[2]["top1"] == pytest.approx(top1[2] - top1[0])
     assert result.report["runs"][1]["identity"]["checkpoint_sha256"] == artifacts.sha256_file(
         trained[0] / "adapter.safetensors")
-    again = run(ReportConfig(out=out, runs=trained, zero_shot=prepared, text_cache=text, device="cpu", force=True))
+    again = run(ReportConfig(out=out, runs=trained, zero_shot=prepared, text_cache=text, device="cpu", force=True,
+                             figures=False))
     assert again.evaluated == ()
     assert [r["metrics"] for r in again.report["runs"]] == [r["metrics"] for r in result.report["runs"]]
     json.dumps(result.report, allow_nan=False)  # strict JSON: no NaN anywhere
@@ -101,6 +102,14 @@ def test_report_groups_seeds_with_reference_and_latex(tiny_data, trained, tmp_pa
     assert "## Across seeds" in md and "## Against lift, paired by seed" in md
     tex = (out / "report.tex").read_text()
     assert r"\label{tab:sage-paired}" in tex and tex.count(r"\toprule") == 3
+    # The curves come from each run's metrics.jsonl; every figure is also a PDF and a PNG.
+    logged = [json.loads(line) for line in (second / "metrics.jsonl").read_text().splitlines()]
+    history = runs[1]["history"]
+    assert [t["loss"] for t in history["train"]] == [e["loss"] for e in logged if e["kind"] == "train"]
+    assert [e["top1"] for e in history["eval"]] == [e["top1"] for e in logged if e["kind"] == "eval"]
+    figures = {p.name for p in (out / "figures").iterdir()}
+    assert {"curves.pdf", "curves.png", "delta.pdf", "reliability.png", "confusion-groups.pdf"} <= figures
+    assert 'class="plot plot-curves"' in (out / "report.html").read_text()
     refused = runner.invoke(app, [*args[:-3], "--reference", "nope", "--force"])
     assert refused.exit_code == 1 and "--reference nope: names no run" in refused.output
     assert json.loads((out / "report.json").read_text()) == report  # nothing overwritten
