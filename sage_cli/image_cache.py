@@ -220,7 +220,10 @@ def map_images(prepare: PreparedImage, paths: list[str], workers: int) -> Iterat
     if workers <= 0:
         yield from map(prepare, paths)
         return
-    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+    # fork where there is one: the children only decode with PIL (never CUDA), and start in
+    # milliseconds instead of re-importing torch
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    with multiprocessing.get_context(method).Pool(workers) as pool:
         yield from pool.imap(prepare, paths, chunksize=32)
 
 

@@ -230,3 +230,13 @@ def test_cpu_seeded_draws_as_manual_seed_and_restores_the_generator() -> None:
     after = torch.rand(1)
     torch.manual_seed(7)
     assert torch.equal(drawn, expected) and torch.equal(after, torch.rand(1))
+
+
+def test_decoding_in_worker_processes_writes_the_same_cache(cached, tmp_path: Path) -> None:
+    data, cache = cached
+    run(CacheImagesConfig(prepared=data.directory, out=tmp_path / "parallel", model="sage-tiny", pretrained="none",
+                          short_side=SHORT_SIDE, workers=2))
+    for name in ("train.u8", "eval.u8"):
+        assert (tmp_path / "parallel" / name).read_bytes() == (cache.directory / name).read_bytes(), name
+    index = artifacts.read_table(tmp_path / "parallel", artifacts.IMAGE_INDEX).to_pandas()
+    assert index.equals(cache.index)
