@@ -240,3 +240,39 @@ def test_decoding_in_worker_processes_writes_the_same_cache(cached, tmp_path: Pa
         assert (tmp_path / "parallel" / name).read_bytes() == (cache.directory / name).read_bytes(), name
     index = artifacts.read_table(tmp_path / "parallel", artifacts.IMAGE_INDEX).to_pandas()
     assert index.equals(cache.index)
+
+
+@pytest.mark.slow
+def test_two_ddp_ranks_reading_the_cache_match_one_process(
+    synthetic_prepared: Path, synthetic_text_cache: Path, tmp_path: Path
+) -> None:
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    from sage_cli.train import run as train
+
+    run(CacheImagesConfig(prepared=synthetic_prepared, out=tmp_path / "cache", model="sage-tiny", pretrained="none"))
+    options = {"method": "lift", "batch_size": 8, "micro_batch_size": 4, "max_steps": 3, "num_workers": 1,
+               "image_cache": tmp_path / "cache", "eval_every": 0}
+    single = train(_train_config(synthetic_prepared, synthetic_text_cache, tmp_path / "one", **options))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in {**options, "seed": 0, "device": "cpu"}.items()]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc-per-node=2",
+               "--master-addr=127.0.0.1", f"--master-port={port}", "-m", "sage_cli", "train",
+               "--prepared", str(synthetic_prepared), "--text-cache", str(synthetic_text_cache),
+               "--out", str(tmp_path / "two"), *flags]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    record = json.loads((tmp_path / "two" / "train.json").read_text())
+    assert record["world_size"] == 2 and record["images_seen"] == single.record["images_seen"] == 24
+    a, b = load_file(single.out / "adapter.safetensors"), load_file(tmp_path / "two" / "adapter.safetensors")
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=1e-5, rtol=0), name
