@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from sage_cli.errors import SageError
+from sage_cli.methods import DEMO_METHODS
 
 logger = logging.getLogger(__name__)
-
-DEMO_METHODS = ("linear", "lift", "sage")
 
 
 @dataclass(frozen=True)

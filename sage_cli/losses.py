@@ -11,6 +11,7 @@ time use ``z(x)`` alone. See docs/method.md for the derivation.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -23,17 +24,25 @@ from sage_cli.errors import SageError
 
 @dataclass(frozen=True)
 class LossConfig:
-    """tau scales log(pi); lam, kappa, delta_max shape delta; ema is the running-stats momentum."""
+    """tau scales log(pi); lam, kappa, delta_max shape delta; ema is the running-stats momentum.
 
+    ``loss`` and ``compensation`` None mean "the method's": :meth:`resolve` fills them from the
+    method's spec (:class:`~sage_cli.train.TrainConfig` does so), and :func:`build_loss` refuses
+    a config left unresolved rather than guess.
+    """
+
+    loss: str | None = None
     tau: float = 1.0
-    compensation: str = "semantic"
+    compensation: str | None = None
     lam: float = 0.25  # tuned on Shapes-LT val (docs/world.md); the spec started from 1
     kappa: float = 16.0
     delta_max: float = 5.0
     ema: float = 0.9
 
     def __post_init__(self) -> None:
-        if self.compensation not in ESTIMATORS:
+        if self.loss is not None and self.loss not in LOSSES:
+            raise SageError(f"--loss must be one of {', '.join(LOSSES)}; got {self.loss!r}")
+        if self.compensation is not None and self.compensation not in ESTIMATORS:
             raise SageError(_unknown_estimator(self.compensation))
         checks = [
             (self.tau >= 0, f"--tau must be >= 0; got {self.tau}"),
@@ -45,6 +54,13 @@ class LossConfig:
         for ok, message in checks:
             if not ok:
                 raise SageError(message)
+
+    def resolve(self, method: str) -> LossConfig:
+        """This config with ``loss`` / ``compensation`` left None taken from ``method``'s spec."""
+        from sage_cli.methods import resolve_loss_options
+
+        loss, compensation = resolve_loss_options(method, self.loss, self.compensation)
+        return dataclasses.replace(self, loss=loss, compensation=compensation)
 
 
 class CompensationEstimator(nn.Module):
@@ -170,6 +186,17 @@ def build_estimator(
 class CompensatedLALoss(nn.Module):
     """CE(logits + tau * log(pi) - delta, y); in train mode the estimator sees the batch first."""
 
+    @property
+    def needs_features(self) -> bool:
+        """Whether :meth:`forward` needs the image features (the semantic estimator's statistics)."""
+        return self.estimator.needs_features
+
+    def observe_empty(self, feature_dim: int, device: torch.device) -> None:
+        """A micro-batch with no readable image: the statistics meet the other ranks' all-reduce."""
+        if self.estimator.needs_features:
+            self.estimator.update(torch.zeros(0, feature_dim, device=device),
+                                  torch.zeros(0, dtype=torch.long, device=device))
+
     def __init__(self, cfg: LossConfig, class_counts: torch.Tensor, estimator: CompensationEstimator) -> None:
         super().__init__()
         self.cfg = cfg
@@ -193,6 +220,10 @@ class CompensatedLALoss(nn.Module):
         return F.cross_entropy(logits.float() + offset, labels)
 
 
+COMPENSATED_LOSSES = ("la",)  # the logit-adjusted family: compensation composes with these
+LOSSES: dict[str, type[nn.Module]] = {"la": CompensatedLALoss}
+
+
 def build_loss(
     cfg: LossConfig, class_counts: torch.Tensor, text_embeddings: torch.Tensor
 ) -> CompensatedLALoss:
@@ -207,5 +238,7 @@ def build_loss(
     empty = torch.nonzero(class_counts <= 0).flatten().tolist()
     if empty:
         raise SageError(f"classes {empty[:5]} have no training images; every class needs at least one")
+    if cfg.loss is None or cfg.compensation is None:
+        raise SageError("the loss config is unresolved (loss / compensation None): call LossConfig.resolve(method)")
     estimator = build_estimator(cfg.compensation, class_counts, text_embeddings.detach().cpu(), cfg)
     return CompensatedLALoss(cfg, class_counts, estimator)

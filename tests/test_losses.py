@@ -24,7 +24,7 @@ AXES = torch.eye(3)  # text vectors t_y = e_y
 
 def test_plain_logit_adjustment_hand_values() -> None:
     # pi = [1/2, 1/4, 1/4]; z = [log 2, 2 log 2, 2 log 2] -> z + log pi = [0, 0, 0] -> CE = log 3
-    loss = build_loss(LossConfig(compensation="none"), torch.tensor([2.0, 1.0, 1.0]), AXES)
+    loss = build_loss(LossConfig(loss="la", compensation="none"), torch.tensor([2.0, 1.0, 1.0]), AXES)
     logits = torch.tensor([[math.log(2), 2 * math.log(2), 2 * math.log(2)]] * 2)
     value = loss(logits, torch.tensor([0, 2]))
     assert value.item() == pytest.approx(math.log(3), abs=1e-6)
@@ -34,25 +34,25 @@ def test_plain_logit_adjustment_hand_values() -> None:
 
 def test_tau_scales_the_prior() -> None:
     # pi = [0.8, 0.2], tau = 0.5 -> softmax(0.5 log pi) = [2/3, 1/3] -> CE(y=1) = log 3
-    loss = build_loss(LossConfig(tau=0.5, compensation="none"), torch.tensor([4.0, 1.0]), AXES[:2])
+    loss = build_loss(LossConfig(loss="la", tau=0.5, compensation="none"), torch.tensor([4.0, 1.0]), AXES[:2])
     assert loss(torch.zeros(1, 2), torch.tensor([1])).item() == pytest.approx(math.log(3), abs=1e-6)
 
 
 def test_count_compensation_hand_values() -> None:
     # n = [2, 1, 1], kappa = 2, lam = 1: delta = log(1 + 2/n) = [log 2, log 3, log 3]
-    cfg = LossConfig(compensation="count", kappa=2.0, lam=1.0)
+    cfg = LossConfig(loss="la", compensation="count", kappa=2.0, lam=1.0)
     loss = build_loss(cfg, torch.tensor([2.0, 1.0, 1.0]), AXES)
     torch.testing.assert_close(loss.delta(), torch.tensor([math.log(2), math.log(3), math.log(3)]))
     # z = 0: log pi - delta = [-log 4, -log 12, -log 12] -> softmax [3/5, 1/5, 1/5]
     assert loss(torch.zeros(1, 3), torch.tensor([0])).item() == pytest.approx(math.log(5 / 3), abs=1e-6)
     assert loss(torch.zeros(1, 3), torch.tensor([1])).item() == pytest.approx(math.log(5), abs=1e-6)
-    half = build_loss(LossConfig(compensation="count", kappa=2.0, lam=0.5), torch.tensor([2.0, 1.0, 1.0]), AXES)
+    half = build_loss(LossConfig(loss="la", compensation="count", kappa=2.0, lam=0.5), torch.tensor([2.0, 1.0, 1.0]), AXES)
     torch.testing.assert_close(half.delta(), 0.5 * loss.delta())
 
 
 def test_loss_leaves_the_logits_alone() -> None:
     """Predictions use z(x) alone: the loss adds its offset to a copy, never in place."""
-    loss = build_loss(LossConfig(compensation="count"), torch.tensor([100.0, 1.0]), AXES[:2]).train()
+    loss = build_loss(LossConfig(loss="la", compensation="count"), torch.tensor([100.0, 1.0]), AXES[:2]).train()
     logits = torch.tensor([[0.3, 0.1]])
     loss(logits, torch.tensor([1]))
     assert torch.equal(logits, torch.tensor([[0.3, 0.1]]))
@@ -117,7 +117,7 @@ def test_semantic_running_stats_are_emas() -> None:
 
 
 def test_semantic_loss_updates_first_then_uses_delta() -> None:
-    loss = build_loss(LossConfig(compensation="semantic", kappa=2.0, lam=1.0, ema=0.0), COUNTS, AXES).train()
+    loss = build_loss(LossConfig(loss="la", compensation="semantic", kappa=2.0, lam=1.0, ema=0.0), COUNTS, AXES).train()
     logits = torch.zeros(6, 3)
     value = loss(logits, LABELS, FEATURES)
     offset = torch.log(COUNTS / COUNTS.sum()) - torch.tensor([(2 / 1002) ** 2 * 400 / 90, 10 / 9, 40 / 9])
@@ -126,23 +126,23 @@ def test_semantic_loss_updates_first_then_uses_delta() -> None:
 
 
 def test_eval_mode_does_not_touch_the_statistics() -> None:
-    loss = build_loss(LossConfig(compensation="semantic"), COUNTS, AXES).eval()
+    loss = build_loss(LossConfig(loss="la", compensation="semantic"), COUNTS, AXES).eval()
     loss(torch.zeros(6, 3), LABELS, FEATURES)
     assert loss.estimator.num_updates.item() == 0 and not loss.estimator.seen.any()
 
 
 def test_semantic_needs_features_in_training() -> None:
-    loss = build_loss(LossConfig(compensation="semantic"), COUNTS, AXES).train()
+    loss = build_loss(LossConfig(loss="la", compensation="semantic"), COUNTS, AXES).train()
     with pytest.raises(ValueError, match="'semantic' compensation needs the image features"):
         loss(torch.zeros(1, 3), torch.tensor([0]))
-    counted = build_loss(LossConfig(compensation="count"), COUNTS, AXES).train()
+    counted = build_loss(LossConfig(loss="la", compensation="count"), COUNTS, AXES).train()
     assert torch.isfinite(counted(torch.zeros(1, 3), torch.tensor([0])))
 
 
 def test_statistics_round_trip_through_state_dict() -> None:
-    loss = build_loss(LossConfig(compensation="semantic", kappa=2.0), COUNTS, AXES).train()
+    loss = build_loss(LossConfig(loss="la", compensation="semantic", kappa=2.0), COUNTS, AXES).train()
     loss(torch.zeros(6, 3), LABELS, FEATURES)
-    restored = build_loss(LossConfig(compensation="semantic", kappa=2.0), COUNTS, AXES)
+    restored = build_loss(LossConfig(loss="la", compensation="semantic", kappa=2.0), COUNTS, AXES)
     restored.load_state_dict(loss.state_dict())
     assert torch.equal(restored.delta(), loss.delta())
     assert {"log_prior", "estimator.class_means", "estimator.spread", "estimator.seen"} <= set(loss.state_dict())
@@ -150,16 +150,16 @@ def test_statistics_round_trip_through_state_dict() -> None:
 
 def test_estimator_registry() -> None:
     assert ESTIMATORS == {"semantic": SemanticCompensation, "count": CountCompensation, "none": NoCompensation}
-    assert isinstance(build_estimator("count", COUNTS, AXES, LossConfig()), CountCompensation)
-    assert torch.equal(build_estimator("none", COUNTS, AXES, LossConfig()).delta(), torch.zeros(3))
+    assert isinstance(build_estimator("count", COUNTS, AXES, LossConfig(loss="la")), CountCompensation)
+    assert torch.equal(build_estimator("none", COUNTS, AXES, LossConfig(loss="la")).delta(), torch.zeros(3))
 
 
 def test_unknown_estimator_lists_the_valid_names() -> None:
     message = "--compensation must be one of semantic, count, none; got 'kl'"
     with pytest.raises(SageError, match=message):
-        LossConfig(compensation="kl")
+        LossConfig(loss="la", compensation="kl")
     with pytest.raises(SageError, match=message):
-        build_estimator("kl", COUNTS, AXES, LossConfig())
+        build_estimator("kl", COUNTS, AXES, LossConfig(loss="la"))
 
 
 @pytest.mark.parametrize(
@@ -174,9 +174,9 @@ def test_bad_loss_config_names_the_flag(kwargs: dict, flag: str) -> None:
 
 def test_bad_counts_are_refused() -> None:
     with pytest.raises(SageError, match=r"classes \[1\] have no training images"):
-        build_loss(LossConfig(), torch.tensor([3.0, 0.0, 1.0]), AXES)
+        build_loss(LossConfig(loss="la"), torch.tensor([3.0, 0.0, 1.0]), AXES)
     with pytest.raises(SageError, match="disagree on the number of classes"):
-        build_loss(LossConfig(), torch.tensor([3.0, 1.0]), AXES)
+        build_loss(LossConfig(loss="la"), torch.tensor([3.0, 1.0]), AXES)
 
 
 def test_statistics_are_all_reduced_under_distributed(tmp_path) -> None:

@@ -99,7 +99,7 @@ def bench_classes(visual: nn.Module, num_classes: int, args: argparse.Namespace)
     steps = {"frozen": frozen_step}
     for name, cfg in variants.items():
         classifier = build_classifier(build_tower_holder(visual).to(device), embeddings, cfg)
-        loss = build_loss(LossConfig(), counts, embeddings).to(device).train()
+        loss = build_loss(LossConfig().resolve("sage"), counts, embeddings).to(device).train()
         steps[name] = make_train_step(classifier.train(), loss, images, labels, autocast)
     seconds = time_steps(steps, args.warmup, args.steps, sync)
     result = {f"{name}_images_per_s": args.batch / s for name, s in seconds.items()}

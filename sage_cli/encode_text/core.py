@@ -8,7 +8,6 @@ fingerprint of everything that decides the result, so a re-run with the same inp
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -28,6 +27,7 @@ from sage_cli.encode_text.llm import PROMPT_VERSION, LLMConfig, generate_descrip
 from sage_cli.encode_text.templates import SINGLE, TemplateSet, load_templates
 from sage_cli.errors import SageError
 from sage_cli.locks import lock_output_dir
+from sage_cli.precision import autocast, describe_precision
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def _run_locked(config: EncodeTextConfig, progress: Progress | None) -> EncodeTe
     write_outputs(config.out, prepared.names, texts, embeddings, pooled)
     record = artifacts.build_record(
         STAGE, inputs, **_record_fields(config, prepared, templates, clip.record, texts, fallback),
-        device=str(device), precision="bf16-autocast" if device.type == "cuda" else "fp32",
+        device=str(device), precision=describe_precision(device),
         seconds=round(seconds, 3), texts_per_second=round(len(texts.texts) / max(seconds, 1e-9), 1),
     )
     artifacts.write_record(config.out, ENCODE_RECORD, record)
@@ -208,10 +208,8 @@ def encode_texts(
     progress: Progress | None = None,
 ) -> torch.Tensor:
     """L2-normalised text embeddings ``[N, E]`` (float32, on CPU), in batches, without grad."""
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
-                else contextlib.nullcontext())
     chunks = []
-    with torch.no_grad(), autocast:
+    with torch.no_grad(), autocast(device):
         for start in range(0, len(texts), batch_size):
             tokens = tokenizer(list(texts[start:start + batch_size])).to(device)
             features = model.encode_text(tokens).float()  # [B, E]

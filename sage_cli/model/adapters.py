@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sage_cli.model.protocol import AdapterModule
+
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU}
 
 
@@ -46,7 +48,7 @@ class GuidanceBank(nn.Module):
         return self.tokens.shape[1]
 
 
-class SGAdapter(nn.Module):
+class SGAdapter(AdapterModule):
     """Bottleneck adapter run in parallel to a block's MLP; see the module docstring."""
 
     def __init__(
@@ -75,7 +77,12 @@ class SGAdapter(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """AdaptFormer's init (Kaiming-uniform down, zero up and biases); unit-scale Wk, Wv."""
+        """Kaiming-uniform (a = sqrt(5)) down, zero up and biases; unit-scale Wk, Wv.
+
+        LIFT draws the down-projection from Kaiming-normal with the same a = sqrt(5): the same
+        variance, 1 / (3 fan_in). Sage keeps the uniform draw (bounded by 1 / sqrt(fan_in)); see
+        docs/methods.md for why.
+        """
         nn.init.kaiming_uniform_(self.down.weight, a=math.sqrt(5))
         nn.init.zeros_(self.down.bias)
         nn.init.zeros_(self.up.weight)

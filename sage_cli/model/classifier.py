@@ -1,73 +1,90 @@
-"""SageClassifier: a frozen CLIP image tower (with or without adapters) plus a cosine head."""
+"""SageClassifier: a frozen CLIP image tower (tuned by the method's PEFT module) plus a head."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from sage_cli.errors import SageError
-from sage_cli.model.adapters import GuidanceBank, SGAdapter
-from sage_cli.model.config import AdapterConfig, compute_default_bottleneck
-from sage_cli.model.guidance import build_guidance_tokens
-from sage_cli.model.head import CosineHead
-from sage_cli.model.surgery import get_vision_blocks, inject_adapters, iter_adapter_parameters
+from sage_cli.model.adapters import SGAdapter
+from sage_cli.model.config import AdapterConfig
+from sage_cli.model.head import build_head
+from sage_cli.model.peft import PeftContext, inject_peft
+from sage_cli.model.protocol import AdapterModule, mark_only_trainable
 
 logger = logging.getLogger(__name__)
 
 
 class SageClassifier(nn.Module):
-    """logits = s * cos(v(x), w) with v(x) the normalised image feature of the (adapted) tower.
+    """logits = head(f(x)) with f(x) the image feature of the (tuned) tower.
 
-    Only adapter and head parameters are trainable; :meth:`trainable_state_dict` holds exactly
-    those (never the backbone), keyed by their names in this module.
+    ``tuned`` names the tower parameters the PEFT module trains (under ``visual``); with the head's
+    they make :attr:`trainable_names`, the one list that sets ``requires_grad``, gives the
+    optimizer its parameters and is what :meth:`trainable_state_dict` saves.
     """
 
-    def __init__(self, visual: nn.Module, head: CosineHead, config: AdapterConfig) -> None:
+    def __init__(self, visual: nn.Module, head: nn.Module, config: AdapterConfig, tuned: Sequence[str] = ()) -> None:
         super().__init__()
         self.visual = visual
         self.head = head
         self.config = config
+        head_names = [f"head.{name}" for name, _ in head.named_parameters()] if config.spec.train_head else []
+        self.trainable_names: tuple[str, ...] = tuple(f"visual.{name}" for name in tuned) + tuple(head_names)
+        mark_only_trainable(self, self.trainable_names)
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """v(x): L2-normalised image features [B, E] (what ``encode_image(normalize=True)`` gives)."""
+        return F.normalize(self.encode_raw(images), dim=-1)
+
+    def encode_raw(self, images: torch.Tensor) -> torch.Tensor:
+        """f(x): the tower's image features [B, E], before normalisation."""
         features = self.visual(images)
         if isinstance(features, tuple):  # towers built with output_tokens=True
             features = features[0]
-        return F.normalize(features, dim=-1)
+        return features
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encode(images))  # [B, C]
+        return self.forward_with_features(images)[0]  # [B, C]
 
     def forward_with_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits [B, C], features [B, E]) from one pass."""
-        features = self.encode(images)
-        return self.head(features), features
+        """(logits [B, C], v(x) [B, E]) from one pass."""
+        raw = self.encode_raw(images)
+        features = F.normalize(raw, dim=-1)
+        return self.head(features if self.head.normalized_input else raw), features
 
     def train(self, mode: bool = True) -> SageClassifier:
-        # The frozen tower stays in eval mode (no patch dropout); adapters and head follow ``mode``.
+        # The frozen tower stays in eval mode (no patch dropout); inserted modules and head follow ``mode``.
         super().train(mode)
         self.visual.eval()
-        for module in self.adapters():
-            module.train(mode)
+        for module in self.visual.modules():
+            if isinstance(module, AdapterModule):
+                module.train(mode)
         return self
 
     def adapters(self) -> list[SGAdapter]:
         return [m for m in self.modules() if isinstance(m, SGAdapter)]
 
     def checkpoint_names(self) -> list[str]:
-        """Names of the parameters a checkpoint holds: every adapter parameter and the head."""
-        names = [name for name, _ in iter_adapter_parameters(self)]
-        return names + [f"head.{name}" for name, _ in self.head.named_parameters()]
+        """Names of the tensors a checkpoint holds: exactly the trainable parameters."""
+        return list(self.trainable_names)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        params = dict(self.named_parameters())
+        return [params[name] for name in self.trainable_names]
 
     def summary(self) -> dict[str, object]:
-        """Resolved settings for run records: method, bottleneck, blocks, guidance tokens, counts."""
+        """Resolved settings for run records: method, PEFT module, head, bottleneck, blocks, counts."""
         adapters = self.adapters()
         guidance = adapters[0].guidance if adapters else None
         return {
             "method": self.config.method,
+            "peft": self.config.spec.peft,
+            "head": self.config.head,
+            "head_init": self.config.head_init,
             "bottleneck": adapters[0].bottleneck if adapters else None,
             "adapter_blocks": len(adapters),
             "guidance_tokens": guidance.num_tokens if guidance is not None else None,
@@ -77,17 +94,17 @@ class SageClassifier(nn.Module):
 
     @property
     def num_trainable(self) -> int:
-        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+        return sum(p.numel() for p in self.trainable_parameters())
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """Adapter + head tensors (detached), keyed by name; never a backbone weight."""
+        """The trainable tensors (detached), keyed by name; never a frozen backbone weight."""
         params = dict(self.named_parameters())
-        return {name: params[name].detach() for name in self.checkpoint_names()}
+        return {name: params[name].detach() for name in self.trainable_names}
 
     def load_trainable_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
         """Load what :meth:`trainable_state_dict` wrote; a SageError on any key or shape mismatch."""
         params = dict(self.named_parameters())
-        expected = set(self.checkpoint_names())
+        expected = set(self.trainable_names)
         missing, unexpected = sorted(expected - set(state_dict)), sorted(set(state_dict) - expected)
         if missing or unexpected:
             raise SageError(
@@ -113,49 +130,28 @@ def _preview(names: list[str], limit: int = 3) -> str:
 
 
 def build_classifier(
-    clip_model: nn.Module, class_embeddings: torch.Tensor, cfg: AdapterConfig
+    clip_model: nn.Module, class_embeddings: torch.Tensor, cfg: AdapterConfig,
+    head_vectors: torch.Tensor | None = None,
 ) -> SageClassifier:
-    """Freeze ``clip_model``, inject adapters into its image tower in place (sage/lift), add the head.
+    """Freeze ``clip_model``, apply the method's PEFT module to its image tower in place, add the head.
 
-    ``class_embeddings`` [C, E]: the L2-normalised class vectors of the text cache; they initialise
-    the head and (sage) are the guidance tokens.
+    ``class_embeddings`` [C, E]: the L2-normalised class vectors of the text cache; they are the
+    guidance tokens (sage) and the head's initial weight unless ``head_vectors`` [C, E] (another
+    ``--head-init``) is given.
     """
     device = next(clip_model.parameters()).device
     class_embeddings = _check_class_embeddings(clip_model, class_embeddings).to(device)
     clip_model.requires_grad_(False)
     visual = clip_model.visual
-    if cfg.use_adapters:
-        _add_adapters(visual, class_embeddings, cfg, device)
-    head = CosineHead(class_embeddings, cfg.logit_scale).to(device)
-    if cfg.method == "zeroshot":
-        head.requires_grad_(False)
-    classifier = SageClassifier(visual, head, cfg)
+    tuned: list[str] = []
+    if cfg.spec.peft is not None:
+        tuned = inject_peft(cfg.spec.peft, visual, PeftContext(cfg, class_embeddings))
+    vectors = class_embeddings if head_vectors is None else head_vectors.detach().float().to(device)
+    head = build_head(cfg.head, vectors, cfg.logit_scale).to(device)
+    classifier = SageClassifier(visual, head, cfg, tuned)
     classifier.train(clip_model.training)
     logger.info("classifier %s: %d trainable parameters", cfg.method, classifier.num_trainable)
     return classifier
-
-
-def _add_adapters(
-    visual: nn.Module, class_embeddings: torch.Tensor, cfg: AdapterConfig, device: torch.device
-) -> None:
-    num_classes = class_embeddings.shape[0]
-    bottleneck = cfg.bottleneck or compute_default_bottleneck(num_classes, len(get_vision_blocks(visual)))
-    if bottleneck % cfg.attn_heads:
-        raise SageError(f"--attn-heads {cfg.attn_heads} must divide the bottleneck size {bottleneck}")
-    bank = None
-    if cfg.use_guidance:
-        bank = GuidanceBank(build_guidance_tokens(class_embeddings, cfg.guidance_tokens))
-
-    def make_adapter(width: int) -> SGAdapter:
-        return SGAdapter(width, bottleneck, bank, cfg.attn_heads, cfg.activation)
-
-    injected = inject_adapters(visual, make_adapter, cfg.blocks)
-    for adapter in injected.values():
-        adapter.to(device)
-    logger.info(
-        "adapters: %d blocks, bottleneck %d, guidance %s",
-        len(injected), bottleneck, f"{bank.num_tokens} tokens" if bank is not None else "off",
-    )
 
 
 def _check_class_embeddings(clip_model: nn.Module, class_embeddings: torch.Tensor) -> torch.Tensor:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sage_cli.errors import SageError
+from sage_cli.methods import METHODS, MethodSpec, get_method
+from sage_cli.model.head import HEAD_INITS, HEADS
 
-METHODS = ("sage", "lift", "linear", "zeroshot")
-ADAPTER_METHODS = ("sage", "lift")
 ACTIVATIONS = ("relu", "gelu")
 
 
@@ -15,10 +15,10 @@ ACTIVATIONS = ("relu", "gelu")
 class AdapterConfig:
     """How the classifier is built on top of a frozen CLIP image tower.
 
-    ``method``: "sage" (SG-Adapter: adapters with text guidance), "lift" (AdaptFormer adapters,
-    no guidance), "linear" (cosine head only) or "zeroshot" (head = class embeddings, frozen).
-    ``bottleneck`` None applies LIFT's rule (:func:`compute_default_bottleneck`); ``blocks`` None
-    puts an adapter in every vision block; ``guidance`` None means on for sage, off otherwise;
+    ``method`` names a :data:`sage_cli.methods.METHODS` entry; options left None take that
+    method's defaults here, once: ``guidance`` (on for sage; only methods with guidance accept
+    it), ``head`` and ``head_init``. ``bottleneck`` None applies LIFT's rule
+    (:func:`compute_default_bottleneck`); ``blocks`` None tunes every vision block;
     ``guidance_tokens`` None means one token per class (M = C), fewer means k-means centroids.
     """
 
@@ -30,10 +30,30 @@ class AdapterConfig:
     activation: str = "relu"
     attn_heads: int = 1
     logit_scale: float = 25.0
+    head: str | None = None
+    head_init: str | None = None
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise SageError(f"--method must be one of {', '.join(METHODS)}; got {self.method!r}")
+        spec = get_method(self.method)
+        self._check_values()
+        if self.guidance is not None and spec.guidance is None:
+            raise SageError(
+                f"--guidance applies to the methods with text guidance "
+                f"({', '.join(n for n, s in METHODS.items() if s.guidance is not None)}); got --method {self.method}"
+            )
+        resolved = {
+            "guidance": spec.guidance if self.guidance is None else self.guidance,
+            "head": spec.head if self.head is None else self.head,
+            "head_init": spec.head_init if self.head_init is None else self.head_init,
+        }
+        for key, value in resolved.items():
+            object.__setattr__(self, key, value)
+        if self.head not in HEADS:
+            raise SageError(f"--head must be one of {', '.join(HEADS)}; got {self.head!r}")
+        if self.head_init not in HEAD_INITS:
+            raise SageError(f"--head-init must be one of {', '.join(HEAD_INITS)}; got {self.head_init!r}")
+
+    def _check_values(self) -> None:
         if self.activation not in ACTIVATIONS:
             raise SageError(
                 f"--activation must be one of {', '.join(ACTIVATIONS)}; got {self.activation!r}"
@@ -50,22 +70,20 @@ class AdapterConfig:
             object.__setattr__(self, "blocks", tuple(int(b) for b in self.blocks))
             if not self.blocks or min(self.blocks) < 0 or len(set(self.blocks)) != len(self.blocks):
                 raise SageError(f"--blocks must list distinct block indices >= 0; got {list(self.blocks)}")
-        if self.guidance and self.method != "sage":
-            raise SageError(
-                f"--guidance applies to --method sage only (lift is sage without guidance); "
-                f"got --method {self.method}"
-            )
+
+    @property
+    def spec(self) -> MethodSpec:
+        return METHODS[self.method]
 
     @property
     def use_adapters(self) -> bool:
-        return self.method in ADAPTER_METHODS
+        """Whether the method changes the image tower (a PEFT module), not only the head."""
+        return self.spec.peft is not None
 
     @property
     def use_guidance(self) -> bool:
-        """Whether adapters get the text-guidance branch (resolves ``guidance=None``)."""
-        if self.method != "sage":
-            return False
-        return True if self.guidance is None else self.guidance
+        """Whether adapters get the text-guidance branch (as resolved from the method)."""
+        return bool(self.guidance)
 
 
 def compute_default_bottleneck(num_classes: int, num_layers: int) -> int:

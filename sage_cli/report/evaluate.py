@@ -8,7 +8,6 @@ the cache only when that fingerprint matches; anything else is evaluated again.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -22,6 +21,7 @@ import torch
 from sage_cli import artifacts
 from sage_cli.artifacts import PREDICTIONS, PREDICTIONS_RECORD
 from sage_cli.errors import SageError
+from sage_cli.precision import autocast, describe_precision
 from sage_cli.report.tte import compute_ensembled_logits
 
 logger = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ def evaluate_classifier(
     parts: list[tuple[np.ndarray, ...]] = []
     kept: list[np.ndarray] = []
     done, start = 0, time.perf_counter()
-    with torch.inference_mode(), _autocast(device):
+    with torch.inference_mode(), autocast(device):
         for images, labels, sample_ids in batches:
             logits = compute_ensembled_logits(classifier, images.to(device, non_blocking=True))
             top, scores = compute_ranked_scores(logits, TOP_K)
@@ -102,14 +102,7 @@ def evaluate_classifier(
     ids, labels, top, scores = (np.concatenate(cols) for cols in zip(*parts))
     predictions = Predictions(ids.astype(np.int64), labels.astype(np.int64), top.astype(np.int64),
                               scores.astype(np.float32), np.concatenate(kept) if kept else None)
-    precision = "bf16-autocast" if device.type == "cuda" else "fp32"
-    return predictions, EvalStats(seconds, done / max(seconds, 1e-9), str(device), precision)
-
-
-def _autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    return predictions, EvalStats(seconds, done / max(seconds, 1e-9), str(device), describe_precision(device))
 
 
 def save_predictions(directory: Path, predictions: Predictions, record: dict[str, Any]) -> None:

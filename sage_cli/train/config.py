@@ -15,9 +15,9 @@ from typing import Any
 
 from sage_cli.errors import SageError
 from sage_cli.losses import LossConfig
+from sage_cli.methods import TRAIN_METHODS, get_method
 from sage_cli.model import AdapterConfig
 
-TRAIN_METHODS = ("sage", "lift", "linear")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -87,9 +87,7 @@ class ModelConfig:
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
 
     def __post_init__(self) -> None:
-        method = self.adapter.method
-        _require([(method in TRAIN_METHODS,
-                   f"--method must be one of {', '.join(TRAIN_METHODS)}; got {method!r}")])
+        get_method(self.adapter.method, choices=TRAIN_METHODS)
 
 
 @dataclass(frozen=True)
@@ -154,13 +152,20 @@ class RunConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything ``sage train`` needs; see docs/training.md for each option."""
+    """Everything ``sage train`` needs; see docs/training.md for each option.
+
+    The loss options left None (loss, compensation) are resolved here from the method's spec
+    (:mod:`sage_cli.methods`), so the CLI and the Python API build the same run.
+    """
 
     data: DataConfig
     model: ModelConfig
     loss: LossConfig
     optim: OptimConfig
     run: RunConfig
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "loss", self.loss.resolve(self.method))
 
     @property
     def method(self) -> str:
@@ -212,11 +217,6 @@ def parse_blocks(text: str | None) -> tuple[int, ...] | None:
     return tuple(blocks)
 
 
-def default_compensation(method: str) -> str:
-    """sage trains with the semantic compensation factor; lift and linear with plain LA (none)."""
-    return "semantic" if method == "sage" else "none"
-
-
 def build_train_config(options: Mapping[str, Any]) -> TrainConfig:
     """A :class:`TrainConfig` from ``sage train``'s flat options (flag names with underscores).
 
@@ -234,14 +234,13 @@ def build_train_config(options: Mapping[str, Any]) -> TrainConfig:
     adapter = AdapterConfig(
         method=o["method"], blocks=parse_blocks(o.get("blocks", o.get("adapter_blocks"))),
         guidance=o.get("guidance"),
-        **pick("bottleneck", "guidance_tokens", "activation", "attn_heads", "logit_scale"),
+        **pick("bottleneck", "guidance_tokens", "activation", "attn_heads", "logit_scale", "head", "head_init"),
     )
     return TrainConfig(
         data=DataConfig(**pick("prepared", "text_cache", "image_cache", "feature_cache", "batch_size", "micro_batch_size", "num_workers",
                                "augment", "eval_split", "skip_bad")),
         model=ModelConfig(model=o.get("model"), pretrained=o.get("pretrained"), adapter=adapter),
-        loss=LossConfig(compensation=o.get("compensation") or default_compensation(o["method"]),
-                        **pick("tau", "lam", "kappa", "delta_max", "ema")),
+        loss=LossConfig(**pick("loss", "compensation", "tau", "lam", "kappa", "delta_max", "ema")),
         optim=OptimConfig(**pick("epochs", "lr", "momentum", "weight_decay", "warmup_epochs", "warmup_steps")),
         run=RunConfig(**pick("out", "seed", "max_steps", "eval_every", "checkpoint_every", "log_every",
                              "device", "force", "resume")),

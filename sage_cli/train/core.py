@@ -26,8 +26,8 @@ from sage_cli.artifacts import TRAIN_RECORD
 from sage_cli.encode_text import check_text_cache_matches
 from sage_cli.errors import SageError
 from sage_cli.locks import lock_output_dir
-from sage_cli.losses import build_loss
-from sage_cli.model import SageClassifier, build_classifier
+from sage_cli.model import SageClassifier
+from sage_cli.precision import describe_precision
 from sage_cli.train import checkpoint as ckpt
 from sage_cli.train.config import TrainConfig
 from sage_cli.train.datasets import build_datasets, describe_input, use_cached_features
@@ -35,6 +35,7 @@ from sage_cli.train.distributed import DistContext, distributed_session
 from sage_cli.train.faults import explain_write_errors
 from sage_cli.train.inputs import BACKBONE_INIT_SEED, TrainInputs, build_backbone, resolve_inputs
 from sage_cli.train.loop import METRICS, Trainer, TrainHooks
+from sage_cli.task import build_task
 from sage_cli.train.transforms import describe_preprocessing
 
 logger = logging.getLogger(__name__)
@@ -114,7 +115,7 @@ def train_locked(
         with explain_write_errors(out / TRAIN_RECORD, "run record"):
             artifacts.write_record(out, TRAIN_RECORD, record)  # last: marks the run complete
     dist_ctx.barrier()  # no rank reports success before the outputs are on disk
-    return TrainResult(out, record, classifier=trainer.classifier.eval())
+    return TrainResult(out, record, classifier=trainer.task.classifier.eval())
 
 
 def seed_everything(seed: int) -> None:
@@ -128,20 +129,19 @@ def build_trainer(
     config: TrainConfig, inputs: TrainInputs, device: torch.device, hooks: TrainHooks | None, fingerprint: str,
     dist_ctx: DistContext | None = None,
 ) -> tuple[Trainer, dict[str, Any]]:
-    """Backbone, classifier, loss and datasets, wired into a :class:`Trainer`."""
+    """Backbone, task (classifier + loss) and datasets, wired into a :class:`Trainer`."""
     clip = build_backbone(inputs.model, inputs.pretrained, device)
     check_text_cache_matches(inputs.cache, clip.record)
     embeddings = inputs.cache.class_embeddings
-    classifier = build_classifier(clip.model, embeddings, config.model.adapter)
     counts = torch.tensor(inputs.data.classes["train_count"].to_numpy(), dtype=torch.float32)
-    loss_fn = build_loss(config.loss, counts, embeddings).to(device)
+    task = build_task(clip.model, embeddings, counts, config.model.adapter, config.loss, device)
     train_set, eval_set = build_datasets(config, inputs, clip)
     if config.data.feature_cache is not None:
         world_size = dist_ctx.world_size if dist_ctx is not None else 1
         train_set, eval_set, _ = use_cached_features(config, inputs, classifier, (train_set, eval_set),
                                                      clip.record, device, world_size)
     groups = inputs.data.classes["group"].tolist()
-    trainer = Trainer(config, classifier, loss_fn, train_set, eval_set, groups, device, hooks,
+    trainer = Trainer(config, task, train_set, eval_set, groups, device, hooks,
                       eval_split=inputs.eval_split, fingerprint=fingerprint, dist_ctx=dist_ctx)
     return trainer, clip.record
 
@@ -184,7 +184,7 @@ def save_final_weights(path: Path, trainer: Trainer, clip_record: dict[str, Any]
         "fingerprint": trainer.fingerprint,
     }
     with explain_write_errors(path, "final weights"):
-        ckpt.save_weights(path, trainer.classifier.trainable_state_dict(), metadata)
+        ckpt.save_weights(path, trainer.task.trainable_state_dict(), metadata)
 
 
 def start_info(
@@ -192,9 +192,9 @@ def start_info(
 ) -> dict[str, Any]:
     """What the front end prints before the first step."""
     return {
-        "trainable_params": trainer.classifier.num_trainable,
-        "total_params": sum(p.numel() for p in trainer.classifier.parameters()),
-        "classifier": trainer.classifier.summary(),
+        "trainable_params": trainer.task.num_trainable,
+        "total_params": sum(p.numel() for p in trainer.task.classifier.parameters()),
+        "classifier": trainer.task.summary(),
         "preprocessing": preprocessing,
         "total_steps": trainer.total_steps,
         "start_step": trainer.position.global_step,
@@ -219,13 +219,13 @@ def summarise(
         "text_cache": str(inputs.cache.directory.resolve()),
         "model": clip_record,
         "backbone_init_seed": BACKBONE_INIT_SEED,
-        "classifier": trainer.classifier.summary(),
-        "trainable_params": trainer.classifier.num_trainable,
+        "classifier": trainer.task.summary(),
+        "trainable_params": trainer.task.num_trainable,
         "preprocessing": preprocessing,
         "device": str(device),
         "world_size": trainer.dist.world_size,
         "distributed_backend": trainer.dist.backend,
-        "precision": "bf16-autocast" if device.type == "cuda" else "fp32",
+        "precision": describe_precision(device),
         "steps": trainer.position.global_step,
         "steps_per_epoch": trainer.steps_per_epoch,
         "warmup_steps": trainer.warmup_steps,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,6 +12,7 @@ from torch.utils.data import DataLoader
 
 from sage_cli.artifacts import GROUPS
 from sage_cli.data import iterate_batches
+from sage_cli.precision import autocast
 
 
 def compute_group_top1(
@@ -41,13 +41,11 @@ def predict(classifier: nn.Module, loader: DataLoader, device: torch.device) -> 
     was_training = classifier.training
     classifier.eval()
     predictions, labels = [], []
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
-                else contextlib.nullcontext())
     for batch in iterate_batches(loader):
         images, batch_labels = batch[0], batch[1]
         if images is None:
             continue
-        with autocast:
+        with autocast(device):
             logits = classifier(images.to(device, non_blocking=True))  # [B, C]
         predictions.append(logits.argmax(dim=-1))
         labels.append(batch_labels)

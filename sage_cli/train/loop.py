@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 import torch
@@ -28,8 +28,6 @@ import torch
 from sage_cli.artifacts import write_bytes_atomic
 from sage_cli.data import ManifestDataset, MicroBatch, StepBatchSampler, build_loader, iterate_batches
 from sage_cli.errors import SageError
-from sage_cli.losses import CompensatedLALoss
-from sage_cli.model import SageClassifier
 from sage_cli.train import checkpoint as ckpt
 from sage_cli.train.config import TrainConfig
 from sage_cli.train.distributed import DistContext
@@ -42,6 +40,9 @@ from sage_cli.train.faults import (
     non_finite_error,
 )
 from sage_cli.train.optim import build_optimizer, build_scheduler, compute_warmup_steps
+
+if TYPE_CHECKING:
+    from sage_cli.task import ClassificationTask
 
 @dataclass(frozen=True)
 class StepInfo:
@@ -73,13 +74,16 @@ class Counters:
 
 
 class Trainer:
-    """Owns the optimizer, schedule, data order and outputs of one run on a built classifier."""
+    """Owns the optimizer, schedule, data order and outputs of one run of a built task.
+
+    The task (:class:`~sage_cli.task.ClassificationTask`) owns the model and the loss; the
+    Trainer only asks it for a micro-batch's loss, the trainable parameters and their state.
+    """
 
     def __init__(
         self,
         config: TrainConfig,
-        classifier: SageClassifier,
-        loss_fn: CompensatedLALoss,
+        task: ClassificationTask,
         train_set: ManifestDataset,
         eval_set: ManifestDataset | None,
         groups: list[str],
@@ -89,7 +93,7 @@ class Trainer:
         fingerprint: str = "",
         dist_ctx: DistContext | None = None,
     ) -> None:
-        self.config, self.classifier, self.loss_fn = config, classifier, loss_fn
+        self.config, self.task = config, task
         self.eval_split, self.fingerprint = eval_split, fingerprint
         self.dist = dist_ctx or DistContext()
         self.device, self.groups = device, groups
@@ -105,15 +109,13 @@ class Trainer:
         planned = config.optim.epochs * self.steps_per_epoch
         self.total_steps = min(planned, config.run.max_steps or planned)
         self.warmup_steps = compute_warmup_steps(config.optim, self.steps_per_epoch, self.total_steps)
-        self.optimizer = build_optimizer(classifier, config.optim)
+        self.trainable = task.trainable_parameters()
+        self.optimizer = build_optimizer(self.trainable, config.optim)
         self.scheduler = build_scheduler(self.optimizer, self.warmup_steps, self.total_steps)
-        self.trainable = [p for p in classifier.parameters() if p.requires_grad]
         self.position = ckpt.Position(epoch=0, step_in_epoch=0, global_step=0)
         self.counters = Counters()
         self.last_eval: dict[str, Any] | None = None
         self.skipped: set[str] = set()  # unreadable training images met with --skip-bad (this rank)
-        self.needs_features = loss_fn.estimator.needs_features
-        self.feature_dim = int(classifier.head.weight.shape[1])
         self.watch = NonFiniteWatch(device)
         self.signals = StopSignals()
         self.stopped = False
@@ -139,8 +141,7 @@ class Trainer:
         Raises :class:`TrainingInterrupted` after a stop signal (with a checkpoint of the last
         finished step) and a SageError naming the step of a NaN / inf loss.
         """
-        self.classifier.train()
-        self.loss_fn.train()
+        self.task.train()
         self.dist.broadcast_params(self.trainable)
         with MetricsLog(self.out / METRICS, self.dist.is_main) as metrics, self.signals:
             while self.position.global_step < self.total_steps:
@@ -202,29 +203,18 @@ class Trainer:
 
     def train_micro_batch(self, batch: MicroBatch, total: int, step: int) -> None:
         """Forward and backward of one micro-batch, its loss weighted by its share of the step's ``total`` images."""
-        if batch.images is None:  # nothing readable here; the loss statistics still meet the other ranks
-            if self.needs_features:
-                self.loss_fn.estimator.update(torch.zeros(0, self.feature_dim, device=self.device),
-                                              torch.zeros(0, dtype=torch.long, device=self.device))
+        out = self.task(batch)
+        if out["loss"] is None:  # nothing readable here (the task still met the other ranks)
             return
-        images = batch.images.to(self.device, non_blocking=True)
-        labels = batch.labels.to(self.device, non_blocking=True)
-        with self.autocast():
-            logits, features = self.classifier.forward_with_features(images)  # [B, C], [B, E]
-        loss = self.loss_fn(logits, labels, features if self.needs_features else None)
+        loss = out["loss"]
         self.watch.observe(loss, step)
-        weighted = loss * (len(labels) / total)
+        weighted = loss * (out["samples"] / total)
         weighted.backward()
         self._window_loss += weighted.detach()
 
     def note_skipped(self, micro_batches: list[MicroBatch]) -> None:
         for batch in micro_batches:
             self.skipped.update(batch.skipped)
-
-    def autocast(self) -> contextlib.AbstractContextManager:
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
 
     def after_step(self, metrics: MetricsLog) -> None:
         step = self.position.global_step
@@ -282,7 +272,7 @@ class Trainer:
         if self.eval_loader is None:
             return
         tic = time.perf_counter()
-        predictions, labels = predict(self.classifier, self.eval_loader, self.device)
+        predictions, labels = predict(self.task.classifier, self.eval_loader, self.device)
         if self.dist.enabled:  # each rank evaluated a shard
             shards = self.dist.gather_objects((predictions, labels))
             predictions = np.concatenate([p for p, _ in shards])
@@ -309,7 +299,7 @@ class Trainer:
         return {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "loss": self.loss_fn.state_dict(),
+            "loss": self.task.loss.state_dict(),
             "rng": ckpt.collect_rng_state(),
             "rng_ranks": self.dist.gather_objects(ckpt.collect_rng_state()) if self.dist.enabled else [],
             "counters": vars(self.counters).copy(),
@@ -328,7 +318,7 @@ class Trainer:
         if self.dist.is_main:
             metadata = {"method": self.config.method, "fingerprint": self.fingerprint}
             try:
-                path = ckpt.save_checkpoint(self.out, self.classifier.trainable_state_dict(), state,
+                path = ckpt.save_checkpoint(self.out, self.task.trainable_state_dict(), state,
                                             self.position, metadata)
             except SageError as exc:
                 error = exc
@@ -340,10 +330,10 @@ class Trainer:
     def restore(self, checkpoint: Path) -> None:
         """Continue from ``checkpoint``: weights, optimizer, schedule, loss statistics, position, RNG."""
         state = ckpt.load_checkpoint_state(checkpoint)
-        self.classifier.load_trainable_state_dict(ckpt.load_weights(checkpoint / ckpt.WEIGHTS))
+        self.task.load_trainable_state_dict(ckpt.load_weights(checkpoint / ckpt.WEIGHTS))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.loss_fn.load_state_dict(state["loss"])
+        self.task.loss.load_state_dict(state["loss"])
         self.position = ckpt.Position(**state["position"])
         self.counters = Counters(**state["counters"])
         self.last_eval = json.loads(state["last_eval"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -10,9 +11,10 @@ from torch import nn
 from sage_cli.train.config import OptimConfig
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.SGD:
-    """SGD (momentum, weight decay) over the parameters that require grad, and nothing else."""
-    params = [p for p in model.parameters() if p.requires_grad]
+def build_optimizer(model: nn.Module | Iterable[nn.Parameter], cfg: OptimConfig) -> torch.optim.SGD:
+    """SGD (momentum, weight decay) over ``model``'s parameters that require grad, or the given list."""
+    candidates = model.parameters() if isinstance(model, nn.Module) else model
+    params = [p for p in candidates if p.requires_grad]
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 

@@ -126,6 +126,7 @@ def test_guidance_keys_values_computed_once_per_forward(tiny_clip, class_embeddi
 def test_summary_reports_resolved_settings(tiny_clip, class_embeddings) -> None:
     classifier = build_classifier(tiny_clip, class_embeddings, AdapterConfig(method="sage", guidance_tokens=4))
     assert classifier.summary() == {
-        "method": "sage", "bottleneck": 2, "adapter_blocks": 2, "guidance_tokens": 4,
+        "method": "sage", "peft": "sg-adapter", "head": "cosine", "head_init": "text",
+        "bottleneck": 2, "adapter_blocks": 2, "guidance_tokens": 4,
         "num_classes": 10, "trainable_params": 2054,
     }

@@ -10,7 +10,7 @@ from sage_cli.commands.train import NOT_IN_PRESETS, option_defaults
 from sage_cli.config import load_yaml_mapping, merge_with_preset
 from sage_cli.errors import SageError
 from sage_cli.train import TrainConfig, build_train_config, parse_blocks
-from sage_cli.train.config import DataConfig, OptimConfig, RunConfig
+from sage_cli.train.config import DataConfig, ModelConfig, OptimConfig, RunConfig
 
 PRESETS = sorted((Path(__file__).resolve().parents[2] / "sage_cli" / "presets").glob("*.yaml"))
 REQUIRED = {"prepared": "p", "text_cache": "t", "out": "o", "method": "sage"}
@@ -69,11 +69,15 @@ def test_command_defaults_match_dataclass_defaults() -> None:
     """The CLI's defaults and the dataclasses' must agree (two places, one test)."""
     defaults = option_defaults()
     built = build_train_config({**defaults, **REQUIRED})
-    plain = TrainConfig(DataConfig("p", "t"), built.model, built.loss, OptimConfig(), RunConfig("o"))
-    assert built.data == plain.data and built.optim == plain.optim and built.run == plain.run
     from sage_cli.losses import LossConfig
+    from sage_cli.model import AdapterConfig
 
-    assert built.loss == LossConfig()
+    # The Python API (dataclass defaults, method defaults resolved by TrainConfig) builds what the CLI does.
+    plain = TrainConfig(DataConfig("p", "t"), ModelConfig(adapter=AdapterConfig("sage")), LossConfig(),
+                        OptimConfig(), RunConfig("o"))
+    assert built.data == plain.data and built.optim == plain.optim and built.run == plain.run
+    assert built.model == plain.model and built.loss == plain.loss
+    assert built.loss.loss == "la" and built.loss.compensation == "semantic"
 
 
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.name)

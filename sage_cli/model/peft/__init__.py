@@ -1,0 +1,75 @@
+"""PEFT modules for open_clip's image tower, selected by name from :data:`PEFT_MODULES`.
+
+An entry is a function ``inject(visual, blocks, context) -> names``: it changes ``visual`` in place
+(inserting :class:`~sage_cli.model.protocol.AdapterModule` s, or choosing parameters it already
+has) in the vision blocks ``blocks`` (indices checked by :func:`select_blocks`) and returns the
+names, under ``visual``, of the parameters that train. The classifier saves exactly those
+(see :mod:`sage_cli.model.protocol`). Adding a module: write its ``nn.Module`` and an ``inject``
+function decorated with :func:`register_peft` (docs/methods.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from sage_cli.errors import SageError
+from sage_cli.model.surgery import get_vision_blocks
+
+if TYPE_CHECKING:
+    from sage_cli.model.config import AdapterConfig
+
+
+@dataclass(frozen=True)
+class PeftContext:
+    """What an ``inject`` may read: the resolved adapter config and the class text vectors [C, E]."""
+
+    config: AdapterConfig
+    class_embeddings: torch.Tensor
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.class_embeddings.shape[0])
+
+
+Inject = Callable[[nn.Module, "list[int]", PeftContext], list[str]]
+PEFT_MODULES: dict[str, Inject] = {}
+
+
+def register_peft(name: str) -> Callable[[Inject], Inject]:
+    """Decorator: file ``inject`` under ``name`` in :data:`PEFT_MODULES`."""
+
+    def add(inject: Inject) -> Inject:
+        PEFT_MODULES[name] = inject
+        return inject
+
+    return add
+
+
+def select_blocks(visual: nn.Module, blocks: tuple[int, ...] | None) -> list[int]:
+    """The sorted block indices to tune (every block for None); a one-line SageError when out of range."""
+    count = len(get_vision_blocks(visual))
+    indices = sorted(range(count) if blocks is None else blocks)
+    bad = [i for i in indices if not 0 <= i < count]
+    if bad:
+        shown = str(bad) if len(bad) <= 4 else f"[{bad[0]}, {bad[1]}, ..., {bad[-1]}] ({len(bad)} indices)"
+        raise SageError(f"--blocks {shown} out of range: the image tower has {count} blocks (0..{count - 1})")
+    return indices
+
+
+def inject_peft(name: str, visual: nn.Module, context: PeftContext) -> list[str]:
+    """Apply PEFT module ``name`` to ``visual`` in place; the trainable parameter names under ``visual``."""
+    if name not in PEFT_MODULES:
+        raise SageError(f"unknown PEFT module {name!r}; known: {', '.join(PEFT_MODULES)}")
+    blocks = select_blocks(visual, context.config.blocks)
+    return PEFT_MODULES[name](visual, blocks, context)
+
+
+# Importing the modules fills the registry.
+from sage_cli.model.peft import adaptformer  # noqa: E402,F401
+
+__all__ = ["PEFT_MODULES", "PeftContext", "inject_peft", "register_peft", "select_blocks"]

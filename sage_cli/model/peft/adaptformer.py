@@ -1,0 +1,46 @@
+"""AdaptFormer (LIFT's adapter) and the SG-Adapter, parallel to the MLP of each chosen block."""
+
+from __future__ import annotations
+
+import logging
+
+from torch import nn
+
+from sage_cli.errors import SageError
+from sage_cli.model.adapters import GuidanceBank, SGAdapter
+from sage_cli.model.config import compute_default_bottleneck
+from sage_cli.model.guidance import build_guidance_tokens
+from sage_cli.model.peft import PeftContext, register_peft
+from sage_cli.model.protocol import get_parameter_names
+from sage_cli.model.surgery import get_vision_blocks, inject_adapters
+
+logger = logging.getLogger(__name__)
+
+
+def inject_bottleneck_adapters(visual: nn.Module, blocks: list[int], context: PeftContext, guided: bool) -> list[str]:
+    cfg = context.config
+    bottleneck = cfg.bottleneck or compute_default_bottleneck(context.num_classes, len(get_vision_blocks(visual)))
+    if bottleneck % cfg.attn_heads:
+        raise SageError(f"--attn-heads {cfg.attn_heads} must divide the bottleneck size {bottleneck}")
+    bank = GuidanceBank(build_guidance_tokens(context.class_embeddings, cfg.guidance_tokens)) if guided else None
+    device = context.class_embeddings.device
+
+    def make_adapter(width: int) -> SGAdapter:
+        return SGAdapter(width, bottleneck, bank, cfg.attn_heads, cfg.activation).to(device)
+
+    injected = inject_adapters(visual, make_adapter, blocks)
+    logger.info("adapters: %d blocks, bottleneck %d, guidance %s", len(injected), bottleneck,
+                f"{bank.num_tokens} tokens" if bank is not None else "off")
+    return get_parameter_names(visual, injected.values())
+
+
+@register_peft("sg-adapter")
+def inject_sg_adapters(visual: nn.Module, blocks: list[int], context: PeftContext) -> list[str]:
+    """SG-Adapters (text guidance as the config resolves it) parallel to each chosen block's MLP."""
+    return inject_bottleneck_adapters(visual, blocks, context, guided=bool(context.config.guidance))
+
+
+@register_peft("adaptformer")
+def inject_adaptformer(visual: nn.Module, blocks: list[int], context: PeftContext) -> list[str]:
+    """AdaptFormer bottlenecks (the SG-Adapter without guidance) parallel to each chosen block's MLP."""
+    return inject_bottleneck_adapters(visual, blocks, context, guided=False)

@@ -1,0 +1,78 @@
+"""The classification task: a classifier and its loss behind one ``forward(batch)``.
+
+In the spirit of open_clip's and timm's ``task/``: the :class:`ClassificationTask` owns the
+classifier and the loss; ``forward(batch)`` returns ``{"loss", "logits", "features", "samples"}``,
+feeding the loss the image features when it needs them (the semantic compensation's statistics),
+passing an empty micro-batch (every image unreadable) to the loss so its collective statistics
+still meet the other ranks', and running under the one autocast rule (:mod:`sage_cli.precision`).
+The trainable parameters and their state dict come from the classifier's one adapter protocol
+(:mod:`sage_cli.model.protocol`), so what trains is what is saved. The Trainer sees only this.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from sage_cli.losses import LossConfig, build_loss
+from sage_cli.model import AdapterConfig, SageClassifier, build_classifier
+from sage_cli.precision import autocast
+
+
+class ClassificationTask(nn.Module):
+    """``classifier`` + ``loss`` on ``device``; see the module docstring."""
+
+    def __init__(self, classifier: SageClassifier, loss: nn.Module, device: torch.device) -> None:
+        super().__init__()
+        self.classifier = classifier
+        self.loss = loss
+        self.device = torch.device(device)
+
+    def forward(self, batch: Sequence[Any]) -> dict[str, Any]:
+        """Loss and logits of one micro-batch ``(images [B, 3, H, W] or None, labels [B], ...)``.
+
+        ``loss`` is the batch mean (None for a batch without images); ``samples`` its size.
+        """
+        images, labels = batch[0], batch[1]
+        if images is None:
+            self.loss.observe_empty(self.feature_dim, self.device)
+            return {"loss": None, "logits": None, "features": None, "samples": 0}
+        images = images.to(self.device, non_blocking=True)
+        labels = labels.to(self.device, non_blocking=True)
+        with autocast(self.device):
+            logits, features = self.classifier.forward_with_features(images)  # [B, C], [B, E]
+        loss = self.loss(logits, labels, features if self.loss.needs_features else None)
+        return {"loss": loss, "logits": logits, "features": features, "samples": int(len(labels))}
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.classifier.head.weight.shape[1])
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return self.classifier.trainable_parameters()
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        return self.classifier.trainable_state_dict()
+
+    def load_trainable_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
+        self.classifier.load_trainable_state_dict(state_dict)
+
+    @property
+    def num_trainable(self) -> int:
+        return self.classifier.num_trainable
+
+    def summary(self) -> dict[str, object]:
+        return self.classifier.summary()
+
+
+def build_task(
+    clip_model: nn.Module, class_embeddings: torch.Tensor, class_counts: torch.Tensor,
+    adapter: AdapterConfig, loss: LossConfig, device: torch.device, head_vectors: torch.Tensor | None = None,
+) -> ClassificationTask:
+    """The classifier of ``adapter`` on ``clip_model`` (changed in place) and the resolved ``loss``."""
+    classifier = build_classifier(clip_model, class_embeddings, adapter, head_vectors)
+    loss_fn = build_loss(loss.resolve(adapter.method), class_counts, class_embeddings).to(device)
+    return ClassificationTask(classifier, loss_fn, device)
