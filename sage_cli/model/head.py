@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-HEAD_INITS = ("text", "class-mean", "k-shot", "linear-probe")
+HEAD_INITS = ("text",)
 
 
 class CosineHead(nn.Module):

@@ -32,7 +32,9 @@ def hang_in_write(hang_step: int, marker: Path) -> None:
         with artifacts.atomic_path(path) as part, open(part, "wb") as handle:
             handle.write(data[: len(data) // 2])
             handle.flush()
-            marker.write_text(str(part))
+            staged = marker.with_name(marker.name + ".part")  # renamed: the test never reads a half-written marker
+            staged.write_text(str(part))
+            os.replace(staged, marker)
             while True:  # the test kills us here
                 time.sleep(1)
 
