@@ -138,7 +138,7 @@ def build_trainer(
     train_set, eval_set = build_datasets(config, inputs, clip)
     if config.data.feature_cache is not None:
         world_size = dist_ctx.world_size if dist_ctx is not None else 1
-        train_set, eval_set, _ = use_cached_features(config, inputs, classifier, (train_set, eval_set),
+        train_set, eval_set, _ = use_cached_features(config, inputs, task.classifier, (train_set, eval_set),
                                                      clip.record, device, world_size)
     groups = inputs.data.classes["group"].tolist()
     trainer = Trainer(config, task, train_set, eval_set, groups, device, hooks,
