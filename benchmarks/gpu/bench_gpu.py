@@ -176,7 +176,7 @@ def measure_model_step(plan: Plan, method: str, num_classes: int) -> dict[str, A
     counts = torch.randint(2, 1000, (num_classes,), generator=generator).float()
     classifier = build_classifier(clip.model, embeddings.to(device), AdapterConfig(method=method)).train()
     compensation = "semantic" if method == "sage" else "none"
-    loss_fn = build_loss(LossConfig(compensation=compensation), counts, embeddings).to(device).train()
+    loss_fn = build_loss(LossConfig(compensation=compensation).resolve(method), counts, embeddings).to(device).train()
     images = torch.randn(plan.batch, 3, *clip.record["image_size"], generator=generator).to(device)
     labels = torch.randint(0, num_classes, (plan.batch,), generator=generator).to(device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
