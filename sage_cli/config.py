@@ -1,8 +1,10 @@
-"""Helpers shared by the stages' frozen config dataclasses: YAML presets and flag precedence."""
+"""Helpers shared by the stages' frozen config dataclasses: YAML presets, flag precedence, value types."""
 
 from __future__ import annotations
 
 import os
+import types
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -50,3 +52,78 @@ def merge_with_preset(
         merged[name] = value
     merged.update(explicit)
     return merged
+
+
+def find_key_lines(path: str | os.PathLike[str]) -> dict[str, int]:
+    """1-based line of each top-level key of a YAML mapping file (empty if it cannot be composed)."""
+    try:
+        node = yaml.compose(Path(path).read_text(), Loader=yaml.SafeLoader)
+    except (OSError, yaml.YAMLError):
+        return {}
+    if not isinstance(node, yaml.MappingNode):
+        return {}
+    return {str(key.value): key.start_mark.line + 1 for key, _ in node.value}
+
+
+def coerce_preset(
+    preset: Mapping[str, Any], types: Mapping[str, Any], preset_path: str | os.PathLike[str] | None = None,
+) -> dict[str, Any]:
+    """Each preset value checked against (and coerced to) the type of its option in ``types``.
+
+    ``lr: 1e-3`` (a string to YAML 1.1) becomes a float; ``epochs: 1.5``, ``epochs: "ten"``,
+    ``lr: [1, 2]``, ``epochs: null`` or ``seed: true`` are a one-line SageError naming the file,
+    line and key. Keys may use dashes or underscores; keys without a type pass unchanged.
+    """
+    lines = find_key_lines(preset_path) if preset_path is not None else {}
+    out: dict[str, Any] = {}
+    for key, value in preset.items():
+        name = str(key).replace("-", "_")
+        if name not in types:
+            out[key] = value
+            continue
+        try:
+            out[key] = coerce_value(value, types[name])
+        except ValueError as exc:
+            where = f"{preset_path}:{lines[str(key)]}" if str(key) in lines else str(preset_path or "config")
+            raise SageError(f"{where}: {key}: {exc}; got {value!r}") from None
+    return out
+
+
+def coerce_value(value: Any, annotation: Any) -> Any:
+    """``value`` as ``annotation`` (int, float, bool, str, Path, Literal, X | None); ValueError if it is not one."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return coerce_value(value, inner[0]) if len(inner) == 1 else value
+    if value is None:
+        raise ValueError("expected a value, not null")
+    if typing.get_origin(annotation) is typing.Literal:
+        if value not in args:
+            raise ValueError(f"expected one of {', '.join(map(str, args))}")
+        return value
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ValueError("expected true or false")
+        return value
+    if isinstance(value, (bool, list, dict)):
+        raise ValueError(f"expected {_describe(annotation)}, not a {'boolean' if isinstance(value, bool) else type(value).__name__}")
+    if annotation is int:
+        if isinstance(value, int):
+            return value
+        raise ValueError("expected an integer")
+    if annotation is float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError("expected a number") from None
+    if annotation in (str, Path):
+        if isinstance(value, (str, int)):
+            return annotation(str(value)) if annotation is Path else str(value)
+        raise ValueError(f"expected {_describe(annotation)}")
+    return value
+
+
+def _describe(annotation: Any) -> str:
+    return {int: "an integer", float: "a number", str: "a string", Path: "a path"}.get(annotation, str(annotation))

@@ -176,6 +176,26 @@ def compute_epoch_order(num_samples: int, seed: int, epoch: int, shuffle: bool =
     return order, seeds
 
 
+def compute_class_aware_order(labels: np.ndarray, seed: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    """A class-aware (balanced) epoch of N = len(labels) draws: each position draws a class uniformly,
+    then one of that class's samples uniformly; and one augmentation seed per position.
+
+    A pure function of its arguments, like :func:`compute_epoch_order`, so it resumes and splits
+    over ranks the same way.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    rng = np.random.default_rng([seed, epoch, 1])  # another stream than the shuffled order's
+    present = np.unique(labels)
+    counts = np.bincount(labels, minlength=int(labels.max()) + 1)
+    by_class = np.argsort(labels, kind="stable")  # sample indices grouped by class
+    starts = np.cumsum(counts) - counts
+    picks = present[rng.integers(0, len(present), size=len(labels))]  # [N] classes
+    offsets = np.floor(rng.random(len(labels)) * counts[picks]).astype(np.int64)
+    order = by_class[starts[picks] + offsets]
+    seeds = rng.integers(0, 2**62, size=len(labels), dtype=np.int64)
+    return order, seeds
+
+
 class StepBatchSampler(Sampler[list[tuple[int, int]]]):
     """Yields this rank's micro-batches of ``(index, seed)`` keys, step after step, of one epoch.
 
@@ -184,11 +204,12 @@ class StepBatchSampler(Sampler[list[tuple[int, int]]]):
     consecutive positions, and rank ``r`` of ``world_size`` takes positions ``r, r + W, ...`` of
     each (possibly none). The ranks together see exactly the images one process sees, in the same
     micro-batches. Call :meth:`set_epoch` before each epoch; ``start_step`` skips steps (resume).
+    With ``labels`` [N] the order is class-aware (:func:`compute_class_aware_order`) instead.
     """
 
     def __init__(
         self, num_samples: int, seed: int, batch_size: int, micro_batch_size: int,
-        rank: int = 0, world_size: int = 1, shuffle: bool = True,
+        rank: int = 0, world_size: int = 1, shuffle: bool = True, labels: np.ndarray | None = None,
     ) -> None:
         if batch_size % micro_batch_size or not 0 <= rank < world_size:
             raise ValueError(f"bad batching: batch {batch_size}, micro {micro_batch_size}, rank {rank}/{world_size}")
@@ -196,6 +217,9 @@ class StepBatchSampler(Sampler[list[tuple[int, int]]]):
         self.batch_size, self.micro_batch_size = batch_size, micro_batch_size
         self.rank, self.world_size = rank, world_size
         self.epoch, self.start_step = 0, 0
+        self.labels = None if labels is None else np.asarray(labels, dtype=np.int64)
+        if self.labels is not None and len(self.labels) != num_samples:
+            raise ValueError(f"{len(self.labels)} labels for {num_samples} samples")
 
     @property
     def steps_per_epoch(self) -> int:
@@ -214,7 +238,10 @@ class StepBatchSampler(Sampler[list[tuple[int, int]]]):
         return math.ceil(self.step_size(step) / self.micro_batch_size)
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        order, seeds = compute_epoch_order(self.num_samples, self.seed, self.epoch, self.shuffle)
+        if self.labels is not None:
+            order, seeds = compute_class_aware_order(self.labels, self.seed, self.epoch)
+        else:
+            order, seeds = compute_epoch_order(self.num_samples, self.seed, self.epoch, self.shuffle)
         for step in range(self.start_step, self.steps_per_epoch):
             first = step * self.batch_size
             stop = first + self.step_size(step)

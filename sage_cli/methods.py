@@ -16,8 +16,17 @@ registry (docs/methods.md).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 from sage_cli.errors import SageError
+
+# The names of every registry, as types: --help's choices, the check of preset values and the
+# dataclasses' annotations use these (tests/test_methods.py checks them against the registries).
+LossName = Literal["ce", "la", "bs", "focal", "ldam", "cb", "lade"]  # sage_cli.losses.LOSSES
+CompensationName = Literal["semantic", "count", "none"]  # sage_cli.losses.ESTIMATORS
+HeadName = Literal["cosine", "linear", "l2"]  # sage_cli.model.head.HEADS
+HeadInitName = Literal["text", "class-mean", "k-shot", "linear-probe"]  # sage_cli.model.head_init
+ActivationName = Literal["relu", "gelu"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +52,15 @@ _SPECS = (
     MethodSpec("sage", "SG-Adapter: AdaptFormer adapters whose hidden state attends to the class texts, "
                "with the semantic compensation factor", peft="sg-adapter", guidance=True,
                compensation="semantic", demo=True),
+    MethodSpec("lora", "LoRA on the attention's query and value projections", peft="lora"),
+    MethodSpec("lora-mlp", "LoRA on q, v and both MLP projections", peft="lora-mlp"),
+    MethodSpec("vpt-shallow", "visual prompt tuning: prompts entering at the first tuned block", peft="vpt-shallow"),
+    MethodSpec("vpt-deep", "visual prompt tuning: fresh prompts at every tuned block", peft="vpt-deep"),
+    MethodSpec("adapter", "Houlsby bottleneck adapter after each block's MLP", peft="adapter"),
+    MethodSpec("ssf", "SSF: scale and shift after each block's norms, attention and MLP projections", peft="ssf"),
+    MethodSpec("bitfit", "BitFit: every bias of the tuned blocks", peft="bitfit"),
+    MethodSpec("ln-tuning", "LayerNorm tuning: the tuned blocks' LayerNorm weights and biases", peft="ln-tuning"),
+    MethodSpec("full-ft", "full fine-tuning of the tuned blocks", peft="full-ft"),
     MethodSpec("zeroshot", "CLIP zero-shot: the head is the class text embeddings, frozen",
                train_head=False, trainable=False),
 )
@@ -50,6 +68,12 @@ _SPECS = (
 METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in _SPECS}
 TRAIN_METHODS: tuple[str, ...] = tuple(name for name, spec in METHODS.items() if spec.trainable)
 DEMO_METHODS: tuple[str, ...] = tuple(name for name, spec in METHODS.items() if spec.demo)
+MethodName = Literal[TRAIN_METHODS]  # type: ignore[valid-type]
+
+
+def literal_names(alias: object) -> tuple[str, ...]:
+    """The names a ``Literal`` alias allows."""
+    return tuple(get_args(alias))
 
 
 def get_method(name: str, flag: str = "--method", choices: tuple[str, ...] | None = None) -> MethodSpec:

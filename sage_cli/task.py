@@ -74,5 +74,5 @@ def build_task(
 ) -> ClassificationTask:
     """The classifier of ``adapter`` on ``clip_model`` (changed in place) and the resolved ``loss``."""
     classifier = build_classifier(clip_model, class_embeddings, adapter, head_vectors)
-    loss_fn = build_loss(loss.resolve(adapter.method), class_counts, class_embeddings).to(device)
+    loss_fn = build_loss(loss.resolve(adapter.method), class_counts, class_embeddings, adapter.logit_scale).to(device)
     return ClassificationTask(classifier, loss_fn, device)

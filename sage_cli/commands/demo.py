@@ -9,12 +9,13 @@ import typer
 
 from sage_cli.commands._common import handle_errors
 from sage_cli.console import console
+from sage_cli.methods import DEMO_METHODS
 
 
 @handle_errors
 def command(
     out: Path = typer.Option(Path("sage-demo"), "--out", "-o", help="Directory for every artifact of the demo."),
-    methods: str = typer.Option("linear,lift,sage", "--methods", help="Comma-separated: linear, lift, sage."),
+    methods: str = typer.Option(",".join(DEMO_METHODS), "--methods", help=f"Comma-separated: {', '.join(DEMO_METHODS)}."),
     epochs: int = typer.Option(8, "--epochs", help="Training epochs per method."),
     batch_size: int = typer.Option(64, "--batch-size", help="Images per optimizer step."),
     seed: int = typer.Option(0, "--seed", help="Seed of the data and of training."),

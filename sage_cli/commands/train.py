@@ -10,68 +10,86 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_type_hints
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from sage_cli.commands._common import explicit_params, handle_errors
-from sage_cli.config import load_yaml_mapping, merge_with_preset
+from sage_cli.config import coerce_preset, load_yaml_mapping, merge_with_preset
 from sage_cli.console import console, err_console
+from sage_cli.methods import ActivationName as Activation
+from sage_cli.methods import CompensationName, HeadInitName, HeadName, LossName, MethodName
 
 # Options a preset may not set: where outputs go and how this invocation behaves.
 NOT_IN_PRESETS = ("config", "out", "force", "resume", "as_json")
+
+EvalSplit = Literal["val", "test", "train"]
+SamplerName = Literal["uniform", "class-aware"]
+
+METHOD, LOSS, ADAPTER, OPTIM, DATA, RUN = "Method", "Loss", "Adapter", "Optimiser", "Data", "Run"
 
 
 @handle_errors
 def command(
     ctx: typer.Context,
-    prepared: Path = typer.Option(..., "--prepared", "-p", help="Prepared dataset directory (sage prepare)."),
-    text_cache: Path = typer.Option(..., "--text-cache", "-t", help="Text cache directory (sage encode-text)."),
-    image_cache: Path | None = typer.Option(None, "--image-cache", help="Decoded-image cache (sage cache-images): the fast input path."),
-    feature_cache: Path | None = typer.Option(None, "--feature-cache", help="Directory of cached frozen features (linear with --no-augment): computed once, then read."),
-    method: str = typer.Option(..., "--method", help="sage, lift or linear."),
-    out: Path = typer.Option(..., "--out", "-o", help="Run directory to write."),
-    config: Path | None = typer.Option(None, "--config", help="Preset YAML supplying defaults; explicit flags win."),
-    model: str | None = typer.Option(None, "--model", "-m", help="open_clip model (default: the text cache's)."),
-    pretrained: str | None = typer.Option(None, "--pretrained", help="Tag, checkpoint file or none (default: the text cache's)."),
-    guidance: bool | None = typer.Option(None, "--guidance/--no-guidance", help="Text guidance in the adapters (sage only; default on)."),
-    compensation: str | None = typer.Option(None, "--compensation", help="semantic, count or none (default: semantic for sage, none for lift/linear)."),
-    tau: float = typer.Option(1.0, "--tau", help="Scale of log(prior) in the logit adjustment."),
-    lam: float = typer.Option(0.25, "--lam", help="lambda: scale of the compensation factor."),
-    kappa: float = typer.Option(16.0, "--kappa", help="Pseudo-count of the text anchor."),
-    delta_max: float = typer.Option(5.0, "--delta-max", help="Upper clamp of the compensation factor."),
-    bottleneck: int | None = typer.Option(None, "--bottleneck", help="Adapter width (default: LIFT's rule)."),
-    blocks: str | None = typer.Option(None, "--blocks", "--adapter-blocks", help="Blocks with adapters, e.g. 0-5 or 0,2,4 (default: all)."),
-    guidance_tokens: int | None = typer.Option(None, "--guidance-tokens", help="Guidance tokens M (default: one per class)."),
-    activation: str = typer.Option("relu", "--activation", help="Adapter activation: relu or gelu."),
-    attn_heads: int = typer.Option(1, "--attn-heads", help="Heads of the guidance attention (must divide --bottleneck)."),
-    logit_scale: float = typer.Option(25.0, "--logit-scale", help="s of the cosine head."),
-    ema: float = typer.Option(0.9, "--ema", help="Momentum of the compensation statistics (class means, spread)."),
-    epochs: int = typer.Option(10, "--epochs", help="Training epochs."),
-    lr: float = typer.Option(0.01, "--lr", help="Peak learning rate (SGD)."),
-    momentum: float = typer.Option(0.9, "--momentum", help="SGD momentum."),
-    weight_decay: float = typer.Option(5e-4, "--weight-decay", help="SGD weight decay."),
-    warmup_epochs: float = typer.Option(1.0, "--warmup-epochs", help="Linear warm-up length in epochs."),
-    warmup_steps: int | None = typer.Option(None, "--warmup-steps", help="Warm-up length in steps (wins over --warmup-epochs)."),
-    batch_size: int = typer.Option(128, "--batch-size", help="Images per optimizer step."),
-    micro_batch_size: int | None = typer.Option(None, "--micro-batch-size", help="Images per forward pass (gradient accumulation)."),
-    num_workers: int = typer.Option(4, "--num-workers", help="DataLoader worker processes."),
-    augment: bool = typer.Option(True, "--augment/--no-augment", help="Random crop + flip in training."),
-    eval_split: str | None = typer.Option(None, "--eval-split", help="Split to validate on (default: val, else test)."),
-    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable images (listed in train.json) instead of stopping."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the init, the data order and the augmentation."),
-    max_steps: int | None = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps (smoke runs)."),
-    eval_every: int = typer.Option(1, "--eval-every", help="Validate every N epochs (0: only at the end)."),
-    checkpoint_every: int = typer.Option(0, "--checkpoint-every", help="Also checkpoint every N steps (0: each epoch only)."),
-    log_every: int = typer.Option(10, "--log-every", help="Write train metrics every N steps."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-    force: bool = typer.Option(False, "--force", help="Overwrite another run in --out."),
-    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out from its last checkpoint."),
-    as_json: bool = typer.Option(False, "--json", help="Print train.json to stdout instead of a summary."),
+    method: MethodName = typer.Option(..., "--method", help="What trains (docs/methods.md).", rich_help_panel=METHOD),
+    model: str | None = typer.Option(None, "--model", "-m", help="open_clip model (default: the text cache's).", rich_help_panel=METHOD),
+    pretrained: str | None = typer.Option(None, "--pretrained", help="Tag, checkpoint file or none (default: the text cache's).", rich_help_panel=METHOD),
+    head: HeadName | None = typer.Option(None, "--head", help="Classifier head (default: the method's, cosine).", rich_help_panel=METHOD),
+    head_init: HeadInitName | None = typer.Option(None, "--head-init", help="Initial head weights (default: the method's, text).", rich_help_panel=METHOD),
+    head_init_shots: int = typer.Option(10, "--head-init-shots", help="Images per class for --head-init k-shot.", rich_help_panel=METHOD),
+    logit_scale: float = typer.Option(25.0, "--logit-scale", help="s of the cosine head (and LDAM's margin scale).", rich_help_panel=METHOD),
+    loss: LossName | None = typer.Option(None, "--loss", help="Training loss (default: the method's, la).", rich_help_panel=LOSS),
+    compensation: CompensationName | None = typer.Option(None, "--compensation", help="Compensation of the LA family (default: the method's: semantic for sage, none otherwise).", rich_help_panel=LOSS),
+    tau: float = typer.Option(1.0, "--tau", help="Scale of log(prior) in the logit adjustment.", rich_help_panel=LOSS),
+    lam: float = typer.Option(0.25, "--lam", help="lambda: scale of the compensation factor.", rich_help_panel=LOSS),
+    kappa: float = typer.Option(16.0, "--kappa", help="Pseudo-count of the text anchor.", rich_help_panel=LOSS),
+    delta_max: float = typer.Option(5.0, "--delta-max", help="Upper clamp of the compensation factor.", rich_help_panel=LOSS),
+    ema: float = typer.Option(0.9, "--ema", help="Momentum of the compensation statistics (class means, spread).", rich_help_panel=LOSS),
+    focal_gamma: float = typer.Option(2.0, "--focal-gamma", help="gamma of the focal loss.", rich_help_panel=LOSS),
+    ldam_margin: float = typer.Option(0.5, "--ldam-margin", help="Largest LDAM margin (on the cosine).", rich_help_panel=LOSS),
+    cb_beta: float = typer.Option(0.9999, "--cb-beta", help="beta of the class-balanced loss.", rich_help_panel=LOSS),
+    lade_weight: float = typer.Option(0.1, "--lade-weight", help="Weight of LADE's estimator term.", rich_help_panel=LOSS),
+    lade_lambda: float = typer.Option(0.1, "--lade-lambda", help="LADE's ReMINE regulariser.", rich_help_panel=LOSS),
+    blocks: str | None = typer.Option(None, "--blocks", "--adapter-blocks", help="Vision blocks the PEFT module tunes, e.g. 0-5 or 0,2,4 (default: all).", rich_help_panel=ADAPTER),
+    bottleneck: int | None = typer.Option(None, "--bottleneck", help="Adapter width / LoRA rank (default: LIFT's rule).", rich_help_panel=ADAPTER),
+    prompt_tokens: int = typer.Option(10, "--prompt-tokens", help="Prompts per prompted block (VPT).", rich_help_panel=ADAPTER),
+    guidance: bool | None = typer.Option(None, "--guidance/--no-guidance", help="Text guidance in the SG-Adapters (sage only; default on).", rich_help_panel=ADAPTER, metavar=""),
+    guidance_tokens: int | None = typer.Option(None, "--guidance-tokens", help="Guidance tokens M (default: one per class).", rich_help_panel=ADAPTER),
+    activation: Activation = typer.Option("relu", "--activation", help="Adapter activation (sage, lift).", rich_help_panel=ADAPTER),
+    attn_heads: int = typer.Option(1, "--attn-heads", help="Heads of the guidance attention (must divide --bottleneck).", rich_help_panel=ADAPTER),
+    epochs: int = typer.Option(10, "--epochs", help="Training epochs.", rich_help_panel=OPTIM),
+    lr: float = typer.Option(0.01, "--lr", help="Peak learning rate (SGD).", rich_help_panel=OPTIM),
+    momentum: float = typer.Option(0.9, "--momentum", help="SGD momentum.", rich_help_panel=OPTIM),
+    weight_decay: float = typer.Option(5e-4, "--weight-decay", help="SGD weight decay.", rich_help_panel=OPTIM),
+    warmup_epochs: float = typer.Option(1.0, "--warmup-epochs", help="Linear warm-up length in epochs.", rich_help_panel=OPTIM),
+    warmup_steps: int | None = typer.Option(None, "--warmup-steps", help="Warm-up length in steps (wins over --warmup-epochs).", rich_help_panel=OPTIM),
+    prepared: Path = typer.Option(..., "--prepared", "-p", help="Prepared dataset directory (sage prepare).", rich_help_panel=DATA),
+    text_cache: Path = typer.Option(..., "--text-cache", "-t", help="Text cache directory (sage encode-text).", rich_help_panel=DATA),
+    image_cache: Path | None = typer.Option(None, "--image-cache", help="Decoded-image cache (sage cache-images): the fast input path.", rich_help_panel=DATA),
+    feature_cache: Path | None = typer.Option(None, "--feature-cache", help="Directory of cached frozen features (linear with --no-augment): computed once, then read.", rich_help_panel=DATA),
+    batch_size: int = typer.Option(128, "--batch-size", help="Images per optimizer step.", rich_help_panel=DATA),
+    micro_batch_size: int | None = typer.Option(None, "--micro-batch-size", help="Images per forward pass (gradient accumulation).", rich_help_panel=DATA),
+    num_workers: int = typer.Option(4, "--num-workers", help="DataLoader worker processes.", rich_help_panel=DATA),
+    sampler: SamplerName = typer.Option("uniform", "--sampler", help="Training order: uniform (shuffled) or class-aware (balanced).", rich_help_panel=DATA),
+    augment: bool = typer.Option(True, "--augment/--no-augment", help="Random crop + flip in training.", rich_help_panel=DATA, metavar=""),
+    eval_split: EvalSplit | None = typer.Option(None, "--eval-split", help="Split to validate on (default: val, else test).", rich_help_panel=DATA),
+    skip_bad: bool = typer.Option(False, "--skip-bad/--no-skip-bad", help="Skip unreadable images (listed in train.json) instead of stopping.", rich_help_panel=DATA, metavar=""),
+    out: Path = typer.Option(..., "--out", "-o", help="Run directory to write.", rich_help_panel=RUN),
+    config: Path | None = typer.Option(None, "--config", help="Preset YAML supplying defaults; explicit flags win.", rich_help_panel=RUN),
+    seed: int = typer.Option(0, "--seed", help="Seed of the init, the data order and the augmentation.", rich_help_panel=RUN),
+    max_steps: int | None = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps (smoke runs).", rich_help_panel=RUN),
+    eval_every: int = typer.Option(1, "--eval-every", help="Validate every N epochs (0: only at the end).", rich_help_panel=RUN),
+    checkpoint_every: int = typer.Option(0, "--checkpoint-every", help="Also checkpoint every N steps (0: each epoch only).", rich_help_panel=RUN),
+    log_every: int = typer.Option(10, "--log-every", help="Write train metrics every N steps.", rich_help_panel=RUN),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N.", rich_help_panel=RUN),
+    force: bool = typer.Option(False, "--force", help="Overwrite another run in --out.", rich_help_panel=RUN, metavar=""),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out from its last checkpoint.", rich_help_panel=RUN, metavar=""),
+    as_json: bool = typer.Option(False, "--json", help="Print train.json to stdout instead of a summary.", rich_help_panel=RUN, metavar=""),
 ) -> None:
-    """Train SG-Adapter (sage), AdaptFormer (lift) or a linear head on a frozen CLIP.
+    """Train a PEFT method (LIFT's table: sage, lift, lora, vpt, adapter, ssf, bitfit, ...) on a frozen CLIP.
 
     Under torchrun (``torchrun --nproc-per-node N -m sage_cli train ...``) it trains data-parallel;
     only rank 0 prints and writes.
@@ -106,6 +124,8 @@ def resolve_options(ctx: typer.Context, preset_path: Path | None) -> dict[str, A
     explicit = {name: ctx.params[name] for name in explicit_params(ctx)}
     defaults = {k: v for k, v in ctx.params.items() if k not in NOT_IN_PRESETS}
     preset = load_yaml_mapping(preset_path) if preset_path is not None else None
+    if preset is not None:
+        preset = coerce_preset(preset, option_types(), preset_path)
     merged = merge_with_preset(explicit, defaults, preset, preset_path)
     for name in ("out", "force", "resume"):
         merged[name] = ctx.params[name]
@@ -125,6 +145,11 @@ def resume_command(argv: Sequence[str], under_torchrun: bool | None = None) -> s
         prefix = shlex.quote(program)
     args = [a for a in argv[1:] if a not in ("--force", "--resume")]
     return " ".join([prefix, *(shlex.quote(a) for a in args), "--resume"])
+
+
+def option_types() -> dict[str, Any]:
+    """Every option's type (``int``, ``float | None``, ``Literal[...]``), from this command's signature."""
+    return {name: hint for name, hint in get_type_hints(command).items() if name not in ("ctx", "return")}
 
 
 def option_defaults() -> dict[str, Any]:

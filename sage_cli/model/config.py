@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sage_cli.errors import SageError
-from sage_cli.methods import METHODS, MethodSpec, get_method
+from sage_cli.methods import METHODS, ActivationName, HeadInitName, HeadName, MethodName, MethodSpec, get_method
 from sage_cli.model.head import HEAD_INITS, HEADS
 
 ACTIVATIONS = ("relu", "gelu")
@@ -22,16 +22,18 @@ class AdapterConfig:
     ``guidance_tokens`` None means one token per class (M = C), fewer means k-means centroids.
     """
 
-    method: str = "sage"
+    method: MethodName = "sage"
     bottleneck: int | None = None
     blocks: tuple[int, ...] | None = None
     guidance: bool | None = None
     guidance_tokens: int | None = None
-    activation: str = "relu"
+    activation: ActivationName = "relu"
     attn_heads: int = 1
     logit_scale: float = 25.0
-    head: str | None = None
-    head_init: str | None = None
+    head: HeadName | None = None
+    head_init: HeadInitName | None = None
+    head_init_shots: int = 10
+    prompt_tokens: int = 10
 
     def __post_init__(self) -> None:
         spec = get_method(self.method)
@@ -64,6 +66,10 @@ class AdapterConfig:
             raise SageError(f"--attn-heads must be a positive integer; got {self.attn_heads}")
         if self.guidance_tokens is not None and self.guidance_tokens < 1:
             raise SageError(f"--guidance-tokens must be a positive integer; got {self.guidance_tokens}")
+        if self.head_init_shots < 1:
+            raise SageError(f"--head-init-shots must be a positive integer; got {self.head_init_shots}")
+        if self.prompt_tokens < 1:
+            raise SageError(f"--prompt-tokens must be a positive integer; got {self.prompt_tokens}")
         if not self.logit_scale > 0:
             raise SageError(f"--logit-scale must be positive; got {self.logit_scale}")
         if self.blocks is not None:

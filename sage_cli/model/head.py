@@ -15,7 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-HEAD_INITS = ("text",)
+from sage_cli.methods import HeadInitName, literal_names
+
+HEAD_INITS = literal_names(HeadInitName)
 
 
 class CosineHead(nn.Module):

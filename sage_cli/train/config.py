@@ -11,7 +11,7 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from sage_cli.errors import SageError
 from sage_cli.losses import LossConfig
@@ -19,6 +19,7 @@ from sage_cli.methods import TRAIN_METHODS, get_method
 from sage_cli.model import AdapterConfig
 
 DEVICES = ("auto", "cpu", "cuda")
+SamplerName = Literal["uniform", "class-aware"]
 
 
 def _require(checks: list[tuple[bool, str]]) -> None:
@@ -51,6 +52,7 @@ class DataConfig:
     augment: bool = True
     eval_split: str | None = None
     skip_bad: bool = False
+    sampler: SamplerName = "uniform"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "prepared", Path(self.prepared))
@@ -65,6 +67,8 @@ class DataConfig:
             (micro is None or self.batch_size % micro == 0,
              f"--micro-batch-size {micro} must divide --batch-size {self.batch_size}"),
             (self.num_workers >= 0, f"--num-workers must be >= 0; got {self.num_workers}"),
+            (self.sampler in ("uniform", "class-aware"),
+             f"--sampler must be uniform or class-aware; got {self.sampler!r}"),
             (self.eval_split in (None, "val", "test", "train"),
              f"--eval-split must be val, test or train; got {self.eval_split!r}"),
         ])
@@ -234,13 +238,15 @@ def build_train_config(options: Mapping[str, Any]) -> TrainConfig:
     adapter = AdapterConfig(
         method=o["method"], blocks=parse_blocks(o.get("blocks", o.get("adapter_blocks"))),
         guidance=o.get("guidance"),
-        **pick("bottleneck", "guidance_tokens", "activation", "attn_heads", "logit_scale", "head", "head_init"),
+        **pick("bottleneck", "guidance_tokens", "activation", "attn_heads", "logit_scale", "head", "head_init",
+                "head_init_shots", "prompt_tokens"),
     )
     return TrainConfig(
-        data=DataConfig(**pick("prepared", "text_cache", "image_cache", "feature_cache", "batch_size", "micro_batch_size", "num_workers",
-                               "augment", "eval_split", "skip_bad")),
+        data=DataConfig(**pick("prepared", "text_cache", "image_cache", "feature_cache", "batch_size", "micro_batch_size",
+                               "num_workers", "augment", "eval_split", "skip_bad", "sampler")),
         model=ModelConfig(model=o.get("model"), pretrained=o.get("pretrained"), adapter=adapter),
-        loss=LossConfig(**pick("loss", "compensation", "tau", "lam", "kappa", "delta_max", "ema")),
+        loss=LossConfig(**pick("loss", "compensation", "tau", "lam", "kappa", "delta_max", "ema", "focal_gamma",
+                               "ldam_margin", "cb_beta", "lade_weight", "lade_lambda")),
         optim=OptimConfig(**pick("epochs", "lr", "momentum", "weight_decay", "warmup_epochs", "warmup_steps")),
         run=RunConfig(**pick("out", "seed", "max_steps", "eval_every", "checkpoint_every", "log_every",
                              "device", "force", "resume")),

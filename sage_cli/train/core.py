@@ -23,7 +23,11 @@ import torch
 
 from sage_cli import artifacts
 from sage_cli.artifacts import TRAIN_RECORD
+from sage_cli.backbone import LoadedClip
+from sage_cli.data import ManifestDataset, build_loader
 from sage_cli.encode_text import check_text_cache_matches
+from sage_cli.model.head_init import compute_head_vectors
+from sage_cli.train.evaluate import compute_image_features
 from sage_cli.errors import SageError
 from sage_cli.locks import lock_output_dir
 from sage_cli.model import SageClassifier
@@ -134,7 +138,8 @@ def build_trainer(
     check_text_cache_matches(inputs.cache, clip.record)
     embeddings = inputs.cache.class_embeddings
     counts = torch.tensor(inputs.data.classes["train_count"].to_numpy(), dtype=torch.float32)
-    task = build_task(clip.model, embeddings, counts, config.model.adapter, config.loss, device)
+    head_vectors = compute_initial_head(config, inputs, clip, device)
+    task = build_task(clip.model, embeddings, counts, config.model.adapter, config.loss, device, head_vectors)
     train_set, eval_set = build_datasets(config, inputs, clip)
     if config.data.feature_cache is not None:
         world_size = dist_ctx.world_size if dist_ctx is not None else 1
@@ -144,6 +149,22 @@ def build_trainer(
     trainer = Trainer(config, task, train_set, eval_set, groups, device, hooks,
                       eval_split=inputs.eval_split, fingerprint=fingerprint, dist_ctx=dist_ctx)
     return trainer, clip.record
+
+
+def compute_initial_head(
+    config: TrainConfig, inputs: TrainInputs, clip: LoadedClip, device: torch.device
+) -> torch.Tensor | None:
+    """The head's initial rows [C, E] for a ``--head-init`` other than text (None for text): from the
+    frozen tower's features of the training split under the eval transform (before any PEFT module)."""
+    adapter = config.model.adapter
+    if adapter.head_init == "text":
+        return None
+    data = inputs.data
+    dataset = ManifestDataset(data.split("train"), data.image_root, clip.preprocess_eval, skip_bad=config.data.skip_bad)
+    loader = build_loader(dataset, config.data.micro_batch, config.data.num_workers, device)
+    features, labels = compute_image_features(clip.model.visual, loader, device)
+    logger.info("head init %s from %d training images", adapter.head_init, len(labels))
+    return compute_head_vectors(adapter.head_init, features, labels, len(data.classes), adapter.head_init_shots)
 
 
 def find_resume_checkpoint(out: Path, fingerprint: str) -> Path | None:

@@ -55,6 +55,24 @@ def predict(classifier: nn.Module, loader: DataLoader, device: torch.device) -> 
     return torch.cat(predictions).cpu().numpy(), torch.cat(labels).numpy()
 
 
+@torch.no_grad()
+def compute_image_features(visual: nn.Module, loader: DataLoader, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """L2-normalised image features [N, E] (float32, CPU) and labels [N] of ``visual`` over ``loader``, in order."""
+    features, labels = [], []
+    for batch in iterate_batches(loader):
+        images, batch_labels = batch[0], batch[1]
+        if images is None:
+            continue
+        with autocast(device):
+            out = visual(images.to(device, non_blocking=True))
+        out = out[0] if isinstance(out, tuple) else out
+        features.append(torch.nn.functional.normalize(out.float(), dim=-1).cpu())
+        labels.append(batch_labels)
+    if not labels:
+        return torch.zeros(0, 0), torch.zeros(0, dtype=torch.long)
+    return torch.cat(features), torch.cat(labels)
+
+
 def summarise_predictions(predictions: np.ndarray, labels: np.ndarray, groups: Sequence[str]) -> dict[str, Any]:
     """``samples`` and the top-1 figures of :func:`compute_group_top1`."""
     return {"samples": int(len(labels)), **compute_group_top1(predictions, labels, groups)}

@@ -101,8 +101,9 @@ class Trainer:
         self.out = config.run.out
         data = config.data
         self.num_samples = len(train_set)
+        labels = train_set.labels if data.sampler == "class-aware" else None
         self.sampler = StepBatchSampler(self.num_samples, config.run.seed, data.batch_size, data.micro_batch,
-                                        self.dist.rank, self.dist.world_size)
+                                        self.dist.rank, self.dist.world_size, labels=labels)
         self.loader = build_loader(train_set, data.micro_batch, data.num_workers, device, batch_sampler=self.sampler)
         self.eval_loader = self.build_eval_loader(eval_set)
         self.steps_per_epoch = self.sampler.steps_per_epoch

@@ -41,7 +41,7 @@ def test_blocks_list_is_normalised_to_tuple() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "flag"),
     [
-        ({"method": "lora"}, "--method"),
+        ({"method": "prompt-learning"}, "--method"),
         ({"activation": "tanh"}, "--activation"),
         ({"bottleneck": 0}, "--bottleneck"),
         ({"attn_heads": 0}, "--attn-heads"),

@@ -66,10 +66,15 @@ def inject_peft(name: str, visual: nn.Module, context: PeftContext) -> list[str]
     if name not in PEFT_MODULES:
         raise SageError(f"unknown PEFT module {name!r}; known: {', '.join(PEFT_MODULES)}")
     blocks = select_blocks(visual, context.config.blocks)
-    return PEFT_MODULES[name](visual, blocks, context)
+    if getattr(visual, "sage_peft", None) is not None:
+        raise SageError(f"this model already carries adapters (PEFT module {visual.sage_peft}); load a fresh backbone "
+                        "before building a classifier")
+    names = PEFT_MODULES[name](visual, blocks, context)
+    visual.sage_peft = name  # a plain attribute: marks the tower as changed, for the check above
+    return names
 
 
 # Importing the modules fills the registry.
-from sage_cli.model.peft import adaptformer  # noqa: E402,F401
+from sage_cli.model.peft import adaptformer, lora, partial, prompts, serial  # noqa: E402,F401
 
 __all__ = ["PEFT_MODULES", "PeftContext", "inject_peft", "register_peft", "select_blocks"]

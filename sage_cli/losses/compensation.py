@@ -1,18 +1,14 @@
-"""Logit-adjusted cross-entropy with a distribution mismatch-aware compensation factor.
+"""Compensation estimators: the factor delta [C] subtracted from the logit adjustment.
 
-    L = CE(z(x) + tau * log(pi) - delta, y)
-
-``pi`` is the training label prior (a buffer); ``delta`` [C] comes from a compensation estimator
-chosen by name in :data:`ESTIMATORS`: "semantic" (text-anchored shrinkage estimate, needs the
+Chosen by name in :data:`ESTIMATORS`: "semantic" (text-anchored shrinkage estimate, needs the
 image features), "count" (lambda * log(1 + kappa / n_y)) or "none" (plain logit adjustment).
-Estimator statistics are buffers, so ``loss.state_dict()`` checkpoints them. Predictions at test
-time use ``z(x)`` alone. See docs/method.md for the derivation.
+Estimator statistics are buffers, so the loss's ``state_dict()`` checkpoints them. See
+docs/method.md for the derivation.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
@@ -21,46 +17,8 @@ from torch import nn
 
 from sage_cli.errors import SageError
 
-
-@dataclass(frozen=True)
-class LossConfig:
-    """tau scales log(pi); lam, kappa, delta_max shape delta; ema is the running-stats momentum.
-
-    ``loss`` and ``compensation`` None mean "the method's": :meth:`resolve` fills them from the
-    method's spec (:class:`~sage_cli.train.TrainConfig` does so), and :func:`build_loss` refuses
-    a config left unresolved rather than guess.
-    """
-
-    loss: str | None = None
-    tau: float = 1.0
-    compensation: str | None = None
-    lam: float = 0.25  # tuned on Shapes-LT val (docs/world.md); the spec started from 1
-    kappa: float = 16.0
-    delta_max: float = 5.0
-    ema: float = 0.9
-
-    def __post_init__(self) -> None:
-        if self.loss is not None and self.loss not in LOSSES:
-            raise SageError(f"--loss must be one of {', '.join(LOSSES)}; got {self.loss!r}")
-        if self.compensation is not None and self.compensation not in ESTIMATORS:
-            raise SageError(_unknown_estimator(self.compensation))
-        checks = [
-            (self.tau >= 0, f"--tau must be >= 0; got {self.tau}"),
-            (self.lam >= 0, f"--lam must be >= 0; got {self.lam}"),
-            (self.kappa > 0, f"--kappa must be > 0; got {self.kappa}"),
-            (self.delta_max >= 0, f"--delta-max must be >= 0; got {self.delta_max}"),
-            (0 <= self.ema < 1, f"--ema must be in [0, 1); got {self.ema}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise SageError(message)
-
-    def resolve(self, method: str) -> LossConfig:
-        """This config with ``loss`` / ``compensation`` left None taken from ``method``'s spec."""
-        from sage_cli.methods import resolve_loss_options
-
-        loss, compensation = resolve_loss_options(method, self.loss, self.compensation)
-        return dataclasses.replace(self, loss=loss, compensation=compensation)
+if TYPE_CHECKING:
+    from sage_cli.losses import LossConfig
 
 
 class CompensationEstimator(nn.Module):
@@ -181,64 +139,3 @@ def build_estimator(
     if name not in ESTIMATORS:
         raise SageError(_unknown_estimator(name))
     return ESTIMATORS[name](class_counts, text_embeddings, cfg)
-
-
-class CompensatedLALoss(nn.Module):
-    """CE(logits + tau * log(pi) - delta, y); in train mode the estimator sees the batch first."""
-
-    @property
-    def needs_features(self) -> bool:
-        """Whether :meth:`forward` needs the image features (the semantic estimator's statistics)."""
-        return self.estimator.needs_features
-
-    def observe_empty(self, feature_dim: int, device: torch.device) -> None:
-        """A micro-batch with no readable image: the statistics meet the other ranks' all-reduce."""
-        if self.estimator.needs_features:
-            self.estimator.update(torch.zeros(0, feature_dim, device=device),
-                                  torch.zeros(0, dtype=torch.long, device=device))
-
-    def __init__(self, cfg: LossConfig, class_counts: torch.Tensor, estimator: CompensationEstimator) -> None:
-        super().__init__()
-        self.cfg = cfg
-        prior = class_counts.detach().float() / class_counts.sum()
-        self.register_buffer("log_prior", prior.log())  # [C]
-        self.estimator = estimator
-
-    def delta(self) -> torch.Tensor:
-        """The current compensation factor [C]."""
-        return self.estimator.delta()
-
-    def forward(
-        self, logits: torch.Tensor, labels: torch.Tensor, features: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        if self.training:
-            if features is None and self.estimator.needs_features:
-                raise ValueError(f"the {self.cfg.compensation!r} compensation needs the image features")
-            if features is not None:
-                self.estimator.update(features, labels)
-        offset = self.cfg.tau * self.log_prior - self.estimator.delta()  # [C]
-        return F.cross_entropy(logits.float() + offset, labels)
-
-
-COMPENSATED_LOSSES = ("la",)  # the logit-adjusted family: compensation composes with these
-LOSSES: dict[str, type[nn.Module]] = {"la": CompensatedLALoss}
-
-
-def build_loss(
-    cfg: LossConfig, class_counts: torch.Tensor, text_embeddings: torch.Tensor
-) -> CompensatedLALoss:
-    """The training loss for ``class_counts`` [C] (images per class) and text vectors [C, E]."""
-    class_counts = torch.as_tensor(class_counts).detach().float().cpu()
-    num_classes = class_counts.shape[0] if class_counts.ndim == 1 else -1
-    if num_classes < 1 or text_embeddings.ndim != 2 or text_embeddings.shape[0] != num_classes:
-        raise SageError(
-            f"class counts {tuple(class_counts.shape)} and text embeddings {tuple(text_embeddings.shape)} "
-            f"disagree on the number of classes"
-        )
-    empty = torch.nonzero(class_counts <= 0).flatten().tolist()
-    if empty:
-        raise SageError(f"classes {empty[:5]} have no training images; every class needs at least one")
-    if cfg.loss is None or cfg.compensation is None:
-        raise SageError("the loss config is unresolved (loss / compensation None): call LossConfig.resolve(method)")
-    estimator = build_estimator(cfg.compensation, class_counts, text_embeddings.detach().cpu(), cfg)
-    return CompensatedLALoss(cfg, class_counts, estimator)

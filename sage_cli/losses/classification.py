@@ -1,0 +1,173 @@
+"""The training losses, selected by name from :data:`LOSSES` (LIFT's table 16 and LA).
+
+Every loss takes ``(logits [B, C], labels [B], features [B, E] or None)`` and returns the batch
+mean; the class counts n [C] (prior pi = n / sum n) are buffers set at construction. Each is a mean
+of per-sample terms, so micro-batches weighted by their share of the step (gradient accumulation,
+DDP) add up to the loss of the whole batch (LADE's estimator term excepted: it is per micro-batch,
+as LIFT's is per GPU).
+
+- ``ce``: CE(z, y).
+- ``la``: CE(z + tau log pi - delta, y), logit adjustment (Menon et al.) with the compensation
+  delta of :mod:`sage_cli.losses.compensation`.
+- ``bs``: balanced softmax (Ren et al.), CE(z + log pi - delta, y): LA at tau = 1.
+- ``focal``: mean (1 - p_y)^gamma CE_i (Lin et al.).
+- ``ldam``: CE(z - s m_y e_y, y), m_y proportional to n_y^(-1/4), max m = --ldam-margin, s the
+  head's logit scale (Cao et al.; the margin is applied to the cosine, as LIFT does).
+- ``cb``: class-balanced CE (Cui et al.): w_y CE_i with w_y = (1 - beta) / (1 - beta^n_y),
+  normalised to mean 1 over classes; averaged over the batch's samples.
+- ``lade``: CE(z + log pi, y) - w sum_y pi_y (ReMINE bound of the logits' class-conditional
+  spread) (Hong et al.), LIFT's formula with --lade-weight w and --lade-lambda.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sage_cli.losses.compensation import CompensationEstimator
+
+if TYPE_CHECKING:
+    from sage_cli.losses import LossConfig
+
+
+class ClassificationLoss(nn.Module):
+    """Base: the class counts and log prior as buffers; no use of the features."""
+
+    needs_features = False
+
+    def __init__(self, cfg: LossConfig, class_counts: torch.Tensor, estimator: CompensationEstimator,
+                 logit_scale: float = 25.0) -> None:
+        super().__init__()
+        self.cfg = cfg
+        counts = class_counts.detach().float()
+        self.register_buffer("log_prior", (counts / counts.sum()).log())  # [C]
+
+    def observe_empty(self, feature_dim: int, device: torch.device) -> None:
+        """A micro-batch with no readable image (nothing to do unless statistics are kept)."""
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class CrossEntropy(ClassificationLoss):
+    """CE(z, y)."""
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        return F.cross_entropy(logits.float(), labels)
+
+
+class CompensatedLALoss(ClassificationLoss):
+    """CE(logits + tau * log(pi) - delta, y); in train mode the estimator sees the batch first."""
+
+    def __init__(self, cfg: LossConfig, class_counts: torch.Tensor, estimator: CompensationEstimator,
+                 logit_scale: float = 25.0) -> None:
+        super().__init__(cfg, class_counts, estimator, logit_scale)
+        self.estimator = estimator
+
+    @property
+    def tau(self) -> float:
+        return self.cfg.tau
+
+    @property
+    def needs_features(self) -> bool:
+        """Whether :meth:`forward` needs the image features (the semantic estimator's statistics)."""
+        return self.estimator.needs_features
+
+    def observe_empty(self, feature_dim: int, device: torch.device) -> None:
+        """The statistics still meet the other ranks' all-reduce."""
+        if self.estimator.needs_features:
+            self.estimator.update(torch.zeros(0, feature_dim, device=device),
+                                  torch.zeros(0, dtype=torch.long, device=device))
+
+    def delta(self) -> torch.Tensor:
+        """The current compensation factor [C]."""
+        return self.estimator.delta()
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        if self.training:
+            if features is None and self.estimator.needs_features:
+                raise ValueError(f"the {self.cfg.compensation!r} compensation needs the image features")
+            if features is not None:
+                self.estimator.update(features, labels)
+        offset = self.tau * self.log_prior - self.estimator.delta()  # [C]
+        return F.cross_entropy(logits.float() + offset, labels)
+
+
+class BalancedSoftmax(CompensatedLALoss):
+    """CE(z + log pi - delta, y): logit adjustment with tau fixed at 1."""
+
+    @property
+    def tau(self) -> float:
+        return 1.0
+
+
+class FocalLoss(ClassificationLoss):
+    """mean_i (1 - p_{y_i})^gamma CE_i."""
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        ce = F.cross_entropy(logits.float(), labels, reduction="none")  # [B]
+        return ((1 - torch.exp(-ce)) ** self.cfg.focal_gamma * ce).mean()
+
+
+class LDAMLoss(ClassificationLoss):
+    """CE(z - s * m_y on the true class, y) with m_y = max_m * n_y^(-1/4) / max_c n_c^(-1/4)."""
+
+    def __init__(self, cfg: LossConfig, class_counts: torch.Tensor, estimator: CompensationEstimator,
+                 logit_scale: float = 25.0) -> None:
+        super().__init__(cfg, class_counts, estimator, logit_scale)
+        margins = class_counts.detach().float() ** -0.25
+        self.register_buffer("margins", margins * (cfg.ldam_margin / margins.max()))  # [C]
+        self.scale = float(logit_scale)
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        logits = logits.float()
+        shift = F.one_hot(labels, logits.shape[1]) * (self.scale * self.margins[labels])[:, None]  # [B, C]
+        return F.cross_entropy(logits - shift, labels)
+
+
+class ClassBalancedLoss(ClassificationLoss):
+    """mean_i w_{y_i} CE_i, w_y = (1 - beta) / (1 - beta^n_y) scaled to mean 1 over classes."""
+
+    def __init__(self, cfg: LossConfig, class_counts: torch.Tensor, estimator: CompensationEstimator,
+                 logit_scale: float = 25.0) -> None:
+        super().__init__(cfg, class_counts, estimator, logit_scale)
+        counts = class_counts.detach().double()
+        weights = (1 - cfg.cb_beta) / (1 - cfg.cb_beta ** counts)
+        self.register_buffer("weights", (weights / weights.mean()).float())  # [C]
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        ce = F.cross_entropy(logits.float(), labels, reduction="none")  # [B]
+        return (self.weights[labels] * ce).mean()
+
+
+class LADELoss(ClassificationLoss):
+    """LIFT's LADE: CE(z + log pi, y) - w * sum_y pi_y * (ReMINE lower bound of class y)."""
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        logits = logits.float()
+        num_classes = logits.shape[1]
+        prior = self.log_prior.exp()  # [C]
+        ce = F.cross_entropy(logits + self.log_prior, labels)
+        member = (labels[None, :] == torch.arange(num_classes, device=labels.device)[:, None]).float()  # [C, B]
+        counts = member.sum(-1)  # [C]
+        first = (logits.t() * member).sum(-1) / (counts + 1e-8)  # mean logit of each class over its samples
+        spread = (logits - torch.log(prior + 1e-9) + math.log(1.0 / num_classes + 1e-9)).t()  # [C, B]
+        second = torch.logsumexp(spread, dim=-1) - math.log(logits.shape[0])  # [C]
+        bound = first - second - self.cfg.lade_lambda * second ** 2  # [C]
+        return ce - self.cfg.lade_weight * (bound * prior).sum()
+
+
+COMPENSATED_LOSSES = ("la", "bs")  # the logit-adjusted family: compensation composes with these
+LOSSES: dict[str, type[ClassificationLoss]] = {
+    "ce": CrossEntropy,
+    "la": CompensatedLALoss,
+    "bs": BalancedSoftmax,
+    "focal": FocalLoss,
+    "ldam": LDAMLoss,
+    "cb": ClassBalancedLoss,
+    "lade": LADELoss,
+}

@@ -1,0 +1,97 @@
+"""Each loss of the registry against hand-computed values on 3-class examples."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from sage_cli.errors import SageError
+from sage_cli.losses import LOSSES, LossConfig, build_loss
+
+AXES = torch.eye(3)
+
+
+def _loss(name: str, counts: list[float], logit_scale: float = 25.0, **options):
+    return build_loss(LossConfig(loss=name, compensation=options.pop("compensation", "none"), **options),
+                      torch.tensor(counts), AXES, logit_scale).train()
+
+
+def test_cross_entropy() -> None:
+    loss = _loss("ce", [4.0, 2.0, 1.0])  # no prior: uniform logits give log 3 whatever the counts
+    assert loss(torch.zeros(1, 3), torch.tensor([2])).item() == pytest.approx(math.log(3), abs=1e-6)
+    # z = [log 2, 0, 0], y = 0: p = 2 / 4 -> log 2
+    assert loss(torch.tensor([[math.log(2), 0.0, 0.0]]), torch.tensor([0])).item() == pytest.approx(math.log(2), abs=1e-6)
+
+
+def test_balanced_softmax_is_la_at_tau_one_and_composes_with_compensation() -> None:
+    # pi = [1/2, 1/4, 1/4]; z = [log 2, 2 log 2, 2 log 2] -> z + log pi = 0 -> log 3, whatever --tau says
+    loss = _loss("bs", [2.0, 1.0, 1.0], tau=0.5)
+    z = torch.tensor([[math.log(2), 2 * math.log(2), 2 * math.log(2)]])
+    assert loss(z, torch.tensor([0])).item() == pytest.approx(math.log(3), abs=1e-6)
+    # count compensation, kappa 2, lam 1: delta = [log 2, log 3, log 3]; z = 0 -> softmax [3/5, 1/5, 1/5]
+    counted = _loss("bs", [2.0, 1.0, 1.0], tau=0.5, compensation="count", kappa=2.0, lam=1.0)
+    assert counted(torch.zeros(1, 3), torch.tensor([0])).item() == pytest.approx(math.log(5 / 3), abs=1e-6)
+
+
+def test_focal() -> None:
+    # z = 0: p_y = 1/3, CE = log 3 -> (1 - 1/3)^2 log 3 = 4/9 log 3 (gamma 2); gamma 0 is CE
+    loss = _loss("focal", [4.0, 2.0, 1.0])
+    assert loss(torch.zeros(1, 3), torch.tensor([1])).item() == pytest.approx(4 / 9 * math.log(3), abs=1e-6)
+    plain = _loss("focal", [4.0, 2.0, 1.0], focal_gamma=0.0)
+    assert plain(torch.zeros(1, 3), torch.tensor([1])).item() == pytest.approx(math.log(3), abs=1e-6)
+
+
+def test_ldam() -> None:
+    # n = [16, 1, 1]: n^(-1/4) = [1/2, 1, 1] -> margins [0.25, 0.5, 0.5] (max 0.5); s = 2
+    loss = _loss("ldam", [16.0, 1.0, 1.0], logit_scale=2.0)
+    torch.testing.assert_close(loss.margins, torch.tensor([0.25, 0.5, 0.5]))
+    # y = 1: z' = [0, -1, 0] -> CE = 1 + log(2 + e^-1) = log(1 + 2e)
+    assert loss(torch.zeros(1, 3), torch.tensor([1])).item() == pytest.approx(math.log(1 + 2 * math.e), abs=1e-6)
+    # y = 0: z' = [-0.5, 0, 0] -> CE = log(1 + 2 e^0.5)
+    assert loss(torch.zeros(1, 3), torch.tensor([0])).item() == pytest.approx(math.log(1 + 2 * math.exp(0.5)), abs=1e-6)
+
+
+def test_class_balanced() -> None:
+    # beta 0.5, n = [1, 2, 3]: w = [1, 2/3, 4/7], mean 47/63 -> [63/47, 42/47, 36/47]
+    loss = _loss("cb", [1.0, 2.0, 3.0], cb_beta=0.5)
+    torch.testing.assert_close(loss.weights, torch.tensor([63 / 47, 42 / 47, 36 / 47]))
+    # two samples, z = 0, labels 0 and 2: mean of w_y log 3
+    value = loss(torch.zeros(2, 3), torch.tensor([0, 2])).item()
+    assert value == pytest.approx((63 + 36) / 47 / 2 * math.log(3), abs=1e-6)
+
+
+def test_lade() -> None:
+    # pi = [1/2, 1/4, 1/4], one sample z = 0 of class 0: CE(z + log pi) = log 2;
+    # first = [0, 0, 0]; second_c = -log pi_c - log 3; bound = first - second - 0.1 second^2
+    loss = _loss("lade", [2.0, 1.0, 1.0])
+    prior = [0.5, 0.25, 0.25]
+    second = [-math.log(p) - math.log(3) for p in prior]
+    bound = [-s - 0.1 * s * s for s in second]
+    expected = math.log(2) - 0.1 * sum(p * b for p, b in zip(prior, bound))
+    assert loss(torch.zeros(1, 3), torch.tensor([0])).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_micro_batches_add_up_to_the_batch_for_per_sample_losses() -> None:
+    generator = torch.Generator().manual_seed(0)
+    logits, labels = torch.randn(6, 3, generator=generator), torch.tensor([0, 1, 2, 2, 1, 0])
+    for name in ("ce", "la", "bs", "focal", "ldam", "cb"):
+        loss = _loss(name, [3.0, 2.0, 1.0], cb_beta=0.9)
+        whole = loss(logits, labels)
+        parts = loss(logits[:2], labels[:2]) * 2 / 6 + loss(logits[2:], labels[2:]) * 4 / 6
+        torch.testing.assert_close(parts, whole, rtol=0, atol=1e-6, msg=name)
+
+
+def test_resolution_follows_the_method_and_the_la_family() -> None:
+    assert (LossConfig().resolve("sage").loss, LossConfig().resolve("sage").compensation) == ("la", "semantic")
+    assert LossConfig().resolve("lift").compensation == "none"
+    assert LossConfig(loss="focal").resolve("sage").compensation == "none"  # sage's default is LA's
+    assert LossConfig(loss="bs").resolve("sage").compensation == "semantic"
+    with pytest.raises(SageError, match="--compensation count composes with the logit-adjusted losses"):
+        LossConfig(loss="ldam", compensation="count").resolve("linear")
+    with pytest.raises(SageError, match="unresolved"):
+        build_loss(LossConfig(), torch.tensor([1.0, 1.0, 1.0]), AXES)
+    with pytest.raises(SageError, match="--loss must be one of"):
+        LossConfig(loss="hinge")
+    assert set(LOSSES) == {"ce", "la", "bs", "focal", "ldam", "cb", "lade"}
