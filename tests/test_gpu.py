@@ -25,7 +25,7 @@ def test_bf16_autocast_step_is_finite_and_close_to_fp32() -> None:
     clip = build_backbone("sage-tiny", "none", CUDA)
     embeddings = F.normalize(torch.randn(6, clip.record["embedding_dim"], generator=torch.Generator().manual_seed(0)), dim=-1)
     classifier = build_classifier(clip.model, embeddings.to(CUDA), AdapterConfig(method="sage")).train()
-    loss_fn = build_loss(LossConfig(compensation="semantic"), torch.arange(1, 7).float(), embeddings).to(CUDA)
+    loss_fn = build_loss(LossConfig(loss="la", compensation="semantic"), torch.arange(1, 7).float(), embeddings).to(CUDA)
     images = torch.randn(8, 3, *clip.record["image_size"], generator=torch.Generator().manual_seed(1)).to(CUDA)
     labels = torch.arange(8, device=CUDA) % 6
     with torch.no_grad():
