@@ -1,4 +1,10 @@
-"""The one Rich console every stage prints through, and logging set-up for the CLI."""
+"""The one Rich console every stage prints through, and logging set-up for the CLI.
+
+Rich reads ``[...]`` in printed strings as markup, so every user-supplied string (a class name, a
+path, a server's answer, an error message holding them) goes through :func:`escape` first: a path
+``work/[exp]/prep`` then prints as written, and ``[link=...]`` in a class name never becomes a
+terminal link. Emoji codes (``:cat:``) are off for the same reason.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +12,30 @@ import logging
 
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape as escape_markup
 
-console = Console(highlight=False)
+from sage_cli.textsafe import is_control
+
+console = Console(highlight=False, emoji=False)
 # Errors and warnings go to stderr so `--json` output on stdout stays machine-readable.
-err_console = Console(stderr=True, highlight=False)
+err_console = Console(stderr=True, highlight=False, emoji=False)
+
+
+def escape(value: object) -> str:
+    """``str(value)`` as Rich markup that prints verbatim, control characters shown as ``\\x1b``."""
+    return escape_markup(show_control(str(value)))
+
+
+def show_control(text: str) -> str:
+    """``text`` with control characters other than newline and tab shown as ``\\x1b``, ``\\x07``..."""
+    return "".join(c if c in "\n\t" or not is_control(c) else ascii(c)[1:-1] for c in text)
+
+
+class _VisibleControlFormatter(logging.Formatter):
+    """Log lines never carry raw escape sequences to the terminal (a class name, a server's text)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return show_control(super().format(record))
 
 
 def configure_output(quiet: bool = False, verbose: bool = False) -> None:
@@ -19,7 +45,7 @@ def configure_output(quiet: bool = False, verbose: bool = False) -> None:
     root = logging.getLogger("sage_cli")
     root.handlers.clear()
     handler = RichHandler(console=err_console, show_time=False, show_path=False, markup=False)
-    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.setFormatter(_VisibleControlFormatter("%(message)s"))
     root.addHandler(handler)
     root.setLevel(level)
     root.propagate = False

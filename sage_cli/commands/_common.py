@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 import typer
 
-from sage_cli.console import err_console
+from sage_cli.console import err_console, escape
 from sage_cli.errors import SageError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -22,7 +22,7 @@ def handle_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except SageError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", soft_wrap=True, markup=True, highlight=False)
+            err_console.print(f"[bold red]error:[/] {escape(exc)}", soft_wrap=True, markup=True, highlight=False)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/]")

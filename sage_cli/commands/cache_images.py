@@ -10,7 +10,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from sage_cli.commands._common import handle_errors
-from sage_cli.console import console
+from sage_cli.console import console, escape
 
 
 @handle_errors
@@ -43,8 +43,8 @@ def command(
         typer.echo(json.dumps(result.record, indent=2))
         return
     if result.skipped:
-        console.print(f"{out} already holds this image cache; nothing to do (pass --force to redo it)", soft_wrap=True)
+        console.print(f"{escape(out)} already holds this image cache; nothing to do (pass --force to redo it)", soft_wrap=True)
         return
     images, sizes = result.record["images"], result.record["bytes"]
-    console.print(f"image cache in {out}: train view {images['train']} images ({sizes['train'] / 1e9:.2f} GB), "
+    console.print(f"image cache in {escape(out)}: train view {images['train']} images ({sizes['train'] / 1e9:.2f} GB), "
                   f"eval view {images['eval']} images ({sizes['eval'] / 1e9:.2f} GB)", soft_wrap=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from sage_cli.commands._common import handle_errors
-from sage_cli.console import console
+from sage_cli.console import console, escape
 from sage_cli.methods import DEMO_METHODS
 
 
@@ -34,11 +34,11 @@ def command(
     started = time.perf_counter()
 
     def on_stage(name: str, detail: str) -> None:
-        console.rule(f"[bold]{name}[/] · {detail}", align="left")
+        console.rule(f"[bold]{escape(name)}[/] · {escape(detail)}", align="left")
 
     with progress_bar(quiet=False, summary=False) as hooks:  # --quiet hides it (console.quiet)
         result = run(config, on_stage=on_stage, hooks=hooks)
     console.print(summary_table(result.report))
-    console.print(f"report: {result.report_dir / 'report.html'}  (tables: {result.report_dir / 'report.md'})",
+    console.print(f"report: {escape(result.report_dir / 'report.html')}  (tables: {escape(result.report_dir / 'report.md')})",
                   soft_wrap=True)
     console.print(f"demo finished in {time.perf_counter() - started:.0f} s", style="dim")

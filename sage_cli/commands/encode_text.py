@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from sage_cli.commands._common import handle_errors
-from sage_cli.console import console
+from sage_cli.console import console, escape
 from sage_cli.errors import SageError
 
 
@@ -29,6 +29,9 @@ def command(
     llm_model: str | None = typer.Option(None, "--llm-model", help="Model name the endpoint serves."),
     llm_n: int = typer.Option(5, "--llm-n", help="Descriptions to ask for per class."),
     llm_cache: Path | None = typer.Option(None, "--llm-cache", help="Answer cache (JSON lines); default OUT/llm_answers.jsonl."),
+    llm_timeout: float = typer.Option(60.0, "--llm-timeout", help="Seconds one attempt of a chat request may take in all (a deadline; retried)."),
+    llm_concurrency: int = typer.Option(4, "--llm-concurrency", help="Chat requests in flight at once."),
+    llm_retries: int = typer.Option(4, "--llm-retries", help="Retries of a request after a connection fault or a busy server."),
     batch_size: int = typer.Option(256, "--batch-size", help="Texts per forward pass."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     force: bool = typer.Option(False, "--force", help="Overwrite a cache of other inputs in --out."),
@@ -37,7 +40,8 @@ def command(
     """Encode class names, descriptions and generated descriptions into a text cache."""
     from sage_cli.encode_text import EncodeTextConfig, run
 
-    llm = _llm_config(out, llm_url, llm_model, llm_n, llm_cache) if generate else None
+    llm = _llm_config(out, llm_url, llm_model, llm_n, llm_cache,
+                      timeout=llm_timeout, concurrency=llm_concurrency, retries=llm_retries) if generate else None
     config = EncodeTextConfig(
         prepared=prepared, out=out, model=model, pretrained=pretrained, templates=templates,
         descriptions=descriptions, generate=llm, batch_size=batch_size, device=device, force=force,
@@ -55,18 +59,20 @@ def command(
         typer.echo(json.dumps(result.record, indent=2))  # stdout, machine-readable
         return
     if result.skipped:
-        console.print(f"{out} already holds this text cache; nothing to do (pass --force to redo it)", soft_wrap=True)
+        console.print(f"{escape(out)} already holds this text cache; nothing to do (pass --force to redo it)", soft_wrap=True)
         return
     console.print(_summary(result.record, result.fallback_classes, result.llm_requests))
 
 
-def _llm_config(out: Path, url: str | None, model: str | None, n: int, cache: Path | None) -> Any:
+def _llm_config(out: Path, url: str | None, model: str | None, n: int, cache: Path | None, **patience: Any) -> Any:
     from sage_cli.encode_text import LLMConfig
 
     if not url or not model:
         raise SageError("--generate needs --llm-url and --llm-model")
+    if patience["retries"] < 0:
+        raise SageError(f"--llm-retries {patience['retries']}: must be 0 or more")
     return LLMConfig(url=url, model=model, n=n, cache=cache or out / "llm_answers.jsonl",
-                     api_key=os.environ.get("SAGE_LLM_API_KEY"))
+                     api_key=os.environ.get("SAGE_LLM_API_KEY"), **patience)
 
 
 def _progress(quiet: bool) -> Progress:
@@ -76,18 +82,18 @@ def _progress(quiet: bool) -> Progress:
 
 def _summary(record: dict[str, Any], fallback: tuple[str, ...], requests: int) -> Table:
     counts = record["counts"]
-    table = Table(title=f"text cache: {record['model']} ({record['pretrained']})", show_header=False)
+    table = Table(title=f"text cache: {escape(record['model'])} ({escape(record['pretrained'])})", show_header=False)
     table.add_column("what")
     table.add_column("value", justify="right")
     table.add_row("classes", str(counts["classes"]))
     table.add_row("texts (template / description)",
                   f"{counts['texts']} ({counts['template_texts']} / {counts['description_texts']})")
-    table.add_row("templates", f"{record['templates']['name']} ({len(record['templates']['templates'])})")
+    table.add_row("templates", f"{escape(record['templates']['name'])} ({len(record['templates']['templates'])})")
     table.add_row("embedding size", str(record["embedding_dim"]))
     if record.get("generate"):
         table.add_row("chat requests sent", str(requests))
     if fallback:
-        shown = ", ".join(fallback[:5]) + (" ..." if len(fallback) > 5 else "")
+        shown = ", ".join(escape(name) for name in fallback[:5]) + (" ..." if len(fallback) > 5 else "")
         table.add_row("classes on templates only", f"{len(fallback)}: {shown}")
-    table.add_row("speed", f"{record['texts_per_second']:.0f} texts/s on {record['device']}")
+    table.add_row("speed", f"{record['texts_per_second']:.0f} texts/s on {escape(record['device'])}")
     return table

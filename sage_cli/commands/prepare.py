@@ -13,7 +13,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from sage_cli.commands._common import handle_errors
-from sage_cli.console import console
+from sage_cli.console import console, escape
 
 
 @handle_errors
@@ -47,7 +47,7 @@ def command(
         typer.echo(json.dumps(result.record, indent=2))
         return
     if result.skipped:
-        console.print(f"{out} already holds this preparation; nothing to do", soft_wrap=True)
+        console.print(f"{escape(out)} already holds this preparation; nothing to do", soft_wrap=True)
     console.print(_summary(result.record))
 
 
@@ -61,7 +61,7 @@ def _progress(label: str, quiet: bool) -> Iterator[Any]:
 
 def _summary(record: dict[str, Any]) -> Table:
     """Images per split, class counts, imbalance and classes per group."""
-    table = Table(title=f"{record['dataset']}: {record['num_classes']} classes")
+    table = Table(title=f"{escape(record['dataset'])}: {record['num_classes']} classes")
     for col in ("train", "val", "test", "max", "min", "imbalance", "many/medium/few"):
         table.add_column(col, justify="right")
     g = record["group_counts"]

@@ -9,7 +9,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from sage_cli.commands._common import handle_errors
-from sage_cli.console import console
+from sage_cli.console import console, escape
 
 
 @handle_errors
@@ -38,12 +38,12 @@ def command(
         task = bar.add_task("pretrain", total=steps, loss="-")
         result = run(config, progress=lambda step, loss: bar.update(task, completed=step, loss=f"{loss:.3f}"))
     if result.skipped:
-        console.print(f"{out} already holds this run; nothing to do (pass --force to redo it)")
+        console.print(f"{escape(out)} already holds this run; nothing to do (pass --force to redo it)")
         return
     table = Table(title=f"sage-toy after {steps} steps ({result.seconds:.0f} s)")
     table.add_column("domain")
     table.add_column("zero-shot top-1 %", justify="right")
     for domain, accuracy in result.zero_shot.items():
-        table.add_row(domain, f"{accuracy:.1f}")
+        table.add_row(escape(domain), f"{accuracy:.1f}")
     console.print(table)
-    console.print(f"weights: {result.weights}")
+    console.print(f"weights: {escape(result.weights)}", soft_wrap=True)

@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from sage_cli.commands._common import handle_errors
-from sage_cli.console import console
+from sage_cli.console import console, escape
 
 
 @handle_errors
@@ -66,7 +66,7 @@ def command(
     if shows_groups(result.report):
         console.print(groups_table(result.report))
     note = "already held this report; nothing redone" if result.skipped else "written"
-    console.print(f"{out}: report.md, report.html, report.json, per_class.parquet {note}", soft_wrap=True)
+    console.print(f"{escape(out)}: report.md, report.html, report.json, per_class.parquet {note}", soft_wrap=True)
 
 
 def summary_table(report: dict[str, Any]) -> Table:
@@ -74,7 +74,7 @@ def summary_table(report: dict[str, Any]) -> Table:
     from sage_cli.report.markdown import format_percent
 
     data = report["dataset"]
-    title = f"{data['dataset']} {report['split']} ({data['num_samples']} images){' · TTE' if report['tte'] else ''}"
+    title = f"{escape(data['dataset'])} {escape(report['split'])} ({data['num_samples']} images){' · TTE' if report['tte'] else ''}"
     table = Table(title=title)
     table.add_column("run")
     for heading in ("overall", "many", "medium", "few", "top-5", "ECE"):
@@ -82,7 +82,7 @@ def summary_table(report: dict[str, Any]) -> Table:
     for run in report["runs"]:
         m = run["metrics"]
         cached = " [dim](cached)[/]" if run["evaluation"].get("cached") else ""
-        table.add_row(run["name"] + cached, *(format_percent(m[k]) for k in ("top1", "many", "medium", "few", "top5",
+        table.add_row(escape(run["name"]) + cached, *(format_percent(m[k]) for k in ("top1", "many", "medium", "few", "top5",
                                                                              "ece")))
     return table
 
@@ -92,7 +92,7 @@ def groups_table(report: dict[str, Any]) -> Table:
     from sage_cli.report.markdown import format_interval, format_summary
 
     paired = {p["group"]: p for p in report.get("paired", [])}
-    table = Table(title="across seeds: mean ± std" + (f"; Δ vs {report['reference']} paired by seed, 95% CI"
+    table = Table(title="across seeds: mean ± std" + (f"; Δ vs {escape(report['reference'])} paired by seed, 95% CI"
                                                       if report.get("reference") else ""))
     table.add_column("group")
     table.add_column("n", justify="right")
@@ -102,7 +102,7 @@ def groups_table(report: dict[str, Any]) -> Table:
         table.add_column("Δ overall", justify="right")
     for group in report["groups"]:
         m = group["metrics"]
-        row = [group["name"], str(group["n"]), *(format_summary(m[k]) for k in ("top1", "many", "medium", "few"))]
+        row = [escape(group["name"]), str(group["n"]), *(format_summary(m[k]) for k in ("top1", "many", "medium", "few"))]
         if paired:
             p = paired.get(group["name"])
             row.append("reference" if p is None else format_interval(p["metrics"]["top1"]))

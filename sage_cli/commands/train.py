@@ -18,7 +18,7 @@ from rich.table import Table
 
 from sage_cli.commands._common import explicit_params, handle_errors
 from sage_cli.config import coerce_preset, load_yaml_mapping, merge_with_preset
-from sage_cli.console import console, err_console
+from sage_cli.console import console, err_console, escape
 from sage_cli.methods import ActivationName as Activation
 from sage_cli.methods import CompensationName, HeadInitName, HeadName, LossName, MethodName
 
@@ -106,7 +106,7 @@ def command(
             result = run(train_config, hooks)
     except TrainingInterrupted as exc:
         if main:
-            err_console.print(f"[yellow]{exc}[/]\nresume with:\n  {resume_command(sys.argv)}",
+            err_console.print(f"[yellow]{escape(exc)}[/]\nresume with:\n  {escape(resume_command(sys.argv))}",
                               soft_wrap=True, highlight=False)
         raise typer.Exit(130) from None
     if not main:
@@ -114,7 +114,7 @@ def command(
     if as_json:
         typer.echo(json.dumps(result.record, indent=2))
     elif result.skipped:
-        console.print(f"{out} already holds this run; nothing to do (pass --force to redo it)", soft_wrap=True)
+        console.print(f"{escape(out)} already holds this run; nothing to do (pass --force to redo it)", soft_wrap=True)
     else:
         console.print(summary_table(result.record))
 
@@ -180,7 +180,7 @@ def progress_bar(quiet: bool, summary: bool = True) -> Iterator[Any]:
 
     def on_start(info: dict[str, Any]) -> None:
         if summary and not quiet:
-            console.print(start_summary(info), soft_wrap=True)
+            console.print(escape(start_summary(info)), soft_wrap=True)
         fields = {"total": info["total_steps"], "completed": info["start_step"], "epoch": 1, "loss": "-", "speed": "-"}
         if task:
             bar.reset(task[0], **fields)
@@ -194,7 +194,7 @@ def progress_bar(quiet: bool, summary: bool = True) -> Iterator[Any]:
         bar.update(task[0], **fields)
 
     def on_eval(entry: dict[str, Any]) -> None:
-        bar.console.print(f"eval step {entry['step']}: top-1 {_pct(entry['top1'])} ({entry['split']}; "
+        bar.console.print(f"eval step {entry['step']}: top-1 {_pct(entry['top1'])} ({escape(entry['split'])}; "
                           f"many {_pct(entry['many'])}, medium {_pct(entry['medium'])}, few {_pct(entry['few'])})")
 
     with bar:
@@ -220,17 +220,17 @@ def _pct(value: float | None) -> str:
 
 
 def summary_table(record: dict[str, Any]) -> Table:
-    table = Table(title=f"sage train: {record['method']} on {record['model']['model']}", show_header=False)
+    table = Table(title=f"sage train: {escape(record['method'])} on {escape(record['model']['model'])}", show_header=False)
     table.add_column("what")
     table.add_column("value", justify="right")
     table.add_row("trainable parameters", f"{record['trainable_params']:,}")
     table.add_row("steps (epochs completed)", f"{record['steps']} ({record['epochs_completed']})")
-    table.add_row("speed", f"{record['images_per_s']:.1f} images/s on {record['device']} ({record['precision']})")
+    table.add_row("speed", f"{record['images_per_s']:.1f} images/s on {escape(record['device'])} ({record['precision']})")
     table.add_row("peak memory", f"{record['peak_memory']['bytes'] / 2**20:.0f} MiB ({record['peak_memory']['kind']})")
     table.add_row("wall time", f"{record['wall_time_s']:.1f} s")
     final = record.get("final_eval")
     if final:
-        table.add_row(f"top-1 ({final['split']})", _pct(final["top1"]))
+        table.add_row(f"top-1 ({escape(final['split'])})", _pct(final["top1"]))
         for group in ("many", "medium", "few"):
             table.add_row(f"  {group}", _pct(final[group]))
     return table

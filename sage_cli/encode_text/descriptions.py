@@ -56,6 +56,8 @@ def parse_json(path: Path, text: str) -> list[_Entry]:
         data: Any = json.loads(text)
     except json.JSONDecodeError as exc:
         raise SageError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+    except RecursionError:  # "[[[[..." 100,000 deep: Python's parser gives up, so do we, in one line
+        raise SageError(f"{path}: JSON nested too deeply; expected {{class name or id: [sentences]}}") from None
     if not isinstance(data, dict):
         raise SageError(f"{path}: expected an object {{class name or id: [sentences]}}")
     entries = []

@@ -23,6 +23,7 @@ from sage_cli import artifacts
 from sage_cli.errors import SageError
 from sage_cli.locks import lock_output_dir
 from sage_cli.prepare import check, recipes
+from sage_cli.prepare import names as class_names
 from sage_cli.prepare.source import SourceData
 
 logger = logging.getLogger(__name__)
@@ -143,6 +144,8 @@ def _run_locked(config: PrepareConfig, progress: check.Progress | None) -> Prepa
     if source.writes_images:
         (config.out / artifacts.PREPARE_RECORD).unlink(missing_ok=True)
     data = source.load(config)
+    data.names, cleaned = class_names.clean_names(data.names)
+    data.warnings = [*data.warnings, *cleaned]
     manifest = data.manifest
     if "sample_id" not in manifest.columns:  # ids before any drop, so kept images keep theirs
         manifest.insert(0, "sample_id", np.arange(len(manifest), dtype=np.int64))

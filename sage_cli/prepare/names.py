@@ -2,7 +2,8 @@
 
 Names end up in text prompts, so two classes must never share one: duplicates (ImageNet has a
 few, e.g. two "crane" classes) are made distinct with the class's folder id or a number, with a
-warning.
+warning. Names are also printed and written into reports, so control characters and terminal
+escape sequences are stripped from them (:func:`clean_names`), with a warning naming the class.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from sage_cli.errors import SageError
+from sage_cli.textsafe import strip_control
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +55,7 @@ def read_categories_json(path: Path) -> list[str]:
     try:
         categories = json.loads(path.read_text(encoding="utf-8"))
         by_id = {int(c["id"]): str(c["name"]) for c in categories}
-    except (OSError, ValueError, TypeError, KeyError) as exc:
+    except (OSError, ValueError, TypeError, KeyError, RecursionError) as exc:
         raise SageError(f"{path}: not a list of {{'id', 'name'}} categories ({exc})") from None
     if sorted(by_id) != list(range(len(by_id))):
         raise SageError(f"{path}: category ids must run 0..{len(by_id) - 1}")
@@ -82,6 +84,24 @@ def names_by_key(mapping: Mapping[str, str], keys: dict[int, list[str]], source:
         return None  # labels without training images: fall back to the file's order
     logger.info("class names from %s by folder id", source)
     return [mapping[keys[label][0]] for label in range(max(keys) + 1)]
+
+
+def clean_names(names: list[str]) -> tuple[list[str], list[str]]:
+    """Names without control characters or ANSI escapes (made distinct again) and the warnings."""
+    cleaned = [" ".join(strip_control(name).split()) for name in names]
+    changed = [i for i, (old, new) in enumerate(zip(names, cleaned)) if old != new]
+    if not changed:
+        return list(names), []
+    empty = [i for i in changed if not cleaned[i]]
+    if empty:
+        raise SageError(f"class {empty[0]} is named {names[empty[0]]!r}: nothing is left of the name "
+                        "without its control characters; give the class a name")
+    shown = "; ".join(f"class {i} {names[i]!r} -> {cleaned[i]!r}" for i in changed[:5])
+    warning = (f"control characters removed from {len(changed)} class name(s): {shown}"
+               + (" ..." if len(changed) > 5 else ""))
+    logger.warning(warning)
+    unique, renamed = make_unique(cleaned)
+    return unique, [warning, *renamed]
 
 
 def make_unique(names: list[str], keys: dict[int, list[str]] | None = None) -> tuple[list[str], list[str]]:

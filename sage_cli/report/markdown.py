@@ -1,17 +1,34 @@
 """report.md: the report's tables in Markdown, ready to paste into a paper draft or an issue.
 
-Accuracies are percentages with one decimal; a figure without samples is shown as "–".
+Accuracies are percentages with one decimal; a figure without samples is shown as "–". Names
+(runs, classes, the dataset) are written through :func:`escape_md`, so a class named ``a|b`` or
+``<script>`` stays one table cell of plain text.
 """
 
 from __future__ import annotations
 
+import html
+import re
 from collections.abc import Sequence
 from typing import Any
 
 from sage_cli.artifacts import GROUPS
+from sage_cli.textsafe import one_line
 
 DASH = "–"
+# Markdown's inline metacharacters and "|" (a table cell's end); "<", ">", "&" become entities.
+# "_" inside a word (run_a, great_white_shark) is not emphasis and stays as written.
+_MD_SPECIAL = re.compile(r"([\\`*{}\[\]|#!~]|(?<![0-9A-Za-z])_|_(?![0-9A-Za-z]))")
 COLUMNS = (("top1", "Top-1"), ("top5", "Top-5"), ("many", "Many"), ("medium", "Medium"), ("few", "Few"))
+
+
+def escape_md(text: object) -> str:
+    """``text`` as one line of literal Markdown: no newlines, no HTML, metacharacters escaped.
+
+    HTML's ``<``, ``>`` and ``&`` become entities (a backslash before ``<`` is not honoured by every
+    renderer); ``|`` and the other inline metacharacters get a backslash.
+    """
+    return _MD_SPECIAL.sub(r"\\\1", html.escape(one_line(str(text)), quote=False))
 
 
 def format_percent(value: float | None) -> str:
@@ -24,7 +41,9 @@ def format_delta(value: float | None) -> str:
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]], align_first_left: bool = True) -> list[str]:
     rule = [":---" if i == 0 and align_first_left else "---:" for i in range(len(header))]
-    return ["| " + " | ".join(line) + " |" for line in (header, rule, *rows)]
+    # Rows hold plain text (html.py and tex.py use them too): the name column is escaped here.
+    cells = [[escape_md(line[0]), *line[1:]] for line in rows]
+    return ["| " + " | ".join(line) + " |" for line in (header, rule, *cells)]
 
 
 def summary_rows(report: dict[str, Any]) -> list[list[str]]:
@@ -90,7 +109,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     data = report["dataset"]
     groups = data["groups"]
     lines = [
-        f"# Sage report: {data['dataset']} ({report['split']} split)",
+        f"# Sage report: {escape_md(data['dataset'])} ({escape_md(report['split'])} split)",
         "",
         f"{data['num_samples']} images, {data['num_classes']} classes "
         f"(many {groups['many']}, medium {groups['medium']}, few {groups['few']}); "
@@ -102,14 +121,14 @@ def render_markdown(report: dict[str, Any]) -> str:
         *_table(["Run", *(title for _, title in COLUMNS), "ECE"], summary_rows(report)),
     ]
     if len(report["runs"]) > 1:
-        first = report["runs"][0]["name"]
+        first = escape_md(report["runs"][0]["name"])
         lines += ["", f"## Change against {first} (percentage points)", "",
                   *_table(["Run", *(title for _, title in COLUMNS)], delta_rows(report))]
     if shows_groups(report):
         lines += ["", "## Across seeds (mean ± sample std over the n runs of each configuration)", "",
                   *_table(["Group", "n", *(title for _, title in COLUMNS), "ECE"], group_rows(report))]
     if report.get("paired"):
-        lines += ["", f"## Against {report['paired'][0]['reference']}, paired by seed "
+        lines += ["", f"## Against {escape_md(report['paired'][0]['reference'])}, paired by seed "
                   "(percentage points: mean difference [95% t-interval])", "",
                   *_table(["Group", "n", *(title for _, title in COLUMNS)], paired_rows(report))]
     truth = true_shares(report)
@@ -122,8 +141,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += ["", "## Most confused pairs", ""]
     for run in report["runs"]:
         pairs = run["metrics"]["confused_pairs"]  # the same list as report.json and report.html
-        text = "; ".join(f"{p['true_name']} → {p['predicted_name']} ({p['count']})" for p in pairs) or "none"
-        lines.append(f"- **{run['name']}**: {text}")
+        text = "; ".join(f"{escape_md(p['true_name'])} → {escape_md(p['predicted_name'])} ({p['count']})"
+                         for p in pairs) or "none"
+        lines.append(f"- **{escape_md(run['name'])}**: {text}")
     lines += ["", f"_Written by sage {report['versions'].get('sage', '?')} on {report['created']}; "
               "every figure is in report.json._", ""]
     return "\n".join(lines)

@@ -168,6 +168,9 @@ def test_user_templates_file(prepared: Path, tmp_path: Path, weights: Path) -> N
         ("d.csv", b"cat,caf\xe9 au lait\n", r"d\.csv:1: not valid UTF-8 \(byte 0xe9 at offset 7\)"),
         ("d.json", b'{"cat": 3}', r"d\.json: entry 'cat' must be a non-empty list of sentences"),
         ("d.txt", b"cat,x\n", r"d\.txt: descriptions must be a \.json or \.csv file"),
+        ("d.json", b"[" * 100_000 + b"]" * 100_000,
+         r"d\.json: JSON nested too deeply; expected \{class name or id: \[sentences\]\}$"),
+        ("d.json", b'{"cat": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", r"d\.json: JSON nested too deeply"),
     ],
 )
 def test_bad_descriptions_are_one_line_errors(prepared: Path, tmp_path: Path, weights: Path,

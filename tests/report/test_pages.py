@@ -180,3 +180,34 @@ def test_class_level_figures_shown(two_row_report) -> None:
     html_text = (out / "report.html").read_text()
     assert html_text.count(" → ") == md.count(" → ") and len(pairs) <= 10
     assert md.count(" → ") == sum(len(r["metrics"]["confused_pairs"]) for r in report["runs"])
+
+
+HOSTILE = "a|b<script>alert(1)</script>\nx"
+
+
+def test_names_are_written_safely_in_markdown_and_html(two_row_report, tmp_path: Path) -> None:
+    """A class or run named ``a|b<script>...`` stays one table cell of plain text in both pages."""
+    from sage_cli.report import write_outputs
+
+    _, report = two_row_report
+    report = json.loads(json.dumps(report))
+    report["runs"][1]["name"] = HOSTILE
+    report["deltas"][1]["name"] = HOSTILE
+    pair = {"true": 0, "true_name": HOSTILE, "predicted": 1, "predicted_name": "[x](javascript:y) *b*", "count": 2}
+    report["runs"][0]["metrics"]["confused_pairs"] = [pair]
+    write_outputs(tmp_path, report)
+    md = (tmp_path / "report.md").read_text()
+    assert "<script>" not in md and "a|b" not in md
+    assert "| a\\|b&lt;script&gt;alert(1)&lt;/script&gt; x | 50.0 | 100.0 | 66.7 | 50.0 | – |" in md
+    assert ("- **zero-shot**: a\\|b&lt;script&gt;alert(1)&lt;/script&gt; x → \\[x\\](javascript:y) \\*b\\* (2)"
+            in md.splitlines())
+    rows = [line for line in md.splitlines() if line.startswith("| a\\|b")]
+    # cells per row (summary, deltas, share, classes), split on unescaped "|": the name is one cell
+    assert [len(re.split(r"(?<!\\)\|", line)) - 2 for line in rows] == [7, 6, 4, 3]
+    html_text = (tmp_path / "report.html").read_text()
+    assert "<script>" not in html_text
+    page = _Page()
+    page.feed(html_text)
+    assert "script" not in page.tags
+    assert page.tables["summary"][2][0] == HOSTILE  # the parser reads back the name as written
+    assert page.tables["deltas"][1][0] == HOSTILE
