@@ -25,7 +25,10 @@ def command(
     classnames: Path | None = typer.Option(None, "--classnames", help="Class names: '<wnid> <name>' or one name per line, in label order."),
     verify: str = typer.Option("exists", "--verify", help="exists: every listed image is a file; decode: also decode each."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Drop missing/undecodable images (listed in OUT/dropped.csv) instead of failing."),
-    imbalance_ratio: float | None = typer.Option(None, "--imbalance-ratio", help="Largest / smallest class count (cifar100-lt: 100; any value > 1)."),
+    imbalance_ratio: float | None = typer.Option(None, "--imbalance-ratio", help="Largest / smallest class count (cifar100-lt, shapes-lt: 100; any value > 1; shapes-lt also 1: balanced)."),
+    max_count: int | None = typer.Option(None, "--max-count", help="shapes-lt: training images of the most frequent class (default 300)."),
+    variant: int = typer.Option(0, "--variant", help="shapes-lt: world variant, the seed of which classes are frequent (apart from --seed)."),
+    domain: str | None = typer.Option(None, "--domain", help="shapes-lt: moderate (world v2, default) or hard (world v1's shifted domain)."),
     groups_from: str | None = typer.Option(None, "--groups-from", help="cifar100-lt groups: ir100 (default, LIFT's 35/35/30) or own (this ratio's counts)."),
     many_threshold: int = typer.Option(100, "--many-threshold", help="many: more training images than this."),
     few_threshold: int = typer.Option(20, "--few-threshold", help="few: fewer training images than this."),
@@ -40,7 +43,7 @@ def command(
     config = PrepareConfig(dataset=dataset, out=out, root=root, seed=seed, imbalance_ratio=imbalance_ratio,
                            many_threshold=many_threshold, few_threshold=few_threshold, force=force,
                            classnames=classnames, verify=verify, skip_bad=skip_bad, groups_from=groups_from,
-                           workers=workers)
+                           workers=workers, max_count=max_count, variant=variant, domain=domain)
     with _progress(f"checking images ({verify})", quiet=as_json) as progress:
         result = run(config, progress=progress)
     if as_json:

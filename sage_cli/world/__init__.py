@@ -20,11 +20,14 @@ from sage_cli.world.shapes import (
 TOY_MODEL = "sage-toy"
 # The shipped toy CLIP weights; pass as `--model sage-toy --pretrained <this path>`.
 TOY_WEIGHTS: Path = Path(__file__).resolve().parent.parent / "assets" / "sage_toy.safetensors"
+# Attribute sentences for every class of the world: `sage encode-text --descriptions <this path>`.
+SHAPES_DESCRIPTIONS: Path = Path(__file__).resolve().parent.parent / "assets" / "shapes_descriptions.json"
 
 __all__ = [
     "CLEAN",
     "DOMAINS",
     "NUM_CLASSES",
+    "SHAPES_DESCRIPTIONS",
     "SHIFTED",
     "TOY_MODEL",
     "TOY_WEIGHTS",
