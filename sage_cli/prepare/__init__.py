@@ -54,7 +54,7 @@ class PrepareConfig:
     workers: int | None = None  # threads for image checks and PNG writes (None: automatic)
     max_count: int | None = None  # shapes-lt: training images of the most frequent class (None: 300)
     variant: int = 0  # shapes-lt: world variant, the seed of the class order (apart from --seed)
-    domain: str | None = None  # shapes-lt: moderate (world v2) or hard (world v1); None: the default
+    domain: str | None = None  # shapes-lt: moderate (world v2) or hard (world v1); None: DEFAULT_DOMAIN
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out", Path(self.out))
@@ -189,8 +189,9 @@ def _fingerprint_inputs(config: PrepareConfig, hashes: dict[str, str] | None) ->
     if hashes is not None:  # generated sets keep their original inputs (and fingerprints)
         keys += ["classnames", "verify", "skip_bad", "groups_from"]
     inputs = {k: getattr(config, k) for k in keys}
-    if config.dataset == "shapes-lt":
-        inputs.update(_shapes_lt_options(config))
+    if config.dataset == "shapes-lt":  # world options other than world v1's (whose fingerprints stay)
+        inputs.update({k: v for k, v in _shapes_lt_options(config).items()
+                       if k != "imbalance_ratio" and v != _SHAPES_LT_V1[k]})
     inputs = {k: (str(v) if isinstance(v, Path) else v) for k, v in inputs.items()}
     return inputs if hashes is None else {**inputs, "hashes": hashes}
 
@@ -252,6 +253,9 @@ def _hash_classnames(config: PrepareConfig) -> dict[str, str]:
     return _hash_files({"classnames": config.classnames}) if config.classnames else {}
 
 
+_SHAPES_LT_V1 = {"max_count": 300, "variant": 0, "domain": "hard"}
+
+
 def _shapes_lt_options(config: PrepareConfig) -> dict[str, Any]:
     """Shapes-LT's world options with their defaults filled in (the domain, counts and class order)."""
     from sage_cli.world.shapes_lt import DEFAULT_DOMAIN
@@ -264,10 +268,10 @@ def _generate(config: PrepareConfig) -> SourceData:
     if config.dataset == "shapes-lt":
         from sage_cli.world.shapes_lt import prepare_shapes_lt
 
-        manifest, names = prepare_shapes_lt(config.out, seed=config.seed, **_shapes_lt_options(config))
-    else:
-        from sage_cli.prepare.synthetic import generate_synthetic
+        options = _shapes_lt_options(config)
+        manifest, names = prepare_shapes_lt(config.out, seed=config.seed, **options)
+        return SourceData(manifest, names, config.out, generated=True, notes={"world": options})
+    from sage_cli.prepare.synthetic import generate_synthetic
 
-        manifest, names = generate_synthetic(config.out, imbalance_ratio=config.imbalance_ratio or 30.0,
-                                             seed=config.seed)
+    manifest, names = generate_synthetic(config.out, imbalance_ratio=config.imbalance_ratio or 30.0, seed=config.seed)
     return SourceData(manifest, names, config.out, generated=True)

@@ -14,7 +14,7 @@ from sage_cli.cli import app
 from sage_cli.errors import SageError
 from sage_cli.prepare import PrepareConfig
 from sage_cli.world.shapes import class_names
-from sage_cli.world.shapes_lt import compute_class_order
+from sage_cli.world.shapes_lt import DEFAULT_DOMAIN, compute_class_order
 
 
 def test_cli_options_reach_the_data_and_the_record_and_bad_ones_change_nothing(tmp_path: Path) -> None:
@@ -24,8 +24,9 @@ def test_cli_options_reach_the_data_and_the_record_and_bad_ones_change_nothing(t
                                  "--max-count", "2", "--variant", "5", "--domain", "hard"])
     assert result.exit_code == 0, result.output
     record = json.loads((out / "prepare.json").read_text())
+    assert record["world"] == {"imbalance_ratio": 1.0, "max_count": 2, "variant": 5, "domain": "hard"}
     assert record["options"]["max_count"] == 2 and record["options"]["variant"] == 5
-    assert record["options"]["domain"] == "hard" and record["options"]["imbalance_ratio"] == 1.0
+    assert record["options"]["imbalance_ratio"] == 1.0
     classes = pd.read_parquet(out / "classes.parquet")
     assert classes["train_count"].tolist() == [2] * 80
     world = class_names()
@@ -42,14 +43,19 @@ def test_cli_options_reach_the_data_and_the_record_and_bad_ones_change_nothing(t
     assert np.bincount(train["label"]).tolist() == [2] * 80
 
 
-def test_default_options_are_in_the_fingerprint(tmp_path: Path) -> None:
+def test_world_options_in_the_fingerprint(tmp_path: Path) -> None:
     from sage_cli.prepare import _fingerprint_inputs
 
-    default = _fingerprint_inputs(PrepareConfig(dataset="shapes-lt", out=tmp_path), None)
-    assert default["domain"] == "moderate" and default["max_count"] == 300 and default["variant"] == 0
-    assert default["imbalance_ratio"] == 100.0
-    hard = _fingerprint_inputs(PrepareConfig(dataset="shapes-lt", out=tmp_path, domain="hard"), None)
-    assert hard["domain"] == "hard"
+    def inputs(**kwargs: object) -> dict:
+        return _fingerprint_inputs(PrepareConfig(dataset="shapes-lt", out=tmp_path, **kwargs), None)
+
+    # World v1's preparation (domain hard, 300 images at the head, variant 0) keeps its v1 inputs.
+    v1 = {"dataset": "shapes-lt", "root": None, "seed": 0, "imbalance_ratio": None, "many_threshold": 100,
+          "few_threshold": 20}
+    assert inputs(domain="hard") == inputs(domain="hard", max_count=300, variant=0) == v1
+    assert inputs(domain="moderate") == {**v1, "domain": "moderate"}
+    assert inputs(domain="hard", max_count=65, variant=2) == {**v1, "max_count": 65, "variant": 2}
+    assert (inputs() == v1) == (DEFAULT_DOMAIN == "hard")
     # Other generated sets keep their inputs (and so the fingerprints of existing preparations).
     assert "domain" not in _fingerprint_inputs(PrepareConfig(dataset="synthetic", out=tmp_path), None)
 

@@ -14,7 +14,8 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from sage_cli.errors import SageError
-from sage_cli.world import CLEAN, SHIFTED, TOY_WEIGHTS, generate
+from sage_cli.world import CLEAN, SHIFTED, TOY_WEIGHTS_V1, generate
+from sage_cli.world import TOY_WEIGHTS_V1 as TOY_WEIGHTS  # the v1 recipe's weights
 from sage_cli.world.pretrain import (
     PRETRAIN_RECORD,
     WEIGHTS_FILE,
@@ -113,9 +114,9 @@ def test_run_is_deterministic_and_guarded(tmp_path: Path) -> None:
 
 
 def test_shipped_weights_zero_shot_well_above_chance() -> None:
-    assert TOY_WEIGHTS.is_file(), f"missing shipped weights {TOY_WEIGHTS}"
-    assert TOY_WEIGHTS.name == WEIGHTS_FILE
-    clip, tokenizer = build_toy_model(weights=TOY_WEIGHTS)
+    assert TOY_WEIGHTS_V1.is_file(), f"missing shipped weights {TOY_WEIGHTS_V1}"
+    assert TOY_WEIGHTS_V1.name == WEIGHTS_FILE
+    clip, tokenizer = build_toy_model(weights=TOY_WEIGHTS_V1)
     clip.eval()
     clean = evaluate_world_zero_shot(clip, tokenizer, CLEAN, per_class=3, seed=123)
     shifted = evaluate_world_zero_shot(clip, tokenizer, SHIFTED, per_class=3, seed=123)

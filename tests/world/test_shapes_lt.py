@@ -62,7 +62,7 @@ def test_prepare_writes_manifest_and_images(tmp_path: Path) -> None:
         assert image.shape == (32, 32, 3) and image.dtype == np.uint8
 
 
-def test_prepare_pixels_are_the_moderate_domain_by_default(tmp_path: Path) -> None:
+def test_prepare_pixels_are_the_default_domain(tmp_path: Path) -> None:
     manifest, _ = prepare_shapes_lt(tmp_path, imbalance_ratio=2, max_count=2, val_per_class=0, test_per_class=1)
     test = manifest[manifest["split"] == "test"]
     # The test split is rendered by one generate() call on stream [seed, 2] (80 images < one chunk).
