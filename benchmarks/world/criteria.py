@@ -67,8 +67,7 @@ def report(work: Path, name: str, runs: list[Path], split: str, zero_shot: tuple
     """report.json's runs (zero-shot first when asked), evaluated on ``split``."""
     out = work / f"report_{name}"
     extra = ["--zero-shot", str(zero_shot[0]), "--text-cache", str(zero_shot[1])] if zero_shot else []
-    sage("report", *[a for r in runs for a in ("--runs", str(r))], *extra, "--split", split, "--device", "cpu",
-         "--workers", "0", "--out", str(out))
+    sage("report", *map(str, runs), *extra, "--split", split, "--device", "cpu", "--workers", "0", "--out", str(out))
     return json.loads((out / "report.json").read_text())["runs"]
 
 
