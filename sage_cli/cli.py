@@ -5,9 +5,14 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-import click
 import typer
 from typer.core import TyperGroup
+
+try:  # recent typer vendors its own click: its exceptions are not the click package's
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # pragma: no cover - older typer on the click package
+    from click import exceptions as click_exceptions
+_NO_ARGS_IS_HELP = getattr(click_exceptions, "NoArgsIsHelpError", ())  # click >= 8.2
 
 from sage_cli import __version__
 from sage_cli.console import configure_output, err_console
@@ -23,18 +28,18 @@ class SageGroup(TyperGroup):
             return super().main(*args, standalone_mode=False, **kwargs)
         try:
             code = super().main(*args, standalone_mode=False, **kwargs)
-        except click.exceptions.NoArgsIsHelpError as exc:  # the help is already printed
+        except _NO_ARGS_IS_HELP as exc:  # the help is already printed
             sys.exit(exc.exit_code)
-        except click.ClickException as exc:
+        except click_exceptions.ClickException as exc:
             print_usage_error(exc)
             sys.exit(exc.exit_code)
-        except click.exceptions.Abort:
+        except typer.Abort:
             err_console.print("[yellow]aborted[/]")
             sys.exit(1)
         sys.exit(code if isinstance(code, int) else 0)
 
 
-def print_usage_error(exc: click.ClickException) -> None:
+def print_usage_error(exc: click_exceptions.ClickException) -> None:
     """``error: MESSAGE (see 'sage CMD --help')`` on stderr."""
     from rich.markup import escape
 

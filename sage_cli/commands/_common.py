@@ -44,7 +44,7 @@ def explicit_params(ctx: typer.Context) -> set[str]:
 
 
 DEVICE_NAMES = ("auto", "cpu", "cuda")
-DEVICE_METAVAR = "auto|cpu|cuda|cuda:N"
+DEVICE_METAVAR = "<auto|cpu|cuda[:N]>"
 
 
 def parse_device(value: str) -> str:

@@ -3,6 +3,7 @@ checked, shell completion."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -36,12 +37,13 @@ def test_bad_input_is_one_red_line_with_exit_code_1(tmp_path: Path) -> None:
 
 
 def test_choices_are_shown_in_help() -> None:
-    prepare = runner.invoke(app, ["prepare", "--help"], terminal_width=200).output
-    assert "exists|decode" in prepare and "ir100|own" in prepare
-    report = runner.invoke(app, ["report", "--help"], terminal_width=200).output
-    assert "auto|cpu|cuda|cuda:N" in report and "test|val" in report
+    wide = {"COLUMNS": "200"}
+    prepare = runner.invoke(app, ["prepare", "--help"], env=wide).output
+    assert "<exists|decode>" in prepare and "<ir100|own>" in prepare
+    report = runner.invoke(app, ["report", "--help"], env=wide).output
+    assert "<auto|cpu|cuda[:N]>" in report and "<test|val>" in report
     for command in ("encode-text", "predict", "demo"):
-        assert "auto|cpu|cuda|cuda:N" in runner.invoke(app, [command, "--help"], terminal_width=200).output
+        assert "<auto|cpu|cuda[:N]>" in runner.invoke(app, [command, "--help"], env=wide).output
 
 
 def test_device_accepts_an_index() -> None:
@@ -56,3 +58,13 @@ def test_shell_completion_is_on() -> None:
     assert result.exit_code == 0, result.output
     assert "_SAGE_COMPLETE" in result.output or "complete_bash" in result.output
     assert "--install-completion" in runner.invoke(app, ["--help"]).output
+
+
+def test_quiet_prepare_prints_one_result_line(tmp_path: Path) -> None:
+    out = tmp_path / "prepared"
+    result = runner.invoke(app, ["-q", "prepare", "synthetic", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "prepare.json").read_text())
+    counts = record["counts"]
+    assert result.stdout == (f"{out}: {record['num_classes']} classes, {counts['train']} train / {counts['val']} val / "
+                             f"{counts['test']} test images\n")

@@ -34,3 +34,14 @@ def test_report_command_one_line_errors(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
     result = runner.invoke(app, ["report", "--out", str(tmp_path / "out"), "--zero-shot", str(tmp_path)])
     assert result.exit_code == 1 and "go together" in result.output
+
+
+def test_quiet_report_prints_one_result_line(tiny_data, tmp_path: Path) -> None:
+    prepared, text = tiny_data
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["-q", "report", "--zero-shot", str(prepared), "--text-cache", str(text), "--out",
+                                 str(out), "--device", "cpu", "--workers", "0", "--no-figures"])
+    assert result.exit_code == 0, result.output
+    top1 = json.loads((out / "report.json").read_text())["runs"][0]["metrics"]["top1"]
+    assert result.stdout == f"{out}: top-1 zero-shot {100 * top1:.1f}\n"
+    assert not (out / "figures").exists()
