@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import typer
+from rich.markup import escape
 
 from sage_cli.console import err_console
 from sage_cli.errors import SageError
@@ -23,7 +24,8 @@ def handle_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except SageError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", soft_wrap=True, markup=True, highlight=False)
+            # The message is plain text: brackets in it (paths, "sage-lt[wandb]") are not markup.
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True, markup=True, highlight=False)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/]")

@@ -31,6 +31,18 @@ def trained_run(tiny_data, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def test_quiet_train_prints_one_result_line(tiny_data, trained_run: Path) -> None:
+    prepared, text = tiny_data
+    args = ["-q", "train", "--prepared", str(prepared), "--text-cache", str(text), "--method", "lift", "--out",
+            str(trained_run), "--max-steps", "2", "--batch-size", "4", "--device", "cpu"]
+    result = runner.invoke(app, args)  # the same run: reused, still one line
+    record = json.loads((trained_run / "train.json").read_text())
+    final = record["final_eval"]
+    groups = ", ".join(f"{g} {100 * final[g]:.1f}" for g in ("many", "medium", "few"))
+    assert result.exit_code == 0 and result.stdout == (
+        f"{trained_run}: {final['split']} top-1 {100 * final['top1']:.1f} ({groups}), 2 steps\n")
+
+
 def test_predict_matches_the_report_and_names_classes(tiny_data, trained_run: Path, tmp_path: Path) -> None:
     from sage_cli.report import ReportConfig
     from sage_cli.report import run as report
