@@ -4,6 +4,7 @@ checked, shell completion."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,15 @@ from typer.testing import CliRunner
 from sage_cli.cli import app
 
 runner = CliRunner()
+
+
+@pytest.fixture()
+def loud_again() -> Iterator[None]:
+    """``-q`` sets the shared console quiet; put it back for the tests that follow."""
+    yield
+    from sage_cli.console import configure_output
+
+    configure_output()
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -60,7 +70,7 @@ def test_shell_completion_is_on() -> None:
     assert "--install-completion" in runner.invoke(app, ["--help"]).output
 
 
-def test_quiet_prepare_prints_one_result_line(tmp_path: Path) -> None:
+def test_quiet_prepare_prints_one_result_line(tmp_path: Path, loud_again: None) -> None:
     out = tmp_path / "prepared"
     result = runner.invoke(app, ["-q", "prepare", "synthetic", "--out", str(out)])
     assert result.exit_code == 0, result.output

@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from sage_cli.cli import app
 
 runner = CliRunner()
+
+
+@pytest.fixture()
+def loud_again() -> Iterator[None]:
+    """``-q`` sets the shared console quiet; put it back for the tests that follow."""
+    yield
+    from sage_cli.console import configure_output
+
+    configure_output()
 
 
 def test_report_command_prints_table_and_writes_outputs(tiny_data, tmp_path: Path) -> None:
@@ -36,7 +47,7 @@ def test_report_command_one_line_errors(tmp_path: Path) -> None:
     assert result.exit_code == 1 and "go together" in result.output
 
 
-def test_quiet_report_prints_one_result_line(tiny_data, tmp_path: Path) -> None:
+def test_quiet_report_prints_one_result_line(tiny_data, tmp_path: Path, loud_again: None) -> None:
     prepared, text = tiny_data
     out = tmp_path / "out"
     result = runner.invoke(app, ["-q", "report", "--zero-shot", str(prepared), "--text-cache", str(text), "--out",

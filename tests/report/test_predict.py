@@ -6,6 +6,7 @@ Lives beside the report tests: predict shares the report's evaluation path and i
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,15 @@ from sage_cli.predict import PredictConfig, find_images, run
 runner = CliRunner()
 
 
+@pytest.fixture()
+def loud_again() -> Iterator[None]:
+    """``-q`` sets the shared console quiet; put it back for the tests that follow."""
+    yield
+    from sage_cli.console import configure_output
+
+    configure_output()
+
+
 @pytest.fixture(scope="module")
 def trained_run(tiny_data, tmp_path_factory: pytest.TempPathFactory) -> Path:
     prepared, text = tiny_data
@@ -31,7 +41,7 @@ def trained_run(tiny_data, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def test_quiet_train_prints_one_result_line(tiny_data, trained_run: Path) -> None:
+def test_quiet_train_prints_one_result_line(tiny_data, trained_run: Path, loud_again: None) -> None:
     prepared, text = tiny_data
     args = ["-q", "train", "--prepared", str(prepared), "--text-cache", str(text), "--method", "lift", "--out",
             str(trained_run), "--max-steps", "2", "--batch-size", "4", "--device", "cpu"]
@@ -65,7 +75,7 @@ def test_predict_matches_the_report_and_names_classes(tiny_data, trained_run: Pa
         assert [c["name"] for c in entry["top"]] == [names[c] for c in top[:3]]
 
 
-def test_predict_a_directory_table_and_quiet_line(trained_run: Path, tmp_path: Path) -> None:
+def test_predict_a_directory_table_and_quiet_line(trained_run: Path, tmp_path: Path, loud_again: None) -> None:
     from PIL import Image
 
     folder = tmp_path / "imgs"
