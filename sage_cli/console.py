@@ -9,6 +9,7 @@ terminal link. Emoji codes (``:cat:``) are off for the same reason.
 from __future__ import annotations
 
 import logging
+import sys
 
 from rich.console import Console
 from rich.logging import RichHandler
@@ -36,6 +37,16 @@ class _VisibleControlFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         return show_control(super().format(record))
+
+
+def print_result(line: str) -> None:
+    """Print a command's final result as one plain line on stdout when --quiet silenced its summary.
+
+    Plain text (no markup, tabs kept), so that scripts can read it.
+    """
+    if console.quiet:
+        sys.stdout.write(show_control(line) + "\n")
+        sys.stdout.flush()
 
 
 def configure_output(quiet: bool = False, verbose: bool = False) -> None:

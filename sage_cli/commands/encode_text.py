@@ -11,8 +11,8 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from sage_cli.commands._common import handle_errors
-from sage_cli.console import console, escape
+from sage_cli.commands._common import device_option, handle_errors
+from sage_cli.console import console, escape, print_result
 from sage_cli.errors import SageError
 
 
@@ -33,7 +33,7 @@ def command(
     llm_concurrency: int = typer.Option(4, "--llm-concurrency", help="Chat requests in flight at once."),
     llm_retries: int = typer.Option(4, "--llm-retries", help="Retries of a request after a connection fault or a busy server."),
     batch_size: int = typer.Option(256, "--batch-size", help="Texts per forward pass."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    device: str = device_option(),
     force: bool = typer.Option(False, "--force", help="Overwrite a cache of other inputs in --out."),
     as_json: bool = typer.Option(False, "--json", help="Print encode.json to stdout instead of a table."),
 ) -> None:
@@ -62,6 +62,8 @@ def command(
         console.print(f"{escape(out)} already holds this text cache; nothing to do (pass --force to redo it)", soft_wrap=True)
         return
     console.print(_summary(result.record, result.fallback_classes, result.llm_requests))
+    counts = result.record["counts"]
+    print_result(f"{out}: {counts['classes']} classes, {counts['texts']} texts, {result.record['model']}")
 
 
 def _llm_config(out: Path, url: str | None, model: str | None, n: int, cache: Path | None, **patience: Any) -> Any:
