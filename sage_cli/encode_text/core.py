@@ -122,6 +122,7 @@ def _run_locked(config: EncodeTextConfig, progress: Progress | None) -> EncodeTe
         device=str(device), precision=describe_precision(device),
         seconds=round(seconds, 3), texts_per_second=round(len(texts.texts) / max(seconds, 1e-9), 1),
     )
+    record = artifacts.seal_record(config.out, record, OUTPUTS)
     artifacts.write_record(config.out, ENCODE_RECORD, record)
     return EncodeTextResult(config.out, False, record, tuple(fallback), requests)
 

@@ -10,7 +10,11 @@ paths relative to ``--root`` (``image_root`` is ROOT), after checking every list
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,7 +106,6 @@ class Source:
 
     load: Callable[[PrepareConfig], SourceData]
     input_hashes: Callable[[PrepareConfig], dict[str, str]] | None = None  # None: generated
-    writes_images: bool = False  # load() writes PNGs into OUT: the old record goes first
 
 
 def compute_class_table(names: list[str], train_labels: np.ndarray, many: int, few: int,
@@ -140,26 +143,52 @@ def _run_locked(config: PrepareConfig, progress: check.Progress | None) -> Prepa
     if artifacts.guard_output_dir(config.out, artifacts.PREPARE_RECORD, fingerprint, OUTPUTS, config.force,
                                   required=REQUIRED):
         return PrepareResult(config.out, artifacts.read_record(config.out, artifacts.PREPARE_RECORD), True)
-    if source.writes_images:
-        (config.out / artifacts.PREPARE_RECORD).unlink(missing_ok=True)
-    data = source.load(config)
-    manifest = data.manifest
-    if "sample_id" not in manifest.columns:  # ids before any drop, so kept images keep theirs
-        manifest.insert(0, "sample_id", np.arange(len(manifest), dtype=np.int64))
-    dropped = pd.DataFrame(columns=["path", "split", "reason"])
-    if not data.generated:
-        manifest, dropped = check.apply_checks(manifest, data.image_root, config.verify, config.skip_bad,
-                                               config.workers, progress)
-    train = manifest.loc[manifest["split"] == "train", "label"].to_numpy()
-    classes = compute_class_table(data.names, train, config.many_threshold, config.few_threshold,
-                                  data.group_counts)
-    (config.out / artifacts.PREPARE_RECORD).unlink(missing_ok=True)  # tables without a record: interrupted
-    artifacts.write_table(config.out, artifacts.MANIFEST, manifest)
-    artifacts.write_table(config.out, artifacts.CLASSES, classes)
-    check.save_dropped(config.out, dropped)
-    record = _build_record(config, inputs, hashes, data, manifest, classes, len(dropped))
-    artifacts.write_record(config.out, artifacts.PREPARE_RECORD, record)
+    staging = Path(tempfile.mkdtemp(prefix=f".{config.out.name}.", suffix=".prepare.tmp", dir=config.out.parent))
+    try:
+        staging.chmod(0o777 & ~artifacts.current_umask())  # mkdtemp makes it private
+        data = source.load(dataclasses.replace(config, out=staging))  # generated sets write their PNGs here
+        manifest = data.manifest
+        if "sample_id" not in manifest.columns:  # ids before any drop, so kept images keep theirs
+            manifest.insert(0, "sample_id", np.arange(len(manifest), dtype=np.int64))
+        dropped = pd.DataFrame(columns=["path", "split", "reason"])
+        if not data.generated:
+            manifest, dropped = check.apply_checks(manifest, data.image_root, config.verify, config.skip_bad,
+                                                   config.workers, progress)
+        train = manifest.loc[manifest["split"] == "train", "label"].to_numpy()
+        classes = compute_class_table(data.names, train, config.many_threshold, config.few_threshold,
+                                      data.group_counts)
+        artifacts.write_table(staging, artifacts.MANIFEST, manifest)
+        artifacts.write_table(staging, artifacts.CLASSES, classes)
+        check.save_dropped(staging, dropped)
+        image_root = config.out if Path(data.image_root) == staging else Path(data.image_root)
+        record = _build_record(config, inputs, hashes, data, image_root, manifest, classes, len(dropped))
+        publish(staging, config.out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    record = artifacts.seal_record(config.out, record, OUTPUTS)
+    artifacts.write_record(config.out, artifacts.PREPARE_RECORD, record)  # last: marks the preparation complete
     return PrepareResult(config.out, record)
+
+
+def publish(staging: Path, out: Path) -> None:
+    """Move what ``staging`` holds into ``out``, replacing the old outputs; the record goes first.
+
+    Everything was written in ``staging`` first, so a full disk, a bad image or a kill before this
+    point leaves ``out`` as it was; here only renames within one file system happen.
+    """
+    (out / artifacts.PREPARE_RECORD).unlink(missing_ok=True)  # outputs without a record: interrupted
+    if not (staging / check.DROPPED).exists():
+        (out / check.DROPPED).unlink(missing_ok=True)
+    for entry in sorted(staging.iterdir()):
+        target = out / entry.name
+        if target.is_dir() and not target.is_symlink():
+            aside = out / f".{entry.name}.old.tmp"
+            shutil.rmtree(aside, ignore_errors=True)
+            os.replace(target, aside)
+            os.replace(entry, target)
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            os.replace(entry, target)
 
 
 def _fingerprint_inputs(config: PrepareConfig, hashes: dict[str, str] | None) -> dict[str, Any]:
@@ -172,7 +201,7 @@ def _fingerprint_inputs(config: PrepareConfig, hashes: dict[str, str] | None) ->
 
 
 def _build_record(config: PrepareConfig, inputs: dict[str, Any], hashes: dict[str, str] | None,
-                  data: SourceData, manifest: pd.DataFrame, classes: pd.DataFrame,
+                  data: SourceData, image_root: Path, manifest: pd.DataFrame, classes: pd.DataFrame,
                   num_dropped: int) -> dict[str, Any]:
     counts = {s: int((manifest["split"] == s).sum()) for s in artifacts.SPLITS}
     stats = {**counts, "classes": len(classes), "max_count": int(classes["train_count"].max()),
@@ -181,7 +210,7 @@ def _build_record(config: PrepareConfig, inputs: dict[str, Any], hashes: dict[st
     options = {k: v for k, v in inputs.items() if k != "hashes"}
     return artifacts.build_record(
         "prepare", inputs, dataset=config.dataset, root=options["root"],
-        image_root=str(Path(data.image_root).resolve()), options=options, hashes=hashes or {},
+        image_root=str(image_root.resolve()), options=options, hashes=hashes or {},
         counts=counts, num_classes=len(classes),
         group_thresholds={"many": config.many_threshold, "few": config.few_threshold},
         group_counts={g: int((classes["group"] == g).sum()) for g in artifacts.GROUPS},
@@ -207,12 +236,12 @@ def _source_table() -> dict[str, Source]:
                       lambda c: _hash_files(splits.input_files(name, c.root, c.classnames)))
 
     return {
-        "synthetic": Source(_generate, writes_images=True), "shapes-lt": Source(_generate, writes_images=True),
+        "synthetic": Source(_generate), "shapes-lt": Source(_generate),
         **{name: split_source(name) for name in splits.SPLIT_DATASETS},
         "cifar100-lt": Source(
             lambda c: cifar.load_cifar100_lt(c.root, c.out, c.imbalance_ratio or 100.0, c.groups_from or "ir100",
                                              c.workers),
-            lambda c: _hash_files(cifar.input_files(c.root)), writes_images=True),
+            lambda c: _hash_files(cifar.input_files(c.root))),
         "folder": Source(lambda c: folder.load_folder(c.root, c.classnames),
                          lambda c: {**folder.folder_inputs(c.root), **_hash_classnames(c)}),
         "csv": Source(lambda c: folder.load_csv(c.root, c.classnames),

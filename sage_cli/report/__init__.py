@@ -130,7 +130,7 @@ def _run_locked(config: ReportConfig, progress: Progress | None) -> ReportResult
         groups=seeds.compute_group_rows(groups, entries), reference=config.reference,
         paired=seeds.compute_paired_rows(groups, entries, config.reference) if config.reference else [],
     )
-    write_outputs(out, report, latex=config.latex, figures=config.figures)
+    report = write_outputs(out, report, latex=config.latex, figures=config.figures)
     return ReportResult(out, False, report, tuple(evaluated))
 
 
@@ -238,8 +238,8 @@ def _eval_transform(backbone: dict[str, Any]) -> Callable[[Any], torch.Tensor]:
     return image_transform_v2(cfg, is_train=False)
 
 
-def write_outputs(out: Path, report: dict[str, Any], latex: bool = False, figures: bool = True) -> None:
-    """Tables, figures and pages first, report.json (the record) last."""
+def write_outputs(out: Path, report: dict[str, Any], latex: bool = False, figures: bool = True) -> dict[str, Any]:
+    """Tables, figures and pages first, report.json (the record, with their sha256) last; returns the record."""
     out.mkdir(parents=True, exist_ok=True)
     (out / REPORT_RECORD).unlink(missing_ok=True)
     artifacts.write_table(out, PER_CLASS, build.build_per_class_table(report))
@@ -252,7 +252,9 @@ def write_outputs(out: Path, report: dict[str, Any], latex: bool = False, figure
     artifacts.write_bytes_atomic(out / "report.html", html.render_html(report, plots).encode())
     if latex:
         artifacts.write_bytes_atomic(out / LATEX, tex.render_latex(report).encode())
+    report = artifacts.seal_record(out, report, OUTPUTS[1:] + ((LATEX,) if latex else ()))
     artifacts.write_record(out, REPORT_RECORD, report)
+    return report
 
 
 __all__ = ["ReportConfig", "ReportResult", "run"]

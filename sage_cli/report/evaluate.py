@@ -114,7 +114,7 @@ def save_predictions(directory: Path, predictions: Predictions, record: dict[str
         "top_classes": [row.tolist() for row in predictions.top_classes],
         "top_scores": [row.tolist() for row in predictions.top_scores],
     })
-    artifacts.write_record(directory, PREDICTIONS_RECORD, record)
+    artifacts.write_record(directory, PREDICTIONS_RECORD, artifacts.seal_record(directory, record, [PREDICTIONS.filename]))
 
 
 def load_cached_predictions(directory: Path, fingerprint: str) -> tuple[Predictions, dict[str, Any]] | None:

@@ -117,6 +117,7 @@ def train_locked(
     if dist_ctx.is_main:
         save_final_weights(out / ADAPTER, trainer, clip_record)
         with explain_write_errors(out / TRAIN_RECORD, "run record"):
+            record = artifacts.seal_record(out, record, (ADAPTER, METRICS))
             artifacts.write_record(out, TRAIN_RECORD, record)  # last: marks the run complete
     dist_ctx.barrier()  # no rank reports success before the outputs are on disk
     return TrainResult(out, record, classifier=trainer.task.classifier.eval())
