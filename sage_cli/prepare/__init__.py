@@ -5,7 +5,8 @@ benchmarks ``imagenet-lt``, ``places-lt`` and ``inat2018`` (:mod:`.splits`); ``c
 the official pickles (:mod:`.cifar`); and user data as ``folder`` or ``csv`` (:mod:`.folder`).
 Generated sets and CIFAR write PNGs under ``OUT/images`` (``image_root`` is OUT); the others keep
 paths relative to ``--root`` (``image_root`` is ROOT), after checking every listed image exists
-(:mod:`.check`). Benchmarks are compared with their recipe in ``data_manifests/`` (:mod:`.recipes`).
+(:mod:`.check`). Everything is written into a temporary sibling of OUT and moved into OUT at the
+end, so a failure changes nothing in OUT. Benchmarks are compared with their recipe in ``data_manifests/`` (:mod:`.recipes`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from sage_cli import artifacts
-from sage_cli.errors import SageError
+from sage_cli.errors import SageError, explain_write_errors
 from sage_cli.locks import lock_output_dir
 from sage_cli.prepare import check, recipes
 from sage_cli.prepare.source import SourceData
@@ -36,6 +37,7 @@ GENERATED = ("synthetic", "shapes-lt")
 SOURCES = (*GENERATED, "imagenet-lt", "places-lt", "inat2018", "cifar100-lt", "folder", "csv")
 WITH_CLASSNAMES = ("imagenet-lt", "places-lt", "inat2018", "folder", "csv")
 OUTPUTS = (artifacts.MANIFEST.filename, artifacts.CLASSES.filename, check.DROPPED)
+WRITE_FIX = "free space or fix permissions, then re-run (nothing in it changed)"
 REQUIRED = (artifacts.MANIFEST.filename, artifacts.CLASSES.filename)
 
 
@@ -143,43 +145,51 @@ def _run_locked(config: PrepareConfig, progress: check.Progress | None) -> Prepa
     if artifacts.guard_output_dir(config.out, artifacts.PREPARE_RECORD, fingerprint, OUTPUTS, config.force,
                                   required=REQUIRED):
         return PrepareResult(config.out, artifacts.read_record(config.out, artifacts.PREPARE_RECORD), True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{config.out.name}.", suffix=".prepare.tmp", dir=config.out.parent))
-    try:
-        staging.chmod(0o777 & ~artifacts.current_umask())  # mkdtemp makes it private
-        data = source.load(dataclasses.replace(config, out=staging))  # generated sets write their PNGs here
-        manifest = data.manifest
-        if "sample_id" not in manifest.columns:  # ids before any drop, so kept images keep theirs
-            manifest.insert(0, "sample_id", np.arange(len(manifest), dtype=np.int64))
-        dropped = pd.DataFrame(columns=["path", "split", "reason"])
-        if not data.generated:
-            manifest, dropped = check.apply_checks(manifest, data.image_root, config.verify, config.skip_bad,
-                                                   config.workers, progress)
-        train = manifest.loc[manifest["split"] == "train", "label"].to_numpy()
-        classes = compute_class_table(data.names, train, config.many_threshold, config.few_threshold,
-                                      data.group_counts)
-        artifacts.write_table(staging, artifacts.MANIFEST, manifest)
-        artifacts.write_table(staging, artifacts.CLASSES, classes)
-        check.save_dropped(staging, dropped)
-        image_root = config.out if Path(data.image_root) == staging else Path(data.image_root)
-        record = _build_record(config, inputs, hashes, data, image_root, manifest, classes, len(dropped))
-        publish(staging, config.out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    record = artifacts.seal_record(config.out, record, OUTPUTS)
-    artifacts.write_record(config.out, artifacts.PREPARE_RECORD, record)  # last: marks the preparation complete
+    with explain_write_errors(config.out, "preparation", fix=WRITE_FIX):
+        staging = Path(tempfile.mkdtemp(prefix=f".{config.out.name}.", suffix=".prepare.tmp", dir=config.out.parent))
+        try:
+            staging.chmod(0o777 & ~artifacts.current_umask())  # mkdtemp makes it private
+            record = artifacts.seal_record(staging, _prepare_into(staging, config, source, inputs, hashes, progress),
+                                           OUTPUTS)
+            artifacts.write_record(staging, artifacts.PREPARE_RECORD, record)
+            publish(staging, config.out)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return PrepareResult(config.out, record)
 
 
-def publish(staging: Path, out: Path) -> None:
-    """Move what ``staging`` holds into ``out``, replacing the old outputs; the record goes first.
+def _prepare_into(staging: Path, config: PrepareConfig, source: Source, inputs: dict[str, Any],
+                  hashes: dict[str, str] | None, progress: check.Progress | None) -> dict[str, Any]:
+    """Load, check and write the tables into ``staging``; returns the record (not yet written)."""
+    data = source.load(dataclasses.replace(config, out=staging))  # generated sets write their PNGs here
+    manifest = data.manifest
+    if "sample_id" not in manifest.columns:  # ids before any drop, so kept images keep theirs
+        manifest.insert(0, "sample_id", np.arange(len(manifest), dtype=np.int64))
+    dropped = pd.DataFrame(columns=["path", "split", "reason"])
+    if not data.generated:
+        manifest, dropped = check.apply_checks(manifest, data.image_root, config.verify, config.skip_bad,
+                                               config.workers, progress)
+    train = manifest.loc[manifest["split"] == "train", "label"].to_numpy()
+    classes = compute_class_table(data.names, train, config.many_threshold, config.few_threshold,
+                                  data.group_counts)
+    artifacts.write_table(staging, artifacts.MANIFEST, manifest)
+    artifacts.write_table(staging, artifacts.CLASSES, classes)
+    check.save_dropped(staging, dropped)
+    image_root = config.out if Path(data.image_root) == staging else Path(data.image_root)
+    return _build_record(config, inputs, hashes, data, image_root, manifest, classes, len(dropped))
 
-    Everything was written in ``staging`` first, so a full disk, a bad image or a kill before this
-    point leaves ``out`` as it was; here only renames within one file system happen.
+
+def publish(staging: Path, out: Path) -> None:
+    """Move what ``staging`` holds into ``out``: the old record goes first, the new one last.
+
+    Everything, record included, was written in ``staging``, so a full disk, a bad image or a kill
+    before this point leaves ``out`` as it was; here only renames within one file system happen.
     """
     (out / artifacts.PREPARE_RECORD).unlink(missing_ok=True)  # outputs without a record: interrupted
     if not (staging / check.DROPPED).exists():
         (out / check.DROPPED).unlink(missing_ok=True)
-    for entry in sorted(staging.iterdir()):
+    entries = sorted(staging.iterdir(), key=lambda p: (p.name == artifacts.PREPARE_RECORD, p.name))
+    for entry in entries:
         target = out / entry.name
         if target.is_dir() and not target.is_symlink():
             aside = out / f".{entry.name}.old.tmp"

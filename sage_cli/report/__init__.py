@@ -18,7 +18,7 @@ import torch
 
 from sage_cli import artifacts
 from sage_cli.artifacts import PER_CLASS, REPORT_RECORD
-from sage_cli.errors import SageError
+from sage_cli.errors import SageError, explain_write_errors
 from sage_cli.locks import lock_output_dir
 from sage_cli.report import build, html, markdown, seeds, tex
 from sage_cli.report.evaluate import (
@@ -130,7 +130,8 @@ def _run_locked(config: ReportConfig, progress: Progress | None) -> ReportResult
         groups=seeds.compute_group_rows(groups, entries), reference=config.reference,
         paired=seeds.compute_paired_rows(groups, entries, config.reference) if config.reference else [],
     )
-    report = write_outputs(out, report, latex=config.latex, figures=config.figures)
+    with explain_write_errors(out, "report"):
+        report = write_outputs(out, report, latex=config.latex, figures=config.figures)
     return ReportResult(out, False, report, tuple(evaluated))
 
 
@@ -221,10 +222,11 @@ def predict(
     evaluation = {"seconds": round(stats.seconds, 3), "images_per_second": round(stats.images_per_second, 1),
                   "device": stats.device, "precision": stats.precision, "batch_size": config.batch_size,
                   "tte": config.tte, "image_size": backbone.get("image_size")}
-    if predictions.logits is not None:  # before the record: a record never vouches for missing logits
-        save_logits(source.cache_dir, predictions.logits, predictions, fingerprint)
-    save_predictions(source.cache_dir, predictions, artifacts.build_record("predictions", cache_inputs,
-                                                                             evaluation=evaluation))
+    with explain_write_errors(source.cache_dir, "predictions cache"):
+        if predictions.logits is not None:  # before the record: a record never vouches for missing logits
+            save_logits(source.cache_dir, predictions.logits, predictions, fingerprint)
+        save_predictions(source.cache_dir, predictions, artifacts.build_record("predictions", cache_inputs,
+                                                                                 evaluation=evaluation))
     return predictions, {**evaluation, "cached": False}
 
 
