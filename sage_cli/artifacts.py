@@ -272,6 +272,12 @@ def sha256_json(obj: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def relative_path(path: str | os.PathLike[str], start: str | os.PathLike[str]) -> str:
+    """``path`` relative to the directory ``start`` (POSIX separators). Records hold paths this way,
+    so an artifact copied together with what it names still finds it; hashes say it is the same."""
+    return Path(os.path.relpath(Path(path).resolve(), Path(start).resolve())).as_posix()
+
+
 def software_versions() -> dict[str, str]:
     """Versions of sage, Python and the libraries behind the artifacts (read from package metadata,
     so recording them does not import torch)."""
@@ -285,12 +291,16 @@ def software_versions() -> dict[str, str]:
     return versions
 
 
-def build_record(stage: str, inputs: Mapping[str, Any], **fields: Any) -> dict[str, Any]:
-    """A stage record: what ran, on which inputs (with a fingerprint of them), with what software."""
+def build_record(stage: str, inputs: Mapping[str, Any], *, identity: Mapping[str, Any] | None = None,
+                 **fields: Any) -> dict[str, Any]:
+    """A stage record: what ran, on which inputs (with a fingerprint of them), with what software.
+
+    The fingerprint is of ``identity`` when given (the inputs without their locations), else of ``inputs``.
+    """
     return {
         "stage": stage,
         "schema_version": SCHEMA_VERSION,
-        "fingerprint": sha256_json(inputs),
+        "fingerprint": sha256_json(inputs if identity is None else identity),
         "inputs": dict(inputs),
         **fields,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

@@ -255,7 +255,7 @@ def _record_fields(config: EncodeTextConfig, prepared: PreparedClasses, template
                    backbone: dict[str, Any], texts: ClassTexts, fallback: list[str]) -> dict[str, Any]:
     generate = config.generate
     return {
-        "prepared": str(Path(prepared.directory).resolve()),
+        "prepared": artifacts.relative_path(prepared.directory, config.out),
         "model": backbone["model"],
         "pretrained": backbone["pretrained"],
         "pretrained_sha256": backbone["pretrained_sha256"],

@@ -220,7 +220,7 @@ def _build_record(config: PrepareConfig, inputs: dict[str, Any], hashes: dict[st
     options = {k: v for k, v in inputs.items() if k != "hashes"}
     return artifacts.build_record(
         "prepare", inputs, dataset=config.dataset, root=options["root"],
-        image_root=str(image_root.resolve()), options=options, hashes=hashes or {},
+        image_root=artifacts.relative_path(image_root, config.out), options=options, hashes=hashes or {},
         counts=counts, num_classes=len(classes),
         group_thresholds={"many": config.many_threshold, "few": config.few_threshold},
         group_counts={g: int((classes["group"] == g).sum()) for g in artifacts.GROUPS},

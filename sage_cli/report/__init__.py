@@ -55,7 +55,8 @@ class ReportConfig:
     out: Path
     runs: tuple[Path, ...] = ()
     zero_shot: Path | None = None  # a prepared dataset dir: add the frozen CLIP zero-shot row
-    text_cache: Path | None = None  # the text cache the zero-shot head comes from
+    text_cache: Path | None = None  # the zero-shot head's text cache; for runs, where theirs now is
+    prepared: Path | None = None  # where the runs' prepared dataset now is (found by its hashes otherwise)
     tte: bool = False
     split: str = "test"
     checkpoint: Path | None = None  # instead of RUN_DIR/adapter.safetensors (one run only)
@@ -73,8 +74,10 @@ class ReportConfig:
         object.__setattr__(self, "runs", tuple(Path(r) for r in self.runs))
         if not self.runs and self.zero_shot is None:
             raise SageError("nothing to report: pass RUN_DIR(s) and/or --zero-shot PREPARED_DIR")
-        if (self.zero_shot is None) != (self.text_cache is None):
+        if self.zero_shot is not None and self.text_cache is None:
             raise SageError("--zero-shot PREPARED_DIR and --text-cache TEXT_DIR go together")
+        if self.text_cache is not None and self.zero_shot is None and not self.runs:
+            raise SageError("--text-cache needs --zero-shot PREPARED_DIR or RUN_DIR(s)")
         if self.split not in ("test", "val"):
             raise SageError(f"--split must be test or val; got {self.split!r}")
         if self.checkpoint is not None and len(self.runs) != 1:
@@ -182,7 +185,8 @@ def load_sources(config: ReportConfig) -> list[Source]:
     if config.zero_shot is not None:
         cache_dir = Path(config.out) / ZERO_SHOT
         sources.append(load_zero_shot_source(Path(config.zero_shot), Path(config.text_cache), config.split, cache_dir))
-    sources += [load_run_source(r, config.split, config.checkpoint) for r in config.runs]
+    sources += [load_run_source(r, config.split, config.checkpoint, config.prepared, config.text_cache)
+                for r in config.runs]
     return _with_unique_names(sources)
 
 

@@ -15,6 +15,7 @@ or the new checkpoint complete. Older checkpoints beyond ``keep`` are pruned aft
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -28,7 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
 from sage_cli import artifacts
@@ -86,6 +87,33 @@ def serialize_weights(tensors: dict[str, torch.Tensor], metadata: dict[str, str]
     text = json.dumps(ordered, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)  # the data start 8-byte aligned, as safetensors writes them
     return len(text).to_bytes(8, "little") + text + raw[8 + size:]
+
+
+def describe_adapter_config(classifier: torch.nn.Module) -> dict[str, Any]:
+    """The classifier's adapter config as built: the bottleneck, blocks, guidance switch and token
+    count that ``None`` left to their defaults, resolved (for the weights' metadata)."""
+    from sage_cli.model.surgery import ParallelAdapterMLP, get_vision_blocks
+
+    config = classifier.config  # the AdapterConfig it was built from
+    resolved = dataclasses.asdict(config)
+    summary = classifier.summary()
+    blocks = [i for i, block in enumerate(get_vision_blocks(classifier.visual))
+              if isinstance(getattr(block, "mlp", None), ParallelAdapterMLP)]
+    resolved["blocks"] = blocks
+    if blocks:
+        resolved["bottleneck"] = summary.get("bottleneck")
+        resolved["guidance"] = summary.get("guidance_tokens") is not None
+        resolved["guidance_tokens"] = summary.get("guidance_tokens")
+    return resolved
+
+
+def read_weights_metadata(path: Path) -> dict[str, str]:
+    """The string metadata of a safetensors file (empty when it has none)."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            return dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise SageError(f"{path}: not a readable safetensors checkpoint ({exc}); is it damaged?") from None
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:

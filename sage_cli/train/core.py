@@ -37,7 +37,13 @@ from sage_cli.train.config import TrainConfig
 from sage_cli.train.datasets import build_datasets, describe_input, use_cached_features
 from sage_cli.train.distributed import DistContext, distributed_session
 from sage_cli.train.faults import explain_write_errors
-from sage_cli.train.inputs import BACKBONE_INIT_SEED, TrainInputs, build_backbone, resolve_inputs
+from sage_cli.train.inputs import (
+    BACKBONE_INIT_SEED,
+    TrainInputs,
+    build_backbone,
+    resolve_inputs,
+    strip_locations,
+)
 from sage_cli.train.loop import METRICS, Trainer, TrainHooks
 from sage_cli.task import build_task
 from sage_cli.train.transforms import describe_preprocessing
@@ -88,9 +94,10 @@ def train_locked(
     hooks: TrainHooks | None, started: float,
 ) -> TrainResult:
     """:func:`run_on` while holding the run directory's lock (rank 0)."""
-    record_inputs = {**inputs.record(), "config": config.result_dict()}
-    fingerprint = artifacts.sha256_json(record_inputs)
     out = config.run.out
+    record_inputs = {**inputs.record(out), "config": config.result_dict()}
+    identity = strip_locations(record_inputs)  # paths move with a copied run; the content decides
+    fingerprint = artifacts.sha256_json(identity)
     resume_from = find_resume_checkpoint(out, fingerprint) if config.run.resume else None
     if not config.run.resume and artifacts.guard_output_dir(out, TRAIN_RECORD, fingerprint, OUTPUTS,
                                                             config.run.force, required=(ADAPTER,)):
@@ -111,7 +118,8 @@ def train_locked(
         hooks.on_start(start_info(trainer, preprocessing, inputs, resume_from))
     final_eval = trainer.fit()
     record = artifacts.build_record(
-        STAGE, record_inputs, **summarise(config, trainer, clip_record, preprocessing, inputs, device),
+        STAGE, record_inputs, identity=identity,
+        **summarise(config, trainer, clip_record, preprocessing, inputs, device),
         final_eval=final_eval, wall_time_s=time.perf_counter() - started,
     )
     if dist_ctx.is_main:
@@ -199,7 +207,7 @@ def save_final_weights(path: Path, trainer: Trainer, clip_record: dict[str, Any]
     metadata = {
         "format": "sage-adapter",
         "method": trainer.config.method,
-        "adapter_config": trainer.config.to_dict()["model"]["adapter"],
+        "adapter_config": ckpt.describe_adapter_config(trainer.classifier),
         "model": clip_record["model"],
         "pretrained": clip_record["pretrained"],
         "global_step": trainer.position.global_step,
@@ -237,8 +245,8 @@ def summarise(
     return {
         "method": config.method,
         "config": config.to_dict(),
-        "prepared": str(inputs.data.directory.resolve()),
-        "text_cache": str(inputs.cache.directory.resolve()),
+        "prepared": artifacts.relative_path(inputs.data.directory, config.run.out),
+        "text_cache": artifacts.relative_path(inputs.cache.directory, config.run.out),
         "model": clip_record,
         "backbone_init_seed": BACKBONE_INIT_SEED,
         "classifier": trainer.task.summary(),
