@@ -58,6 +58,7 @@ class PrepareConfig:
     skip_bad: bool = False
     groups_from: str | None = None  # cifar100-lt: "ir100" (default) or "own"
     workers: int | None = None  # threads for image checks and PNG writes (None: automatic)
+    allow_outside_root: bool = False  # accept listed paths that resolve outside the root
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out", Path(self.out))
@@ -168,7 +169,7 @@ def _prepare_into(staging: Path, config: PrepareConfig, source: Source, inputs: 
     dropped = pd.DataFrame(columns=["path", "split", "reason"])
     if not data.generated:
         manifest, dropped = check.apply_checks(manifest, data.image_root, config.verify, config.skip_bad,
-                                               config.workers, progress)
+                                               config.workers, progress, config.allow_outside_root)
     train = manifest.loc[manifest["split"] == "train", "label"].to_numpy()
     classes = compute_class_table(data.names, train, config.many_threshold, config.few_threshold,
                                   data.group_counts)

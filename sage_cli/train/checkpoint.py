@@ -181,7 +181,8 @@ def save_checkpoint(
         try:
             tmp.chmod(0o777 & ~artifacts.current_umask())  # mkdtemp makes it private; a checkpoint is as readable as the run
             save_weights(tmp / WEIGHTS, weights, {**metadata, "global_step": position.global_step})
-            write_state(tmp / STATE, {"format": STATE_FORMAT, "position": vars(position), **state})
+            write_state(tmp / STATE, {"format": STATE_FORMAT, "position": vars(position),
+                                      "torch_threads": torch.get_num_threads(), **state})
             write_manifest(tmp, position)
             replace_directory(tmp, final)
         finally:
@@ -264,6 +265,17 @@ def find_latest_checkpoint(run_dir: Path) -> Path | None:
         pass
     found = list_checkpoints(root) if root.is_dir() else []
     return found[-1] if found else None
+
+
+def warn_if_threads_differ(state: dict[str, Any], checkpoint: Path) -> None:
+    """CPU float sums depend on torch's thread count: a resume with another count is not bit for
+    bit the uninterrupted run (it trains on, with last-bit differences)."""
+    written = state.get("torch_threads")
+    now = torch.get_num_threads()
+    if written is not None and written != now:
+        logger.warning("%s was written with %d torch thread(s), this process has %d: the resumed run will "
+                       "not be bit-for-bit the uninterrupted one (set OMP_NUM_THREADS=%d to keep it)",
+                       checkpoint, written, now, written)
 
 
 def load_checkpoint_state(checkpoint: Path) -> dict[str, Any]:

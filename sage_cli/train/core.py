@@ -182,11 +182,12 @@ def find_resume_checkpoint(out: Path, fingerprint: str) -> Path | None:
         raise SageError(f"{out}: the run is already complete ({TRAIN_RECORD}); nothing to resume")
     checkpoint = ckpt.find_latest_checkpoint(out)
     if checkpoint is None:
-        logger.warning("%s: no checkpoint to resume from; starting from step 0", out)
         if any((out / o).exists() for o in OUTPUTS):
             raise SageError(f"{out}: holds outputs but no checkpoint; pass --force to start over")
+        logger.warning("%s: no checkpoint to resume from; starting from step 0", out)
         return None
     state = ckpt.load_checkpoint_state(checkpoint)
+    ckpt.warn_if_threads_differ(state, checkpoint)
     if state.get("fingerprint") != fingerprint:
         raise SageError(
             f"{checkpoint}: was written by a run of other inputs or options; resume with the same "
@@ -253,6 +254,7 @@ def summarise(
         "trainable_params": trainer.task.num_trainable,
         "preprocessing": preprocessing,
         "device": str(device),
+        "torch_threads": torch.get_num_threads(),
         "world_size": trainer.dist.world_size,
         "distributed_backend": trainer.dist.backend,
         "precision": describe_precision(device),
