@@ -278,6 +278,13 @@ def relative_path(path: str | os.PathLike[str], start: str | os.PathLike[str]) -
     return Path(os.path.relpath(Path(path).resolve(), Path(start).resolve())).as_posix()
 
 
+def strip_locations(inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """``inputs`` (of a record) without the ``path`` of each input: what identifies them is their
+    content (fingerprints and hashes), so a run's fingerprint survives a move."""
+    return {k: {f: v for f, v in value.items() if f != "path"} if isinstance(value, dict) else value
+            for k, value in inputs.items()}
+
+
 def software_versions() -> dict[str, str]:
     """Versions of sage, Python and the libraries behind the artifacts (read from package metadata,
     so recording them does not import torch)."""

@@ -149,3 +149,24 @@ def test_the_predictions_cache_is_recomputed_when_damaged(tmp_path: Path) -> Non
     assert load_cached_predictions(tmp_path, fingerprint)[0].labels.tolist() == [0, 1, 1]
     flip(tmp_path / "predictions.parquet")
     assert load_cached_predictions(tmp_path, fingerprint) is None
+
+
+def test_saved_logits_are_hashed_with_the_predictions(tmp_path: Path) -> None:
+    import numpy as np
+
+    from sage_cli.report.evaluate import Predictions, load_cached_predictions, save_predictions
+    from sage_cli.report.logits import LOGITS, load_logits, save_logits
+
+    logits = np.array([[2.0, 1.0], [0.5, 3.0]], dtype=np.float16)
+    predictions = Predictions(np.arange(2), np.array([0, 1]), np.array([[0, 1], [1, 0]]),
+                              np.full((2, 2), 0.5, dtype=np.float32), logits)
+    fingerprint = artifacts.sha256_json({"k": 2})
+    save_logits(tmp_path, logits, predictions, fingerprint)
+    first = artifacts.sha256_file(tmp_path / LOGITS)
+    save_logits(tmp_path, logits, predictions, fingerprint)
+    assert artifacts.sha256_file(tmp_path / LOGITS) == first  # the same bytes every time
+    save_predictions(tmp_path, predictions, artifacts.build_record("predictions", {"k": 2}))
+    assert load_logits(tmp_path, fingerprint)[0].tolist() == logits.tolist()
+    assert load_cached_predictions(tmp_path, fingerprint) is not None
+    flip(tmp_path / LOGITS, offset=(tmp_path / LOGITS).stat().st_size - 2)  # in the labels: still parses
+    assert load_cached_predictions(tmp_path, fingerprint) is None  # re-evaluated, not trusted

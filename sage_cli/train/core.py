@@ -42,7 +42,6 @@ from sage_cli.train.inputs import (
     TrainInputs,
     build_backbone,
     resolve_inputs,
-    strip_locations,
 )
 from sage_cli.train.loop import METRICS, Trainer, TrainHooks
 from sage_cli.task import build_task
@@ -96,7 +95,7 @@ def train_locked(
     """:func:`run_on` while holding the run directory's lock (rank 0)."""
     out = config.run.out
     record_inputs = {**inputs.record(out), "config": config.result_dict()}
-    identity = strip_locations(record_inputs)  # paths move with a copied run; the content decides
+    identity = artifacts.strip_locations(record_inputs)  # paths move with a copied run; the content decides
     fingerprint = artifacts.sha256_json(identity)
     resume_from = find_resume_checkpoint(out, fingerprint) if config.run.resume else None
     if not config.run.resume and artifacts.guard_output_dir(out, TRAIN_RECORD, fingerprint, OUTPUTS,

@@ -60,12 +60,6 @@ class TrainInputs:
         }
 
 
-def strip_locations(record_inputs: dict[str, Any]) -> dict[str, Any]:
-    """The inputs without their paths: what a run's fingerprint is computed from (content only)."""
-    return {k: {f: v for f, v in value.items() if f != "path"} if isinstance(value, dict) else value
-            for k, value in record_inputs.items()}
-
-
 def resolve_inputs(config: TrainConfig) -> TrainInputs:
     """Read and cross-check the prepared dataset and text cache; SageError on any mismatch."""
     data = load_prepared_data(config.data.prepared)
