@@ -98,7 +98,7 @@ def describe_adapter_config(classifier: torch.nn.Module) -> dict[str, Any]:
     resolved = dataclasses.asdict(config)
     summary = classifier.summary()
     blocks = [i for i, block in enumerate(get_vision_blocks(classifier.visual))
-              if isinstance(getattr(block, "mlp", None), ParallelAdapterMLP)]
+              if isinstance(getattr(block, "mlp", None), ParallelAdapterMLP)] if summary.get("adapter_blocks") else []
     resolved["blocks"] = blocks
     if blocks:
         resolved["bottleneck"] = summary.get("bottleneck")
