@@ -99,8 +99,8 @@ def describe_adapter_config(classifier: torch.nn.Module) -> dict[str, Any]:
     summary = classifier.summary()
     blocks = [i for i, block in enumerate(get_vision_blocks(classifier.visual))
               if isinstance(getattr(block, "mlp", None), ParallelAdapterMLP)] if summary.get("adapter_blocks") else []
-    resolved["blocks"] = blocks
-    if blocks:
+    if blocks:  # adapters in parallel to the MLPs (sage, lift); other PEFT modules keep the options' values
+        resolved["blocks"] = blocks
         resolved["bottleneck"] = summary.get("bottleneck")
         resolved["guidance"] = summary.get("guidance_tokens") is not None
         resolved["guidance_tokens"] = summary.get("guidance_tokens")
