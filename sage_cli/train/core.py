@@ -207,7 +207,7 @@ def save_final_weights(path: Path, trainer: Trainer, clip_record: dict[str, Any]
     metadata = {
         "format": "sage-adapter",
         "method": trainer.config.method,
-        "adapter_config": ckpt.describe_adapter_config(trainer.classifier),
+        "adapter_config": ckpt.describe_adapter_config(trainer.task.classifier),
         "model": clip_record["model"],
         "pretrained": clip_record["pretrained"],
         "global_step": trainer.position.global_step,
