@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 from rich.console import Console
 from rich.logging import RichHandler
@@ -10,6 +11,16 @@ from rich.logging import RichHandler
 console = Console(highlight=False)
 # Errors and warnings go to stderr so `--json` output on stdout stays machine-readable.
 err_console = Console(stderr=True, highlight=False)
+
+
+def print_result(line: str) -> None:
+    """Print a command's final result as one plain line on stdout when --quiet silenced its summary.
+
+    Plain text (no markup, tabs kept), so that scripts can read it.
+    """
+    if console.quiet:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
 
 
 def configure_output(quiet: bool = False, verbose: bool = False) -> None:

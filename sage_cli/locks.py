@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,7 +112,7 @@ def _try_flock(fd: int, path: Path, directory: Path) -> bool:
         else:
             _refuse_if_alive(fd, directory)
     except BlockingIOError:
-        holder = read_holder(fd)
+        holder = _await_holder(fd)
         os.close(fd)
         raise SageError(f"{directory}: in use by {describe_holder(holder)}; wait for it to finish or choose "
                         "another --out") from None
@@ -127,6 +128,15 @@ def _try_flock(fd: int, path: Path, directory: Path) -> bool:
     if not same:
         os.close(fd)
     return same
+
+
+def _await_holder(fd: int, wait_s: float = 2.0) -> dict[str, Any] | None:
+    """The holder of a lock someone else holds; it writes itself right after locking, so a just-taken
+    lock can read empty for a moment: poll briefly before calling the holder unknown."""
+    deadline = time.monotonic() + wait_s
+    while (holder := read_holder(fd)) is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return holder
 
 
 def _refuse_if_alive(fd: int, directory: Path) -> None:

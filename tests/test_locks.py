@@ -126,3 +126,22 @@ def test_train_is_refused_while_another_process_holds_its_run_dir(tmp_path: Path
     assert result.stderr.strip().startswith(f"error: {out}: in use by sage train (pid {proc.pid} on ")
     assert result.stderr.strip().count("\n") == 0
     assert sorted(p.name for p in out.iterdir()) == [locks.LOCK_NAME]
+
+
+@pytest.mark.skipif(locks.fcntl is None, reason="needs flock")
+def test_a_holder_caught_between_locking_and_writing_itself_is_still_named(tmp_path: Path) -> None:
+    # the race CI hit: the winner has flock'ed the file but not yet written its pid into it
+    import threading
+
+    directory = tmp_path / "out"
+    directory.mkdir()
+    fd = os.open(directory / locks.LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    locks.fcntl.flock(fd, locks.fcntl.LOCK_EX | locks.fcntl.LOCK_NB)
+    writer = threading.Timer(0.3, locks._write_holder, args=(fd, "prepare"))
+    writer.start()
+    try:
+        with pytest.raises(SageError, match=rf"in use by sage prepare \(pid {os.getpid()} on "):
+            locks.acquire_lock(directory, "train")
+    finally:
+        writer.join()
+        os.close(fd)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -23,7 +24,8 @@ def handle_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except SageError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", soft_wrap=True, markup=True, highlight=False)
+            # The message is plain text: brackets in it (paths, "sage-lt[wandb]") are not markup.
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True, markup=True, highlight=False)
             raise typer.Exit(1) from None
         except OSError as exc:  # a write the stage did not name itself: still one line, not a traceback
             reason = describe_write_error(exc)
@@ -49,3 +51,25 @@ def explicit_params(ctx: typer.Context) -> set[str]:
         if getattr(source, "name", None) in ("COMMANDLINE", "ENVIRONMENT"):
             explicit.add(name)
     return explicit
+
+
+DEVICE_NAMES = ("auto", "cpu", "cuda")
+DEVICE_METAVAR = "<auto|cpu|cuda[:N]>"
+
+
+def parse_device(value: str) -> str:
+    """``--device``: auto, cpu, cuda or cuda:N; anything else is a usage error naming the choices."""
+    text = str(value)
+    if text in DEVICE_NAMES or re.fullmatch(r"cuda:\d+", text):
+        return text
+    raise typer.BadParameter(f"{text!r} is not one of auto, cpu, cuda, cuda:N")
+
+
+def complete_device(incomplete: str) -> list[str]:
+    return [name for name in DEVICE_NAMES if name.startswith(incomplete)]
+
+
+def device_option(help_text: str = "Device to run on (auto: CUDA when available).") -> Any:
+    """The ``--device`` option every command shares: its choices shown, checked and completed."""
+    return typer.Option("auto", "--device", parser=parse_device, metavar=DEVICE_METAVAR,
+                        autocompletion=complete_device, help=help_text)

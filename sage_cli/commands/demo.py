@@ -7,8 +7,8 @@ from pathlib import Path
 
 import typer
 
-from sage_cli.commands._common import handle_errors
-from sage_cli.console import console
+from sage_cli.commands._common import device_option, handle_errors
+from sage_cli.console import console, print_result
 from sage_cli.methods import DEMO_METHODS
 
 
@@ -20,11 +20,11 @@ def command(
     batch_size: int = typer.Option(64, "--batch-size", help="Images per optimizer step."),
     seed: int = typer.Option(0, "--seed", help="Seed of the data and of training."),
     max_steps: int | None = typer.Option(None, "--max-steps", help="Cap optimizer steps per method (smoke runs)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    device: str = device_option(),
     force: bool = typer.Option(False, "--force", help="Redo every stage, overwriting --out."),
 ) -> None:
     """Run the whole pipeline on the embedded Shapes-LT world and print the many/medium/few table."""
-    from sage_cli.commands.report import summary_table
+    from sage_cli.commands.report import result_line, summary_table
     from sage_cli.commands.train import progress_bar
     from sage_cli.demo import DemoConfig, run
 
@@ -39,6 +39,7 @@ def command(
     with progress_bar(quiet=False, summary=False) as hooks:  # --quiet hides it (console.quiet)
         result = run(config, on_stage=on_stage, hooks=hooks)
     console.print(summary_table(result.report))
+    print_result(result_line(result.report_dir, result.report))
     console.print(f"report: {result.report_dir / 'report.html'}  (tables: {result.report_dir / 'report.md'})",
                   soft_wrap=True)
     console.print(f"demo finished in {time.perf_counter() - started:.0f} s", style="dim")

@@ -11,8 +11,8 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from sage_cli.commands._common import handle_errors
-from sage_cli.console import console
+from sage_cli.commands._common import device_option, handle_errors
+from sage_cli.console import console, print_result
 from sage_cli.errors import SageError
 
 
@@ -30,7 +30,7 @@ def command(
     llm_n: int = typer.Option(5, "--llm-n", help="Descriptions to ask for per class."),
     llm_cache: Path | None = typer.Option(None, "--llm-cache", help="Answer cache (JSON lines); default OUT/llm_answers.jsonl."),
     batch_size: int = typer.Option(256, "--batch-size", help="Texts per forward pass."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    device: str = device_option(),
     force: bool = typer.Option(False, "--force", help="Overwrite a cache of other inputs in --out."),
     as_json: bool = typer.Option(False, "--json", help="Print encode.json to stdout instead of a table."),
 ) -> None:
@@ -58,6 +58,8 @@ def command(
         console.print(f"{out} already holds this text cache; nothing to do (pass --force to redo it)", soft_wrap=True)
         return
     console.print(_summary(result.record, result.fallback_classes, result.llm_requests))
+    counts = result.record["counts"]
+    print_result(f"{out}: {counts['classes']} classes, {counts['texts']} texts, {result.record['model']}")
 
 
 def _llm_config(out: Path, url: str | None, model: str | None, n: int, cache: Path | None) -> Any:

@@ -6,14 +6,14 @@ import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import typer
 from rich.progress import Progress
 from rich.table import Table
 
 from sage_cli.commands._common import handle_errors
-from sage_cli.console import console
+from sage_cli.console import console, print_result
 
 
 @handle_errors
@@ -23,10 +23,13 @@ def command(
     out: Path = typer.Option(..., "--out", "-o", help="Directory for manifest.parquet, classes.parquet, prepare.json."),
     root: Path | None = typer.Option(None, "--root", help="Dataset root (the CSV file for csv; unused by generated sets)."),
     classnames: Path | None = typer.Option(None, "--classnames", help="Class names: '<wnid> <name>' or one name per line, in label order."),
-    verify: str = typer.Option("exists", "--verify", help="exists: every listed image is a file; decode: also decode each."),
+    verify: Literal["exists", "decode"] = typer.Option("exists", "--verify", help="exists: every listed image is a file; decode: also decode each."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Drop missing/undecodable images (listed in OUT/dropped.csv) instead of failing."),
-    imbalance_ratio: float | None = typer.Option(None, "--imbalance-ratio", help="Largest / smallest class count (cifar100-lt: 100; any value > 1)."),
-    groups_from: str | None = typer.Option(None, "--groups-from", help="cifar100-lt groups: ir100 (default, LIFT's 35/35/30) or own (this ratio's counts)."),
+    imbalance_ratio: float | None = typer.Option(None, "--imbalance-ratio", help="Largest / smallest class count (cifar100-lt, shapes-lt: 100; any value > 1; shapes-lt also 1: balanced)."),
+    max_count: int | None = typer.Option(None, "--max-count", help="shapes-lt: training images of the most frequent class (default 300)."),
+    variant: int = typer.Option(0, "--variant", help="shapes-lt: world variant, the seed of which classes are frequent (apart from --seed)."),
+    domain: str | None = typer.Option(None, "--domain", help="shapes-lt: moderate (world v2) or hard (world v1's shifted domain; the default)."),
+    groups_from: Literal["ir100", "own"] | None = typer.Option(None, "--groups-from", help="cifar100-lt groups: ir100 (default, LIFT's 35/35/30) or own (this ratio's counts).", show_default=False),
     many_threshold: int = typer.Option(100, "--many-threshold", help="many: more training images than this."),
     few_threshold: int = typer.Option(20, "--few-threshold", help="few: fewer training images than this."),
     workers: int | None = typer.Option(None, "--workers", help="Threads for image checks and PNG writes (default: automatic)."),
@@ -42,7 +45,8 @@ def command(
     config = PrepareConfig(dataset=dataset, out=out, root=root, seed=seed, imbalance_ratio=imbalance_ratio,
                            many_threshold=many_threshold, few_threshold=few_threshold, force=force,
                            classnames=classnames, verify=verify, skip_bad=skip_bad, groups_from=groups_from,
-                           workers=workers, allow_outside_root=allow_outside_root)
+                           workers=workers, max_count=max_count, variant=variant, domain=domain,
+                           allow_outside_root=allow_outside_root)
     with _progress(f"checking images ({verify})", quiet=as_json) as progress:
         result = run(config, progress=progress)
     if as_json:
@@ -51,6 +55,9 @@ def command(
     if result.skipped:
         console.print(f"{out} already holds this preparation; nothing to do", soft_wrap=True)
     console.print(_summary(result.record))
+    record = result.record
+    print_result(f"{out}: {record['num_classes']} classes, " + " / ".join(
+        f"{record['counts'][s]} {s}" for s in ("train", "val", "test")) + " images")
 
 
 @contextlib.contextmanager

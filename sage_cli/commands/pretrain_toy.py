@@ -1,4 +1,4 @@
-"""`sage pretrain-toy`: contrastively pretrain the toy CLIP on the clean shapes world."""
+"""`sage pretrain-toy`: contrastively pretrain the toy CLIP on a pretraining world of the shapes world."""
 
 from __future__ import annotations
 
@@ -22,14 +22,19 @@ def command(
     device: str = typer.Option("cpu", "--device", help="Torch device, e.g. cpu or cuda."),
     threads: int = typer.Option(2, "--threads", help="Torch CPU threads (fixed for repeatability)."),
     eval_per_class: int = typer.Option(20, "--eval-per-class", help="Held-out images per class for zero-shot."),
+    world: str = typer.Option("clean", "--world", help="Pretraining world: clean (world v1) or open (v2: varied "
+                              "backgrounds, attribute captions)."),
+    init: Path | None = typer.Option(None, "--init", help="Start from these sage-toy weights (default: random init)."),
+    checkpoint_every: int = typer.Option(0, "--checkpoint-every", help="Save a resumable checkpoint every N steps "
+                                         "(0: never); a re-run resumes from it."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing run in --out."),
 ) -> None:
-    """Pretrain the toy open_clip model (sage-toy) from scratch on balanced clean shapes."""
+    """Pretrain the toy open_clip model (sage-toy) contrastively on balanced shapes of one world."""
     from sage_cli.world.pretrain import PretrainConfig, run
 
     config = PretrainConfig(
         out=out, steps=steps, seed=seed, batch_size=batch_size, lr=lr, device=device, threads=threads,
-        eval_per_class=eval_per_class, force=force,
+        eval_per_class=eval_per_class, force=force, world=world, init=init, checkpoint_every=checkpoint_every,
     )
     with Progress(
         TextColumn("pretrain"), BarColumn(), TextColumn("{task.completed}/{task.total} loss {task.fields[loss]}"),

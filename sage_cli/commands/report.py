@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from sage_cli.commands._common import handle_errors
-from sage_cli.console import console
+from sage_cli.commands._common import device_option, handle_errors
+from sage_cli.console import console, print_result
 
 
 @handle_errors
@@ -24,11 +24,11 @@ def command(
     prepared: Path | None = typer.Option(None, "--prepared", help="Where the runs' prepared dataset now is (checked by "
                                          "its hashes; default: where train.json says, or beside the run)."),
     tte: bool = typer.Option(False, "--tte", help="Test-time ensembling: five crops, logits averaged."),
-    split: str = typer.Option("test", "--split", help="test or val."),
+    split: Literal["test", "val"] = typer.Option("test", "--split", help="Split to evaluate."),
     checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Checkpoint to evaluate (one RUN_DIR only)."),
     batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass."),
     workers: int = typer.Option(4, "--workers", help="DataLoader worker processes (0: load in the main process)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    device: str = device_option(),
     force: bool = typer.Option(False, "--force", help="Overwrite a report of other inputs in --out."),
     reference: str | None = typer.Option(None, "--reference", help="Run group (or run) to compare with, paired by "
                                          "seed: mean difference and 95% interval.", show_default=False),
@@ -65,6 +65,7 @@ def command(
         typer.echo(json.dumps(result.report, indent=2))  # stdout, machine-readable
         return
     console.print(summary_table(result.report))
+    print_result(result_line(out, result.report))
     from sage_cli.report.markdown import shows_groups
 
     if shows_groups(result.report):
@@ -112,3 +113,9 @@ def groups_table(report: dict[str, Any]) -> Table:
             row.append("reference" if p is None else format_interval(p["metrics"]["top1"]))
         table.add_row(*row)
     return table
+
+
+def result_line(out: Path, report: dict[str, Any]) -> str:
+    """``sage -q report``'s one line: each run's overall top-1 (%) and where the report is."""
+    runs = ", ".join(f"{r['name']} {100 * r['metrics']['top1']:.1f}" for r in report["runs"])
+    return f"{out}: top-1 {runs}"

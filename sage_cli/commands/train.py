@@ -18,12 +18,12 @@ from rich.table import Table
 
 from sage_cli.commands._common import explicit_params, handle_errors
 from sage_cli.config import coerce_preset, load_yaml_mapping, merge_with_preset
-from sage_cli.console import console, err_console
+from sage_cli.console import console, err_console, print_result
 from sage_cli.methods import ActivationName as Activation
 from sage_cli.methods import CompensationName, HeadInitName, HeadName, LossName, MethodName
 
 # Options a preset may not set: where outputs go and how this invocation behaves.
-NOT_IN_PRESETS = ("config", "out", "force", "resume", "as_json")
+NOT_IN_PRESETS = ("config", "out", "force", "resume", "as_json", "log")
 
 EvalSplit = Literal["val", "test", "train"]
 SamplerName = Literal["uniform", "class-aware"]
@@ -87,6 +87,9 @@ def command(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N.", rich_help_panel=RUN),
     force: bool = typer.Option(False, "--force", help="Overwrite another run in --out.", rich_help_panel=RUN, metavar=""),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out from its last checkpoint.", rich_help_panel=RUN, metavar=""),
+    log: list[str] = typer.Option([], "--log", help="Also log the metrics to tensorboard, wandb or csv "
+                                  "(repeatable; tensorboard and wandb are optional extras).", show_default=False,
+                                  rich_help_panel=RUN),
     as_json: bool = typer.Option(False, "--json", help="Print train.json to stdout instead of a summary.", rich_help_panel=RUN, metavar=""),
 ) -> None:
     """Train a PEFT method (LIFT's table: sage, lift, lora, vpt, adapter, ssf, bitfit, ...) on a frozen CLIP.
@@ -102,7 +105,7 @@ def command(
     train_config = build_train_config(options)
     main = is_main_process()
     try:
-        with progress_bar(quiet=as_json or not main) as hooks:
+        with progress_bar(quiet=as_json or not main) as bar, with_tracking(log, out, train_config, bar, main) as hooks:
             result = run(train_config, hooks)
     except TrainingInterrupted as exc:
         if main:
@@ -115,8 +118,22 @@ def command(
         typer.echo(json.dumps(result.record, indent=2))
     elif result.skipped:
         console.print(f"{out} already holds this run; nothing to do (pass --force to redo it)", soft_wrap=True)
+        print_result(result_line(out, result.record))
     else:
         console.print(summary_table(result.record))
+        print_result(result_line(out, result.record))
+
+
+@contextmanager
+def with_tracking(names: list[str], out: Path, config: Any, hooks: Any, main: bool) -> Iterator[Any]:
+    """``hooks`` that also feed the ``--log`` trackers (rank 0 only; none asked for: ``hooks`` as they are)."""
+    if not names or not main:
+        yield hooks
+        return
+    from sage_cli.train.tracking import build_trackers, tracking_hooks
+
+    with tracking_hooks(build_trackers(names, out, config.to_dict()), hooks) as tracked:
+        yield tracked
 
 
 def resolve_options(ctx: typer.Context, preset_path: Path | None) -> dict[str, Any]:
@@ -234,3 +251,12 @@ def summary_table(record: dict[str, Any]) -> Table:
         for group in ("many", "medium", "few"):
             table.add_row(f"  {group}", _pct(final[group]))
     return table
+
+
+def result_line(out: Path, record: dict[str, Any]) -> str:
+    """``sage -q train``'s one line: the final evaluation's top-1 (%) overall and per group."""
+    final = record.get("final_eval") or {}
+    if final.get("top1") is None:
+        return f"{out}: {record.get('steps', 0)} steps, no evaluation"
+    groups = ", ".join(f"{g} {'–' if final.get(g) is None else f'{100 * final[g]:.1f}'}" for g in ("many", "medium", "few"))
+    return f"{out}: {final.get('split', 'val')} top-1 {100 * final['top1']:.1f} ({groups}), {record.get('steps', 0)} steps"

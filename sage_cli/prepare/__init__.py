@@ -58,13 +58,18 @@ class PrepareConfig:
     skip_bad: bool = False
     groups_from: str | None = None  # cifar100-lt: "ir100" (default) or "own"
     workers: int | None = None  # threads for image checks and PNG writes (None: automatic)
+    max_count: int | None = None  # shapes-lt: training images of the most frequent class (None: 300)
+    variant: int = 0  # shapes-lt: world variant, the seed of the class order (apart from --seed)
+    domain: str | None = None  # shapes-lt: moderate (world v2) or hard (world v1); None: DEFAULT_DOMAIN
     allow_outside_root: bool = False  # accept listed paths that resolve outside the root
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out", Path(self.out))
         if self.dataset not in SOURCES:
             raise SageError(f"unknown dataset {self.dataset!r}; choose from {', '.join(SOURCES)}")
-        if self.imbalance_ratio is not None and self.imbalance_ratio <= 1:
+        if self.imbalance_ratio is not None and self.dataset == "shapes-lt" and self.imbalance_ratio < 1:
+            raise SageError(f"--imbalance-ratio must be >= 1 (1: balanced); got {self.imbalance_ratio}")
+        if self.imbalance_ratio is not None and self.dataset != "shapes-lt" and self.imbalance_ratio <= 1:
             raise SageError(f"--imbalance-ratio must be > 1; got {self.imbalance_ratio}")
         if not 0 < self.few_threshold <= self.many_threshold:
             raise SageError("--few-threshold must be positive and at most --many-threshold")
@@ -75,6 +80,7 @@ class PrepareConfig:
         self._check_dataset_options()
 
     def _check_dataset_options(self) -> None:
+        self._check_shapes_lt_options()
         if self.groups_from is not None and self.dataset != "cifar100-lt":
             raise SageError("--groups-from applies to cifar100-lt only")
         if self.groups_from not in (None, "ir100", "own"):
@@ -94,6 +100,22 @@ class PrepareConfig:
             object.__setattr__(self, "classnames", Path(self.classnames).expanduser().resolve())
             if not self.classnames.is_file():
                 raise SageError(f"--classnames {self.classnames} is not a file")
+
+
+    def _check_shapes_lt_options(self) -> None:
+        given = [flag for flag, value in (("--max-count", self.max_count), ("--variant", self.variant or None),
+                                          ("--domain", self.domain)) if value is not None]
+        if given and self.dataset != "shapes-lt":
+            raise SageError(f"{given[0]} applies to shapes-lt only")
+        if self.max_count is not None and self.max_count < 1:
+            raise SageError(f"--max-count must be >= 1; got {self.max_count}")
+        if self.variant < 0:
+            raise SageError(f"--variant must be >= 0; got {self.variant}")
+        if self.dataset == "shapes-lt":
+            from sage_cli.world.shapes_lt import SHAPES_LT_DOMAINS
+
+            if self.domain is not None and self.domain not in SHAPES_LT_DOMAINS:
+                raise SageError(f"--domain must be one of {', '.join(SHAPES_LT_DOMAINS)}; got {self.domain!r}")
 
 
 @dataclass(frozen=True)
@@ -207,6 +229,9 @@ def _fingerprint_inputs(config: PrepareConfig, hashes: dict[str, str] | None) ->
     if hashes is not None:  # generated sets keep their original inputs (and fingerprints)
         keys += ["classnames", "verify", "skip_bad", "groups_from"]
     inputs = {k: getattr(config, k) for k in keys}
+    if config.dataset == "shapes-lt":  # world options other than world v1's (whose fingerprints stay)
+        inputs.update({k: v for k, v in _shapes_lt_options(config).items()
+                       if k != "imbalance_ratio" and v != _SHAPES_LT_V1[k]})
     inputs = {k: (str(v) if isinstance(v, Path) else v) for k, v in inputs.items()}
     return inputs if hashes is None else {**inputs, "hashes": hashes}
 
@@ -268,15 +293,25 @@ def _hash_classnames(config: PrepareConfig) -> dict[str, str]:
     return _hash_files({"classnames": config.classnames}) if config.classnames else {}
 
 
+_SHAPES_LT_V1 = {"max_count": 300, "variant": 0, "domain": "hard"}
+
+
+def _shapes_lt_options(config: PrepareConfig) -> dict[str, Any]:
+    """Shapes-LT's world options with their defaults filled in (the domain, counts and class order)."""
+    from sage_cli.world.shapes_lt import DEFAULT_DOMAIN
+
+    return {"imbalance_ratio": config.imbalance_ratio or 100.0, "max_count": config.max_count or 300,
+            "variant": config.variant, "domain": config.domain or DEFAULT_DOMAIN}
+
+
 def _generate(config: PrepareConfig) -> SourceData:
     if config.dataset == "shapes-lt":
         from sage_cli.world.shapes_lt import prepare_shapes_lt
 
-        manifest, names = prepare_shapes_lt(config.out, imbalance_ratio=config.imbalance_ratio or 100.0,
-                                            seed=config.seed)
-    else:
-        from sage_cli.prepare.synthetic import generate_synthetic
+        options = _shapes_lt_options(config)
+        manifest, names = prepare_shapes_lt(config.out, seed=config.seed, **options)
+        return SourceData(manifest, names, config.out, generated=True, notes={"world": options})
+    from sage_cli.prepare.synthetic import generate_synthetic
 
-        manifest, names = generate_synthetic(config.out, imbalance_ratio=config.imbalance_ratio or 30.0,
-                                             seed=config.seed)
+    manifest, names = generate_synthetic(config.out, imbalance_ratio=config.imbalance_ratio or 30.0, seed=config.seed)
     return SourceData(manifest, names, config.out, generated=True)

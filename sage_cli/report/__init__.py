@@ -28,7 +28,7 @@ from sage_cli.report.evaluate import (
     save_predictions,
 )
 from sage_cli.report.figures import render_figures
-from sage_cli.report.loader import build_eval_loader
+from sage_cli.report.loader import build_eval_loader, build_eval_transform
 from sage_cli.report.logits import compute_adjusted_predictions, compute_class_prior, load_logits, save_logits
 from sage_cli.report.sources import (
     ZERO_SHOT,
@@ -219,7 +219,7 @@ def predict(
             predictions = replace(predictions, logits=saved[0])
         return predictions, {**record.get("evaluation", {}), "cached": True}
     classifier, backbone = source.build(device)
-    transform = build_five_crop_transform(backbone) if config.tte else _eval_transform(backbone)
+    transform = build_five_crop_transform(backbone) if config.tte else build_eval_transform(backbone)
     loader = build_eval_loader(source.test_set, transform, config.batch_size, config.num_workers, device)
     predictions, stats = evaluate_classifier(classifier, loader, device, len(source.test_set.samples), progress,
                                              keep_logits=config.needs_logits)
@@ -232,16 +232,6 @@ def predict(
         save_predictions(source.cache_dir, predictions, artifacts.build_record("predictions", cache_inputs,
                                                                                  evaluation=evaluation))
     return predictions, {**evaluation, "cached": False}
-
-
-def _eval_transform(backbone: dict[str, Any]) -> Callable[[Any], torch.Tensor]:
-    """open_clip's own eval preprocessing (resize + centre crop) for this backbone."""
-    from open_clip.transform import PreprocessCfg, image_transform_v2
-
-    cfg = PreprocessCfg(size=tuple(backbone["image_size"]), mean=tuple(backbone["mean"]), std=tuple(backbone["std"]),
-                        interpolation=backbone.get("interpolation", "bicubic"),
-                        resize_mode=backbone.get("resize_mode", "shortest"))
-    return image_transform_v2(cfg, is_train=False)
 
 
 def write_outputs(out: Path, report: dict[str, Any], latex: bool = False, figures: bool = True) -> dict[str, Any]:

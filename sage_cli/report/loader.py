@@ -1,4 +1,4 @@
-"""Batches of (images, labels, sample_ids) over a test set, in sample-id order."""
+"""Batches of (images, labels, sample_ids) over a test set, in sample-id order, and the eval transform."""
 
 from __future__ import annotations
 
@@ -49,3 +49,13 @@ def build_eval_loader(
         pin_memory=device.type == "cuda",
         persistent_workers=False,
     )
+
+
+def build_eval_transform(backbone: dict[str, Any]) -> Callable[[Any], torch.Tensor]:
+    """open_clip's own eval preprocessing (resize + centre crop) for this backbone record."""
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
+    cfg = PreprocessCfg(size=tuple(backbone["image_size"]), mean=tuple(backbone["mean"]), std=tuple(backbone["std"]),
+                        interpolation=backbone.get("interpolation", "bicubic"),
+                        resize_mode=backbone.get("resize_mode", "shortest"))
+    return image_transform_v2(cfg, is_train=False)

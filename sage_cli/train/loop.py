@@ -53,6 +53,7 @@ class StepInfo:
     epoch: int
     loss: float | None = None
     images_per_s: float | None = None
+    lr: float | None = None  # the learning rate of the step (logging steps)
 
 
 @dataclass
@@ -267,7 +268,7 @@ class Trainer:
         metrics.write(entry)
         self._window_loss.zero_()
         self._window_steps, self._window_images, self._window_start = 0, 0, time.perf_counter()
-        return StepInfo(self.position.global_step, self.total_steps, self.position.epoch, loss, speed)
+        return StepInfo(self.position.global_step, self.total_steps, self.position.epoch, loss, speed, self._step_lr)
 
     def run_eval(self, metrics: MetricsLog) -> None:
         if self.eval_loader is None:

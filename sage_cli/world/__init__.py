@@ -18,16 +18,25 @@ from sage_cli.world.shapes import (
 )
 
 TOY_MODEL = "sage-toy"
-# The shipped toy CLIP weights; pass as `--model sage-toy --pretrained <this path>`.
-TOY_WEIGHTS: Path = Path(__file__).resolve().parent.parent / "assets" / "sage_toy.safetensors"
+_ASSETS = Path(__file__).resolve().parent.parent / "assets"
+# The shipped toy CLIP weights: v1 (pretrained on the clean world) and v2 (v1 continued on the open world).
+TOY_WEIGHTS_V1: Path = _ASSETS / "sage_toy.safetensors"
+TOY_WEIGHTS_V2: Path = _ASSETS / "sage_toy_v2.safetensors"
+# The default ones, which the demo uses; pass as `--model sage-toy --pretrained <this path>`.
+TOY_WEIGHTS: Path = TOY_WEIGHTS_V1
+# Attribute sentences for every class of the world: `sage encode-text --descriptions <this path>`.
+SHAPES_DESCRIPTIONS: Path = _ASSETS / "shapes_descriptions.json"
 
 __all__ = [
     "CLEAN",
     "DOMAINS",
     "NUM_CLASSES",
+    "SHAPES_DESCRIPTIONS",
     "SHIFTED",
     "TOY_MODEL",
     "TOY_WEIGHTS",
+    "TOY_WEIGHTS_V1",
+    "TOY_WEIGHTS_V2",
     "ZERO_SHOT_TEMPLATE",
     "Domain",
     "WorldBatch",

@@ -1,11 +1,13 @@
-"""Contrastive (CLIP InfoNCE) pretraining of the toy foundation model on the clean shapes world.
+"""Contrastive (CLIP InfoNCE) pretraining of the toy foundation model on the shapes world.
 
 ``run(PretrainConfig) -> PretrainResult`` trains an open_clip model built from the package's
-``sage-toy`` config from random init on an endless, balanced stream of clean captioned images, and
-writes ``sage_toy.safetensors`` (float16 weights, loadable with
-``open_clip.create_model("sage-toy", pretrained=<file>)``) and a ``pretrain.json`` record with the
-config, loss curve and zero-shot accuracy. Batch ``k`` is a pure function of ``(seed, k)`` and torch
-runs with a fixed thread count, so a run is repeatable on the same machine.
+``sage-toy`` config, from random init or from ``init`` weights, on an endless, balanced stream of
+captioned images of one pretraining world (``clean``: world v1; ``open``: world v2, varied
+backgrounds and attribute captions), and writes ``sage_toy.safetensors`` (float16 weights, loadable
+with ``open_clip.create_model("sage-toy", pretrained=<file>)``) and a ``pretrain.json`` record with
+the config, loss curve and zero-shot accuracy. Batch ``k`` is a pure function of ``(seed, k)`` and
+torch runs with a fixed thread count, so a run is repeatable on the same machine; with
+``checkpoint_every`` it saves its state as it goes and an interrupted run resumes where it stopped.
 
 Also home of the zero-shot helpers used to measure the toy model on held-out clean and shifted images.
 """
@@ -27,7 +29,6 @@ import torch.nn.functional as F
 from sage_cli.artifacts import build_record, guard_output_dir, sha256_file, write_bytes_atomic, write_record
 from sage_cli.errors import SageError
 from sage_cli.world.shapes import (
-    CLEAN,
     DOMAINS,
     NUM_CLASSES,
     ZERO_SHOT_TEMPLATE,
@@ -42,6 +43,13 @@ log = logging.getLogger(__name__)
 MODEL_CONFIG_DIR = Path(__file__).resolve().parent.parent / "model_configs"
 WEIGHTS_FILE = "sage_toy.safetensors"
 PRETRAIN_RECORD = "pretrain.json"
+CHECKPOINT_FILE = "checkpoint.pt"
+# Pretraining world -> the domain its images come from, and the domains its zero-shot is measured on.
+WORLDS: dict[str, str] = {"clean": "clean", "open": "open"}
+EVAL_DOMAINS: dict[str, tuple[str, ...]] = {
+    "clean": ("clean", "shifted"),
+    "open": ("open", "moderate", "cast-only", "texture-only", "clean", "shifted"),
+}
 _TRAIN_STREAM, _EVAL_STREAM = 0, 1  # seed-sequence branches: training batches never meet eval images
 
 
@@ -62,8 +70,17 @@ class PretrainConfig:
     eval_per_class: int = 20
     log_every: int = 100
     force: bool = False
+    world: str = "clean"
+    init: Path | None = None  # weights to start from (None: random init)
+    checkpoint_every: int = 0  # steps between resumable checkpoints (0: none)
 
     def __post_init__(self) -> None:
+        if self.world not in WORLDS:
+            raise SageError(f"--world must be one of {', '.join(WORLDS)}, got {self.world!r}")
+        if self.init is not None and not Path(self.init).is_file():
+            raise SageError(f"--init {self.init}: no such weights file")
+        if self.checkpoint_every < 0:
+            raise SageError(f"--checkpoint-every must be >= 0, got {self.checkpoint_every}")
         if self.steps < 1:
             raise SageError(f"--steps must be at least 1, got {self.steps}")
         if self.batch_size < 2:
@@ -144,10 +161,10 @@ def build_optimizer(clip: torch.nn.Module, config: PretrainConfig) -> torch.opti
 
 def train_step(clip: torch.nn.Module, tokenizer: Callable, optimizer: torch.optim.Optimizer, step: int,
                config: PretrainConfig) -> float:
-    """One AdamW step on batch ``step`` of the balanced clean stream; returns the loss."""
+    """One AdamW step on batch ``step`` of the balanced stream of ``config.world``; returns the loss."""
     rng = np.random.default_rng([config.seed, _TRAIN_STREAM, step])
     labels = rng.integers(0, NUM_CLASSES, size=config.batch_size)
-    batch = generate(labels, rng, CLEAN)
+    batch = generate(labels, rng, DOMAINS[WORLDS[config.world]])
     images = images_to_tensor(batch.images, clip).to(config.device)
     texts = tokenizer(batch.captions).to(config.device)
     for group in optimizer.param_groups:
@@ -209,8 +226,13 @@ def save_weights(clip: torch.nn.Module, path: Path) -> None:
 
 def _fingerprint_inputs(config: PretrainConfig) -> dict[str, Any]:
     inputs = asdict(config)
-    for key in ("out", "force", "log_every", "device"):
+    for key in ("out", "force", "log_every", "device", "checkpoint_every"):
         inputs.pop(key)
+    if config.world == "clean" and config.init is None:  # world v1's inputs, as its shipped record holds them
+        inputs.pop("world")
+        inputs.pop("init")
+    if config.init is not None:  # the weights started from, by content, not by where they lie
+        inputs["init"] = {"sha256": sha256_file(Path(config.init))}
     return inputs
 
 
@@ -224,16 +246,20 @@ def run(config: PretrainConfig, progress: Callable[[int, float], None] | None = 
         return PretrainResult(out / WEIGHTS_FILE, out / PRETRAIN_RECORD, [], skipped=True)
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
-    clip, tokenizer = build_toy_model(config.model)
+    clip, tokenizer = build_toy_model(config.model, config.init)
     clip.to(config.device).train()
     optimizer = build_optimizer(clip, config)
-    losses, start = [], time.perf_counter()
-    for step in range(config.steps):
+    losses, seconds = _resume(out / CHECKPOINT_FILE, fingerprint, clip, optimizer, config)
+    start = time.perf_counter() - seconds
+    for step in range(len(losses), config.steps):
         losses.append(train_step(clip, tokenizer, optimizer, step, config))
         if progress is not None:
             progress(step + 1, losses[-1])
         if (step + 1) % config.log_every == 0:
             log.info("step %d/%d loss %.4f", step + 1, config.steps, float(np.mean(losses[-config.log_every :])))
+        if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:
+            _save_checkpoint(out / CHECKPOINT_FILE, fingerprint, clip, optimizer, losses,
+                             time.perf_counter() - start)
     seconds = time.perf_counter() - start
     out.mkdir(parents=True, exist_ok=True)
     save_weights(clip, out / WEIGHTS_FILE)
@@ -244,11 +270,40 @@ def run(config: PretrainConfig, progress: Callable[[int, float], None] | None = 
         loss_every_100=[round(float(np.mean(losses[i : i + 100])), 4) for i in range(0, len(losses), 100)],
     )
     record_path = write_record(out, PRETRAIN_RECORD, record)
+    (out / CHECKPOINT_FILE).unlink(missing_ok=True)
     return PretrainResult(out / WEIGHTS_FILE, record_path, losses, zero_shot, seconds)
 
 
+def _save_checkpoint(path: Path, fingerprint: str, clip: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                     losses: list[float], seconds: float) -> None:
+    """Model and optimizer state (float32), the losses so far and the time spent, written atomically."""
+    import io
+
+    buffer = io.BytesIO()
+    torch.save({"fingerprint": fingerprint, "model": clip.state_dict(), "optimizer": optimizer.state_dict(),
+                "losses": losses, "seconds": seconds}, buffer)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(path, buffer.getvalue())
+
+
+def _resume(path: Path, fingerprint: str, clip: torch.nn.Module, optimizer: torch.optim.Optimizer,
+            config: PretrainConfig) -> tuple[list[float], float]:
+    """Restore a checkpoint of this same run into ``clip`` / ``optimizer``: (losses so far, seconds spent)."""
+    if not path.is_file():
+        return [], 0.0
+    state = torch.load(path, map_location=config.device, weights_only=True)
+    if state.get("fingerprint") != fingerprint:
+        if not config.force:
+            raise SageError(f"{path}: a checkpoint of another pretraining run; choose another --out or pass --force")
+        return [], 0.0
+    clip.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    log.info("resuming from %s at step %d", path, len(state["losses"]))
+    return list(state["losses"]), float(state["seconds"])
+
+
 def _evaluate_saved(weights: Path, config: PretrainConfig) -> dict[str, float]:
-    """Zero-shot accuracy (%) of the weights as saved (float16 round trip) on clean and shifted images."""
+    """Zero-shot accuracy (%) of the weights as saved (float16 round trip) on the world's eval domains."""
     if config.eval_per_class == 0:
         return {}
     clip, tokenizer = build_toy_model(config.model, weights)
@@ -256,5 +311,5 @@ def _evaluate_saved(weights: Path, config: PretrainConfig) -> dict[str, float]:
     return {
         name: round(evaluate_world_zero_shot(clip, tokenizer, domain, config.eval_per_class, config.seed,
                                              config.device), 2)
-        for name, domain in DOMAINS.items()
+        for name, domain in ((name, DOMAINS[name]) for name in EVAL_DOMAINS[config.world])
     }

@@ -1,10 +1,14 @@
 """The shapes world: a procedurally generated, captioned image world (8 shapes x 10 colours).
 
 Every image holds one coloured shape at a random position, size and rotation on a noisy
-background. A :class:`Domain` says what the background looks like and whether a colour cast is
-applied: ``CLEAN`` (plain noisy backgrounds, no cast) is the world the toy foundation model is
-pretrained on; ``SHIFTED`` (striped / checkered backgrounds, warm colour cast) is the downstream
-domain it never saw.
+background. A :class:`Domain` says what the background looks like, whether a colour cast is
+applied and how images are captioned. World v1: ``CLEAN`` (plain noisy backgrounds, no cast) is
+what the first toy CLIP was pretrained on, ``SHIFTED`` (striped / checkered backgrounds at contrast
+0.5, amber cast 0.35) its downstream domain (``sage prepare shapes-lt --domain hard``). World v2:
+``OPEN`` (plain, gradient and mildly textured backgrounds, captions with attributes as well as names,
+:mod:`sage_cli.world.attributes`) is the broader pretraining world, ``MODERATE`` (stronger textures,
+a milder amber cast) the default downstream domain. ``CAST_ONLY`` and ``TEXTURE_ONLY`` split
+``MODERATE`` into its two components for the domain-gap table.
 
 Rendering is vectorised numpy over whole batches: each pixel centre is mapped into the shape's own
 frame (translate, rotate, scale) and tested against the shape (analytic for circle and ring, an
@@ -22,6 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sage_cli.world.attributes import COLOUR_ATTRIBUTES, SHAPE_ATTRIBUTES, compute_open_captions
+
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "hexagon", "cross", "ring", "heart")
 
 # Plain colour names with well separated hues/lightness (RGB in [0, 1]).
@@ -38,12 +44,14 @@ COLOURS: dict[str, tuple[float, float, float]] = {
     "white": (0.98, 0.98, 0.98),
 }
 COLOUR_NAMES: tuple[str, ...] = tuple(COLOURS)
+assert tuple(SHAPE_ATTRIBUTES) == SHAPES and tuple(COLOUR_ATTRIBUTES) == COLOUR_NAMES
 NUM_CLASSES = len(SHAPES) * len(COLOURS)
 ZERO_SHOT_TEMPLATE = "a photo of a {}."
 
 _SUPERSAMPLE = 2
 _COLOUR_JITTER = 0.05  # std of per-object RGB jitter
 _RADIUS_RANGE = (0.30, 0.65)  # circumradius, in units of half the image side
+_BACKGROUND_KINDS = ("plain", "gradient", "stripes", "checkers")
 
 
 @dataclass(frozen=True)
@@ -52,7 +60,10 @@ class Domain:
 
     ``textures`` empty means plain backgrounds (a random grey-ish tone with a gentle gradient);
     otherwise each image draws one texture from it, painted in two random colours mixed by
-    ``texture_contrast``. ``cast_strength`` blends the finished image towards ``cast_colour``.
+    ``texture_contrast``. ``backgrounds`` (world v2) overrides both: each image draws one kind from
+    it (``plain``, ``gradient``, ``stripes``, ``checkers``), textures at a contrast drawn from
+    ``contrast_range``. ``cast_strength`` blends the finished image towards ``cast_colour``.
+    ``captions``: ``names`` (v1 templates) or ``open`` (names and attributes).
     """
 
     name: str
@@ -61,11 +72,17 @@ class Domain:
     cast_colour: tuple[float, float, float] = (1.0, 1.0, 1.0)
     cast_strength: float = 0.0
     noise_std: float = 0.04  # per-pixel Gaussian noise, in [0, 1] intensity units
+    backgrounds: tuple[str, ...] = ()
+    contrast_range: tuple[float, float] = (0.0, 0.0)
+    captions: str = "names"
 
     def __post_init__(self) -> None:
         unknown = set(self.textures) - {"stripes", "checkers"}
+        unknown |= set(self.backgrounds) - set(_BACKGROUND_KINDS)
         if unknown:
             raise ValueError(f"domain {self.name!r}: unknown textures {sorted(unknown)}")
+        if self.captions not in ("names", "open"):
+            raise ValueError(f"domain {self.name!r}: captions must be names or open")
         if not 0.0 <= self.cast_strength <= 1.0:
             raise ValueError(f"domain {self.name!r}: cast_strength must be in [0, 1]")
 
@@ -78,7 +95,14 @@ SHIFTED = Domain(
     cast_colour=(0.95, 0.62, 0.30),  # a warm amber cast
     cast_strength=0.35,
 )
-DOMAINS: dict[str, Domain] = {d.name: d for d in (CLEAN, SHIFTED)}
+_AMBER = (0.95, 0.62, 0.30)
+OPEN = Domain("open", backgrounds=_BACKGROUND_KINDS, contrast_range=(0.05, 0.3), captions="open")
+MODERATE = Domain("moderate", textures=("stripes", "checkers"), texture_contrast=0.45, cast_colour=_AMBER,
+                  cast_strength=0.2)
+CAST_ONLY = Domain("cast-only", cast_colour=_AMBER, cast_strength=MODERATE.cast_strength)
+TEXTURE_ONLY = Domain("texture-only", textures=MODERATE.textures, texture_contrast=MODERATE.texture_contrast)
+# Order matters: an evaluation stream is seeded by the domain's index here (append, never reorder).
+DOMAINS: dict[str, Domain] = {d.name: d for d in (CLEAN, SHIFTED, OPEN, MODERATE, CAST_ONLY, TEXTURE_ONLY)}
 
 
 @dataclass(frozen=True)
@@ -135,7 +159,13 @@ def generate(
         cast = np.asarray(domain.cast_colour, dtype=np.float32) * domain.cast_strength
         image = (1.0 - domain.cast_strength) * image + cast
     images = np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
-    captions = compute_captions(labels, radius, centre, bg_words, rng)
+    if domain.captions == "open":
+        sizes = [_size_word(r) for r in radius]
+        wheres = [_where_word(cx, cy) for cx, cy in centre]
+        captions = compute_open_captions([COLOUR_NAMES[c] for c in colour_idx], [SHAPES[k] for k in shape_idx],
+                                         sizes, wheres, bg_words, rng)
+    else:
+        captions = compute_captions(labels, radius, centre, bg_words, rng)
     return WorldBatch(images=images, labels=labels, captions=captions)
 
 
@@ -243,6 +273,9 @@ def _render_backgrounds(
     n: int, image_size: int, domain: Domain, rng: np.random.Generator
 ) -> tuple[np.ndarray, list[str]]:
     """Backgrounds ``[N, S, S, 3]`` (float32, about [0, 1]) and a caption word for each."""
+    if domain.backgrounds:
+        hi, words = _open_backgrounds(n, _pixel_grid(image_size * _SUPERSAMPLE), domain, rng)
+        return _downsample(hi), words
     if not domain.textures:
         return _plain_backgrounds(n, _pixel_grid(image_size), rng)
     hi, words = _textured_backgrounds(n, _pixel_grid(image_size * _SUPERSAMPLE), domain, rng)
@@ -260,11 +293,47 @@ def _plain_backgrounds(n: int, coords: tuple, rng: np.random.Generator) -> tuple
     return background, words
 
 
+def _open_backgrounds(n: int, coords: tuple, domain: Domain, rng: np.random.Generator) -> tuple[np.ndarray, list[str]]:
+    """World v2 backgrounds: each image one kind of ``domain.backgrounds``, textures at a drawn contrast."""
+    kind = rng.integers(0, len(domain.backgrounds), size=n)
+    contrast = rng.uniform(*domain.contrast_range, size=n)
+    background = np.empty((n, *coords[0].shape, 3), dtype=np.float32)
+    words = [""] * n
+    for k, name in enumerate(domain.backgrounds):
+        rows = np.flatnonzero(kind == k)
+        if not rows.size:
+            continue
+        if name == "plain":
+            part, part_words = _plain_backgrounds(rows.size, coords, rng)
+        elif name == "gradient":
+            part, part_words = _gradient_backgrounds(rows.size, coords, rng)
+        else:
+            part, part_words = _textured_backgrounds(rows.size, coords, domain, rng, (name,), contrast[rows])
+        background[rows] = part
+        for row, word in zip(rows, part_words):
+            words[row] = word
+    return background, words
+
+
+def _gradient_backgrounds(n: int, coords: tuple, rng: np.random.Generator) -> tuple[np.ndarray, list[str]]:
+    """A linear blend between two muted colours along a random direction."""
+    x, y = coords
+    phi = rng.uniform(0.0, 2.0 * np.pi, size=n).astype(np.float32)[:, None, None]
+    t = np.clip(0.5 + 0.5 * (np.cos(phi) * x[None] + np.sin(phi) * y[None]), 0.0, 1.0)[..., None]  # [N, H, W, 1]
+    mid = rng.uniform(0.2, 0.7, size=(n, 1, 1, 1))
+    c1 = np.clip(mid + rng.uniform(-0.25, 0.25, size=(n, 1, 1, 3)), 0.0, 1.0)
+    c2 = np.clip(mid + rng.uniform(-0.25, 0.25, size=(n, 1, 1, 3)), 0.0, 1.0)
+    return (c1 * (1.0 - t) + c2 * t).astype(np.float32), ["gradient"] * n
+
+
 def _textured_backgrounds(
-    n: int, coords: tuple, domain: Domain, rng: np.random.Generator
+    n: int, coords: tuple, domain: Domain, rng: np.random.Generator,
+    textures: tuple[str, ...] | None = None, contrast: np.ndarray | float | None = None,
 ) -> tuple[np.ndarray, list[str]]:
     x, y = coords
-    kind = rng.integers(0, len(domain.textures), size=n)
+    textures = domain.textures if textures is None else textures
+    contrast = domain.texture_contrast if contrast is None else np.asarray(contrast)[:, None]
+    kind = rng.integers(0, len(textures), size=n)
     freq = rng.uniform(2.5, 6.0, size=n).astype(np.float32)[:, None, None]  # cycles across the image
     phi = rng.uniform(0.0, np.pi, size=n).astype(np.float32)[:, None, None]
     phase = rng.uniform(0.0, 2.0 * np.pi, size=(n, 2)).astype(np.float32)
@@ -272,10 +341,10 @@ def _textured_backgrounds(
     across = -np.sin(phi) * x[None] + np.cos(phi) * y[None]
     stripes = np.sin(np.pi * freq * along + phase[:, 0, None, None]) > 0
     checkers = stripes ^ (np.sin(np.pi * freq * across + phase[:, 1, None, None]) > 0)
-    is_checkers = np.array([domain.textures[k] == "checkers" for k in kind])
+    is_checkers = np.array([textures[k] == "checkers" for k in kind])
     pattern = np.where(is_checkers[:, None, None], checkers, stripes).astype(np.float32)
     mid = rng.uniform(0.25, 0.7, size=(n, 3))
-    offset = rng.uniform(-0.5, 0.5, size=(n, 3)) * domain.texture_contrast
+    offset = rng.uniform(-0.5, 0.5, size=(n, 3)) * contrast
     c1 = np.clip(mid + offset, 0.0, 1.0).astype(np.float32)
     c2 = np.clip(mid - offset, 0.0, 1.0).astype(np.float32)
     p = pattern[..., None]
@@ -300,6 +369,10 @@ _TEMPLATES: tuple[str, ...] = (
 )
 
 
+def _size_word(radius: float) -> str:
+    return "small " if radius < 0.4 else "large " if radius > 0.55 else ""
+
+
 def _where_word(cx: float, cy: float) -> str:
     row = "top" if cy < -0.2 else "bottom" if cy > 0.2 else ""
     col = "left" if cx < -0.2 else "right" if cx > 0.2 else ""
@@ -314,7 +387,7 @@ def compute_captions(
     template_idx = rng.integers(0, len(_TEMPLATES), size=len(labels))
     captions = []
     for i, t in enumerate(template_idx):
-        size = "small " if radius[i] < 0.4 else "large " if radius[i] > 0.55 else ""
+        size = _size_word(radius[i])
         captions.append(
             _TEMPLATES[t].format(
                 colour=COLOUR_NAMES[colour_idx[i]],

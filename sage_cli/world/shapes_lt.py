@@ -1,11 +1,15 @@
-"""Shapes-LT: the downstream long-tailed task, drawn from the SHIFTED domain of the shapes world.
+"""Shapes-LT: the downstream long-tailed task, drawn from a downstream domain of the shapes world.
 
 :func:`prepare_shapes_lt` writes PNGs under ``out_dir/images/<split>/`` and returns the manifest
 rows (``sample_id, path, label, split`` with ``path`` relative to ``out_dir``) and the class names.
 The train split is long-tailed: downstream class ``i`` (of ``C``) keeps
-``floor(max_count * imbalance_ratio ** (-i / (C - 1)))`` images (300 down to 3 by default);
-val and test are balanced. Downstream class order is a Latin square over shapes and colours, so
-every stretch of the tail mixes all shapes and many colours (head and tail are not one shape).
+``floor(max_count * imbalance_ratio ** (-i / (C - 1)))`` images (300 down to 3 by default;
+ratio 1 is balanced); val and test are balanced. Downstream class order is a Latin square over
+shapes and colours, so every stretch of the tail mixes all shapes and many colours (head and tail
+are not one shape, and every rare class shares its shape and its colour with common ones). The
+``variant`` seeds that Latin square (which shape / colour leads it), apart from the image seed.
+Domains: ``moderate`` (world v2, :data:`~sage_cli.world.shapes.MODERATE`) and ``hard`` (world v1's
+``SHIFTED``).
 """
 
 from __future__ import annotations
@@ -18,21 +22,26 @@ import pandas as pd
 from PIL import Image
 
 from sage_cli.errors import SageError
-from sage_cli.world.shapes import COLOUR_NAMES, SHAPES, SHIFTED, class_names, generate
+from sage_cli.world.shapes import COLOUR_NAMES, MODERATE, SHAPES, SHIFTED, Domain, class_names, generate
 
 IMAGE_DIR = "images"
 _SPLIT_STREAMS = {"train": 0, "val": 1, "test": 2}
-_ORDER_SEED = 20240607  # fixes which shape / colour leads the Latin square; never tied to --seed
+_ORDER_SEED = 20240607  # fixes which shape / colour leads the Latin square (variant 0); never tied to --seed
+SHAPES_LT_DOMAINS: dict[str, Domain] = {"moderate": MODERATE, "hard": SHIFTED}
+DEFAULT_DOMAIN = "hard"  # world v1 stays the default until world v2 meets its criteria (docs/world.md)
 _CHUNK = 512  # images rendered per call; part of the definition of the stream, do not change
 
 
-def compute_class_order() -> list[int]:
+def compute_class_order(variant: int = 0) -> list[int]:
     """World class ids in downstream order (index = downstream label, 0 = most frequent).
 
-    Rank ``r`` takes shape ``s = r % 8`` and colour ``(r // 8 + s) % 10`` of fixed seeded
-    permutations of the shapes and colours: all 80 pairs, each block of 8 ranks holds every shape.
+    Rank ``r`` takes shape ``s = r % 8`` and colour ``(r // 8 + s) % 10`` of seeded permutations of
+    the shapes and colours: all 80 pairs, each block of 8 ranks holds every shape. ``variant`` 0 is
+    the shipped order; another variant draws other permutations.
     """
-    rng = np.random.default_rng(_ORDER_SEED)
+    if variant < 0:
+        raise SageError(f"--variant must be >= 0, got {variant}")
+    rng = np.random.default_rng(_ORDER_SEED if variant == 0 else [_ORDER_SEED, variant])
     shape_perm = rng.permutation(len(SHAPES))
     colour_perm = rng.permutation(len(COLOUR_NAMES))
     order = []
@@ -66,14 +75,15 @@ def _validate(imbalance_ratio: float, max_count: int, val_per_class: int, test_p
         raise SageError(f"need --val-per-class >= 0 and --test-per-class >= 1, got {val_per_class}, {test_per_class}")
 
 
-def _write_split(out_dir: Path, split: str, labels: np.ndarray, world_ids: np.ndarray, seed: int) -> list[str]:
-    """Render the SHIFTED images of one split (downstream ``labels``) to PNG; return their relative paths."""
+def _write_split(out_dir: Path, split: str, labels: np.ndarray, world_ids: np.ndarray, seed: int,
+                 domain: Domain) -> list[str]:
+    """Render the ``domain`` images of one split (downstream ``labels``) to PNG; return their relative paths."""
     rng = np.random.default_rng([seed, _SPLIT_STREAMS[split]])
     folder = out_dir / IMAGE_DIR / split
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for start in range(0, len(labels), _CHUNK):
-        batch = generate(world_ids[labels[start : start + _CHUNK]], rng, SHIFTED)
+        batch = generate(world_ids[labels[start : start + _CHUNK]], rng, domain)
         for offset, image in enumerate(batch.images):
             relative = f"{IMAGE_DIR}/{split}/{start + offset:06d}.png"
             Image.fromarray(image).save(out_dir / relative)
@@ -89,6 +99,8 @@ def prepare_shapes_lt(
     val_per_class: int = 20,
     test_per_class: int = 50,
     seed: int = 0,
+    domain: str = DEFAULT_DOMAIN,
+    variant: int = 0,
 ) -> tuple[pd.DataFrame, list[str]]:
     """Write the Shapes-LT images under ``out_dir/images`` and return (manifest, class names).
 
@@ -97,7 +109,9 @@ def prepare_shapes_lt(
     same pixels.
     """
     _validate(imbalance_ratio, max_count, val_per_class, test_per_class)
-    order = np.asarray(compute_class_order(), dtype=np.int64)
+    if domain not in SHAPES_LT_DOMAINS:
+        raise SageError(f"--domain must be one of {', '.join(SHAPES_LT_DOMAINS)}, got {domain!r}")
+    order = np.asarray(compute_class_order(variant), dtype=np.int64)
     counts = compute_train_counts(len(order), imbalance_ratio, max_count)
     per_split = {
         "train": np.repeat(np.arange(len(order)), counts),
@@ -106,7 +120,7 @@ def prepare_shapes_lt(
     }
     frames = []
     for split, labels in per_split.items():
-        paths = _write_split(Path(out_dir), split, labels, order, seed)
+        paths = _write_split(Path(out_dir), split, labels, order, seed, SHAPES_LT_DOMAINS[domain])
         frames.append(pd.DataFrame({"path": paths, "label": labels.astype(np.int64), "split": split}))
     manifest = pd.concat(frames, ignore_index=True)
     manifest.insert(0, "sample_id", np.arange(len(manifest), dtype=np.int64))

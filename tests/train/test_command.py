@@ -74,7 +74,10 @@ def test_summary_prints_trainable_params_and_protocol(synthetic_prepared: Path, 
     assert "bicubic interpolation" in result.output and "centre crop" in result.output
     quiet = runner.invoke(app, ["--quiet", *_args(synthetic_prepared, synthetic_text_cache, tmp_path / "q",
                                                   "--max-steps", "1")])
-    assert quiet.exit_code == 0 and quiet.output.strip() == ""
+    # --quiet: no summary, no progress; the final result as one line (issue 13: it printed nothing).
+    assert quiet.exit_code == 0 and "trainable parameters" not in quiet.output
+    lines = quiet.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{tmp_path / 'q'}: ") and lines[0].endswith(", 1 steps")
 
 
 def test_bad_flag_is_one_line_error(synthetic_prepared: Path, synthetic_text_cache: Path, tmp_path: Path) -> None:

@@ -10,7 +10,8 @@ import pytest
 
 from sage_cli import artifacts
 from sage_cli.prepare import compute_class_table
-from sage_cli.world import TOY_MODEL, TOY_WEIGHTS
+from sage_cli.world import TOY_MODEL
+from sage_cli.world import TOY_WEIGHTS_V1 as TOY_WEIGHTS  # world v1's model on world v1's domain
 from sage_cli.world.shapes_lt import prepare_shapes_lt
 
 pytestmark = pytest.mark.slow
@@ -18,7 +19,7 @@ pytestmark = pytest.mark.slow
 
 def _small_shapes_lt(out):
     manifest, names = prepare_shapes_lt(out, imbalance_ratio=10, max_count=40, val_per_class=1,
-                                        test_per_class=6, seed=0)
+                                        test_per_class=6, seed=0, domain="hard")
     train = manifest[manifest["split"] == "train"]["label"].to_numpy()
     artifacts.write_table(out, artifacts.MANIFEST, manifest)
     artifacts.write_table(out, artifacts.CLASSES, compute_class_table(names, train, many=30, few=10))

@@ -14,7 +14,8 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from sage_cli.errors import SageError
-from sage_cli.world import CLEAN, SHIFTED, TOY_WEIGHTS, generate
+from sage_cli.world import CLEAN, SHIFTED, TOY_WEIGHTS_V1, generate
+from sage_cli.world import TOY_WEIGHTS_V1 as TOY_WEIGHTS  # the v1 recipe's weights
 from sage_cli.world.pretrain import (
     PRETRAIN_RECORD,
     WEIGHTS_FILE,
@@ -113,11 +114,82 @@ def test_run_is_deterministic_and_guarded(tmp_path: Path) -> None:
 
 
 def test_shipped_weights_zero_shot_well_above_chance() -> None:
-    assert TOY_WEIGHTS.is_file(), f"missing shipped weights {TOY_WEIGHTS}"
-    assert TOY_WEIGHTS.name == WEIGHTS_FILE
-    clip, tokenizer = build_toy_model(weights=TOY_WEIGHTS)
+    assert TOY_WEIGHTS_V1.is_file(), f"missing shipped weights {TOY_WEIGHTS_V1}"
+    assert TOY_WEIGHTS_V1.name == WEIGHTS_FILE
+    clip, tokenizer = build_toy_model(weights=TOY_WEIGHTS_V1)
     clip.eval()
     clean = evaluate_world_zero_shot(clip, tokenizer, CLEAN, per_class=3, seed=123)
     shifted = evaluate_world_zero_shot(clip, tokenizer, SHIFTED, per_class=3, seed=123)
     assert clean > 40.0  # chance is 1.25% over 80 classes
     assert shifted < clean - 10.0  # the downstream domain is really shifted
+
+
+def test_v1_recipe_keeps_the_shipped_fingerprint() -> None:
+    # world / init / checkpoint_every are new options: the v1 recipe's inputs must stay what its record holds.
+    from sage_cli.world.pretrain import _fingerprint_inputs
+
+    shipped = json.loads(TOY_WEIGHTS.with_name("sage_toy.pretrain.json").read_text())
+    config = PretrainConfig(out=Path("unused"), steps=4000, batch_size=128, lr=1e-3, seed=0, threads=2,
+                            eval_per_class=20, checkpoint_every=100)
+    assert _fingerprint_inputs(config) == shipped["inputs"]
+
+
+def test_open_world_run_from_init_records_both(tmp_path: Path) -> None:
+    from sage_cli.artifacts import sha256_file
+
+    config = PretrainConfig(out=tmp_path / "v2", steps=2, batch_size=8, warmup_steps=1, eval_per_class=1,
+                            world="open", init=TOY_WEIGHTS)
+    result = run(config)
+    record = json.loads(result.record.read_text())
+    assert record["inputs"]["world"] == "open"
+    assert record["inputs"]["init"] == {"sha256": sha256_file(TOY_WEIGHTS)}
+    assert list(record["zero_shot_top1"]) == ["open", "moderate", "cast-only", "texture-only", "clean", "shifted"]
+    # Two small steps from the v1 weights stay near them (the init was really loaded).
+    start, end = load_file(str(TOY_WEIGHTS)), load_file(str(result.weights))
+    key = "visual.conv1.weight"
+    assert float((end[key].float() - start[key].float()).abs().max()) < 0.01
+
+
+def test_interrupted_run_resumes_from_its_checkpoint(tmp_path: Path) -> None:
+    kwargs = dict(steps=4, batch_size=8, warmup_steps=1, eval_per_class=0, checkpoint_every=2)
+    whole = run(PretrainConfig(out=tmp_path / "whole", **kwargs))
+
+    def stop_at_step_3(step: int, loss: float) -> None:
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(PretrainConfig(out=tmp_path / "cut", **kwargs), progress=stop_at_step_3)
+    assert (tmp_path / "cut" / "checkpoint.pt").is_file() and not (tmp_path / "cut" / WEIGHTS_FILE).exists()
+    steps_run = []
+    resumed = run(PretrainConfig(out=tmp_path / "cut", **kwargs), progress=lambda s, loss: steps_run.append(s))
+    assert steps_run == [3, 4]  # steps 1-2 came from the checkpoint
+    assert resumed.losses == pytest.approx(whole.losses, rel=1e-5)
+    wa, wb = load_file(str(whole.weights)), load_file(str(resumed.weights))
+    for key in wa:
+        torch.testing.assert_close(wa[key].float(), wb[key].float(), atol=1e-3, rtol=1e-3, msg=key)
+    assert not (tmp_path / "cut" / "checkpoint.pt").exists()  # a finished run leaves no checkpoint
+
+
+def test_checkpoint_of_another_run_is_refused(tmp_path: Path) -> None:
+    kwargs = dict(steps=4, batch_size=8, warmup_steps=1, eval_per_class=0, checkpoint_every=2)
+
+    def stop(step: int, loss: float) -> None:
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(PretrainConfig(out=tmp_path / "a", **kwargs), progress=stop)
+    before = (tmp_path / "a" / "checkpoint.pt").read_bytes()
+    with pytest.raises(SageError, match="checkpoint of another pretraining run") as info:
+        run(PretrainConfig(out=tmp_path / "a", **{**kwargs, "seed": 1}))
+    assert "\n" not in str(info.value)
+    assert (tmp_path / "a" / "checkpoint.pt").read_bytes() == before
+
+
+@pytest.mark.parametrize(("field", "value", "message"),
+                         [("world", "moon", "--world"), ("init", Path("nowhere.safetensors"), "--init"),
+                          ("checkpoint_every", -1, "--checkpoint-every")])
+def test_v2_config_validation(field: str, value: object, message: str) -> None:
+    with pytest.raises(SageError, match=message):
+        PretrainConfig(out=Path("unused"), **{field: value})

@@ -10,7 +10,13 @@ from PIL import Image
 
 from sage_cli.errors import SageError
 from sage_cli.world.shapes import SHAPES, SHIFTED, class_names, generate
-from sage_cli.world.shapes_lt import compute_class_order, compute_train_counts, prepare_shapes_lt
+from sage_cli.world.shapes_lt import (
+    DEFAULT_DOMAIN,
+    SHAPES_LT_DOMAINS,
+    compute_class_order,
+    compute_train_counts,
+    prepare_shapes_lt,
+)
 
 
 def test_default_train_counts_are_exact() -> None:
@@ -56,12 +62,12 @@ def test_prepare_writes_manifest_and_images(tmp_path: Path) -> None:
         assert image.shape == (32, 32, 3) and image.dtype == np.uint8
 
 
-def test_prepare_pixels_are_the_shifted_world(tmp_path: Path) -> None:
+def test_prepare_pixels_are_the_default_domain(tmp_path: Path) -> None:
     manifest, _ = prepare_shapes_lt(tmp_path, imbalance_ratio=2, max_count=2, val_per_class=0, test_per_class=1)
     test = manifest[manifest["split"] == "test"]
     # The test split is rendered by one generate() call on stream [seed, 2] (80 images < one chunk).
     world_ids = np.asarray(compute_class_order())[test["label"].to_numpy()]
-    expected = generate(world_ids, np.random.default_rng([0, 2]), SHIFTED).images
+    expected = generate(world_ids, np.random.default_rng([0, 2]), SHAPES_LT_DOMAINS[DEFAULT_DOMAIN]).images
     written = np.stack([np.asarray(Image.open(tmp_path / p)) for p in test["path"]])
     np.testing.assert_array_equal(written, expected)
 
@@ -96,3 +102,43 @@ def test_bad_arguments_fail_before_writing(tmp_path: Path, kwargs: dict, message
     assert "\n" not in str(info.value)
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["images", "keep.txt"]
     assert existing.read_text() == "mine"
+
+
+def test_balanced_ratio_one_and_max_count(tmp_path: Path) -> None:
+    manifest, _ = prepare_shapes_lt(tmp_path, imbalance_ratio=1, max_count=3, val_per_class=0, test_per_class=1)
+    train = manifest[manifest["split"] == "train"]
+    assert np.bincount(train["label"], minlength=80).tolist() == [3] * 80
+
+
+def test_balanced_and_long_tailed_share_their_test_images(tmp_path: Path) -> None:
+    # The balanced oracle is evaluated on exactly the long-tailed split's test images.
+    kwargs = dict(val_per_class=0, test_per_class=1)
+    lt, _ = prepare_shapes_lt(tmp_path / "lt", imbalance_ratio=4, max_count=4, **kwargs)
+    bal, _ = prepare_shapes_lt(tmp_path / "bal", imbalance_ratio=1, max_count=2, **kwargs)
+    a, b = lt[lt["split"] == "test"], bal[bal["split"] == "test"]
+    assert a["label"].tolist() == b["label"].tolist()
+    for pa, pb in zip(a["path"].iloc[[0, 41, 79]], b["path"].iloc[[0, 41, 79]]):
+        assert (tmp_path / "lt" / pa).read_bytes() == (tmp_path / "bal" / pb).read_bytes()
+
+
+def test_variant_reorders_classes_and_keeps_the_latin_square() -> None:
+    base, other = compute_class_order(0), compute_class_order(3)
+    assert other != base and sorted(other) == list(range(80))
+    assert other == compute_class_order(3)
+    for block in range(10):
+        assert sorted(c % len(SHAPES) for c in other[block * 8 : block * 8 + 8]) == list(range(8))
+    with pytest.raises(SageError, match="--variant must be >= 0"):
+        compute_class_order(-1)
+
+
+def test_domains_hard_is_world_v1(tmp_path: Path) -> None:
+    kwargs = dict(imbalance_ratio=2, max_count=2, val_per_class=0, test_per_class=1)
+    manifest, _ = prepare_shapes_lt(tmp_path / "hard", domain="hard", **kwargs)
+    test = manifest[manifest["split"] == "test"]
+    world_ids = np.asarray(compute_class_order())[test["label"].to_numpy()]
+    expected = generate(world_ids, np.random.default_rng([0, 2]), SHIFTED).images
+    written = np.stack([np.asarray(Image.open(tmp_path / "hard" / p)) for p in test["path"]])
+    np.testing.assert_array_equal(written, expected)
+    with pytest.raises(SageError, match="--domain must be one of moderate, hard"):
+        prepare_shapes_lt(tmp_path / "odd", domain="soft", **kwargs)
+    assert not (tmp_path / "odd").exists()

@@ -1,0 +1,72 @@
+"""`sage train --log tensorboard|csv|wandb`: the metrics.jsonl records, read back from each tracker."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from sage_cli.cli import app
+from sage_cli.errors import SageError
+from sage_cli.train.loop import StepInfo
+from sage_cli.train.tracking import check_tracker_names, eval_values, step_values
+
+runner = CliRunner()
+
+
+def _train(prepared: Path, text: Path, out: Path, *extra: str) -> object:
+    return runner.invoke(app, ["train", "--prepared", str(prepared), "--text-cache", str(text), "--method", "linear",
+                               "--out", str(out), "--device", "cpu", "--num-workers", "0", "--batch-size", "8",
+                               "--max-steps", "3", "--log-every", "1", *extra])
+
+
+def test_values_of_steps_and_evaluations() -> None:
+    assert step_values(StepInfo(4, 10, 0, loss=1.5, images_per_s=20.0, lr=0.01)) == {
+        "train/loss": 1.5, "train/lr": 0.01, "train/images_per_s": 20.0}
+    assert step_values(StepInfo(5, 10, 0)) == {}  # not a logging step
+    assert eval_values({"split": "val", "step": 3, "top1": 0.5, "many": 1.0, "medium": None, "few": 0.25}) == {
+        "val/top1": 0.5, "val/many": 1.0, "val/few": 0.25}
+    assert check_tracker_names(["csv", "tensorboard", "csv"]) == ("csv", "tensorboard")
+    with pytest.raises(SageError, match="--log must be one of tensorboard, wandb, csv; got 'mlflow'"):
+        check_tracker_names(["mlflow"])
+
+
+def test_tensorboard_and_csv_hold_the_metrics_jsonl_records(synthetic_prepared: Path, synthetic_text_cache: Path,
+                                                            tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    result = _train(synthetic_prepared, synthetic_text_cache, out, "--log", "tensorboard", "--log", "csv")
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["kind"] == "train"]
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert [r["step"] for r in train] == [1, 2, 3] and evals
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    for key, field in (("train/loss", "loss"), ("train/lr", "lr"), ("train/images_per_s", "images_per_s")):
+        scalars = events.Scalars(key)
+        assert [s.step for s in scalars] == [r["step"] for r in train]
+        assert [s.value for s in scalars] == pytest.approx([r[field] for r in train], rel=1e-6)
+    split = evals[-1]["split"]
+    assert [s.value for s in events.Scalars(f"{split}/top1")] == pytest.approx([e["top1"] for e in evals])
+    assert [s.step for s in events.Scalars(f"{split}/top1")] == [e["step"] for e in evals]
+    with open(out / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    losses = [float(r["train/loss"]) for r in rows if r["train/loss"]]
+    assert losses == pytest.approx([r["loss"] for r in train], rel=1e-12)
+    assert [float(r[f"{split}/top1"]) for r in rows if r.get(f"{split}/top1")] == pytest.approx(
+        [e["top1"] for e in evals])
+
+
+def test_missing_extra_is_one_line(synthetic_prepared: Path, synthetic_text_cache: Path, tmp_path: Path,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb raises ImportError
+    result = _train(synthetic_prepared, synthetic_text_cache, tmp_path / "run", "--log", "wandb")
+    assert result.exit_code == 1
+    assert result.output.strip() == "error: --log wandb needs the wandb package: pip install 'sage-lt[wandb]'"
+    assert not (tmp_path / "run" / "adapter.safetensors").exists()
