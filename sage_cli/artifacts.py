@@ -17,7 +17,7 @@ import json
 import os
 import platform
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -272,6 +272,19 @@ def sha256_json(obj: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def relative_path(path: str | os.PathLike[str], start: str | os.PathLike[str]) -> str:
+    """``path`` relative to the directory ``start`` (POSIX separators). Records hold paths this way,
+    so an artifact copied together with what it names still finds it; hashes say it is the same."""
+    return Path(os.path.relpath(Path(path).resolve(), Path(start).resolve())).as_posix()
+
+
+def strip_locations(inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """``inputs`` (of a record) without the ``path`` of each input: what identifies them is their
+    content (fingerprints and hashes), so a run's fingerprint survives a move."""
+    return {k: {f: v for f, v in value.items() if f != "path"} if isinstance(value, dict) else value
+            for k, value in inputs.items()}
+
+
 def software_versions() -> dict[str, str]:
     """Versions of sage, Python and the libraries behind the artifacts (read from package metadata,
     so recording them does not import torch)."""
@@ -285,17 +298,42 @@ def software_versions() -> dict[str, str]:
     return versions
 
 
-def build_record(stage: str, inputs: Mapping[str, Any], **fields: Any) -> dict[str, Any]:
-    """A stage record: what ran, on which inputs (with a fingerprint of them), with what software."""
+def build_record(stage: str, inputs: Mapping[str, Any], *, identity: Mapping[str, Any] | None = None,
+                 **fields: Any) -> dict[str, Any]:
+    """A stage record: what ran, on which inputs (with a fingerprint of them), with what software.
+
+    The fingerprint is of ``identity`` when given (the inputs without their locations), else of ``inputs``.
+    """
     return {
         "stage": stage,
         "schema_version": SCHEMA_VERSION,
-        "fingerprint": sha256_json(inputs),
+        "fingerprint": sha256_json(inputs if identity is None else identity),
         "inputs": dict(inputs),
         **fields,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "versions": software_versions(),
     }
+
+
+FILES = "files"  # in a record: {file name relative to the record's directory: sha256}
+RECORD_SHA256 = "record_sha256"  # in a record: the sha256 of the record without this key
+
+
+def seal_record(directory: str | os.PathLike[str], record: Mapping[str, Any], files: Iterable[str]) -> dict[str, Any]:
+    """``record`` with the sha256 of each of ``files`` that exists (relative to ``directory``) and
+    its own hash: :func:`read_record` refuses a record or an artifact changed since."""
+    directory = Path(directory)
+    hashes = {name: sha256_file(directory / name) for name in files if (directory / name).is_file()}
+    sealed = {k: v for k, v in record.items() if k != RECORD_SHA256}
+    sealed[FILES] = hashes
+    sealed[RECORD_SHA256] = compute_record_sha256(sealed)
+    return sealed
+
+
+def compute_record_sha256(record: Mapping[str, Any]) -> str:
+    """The hash of ``record`` (without its own hash) as it reads back from JSON."""
+    body = {k: v for k, v in record.items() if k != RECORD_SHA256}
+    return sha256_json(json.loads(json.dumps(body, default=_json_default)))
 
 
 def write_record(directory: str | os.PathLike[str], filename: str, record: Mapping[str, Any]) -> Path:
@@ -304,19 +342,59 @@ def write_record(directory: str | os.PathLike[str], filename: str, record: Mappi
     return path
 
 
-def read_record(directory: str | os.PathLike[str], filename: str) -> dict[str, Any]:
+def read_record(directory: str | os.PathLike[str], filename: str, verify: bool = True) -> dict[str, Any]:
+    """Read a stage record; with ``verify``, refuse it when it, or a file it lists, changed since it was written."""
     path = Path(directory) / filename
     if not path.is_file():
         raise SageError(f"{path}: missing; is {Path(directory)} the output of the stage that writes it?")
+    record = parse_record(path)
+    if verify:
+        verify_record_files(Path(directory), filename, record)
+    return record
+
+
+def parse_record(path: Path) -> dict[str, Any]:
+    """The JSON of a stage record, checked against its own hash; SageError naming a damaged one."""
     try:
         record = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SageError(f"{path}: not valid JSON ({exc})") from None
+        raise SageError(f"{path}: not valid JSON ({exc}); is it damaged?") from None
     if not isinstance(record, dict) or "fingerprint" not in record:
         raise SageError(f"{path}: not a sage stage record (no 'fingerprint')")
-    if int(record.get("schema_version", 0)) > SCHEMA_VERSION:
+    if not isinstance(record.get("schema_version", 0), int):
+        raise SageError(f"{path}: schema_version {record['schema_version']!r} is not an integer; is it damaged?")
+    if record.get("schema_version", 0) > SCHEMA_VERSION:
         raise SageError(f"{path}: written by a newer sage (schema {record['schema_version']}); upgrade sage")
+    if RECORD_SHA256 in record and record[RECORD_SHA256] != compute_record_sha256(record):
+        raise SageError(f"{path}: damaged or edited since sage wrote it (its content does not match its "
+                        f"{RECORD_SHA256}); re-run the stage that writes it")
     return record
+
+
+def verify_record_files(directory: Path, filename: str, record: Mapping[str, Any]) -> None:
+    """Refuse a file listed in ``record`` that is missing or no longer has the recorded sha256."""
+    changed = find_changed_file(directory, record)
+    if changed is None:
+        return
+    name, how = changed
+    stage = record.get("stage", "?")
+    if how == "missing":
+        raise SageError(f"{directory / name}: missing (listed in {directory / filename}); re-run sage {stage} with --force")
+    raise SageError(
+        f"{directory / name}: content differs from the sha256 recorded in {directory / filename} (damaged or "
+        f"changed since sage {stage} wrote it); re-run sage {stage} with --force"
+    )
+
+
+def find_changed_file(directory: Path, record: Mapping[str, Any]) -> tuple[str, str] | None:
+    """The first file listed in ``record`` that is ``"missing"`` or ``"changed"``, else None."""
+    for name, expected in (record.get(FILES) or {}).items():
+        path = directory / name
+        if not path.is_file():
+            return name, "missing"
+        if sha256_file(path) != expected:
+            return name, "changed"
+    return None
 
 
 def guard_output_dir(
@@ -340,22 +418,26 @@ def guard_output_dir(
     if directory.exists() and not directory.is_dir():
         raise SageError(f"{directory}: exists and is not a directory")
     record_path = directory / record_name
+    stage = record_name.removesuffix(".json")
     if record_path.is_file():
         try:
-            existing = json.loads(record_path.read_text()).get("fingerprint")
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-            existing = None
+            record = parse_record(record_path)
+        except SageError:
+            if force:
+                return False
+            raise SageError(f"{directory}: holds a damaged {stage} result ({record_name} is not valid JSON or does "
+                            f"not match its {RECORD_SHA256}); pass --force to redo it") from None
+        existing = record.get("fingerprint")
         missing = [o for o in (outputs if required is None else required) if not (directory / o).exists()]
-        if existing == fingerprint and not missing:
+        changed = find_changed_file(directory, record) if existing == fingerprint and not missing else None
+        if existing == fingerprint and not missing and changed is None:
             return not force
         if existing == fingerprint and not force:
-            raise SageError(
-                f"{directory}: holds this {record_name.removesuffix('.json')} result but {missing[0]} "
-                "is missing; pass --force to redo it"
-            )
+            what = f"{missing[0]} is missing" if missing else f"{changed[0]} is {changed[1]} (sha256)"
+            raise SageError(f"{directory}: holds this {stage} result but {what}; pass --force to redo it")
         if not force:
             raise SageError(
-                f"{directory}: holds a {record_name.removesuffix('.json')} result of other inputs; "
+                f"{directory}: holds a {stage} result of other inputs; "
                 "choose another --out or pass --force to overwrite it"
             )
         return False

@@ -71,7 +71,7 @@ def load_prepared_data(prep_dir: str | os.PathLike[str]) -> PreparedData:
             f"{directory / artifacts.MANIFEST.filename}: sample {int(bad['sample_id'].iloc[0])} has label "
             f"{int(bad['label'].iloc[0])}, outside 0..{len(classes) - 1}"
         )
-    image_root = Path(record.get("image_root") or directory)
+    image_root = directory / record.get("image_root", ".")  # relative to the prepared dir (absolute in older records)
     return PreparedData(directory, manifest, classes, record, image_root)
 
 

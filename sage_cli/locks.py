@@ -96,7 +96,11 @@ def acquire_lock(directory: Path, stage: str) -> _Held:
             logger.warning("%s: taking over a stale lock of %s (pid %s on %s, since %s; no longer running)",
                            directory, previous.get("stage", "?"), previous.get("pid", "?"),
                            previous.get("host", "?"), previous.get("since", "?"))
-        _write_holder(fd, stage)
+        try:
+            _write_holder(fd, stage)
+        except OSError as exc:
+            release_lock(_Held(path, fd, created))
+            raise SageError(f"{path}: cannot write the lock file ({exc.strerror}); free space or fix permissions") from None
         return _Held(path, fd, created)
 
 

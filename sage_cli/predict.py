@@ -20,7 +20,6 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from sage_cli import artifacts
 from sage_cli.errors import SageError
 
 logger = logging.getLogger(__name__)
@@ -92,15 +91,6 @@ class _Images(Dataset):
             raise SageError(f"{self.paths[i]}: cannot read image ({exc})") from None
 
 
-def load_class_names(run_dir: Path) -> list[str]:
-    """The run's class names by class id, from the prepared dataset its train.json names."""
-    from sage_cli.report.sources import find_prepared_dir
-
-    record = artifacts.read_record(run_dir, artifacts.TRAIN_RECORD)
-    classes = artifacts.read_table(find_prepared_dir(record, run_dir), artifacts.CLASSES).to_pandas()
-    return classes.sort_values("class_id")["name"].tolist()
-
-
 def run(config: PredictConfig, progress: Progress | None = None) -> PredictResult:
     """Top-k classes and scores for every image of ``config``, in the order found."""
     from sage_cli.backbone import resolve_device
@@ -110,9 +100,7 @@ def run(config: PredictConfig, progress: Progress | None = None) -> PredictResul
 
     paths = find_images(config.images)
     device = resolve_device(config.device)
-    loaded = load_trained_classifier(config.run, checkpoint=config.checkpoint, device=device)
-    classifier, clip = loaded[0], loaded[1]
-    names = load_class_names(config.run)
+    classifier, clip, _, names = load_trained_classifier(config.run, checkpoint=config.checkpoint, device=device)
     loader = DataLoader(_Images(paths, build_eval_transform(clip.record)), batch_size=config.batch_size,
                         shuffle=False, num_workers=config.num_workers)
     predictions, done, start = [], 0, time.perf_counter()

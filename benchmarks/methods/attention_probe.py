@@ -43,7 +43,7 @@ def main() -> None:
     args = parser.parse_args()
     store: list[tuple[torch.Size, torch.Tensor]] = []
     capture_attention(store)
-    classifier, clip, record = load_trained_classifier(args.run, device="cpu")
+    classifier, clip, record, _ = load_trained_classifier(args.run, device="cpu")
     data = load_prepared_data(record["prepared"])
     test = data.split("test").groupby("label").head(args.per_class).reset_index(drop=True)
     dataset = ManifestDataset(test, data.image_root, clip.preprocess_eval)

@@ -33,6 +33,8 @@ def command(
     many_threshold: int = typer.Option(100, "--many-threshold", help="many: more training images than this."),
     few_threshold: int = typer.Option(20, "--few-threshold", help="few: fewer training images than this."),
     workers: int | None = typer.Option(None, "--workers", help="Threads for image checks and PNG writes (default: automatic)."),
+    allow_outside_root: bool = typer.Option(False, "--allow-outside-root", help="Accept listed image paths that "
+                                            "resolve outside the root (.., absolute paths, symlinks out)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the generated images."),
     force: bool = typer.Option(False, "--force", help="Overwrite a preparation of other inputs in --out."),
     as_json: bool = typer.Option(False, "--json", help="Print prepare.json to stdout instead of a summary."),
@@ -43,7 +45,8 @@ def command(
     config = PrepareConfig(dataset=dataset, out=out, root=root, seed=seed, imbalance_ratio=imbalance_ratio,
                            many_threshold=many_threshold, few_threshold=few_threshold, force=force,
                            classnames=classnames, verify=verify, skip_bad=skip_bad, groups_from=groups_from,
-                           workers=workers, max_count=max_count, variant=variant, domain=domain)
+                           workers=workers, max_count=max_count, variant=variant, domain=domain,
+                           allow_outside_root=allow_outside_root)
     with _progress(f"checking images ({verify})", quiet=as_json) as progress:
         result = run(config, progress=progress)
     if as_json:

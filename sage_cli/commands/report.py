@@ -19,7 +19,10 @@ def command(
     runs: list[Path] = typer.Argument(None, help="Run directories written by sage train.", show_default=False),
     out: Path = typer.Option(..., "--out", "-o", help="Directory for report.json/.md/.html and per_class.parquet."),
     zero_shot: Path | None = typer.Option(None, "--zero-shot", help="Prepared dataset: add the frozen CLIP zero-shot row."),
-    text_cache: Path | None = typer.Option(None, "--text-cache", help="Text cache for --zero-shot (sage encode-text)."),
+    text_cache: Path | None = typer.Option(None, "--text-cache", help="Text cache for --zero-shot (sage encode-text); "
+                                           "for runs, where their text cache now is (checked by its hashes)."),
+    prepared: Path | None = typer.Option(None, "--prepared", help="Where the runs' prepared dataset now is (checked by "
+                                         "its hashes; default: where train.json says, or beside the run)."),
     tte: bool = typer.Option(False, "--tte", help="Test-time ensembling: five crops, logits averaged."),
     split: Literal["test", "val"] = typer.Option("test", "--split", help="Split to evaluate."),
     checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Checkpoint to evaluate (one RUN_DIR only)."),
@@ -43,7 +46,8 @@ def command(
     from sage_cli.report import ReportConfig, run
 
     config = ReportConfig(
-        out=out, runs=tuple(runs or ()), zero_shot=zero_shot, text_cache=text_cache, tte=tte, split=split,
+        out=out, runs=tuple(runs or ()), zero_shot=zero_shot, text_cache=text_cache, prepared=prepared, tte=tte,
+        split=split,
         checkpoint=checkpoint, batch_size=batch_size, num_workers=workers, device=device, force=force,
         reference=reference, latex=latex, save_logits=save_logits, tau=tuple(tau or ()), figures=figures,
     )

@@ -25,7 +25,7 @@ from sage_cli.backbone import check_model_name, classify_pretrained, load_clip, 
 from sage_cli.encode_text.descriptions import load_descriptions
 from sage_cli.encode_text.llm import PROMPT_VERSION, LLMConfig, generate_descriptions
 from sage_cli.encode_text.templates import SINGLE, TemplateSet, load_templates
-from sage_cli.errors import SageError
+from sage_cli.errors import SageError, explain_write_errors
 from sage_cli.locks import lock_output_dir
 from sage_cli.precision import autocast, describe_precision
 
@@ -116,13 +116,15 @@ def _run_locked(config: EncodeTextConfig, progress: Progress | None) -> EncodeTe
     embeddings = encode_texts(clip.model, clip.tokenizer, texts.texts, config.batch_size, device, progress)
     seconds = time.perf_counter() - start
     pooled = compute_class_embeddings(embeddings, torch.tensor(texts.class_ids), len(prepared.names))
-    write_outputs(config.out, prepared.names, texts, embeddings, pooled)
     record = artifacts.build_record(
         STAGE, inputs, **_record_fields(config, prepared, templates, clip.record, texts, fallback),
         device=str(device), precision=describe_precision(device),
         seconds=round(seconds, 3), texts_per_second=round(len(texts.texts) / max(seconds, 1e-9), 1),
     )
-    artifacts.write_record(config.out, ENCODE_RECORD, record)
+    with explain_write_errors(config.out, "text cache"):
+        write_outputs(config.out, prepared.names, texts, embeddings, pooled)
+        record = artifacts.seal_record(config.out, record, OUTPUTS)
+        artifacts.write_record(config.out, ENCODE_RECORD, record)
     return EncodeTextResult(config.out, False, record, tuple(fallback), requests)
 
 
@@ -253,7 +255,7 @@ def _record_fields(config: EncodeTextConfig, prepared: PreparedClasses, template
                    backbone: dict[str, Any], texts: ClassTexts, fallback: list[str]) -> dict[str, Any]:
     generate = config.generate
     return {
-        "prepared": str(Path(prepared.directory).resolve()),
+        "prepared": artifacts.relative_path(prepared.directory, config.out),
         "model": backbone["model"],
         "pretrained": backbone["pretrained"],
         "pretrained_sha256": backbone["pretrained_sha256"],

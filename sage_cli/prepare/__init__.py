@@ -5,12 +5,17 @@ benchmarks ``imagenet-lt``, ``places-lt`` and ``inat2018`` (:mod:`.splits`); ``c
 the official pickles (:mod:`.cifar`); and user data as ``folder`` or ``csv`` (:mod:`.folder`).
 Generated sets and CIFAR write PNGs under ``OUT/images`` (``image_root`` is OUT); the others keep
 paths relative to ``--root`` (``image_root`` is ROOT), after checking every listed image exists
-(:mod:`.check`). Benchmarks are compared with their recipe in ``data_manifests/`` (:mod:`.recipes`).
+(:mod:`.check`). Everything is written into a temporary sibling of OUT and moved into OUT at the
+end, so a failure changes nothing in OUT. Benchmarks are compared with their recipe in ``data_manifests/`` (:mod:`.recipes`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from sage_cli import artifacts
-from sage_cli.errors import SageError
+from sage_cli.errors import SageError, explain_write_errors
 from sage_cli.locks import lock_output_dir
 from sage_cli.prepare import check, recipes
 from sage_cli.prepare import names as class_names
@@ -33,6 +38,7 @@ GENERATED = ("synthetic", "shapes-lt")
 SOURCES = (*GENERATED, "imagenet-lt", "places-lt", "inat2018", "cifar100-lt", "folder", "csv")
 WITH_CLASSNAMES = ("imagenet-lt", "places-lt", "inat2018", "folder", "csv")
 OUTPUTS = (artifacts.MANIFEST.filename, artifacts.CLASSES.filename, check.DROPPED)
+WRITE_FIX = "free space or fix permissions, then re-run (nothing in it changed)"
 REQUIRED = (artifacts.MANIFEST.filename, artifacts.CLASSES.filename)
 
 
@@ -56,6 +62,7 @@ class PrepareConfig:
     max_count: int | None = None  # shapes-lt: training images of the most frequent class (None: 300)
     variant: int = 0  # shapes-lt: world variant, the seed of the class order (apart from --seed)
     domain: str | None = None  # shapes-lt: moderate (world v2) or hard (world v1); None: DEFAULT_DOMAIN
+    allow_outside_root: bool = False  # accept listed paths that resolve outside the root
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out", Path(self.out))
@@ -125,7 +132,6 @@ class Source:
 
     load: Callable[[PrepareConfig], SourceData]
     input_hashes: Callable[[PrepareConfig], dict[str, str]] | None = None  # None: generated
-    writes_images: bool = False  # load() writes PNGs into OUT: the old record goes first
 
 
 def compute_class_table(names: list[str], train_labels: np.ndarray, many: int, few: int,
@@ -163,9 +169,23 @@ def _run_locked(config: PrepareConfig, progress: check.Progress | None) -> Prepa
     if artifacts.guard_output_dir(config.out, artifacts.PREPARE_RECORD, fingerprint, OUTPUTS, config.force,
                                   required=REQUIRED):
         return PrepareResult(config.out, artifacts.read_record(config.out, artifacts.PREPARE_RECORD), True)
-    if source.writes_images:
-        (config.out / artifacts.PREPARE_RECORD).unlink(missing_ok=True)
-    data = source.load(config)
+    with explain_write_errors(config.out, "preparation", fix=WRITE_FIX):
+        staging = Path(tempfile.mkdtemp(prefix=f".{config.out.name}.", suffix=".prepare.tmp", dir=config.out.parent))
+        try:
+            staging.chmod(0o777 & ~artifacts.current_umask())  # mkdtemp makes it private
+            record = artifacts.seal_record(staging, _prepare_into(staging, config, source, inputs, hashes, progress),
+                                           OUTPUTS)
+            artifacts.write_record(staging, artifacts.PREPARE_RECORD, record)
+            publish(staging, config.out)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return PrepareResult(config.out, record)
+
+
+def _prepare_into(staging: Path, config: PrepareConfig, source: Source, inputs: dict[str, Any],
+                  hashes: dict[str, str] | None, progress: check.Progress | None) -> dict[str, Any]:
+    """Load, check and write the tables into ``staging``; returns the record (not yet written)."""
+    data = source.load(dataclasses.replace(config, out=staging))  # generated sets write their PNGs here
     data.names, cleaned = class_names.clean_names(data.names)
     data.warnings = [*data.warnings, *cleaned]
     manifest = data.manifest
@@ -174,17 +194,37 @@ def _run_locked(config: PrepareConfig, progress: check.Progress | None) -> Prepa
     dropped = pd.DataFrame(columns=["path", "split", "reason"])
     if not data.generated:
         manifest, dropped = check.apply_checks(manifest, data.image_root, config.verify, config.skip_bad,
-                                               config.workers, progress)
+                                               config.workers, progress, config.allow_outside_root)
     train = manifest.loc[manifest["split"] == "train", "label"].to_numpy()
     classes = compute_class_table(data.names, train, config.many_threshold, config.few_threshold,
                                   data.group_counts)
-    (config.out / artifacts.PREPARE_RECORD).unlink(missing_ok=True)  # tables without a record: interrupted
-    artifacts.write_table(config.out, artifacts.MANIFEST, manifest)
-    artifacts.write_table(config.out, artifacts.CLASSES, classes)
-    check.save_dropped(config.out, dropped)
-    record = _build_record(config, inputs, hashes, data, manifest, classes, len(dropped))
-    artifacts.write_record(config.out, artifacts.PREPARE_RECORD, record)
-    return PrepareResult(config.out, record)
+    artifacts.write_table(staging, artifacts.MANIFEST, manifest)
+    artifacts.write_table(staging, artifacts.CLASSES, classes)
+    check.save_dropped(staging, dropped)
+    image_root = config.out if Path(data.image_root) == staging else Path(data.image_root)
+    return _build_record(config, inputs, hashes, data, image_root, manifest, classes, len(dropped))
+
+
+def publish(staging: Path, out: Path) -> None:
+    """Move what ``staging`` holds into ``out``: the old record goes first, the new one last.
+
+    Everything, record included, was written in ``staging``, so a full disk, a bad image or a kill
+    before this point leaves ``out`` as it was; here only renames within one file system happen.
+    """
+    (out / artifacts.PREPARE_RECORD).unlink(missing_ok=True)  # outputs without a record: interrupted
+    if not (staging / check.DROPPED).exists():
+        (out / check.DROPPED).unlink(missing_ok=True)
+    entries = sorted(staging.iterdir(), key=lambda p: (p.name == artifacts.PREPARE_RECORD, p.name))
+    for entry in entries:
+        target = out / entry.name
+        if target.is_dir() and not target.is_symlink():
+            aside = out / f".{entry.name}.old.tmp"
+            shutil.rmtree(aside, ignore_errors=True)
+            os.replace(target, aside)
+            os.replace(entry, target)
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            os.replace(entry, target)
 
 
 def _fingerprint_inputs(config: PrepareConfig, hashes: dict[str, str] | None) -> dict[str, Any]:
@@ -200,7 +240,7 @@ def _fingerprint_inputs(config: PrepareConfig, hashes: dict[str, str] | None) ->
 
 
 def _build_record(config: PrepareConfig, inputs: dict[str, Any], hashes: dict[str, str] | None,
-                  data: SourceData, manifest: pd.DataFrame, classes: pd.DataFrame,
+                  data: SourceData, image_root: Path, manifest: pd.DataFrame, classes: pd.DataFrame,
                   num_dropped: int) -> dict[str, Any]:
     counts = {s: int((manifest["split"] == s).sum()) for s in artifacts.SPLITS}
     stats = {**counts, "classes": len(classes), "max_count": int(classes["train_count"].max()),
@@ -209,7 +249,7 @@ def _build_record(config: PrepareConfig, inputs: dict[str, Any], hashes: dict[st
     options = {k: v for k, v in inputs.items() if k != "hashes"}
     return artifacts.build_record(
         "prepare", inputs, dataset=config.dataset, root=options["root"],
-        image_root=str(Path(data.image_root).resolve()), options=options, hashes=hashes or {},
+        image_root=artifacts.relative_path(image_root, config.out), options=options, hashes=hashes or {},
         counts=counts, num_classes=len(classes),
         group_thresholds={"many": config.many_threshold, "few": config.few_threshold},
         group_counts={g: int((classes["group"] == g).sum()) for g in artifacts.GROUPS},
@@ -235,12 +275,12 @@ def _source_table() -> dict[str, Source]:
                       lambda c: _hash_files(splits.input_files(name, c.root, c.classnames)))
 
     return {
-        "synthetic": Source(_generate, writes_images=True), "shapes-lt": Source(_generate, writes_images=True),
+        "synthetic": Source(_generate), "shapes-lt": Source(_generate),
         **{name: split_source(name) for name in splits.SPLIT_DATASETS},
         "cifar100-lt": Source(
             lambda c: cifar.load_cifar100_lt(c.root, c.out, c.imbalance_ratio or 100.0, c.groups_from or "ir100",
                                              c.workers),
-            lambda c: _hash_files(cifar.input_files(c.root)), writes_images=True),
+            lambda c: _hash_files(cifar.input_files(c.root))),
         "folder": Source(lambda c: folder.load_folder(c.root, c.classnames),
                          lambda c: {**folder.folder_inputs(c.root), **_hash_classnames(c)}),
         "csv": Source(lambda c: folder.load_csv(c.root, c.classnames),

@@ -18,7 +18,7 @@ import torch
 
 from sage_cli import artifacts
 from sage_cli.artifacts import PER_CLASS, REPORT_RECORD
-from sage_cli.errors import SageError
+from sage_cli.errors import SageError, explain_write_errors
 from sage_cli.locks import lock_output_dir
 from sage_cli.report import build, html, markdown, seeds, tex
 from sage_cli.report.evaluate import (
@@ -55,7 +55,8 @@ class ReportConfig:
     out: Path
     runs: tuple[Path, ...] = ()
     zero_shot: Path | None = None  # a prepared dataset dir: add the frozen CLIP zero-shot row
-    text_cache: Path | None = None  # the text cache the zero-shot head comes from
+    text_cache: Path | None = None  # the zero-shot head's text cache; for runs, where theirs now is
+    prepared: Path | None = None  # where the runs' prepared dataset now is (found by its hashes otherwise)
     tte: bool = False
     split: str = "test"
     checkpoint: Path | None = None  # instead of RUN_DIR/adapter.safetensors (one run only)
@@ -73,8 +74,10 @@ class ReportConfig:
         object.__setattr__(self, "runs", tuple(Path(r) for r in self.runs))
         if not self.runs and self.zero_shot is None:
             raise SageError("nothing to report: pass RUN_DIR(s) and/or --zero-shot PREPARED_DIR")
-        if (self.zero_shot is None) != (self.text_cache is None):
+        if self.zero_shot is not None and self.text_cache is None:
             raise SageError("--zero-shot PREPARED_DIR and --text-cache TEXT_DIR go together")
+        if self.text_cache is not None and self.zero_shot is None and not self.runs:
+            raise SageError("--text-cache needs --zero-shot PREPARED_DIR or RUN_DIR(s)")
         if self.split not in ("test", "val"):
             raise SageError(f"--split must be test or val; got {self.split!r}")
         if self.checkpoint is not None and len(self.runs) != 1:
@@ -130,7 +133,8 @@ def _run_locked(config: ReportConfig, progress: Progress | None) -> ReportResult
         groups=seeds.compute_group_rows(groups, entries), reference=config.reference,
         paired=seeds.compute_paired_rows(groups, entries, config.reference) if config.reference else [],
     )
-    write_outputs(out, report, latex=config.latex, figures=config.figures)
+    with explain_write_errors(out, "report"):
+        report = write_outputs(out, report, latex=config.latex, figures=config.figures)
     return ReportResult(out, False, report, tuple(evaluated))
 
 
@@ -181,7 +185,8 @@ def load_sources(config: ReportConfig) -> list[Source]:
     if config.zero_shot is not None:
         cache_dir = Path(config.out) / ZERO_SHOT
         sources.append(load_zero_shot_source(Path(config.zero_shot), Path(config.text_cache), config.split, cache_dir))
-    sources += [load_run_source(r, config.split, config.checkpoint) for r in config.runs]
+    sources += [load_run_source(r, config.split, config.checkpoint, config.prepared, config.text_cache)
+                for r in config.runs]
     return _with_unique_names(sources)
 
 
@@ -221,15 +226,16 @@ def predict(
     evaluation = {"seconds": round(stats.seconds, 3), "images_per_second": round(stats.images_per_second, 1),
                   "device": stats.device, "precision": stats.precision, "batch_size": config.batch_size,
                   "tte": config.tte, "image_size": backbone.get("image_size")}
-    if predictions.logits is not None:  # before the record: a record never vouches for missing logits
-        save_logits(source.cache_dir, predictions.logits, predictions, fingerprint)
-    save_predictions(source.cache_dir, predictions, artifacts.build_record("predictions", cache_inputs,
-                                                                             evaluation=evaluation))
+    with explain_write_errors(source.cache_dir, "predictions cache"):
+        if predictions.logits is not None:  # before the record: a record never vouches for missing logits
+            save_logits(source.cache_dir, predictions.logits, predictions, fingerprint)
+        save_predictions(source.cache_dir, predictions, artifacts.build_record("predictions", cache_inputs,
+                                                                                 evaluation=evaluation))
     return predictions, {**evaluation, "cached": False}
 
 
-def write_outputs(out: Path, report: dict[str, Any], latex: bool = False, figures: bool = True) -> None:
-    """Tables, figures and pages first, report.json (the record) last."""
+def write_outputs(out: Path, report: dict[str, Any], latex: bool = False, figures: bool = True) -> dict[str, Any]:
+    """Tables, figures and pages first, report.json (the record, with their sha256) last; returns the record."""
     out.mkdir(parents=True, exist_ok=True)
     (out / REPORT_RECORD).unlink(missing_ok=True)
     artifacts.write_table(out, PER_CLASS, build.build_per_class_table(report))
@@ -242,7 +248,9 @@ def write_outputs(out: Path, report: dict[str, Any], latex: bool = False, figure
     artifacts.write_bytes_atomic(out / "report.html", html.render_html(report, plots).encode())
     if latex:
         artifacts.write_bytes_atomic(out / LATEX, tex.render_latex(report).encode())
+    report = artifacts.seal_record(out, report, OUTPUTS[1:] + ((LATEX,) if latex else ()))
     artifacts.write_record(out, REPORT_RECORD, report)
+    return report
 
 
 __all__ = ["ReportConfig", "ReportResult", "run"]

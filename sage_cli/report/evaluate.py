@@ -114,7 +114,10 @@ def save_predictions(directory: Path, predictions: Predictions, record: dict[str
         "top_classes": [row.tolist() for row in predictions.top_classes],
         "top_scores": [row.tolist() for row in predictions.top_scores],
     })
-    artifacts.write_record(directory, PREDICTIONS_RECORD, record)
+    from sage_cli.report.logits import LOGITS  # (imports this module)
+
+    files = [PREDICTIONS.filename, LOGITS]  # the logits (--save-logits) when there are some
+    artifacts.write_record(directory, PREDICTIONS_RECORD, artifacts.seal_record(directory, record, files))
 
 
 def load_cached_predictions(directory: Path, fingerprint: str) -> tuple[Predictions, dict[str, Any]] | None:

@@ -26,7 +26,7 @@ LOGITS = "logits.safetensors"
 
 def save_logits(directory: Path, logits: np.ndarray, predictions: Predictions, fingerprint: str) -> Path:
     """Write ``logits`` [N, C] as float16 with the predictions' sample ids and labels, atomically."""
-    from safetensors.torch import save_file
+    from sage_cli.train.checkpoint import serialize_weights  # same bytes every time; a full disk is an OSError
 
     tensors = {
         "logits": torch.from_numpy(np.ascontiguousarray(logits, dtype=np.float16)),
@@ -34,8 +34,7 @@ def save_logits(directory: Path, logits: np.ndarray, predictions: Predictions, f
         "label": torch.from_numpy(np.ascontiguousarray(predictions.labels, dtype=np.int64)),
     }
     path = Path(directory) / LOGITS
-    with artifacts.atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"fingerprint": fingerprint, "dtype": "float16"})
+    artifacts.write_bytes_atomic(path, serialize_weights(tensors, {"fingerprint": fingerprint, "dtype": "float16"}))
     return path
 
 

@@ -29,7 +29,7 @@ def compute_configuration_key(source_config: dict[str, Any], kind: str, tau: flo
     suffix = "" if tau is None else f":tau={tau!r}"
     if kind != "run":
         return f"{kind}:{artifacts.sha256_json(source_config)}{suffix}"
-    inputs = copy.deepcopy(source_config.get("inputs") or {})
+    inputs = copy.deepcopy(artifacts.strip_locations(source_config.get("inputs") or {}))  # content, not places
     inputs.get("config", {}).get("run", {}).pop("seed", None)
     return "run:" + artifacts.sha256_json(inputs) + suffix
 

@@ -89,7 +89,7 @@ def load_test_set(prepared: str | os.PathLike[str], split: str) -> TestSet:
         classes_sha256=artifacts.sha256_json(classes.values.tolist()),
         samples=samples,
         classes=classes,
-        image_root=Path(record.get("image_root", prepared)),
+        image_root=prepared / record.get("image_root", "."),  # relative to the prepared dir (or absolute)
         group_thresholds=dict(record.get("group_thresholds") or {}),
     )
 
@@ -121,18 +121,31 @@ def _describe_difference(a: TestSet, b: TestSet) -> str | None:
     return None
 
 
-def load_run_source(run_dir: str | os.PathLike[str], split: str, checkpoint: Path | None = None) -> Source:
-    """A trained run: its train.json, its checkpoint (default ``RUN_DIR/adapter.safetensors``)."""
+def load_run_source(run_dir: str | os.PathLike[str], split: str, checkpoint: Path | None = None,
+                    prepared: Path | None = None, text_cache: Path | None = None) -> Source:
+    """A trained run: its train.json, its checkpoint (default ``RUN_DIR/adapter.safetensors``).
+
+    Every input is verified against the run's record before anything is evaluated or reused from
+    the predictions cache: the prepared dataset (fingerprint, ``classes.parquet``), the text cache
+    (fingerprint, ``class_embeddings.parquet``) and the weights (sha256, and the fingerprint of the
+    run in their metadata). ``prepared`` says where the moved dataset now is (it must be the run's);
+    ``text_cache`` is looked at first for the run's cache (it is also the zero-shot row's, which
+    may be another).
+    """
+    from sage_cli.train.restore import PREPARED, TEXT_CACHE, check_weights_belong, locate_input
+
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise SageError(f"{run_dir}: not a directory; pass a run directory written by sage train")
-    record = artifacts.read_record(run_dir, artifacts.TRAIN_RECORD)
+    record = artifacts.read_record(run_dir, artifacts.TRAIN_RECORD)  # verifies the adapter's sha256
     ckpt = Path(checkpoint) if checkpoint is not None else run_dir / CHECKPOINT_NAME
     if not ckpt.is_file():
         where = f"--checkpoint {ckpt}" if checkpoint is not None else f"{run_dir}: no checkpoint {CHECKPOINT_NAME}"
         raise SageError(f"{where}: not found; is the run finished? pass --checkpoint FILE to pick one")
     check_checkpoint_readable(ckpt)
-    test_set = load_test_set(find_prepared_dir(record, run_dir), split)
+    check_weights_belong(ckpt, record, run_dir)
+    text_dir = locate_input(run_dir, record, TEXT_CACHE, text_cache, strict=False)  # also zero-shot's cache
+    test_set = load_test_set(locate_input(run_dir, record, PREPARED, prepared), split)
     identity = {
         "kind": "run",
         "checkpoint_sha256": artifacts.sha256_file(ckpt),
@@ -144,8 +157,8 @@ def load_run_source(run_dir: str | os.PathLike[str], split: str, checkpoint: Pat
     def build(device: torch.device) -> tuple[torch.nn.Module, dict[str, Any]]:
         from sage_cli.train import load_trained_classifier
 
-        classifier, clip, _ = load_trained_classifier(run_dir, checkpoint=ckpt, device=device)
-        return classifier, clip.record
+        trained = load_trained_classifier(run_dir, checkpoint=ckpt, device=device, text_cache=text_dir)
+        return trained.classifier, trained.clip.record
 
     config = {"checkpoint": str(ckpt.resolve()), **{k: v for k, v in record.items() if k != "versions"}}
     return Source(run_dir.name, "run", run_dir, test_set, identity, config, run_dir, build)
@@ -161,18 +174,6 @@ def check_checkpoint_readable(path: Path) -> None:
         load_file(str(path))  # adapter + head only: small, and every tensor's bytes are checked
     except Exception as exc:  # safetensors raises its own error type and OSError for bad files
         raise SageError(f"{path}: not a readable safetensors checkpoint ({exc}); is it damaged?") from None
-
-
-def find_prepared_dir(train_record: dict[str, Any], run_dir: Path) -> Path:
-    """The prepared dataset a run was trained on, from its train.json."""
-    candidates = [train_record.get("prepared"), train_record.get("inputs", {}).get("prepared"),
-                  train_record.get("config", {}).get("prepared")]
-    for value in candidates:
-        if isinstance(value, dict):
-            value = value.get("path") or value.get("dir")
-        if isinstance(value, str) and value:
-            return Path(value)
-    raise SageError(f"{run_dir / artifacts.TRAIN_RECORD}: names no prepared dataset; was it written by sage train?")
 
 
 def load_zero_shot_source(prepared: Path, text_dir: Path, split: str, cache_dir: Path) -> Source:

@@ -3,6 +3,7 @@
 A checkpoint is a directory ``RUN_DIR/checkpoints/step-00000120/`` holding
 
 - ``adapter.safetensors``: adapter + head weights only (never the frozen backbone), and
+- ``checkpoint.json``: the sha256 of both files, verified before a resume or report reads them, and
 - ``state.pt``: optimizer, scheduler and loss-module state (compensation statistics), the
   data-order position (epoch, step in epoch, global step) and every RNG state; plain tensors and
   Python values only, read back with ``torch.load(weights_only=True)``.
@@ -14,6 +15,8 @@ or the new checkpoint complete. Older checkpoints beyond ``keep`` are pruned aft
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import json
 import logging
 import os
@@ -26,8 +29,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save
 
 from sage_cli import artifacts
 from sage_cli.errors import SageError
@@ -39,6 +42,7 @@ CHECKPOINT_DIR = "checkpoints"
 LATEST = "last.json"
 WEIGHTS = "adapter.safetensors"
 STATE = "state.pt"
+MANIFEST = "checkpoint.json"
 STATE_FORMAT = 1
 
 
@@ -56,17 +60,67 @@ class Position:
 
 
 def save_weights(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
-    """Write ``tensors`` as safetensors (atomically), metadata values as JSON strings."""
+    """Write ``tensors`` as safetensors (atomically), metadata values as JSON strings.
+
+    The bytes are the same for the same tensors and metadata in any process, the file is as
+    readable as any other output (umask), and a full disk is an OSError (ENOSPC) like every other
+    write, for :func:`~sage_cli.train.faults.explain_write_errors` to name.
+    """
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in tensors.items()}
-    meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
-    with artifacts.atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+    meta = {k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in metadata.items()}
+    artifacts.write_bytes_atomic(path, serialize_weights(tensors, meta))
+
+
+def serialize_weights(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """safetensors bytes with a canonical header: metadata keys sorted, tensors in data order.
+
+    safetensors keeps metadata in a hash map, so its header order (and the file's sha256) changes
+    from process to process; the header is rebuilt here, the tensor data are left as written.
+    """
+    raw = save(tensors, metadata=metadata)
+    size = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + size])
+    meta = header.pop("__metadata__", None)
+    ordered = dict(sorted(header.items(), key=lambda item: (item[1]["data_offsets"][0], item[0])))
+    if meta:
+        ordered = {"__metadata__": dict(sorted(meta.items())), **ordered}
+    text = json.dumps(ordered, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the data start 8-byte aligned, as safetensors writes them
+    return len(text).to_bytes(8, "little") + text + raw[8 + size:]
+
+
+def describe_adapter_config(classifier: torch.nn.Module) -> dict[str, Any]:
+    """The classifier's adapter config as built: the bottleneck, blocks, guidance switch and token
+    count that ``None`` left to their defaults, resolved (for the weights' metadata)."""
+    from sage_cli.model.surgery import ParallelAdapterMLP, get_vision_blocks
+
+    config = classifier.config  # the AdapterConfig it was built from
+    resolved = dataclasses.asdict(config)
+    summary = classifier.summary()
+    blocks = [i for i, block in enumerate(get_vision_blocks(classifier.visual))
+              if isinstance(getattr(block, "mlp", None), ParallelAdapterMLP)] if summary.get("adapter_blocks") else []
+    if blocks:  # adapters in parallel to the MLPs (sage, lift); other PEFT modules keep the options' values
+        resolved["blocks"] = blocks
+        resolved["bottleneck"] = summary.get("bottleneck")
+        resolved["guidance"] = summary.get("guidance_tokens") is not None
+        resolved["guidance_tokens"] = summary.get("guidance_tokens")
+    return resolved
+
+
+def read_weights_metadata(path: Path) -> dict[str, str]:
+    """The string metadata of a safetensors file (empty when it has none)."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            return dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise SageError(f"{path}: not a readable safetensors checkpoint ({exc}); is it damaged?") from None
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
     """Read a safetensors file of adapter + head weights; a one-line SageError naming a bad file."""
     if not path.is_file():
         raise SageError(f"{path}: checkpoint not found")
+    verify_checkpoint_file(path)
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
@@ -127,7 +181,9 @@ def save_checkpoint(
         try:
             tmp.chmod(0o777 & ~artifacts.current_umask())  # mkdtemp makes it private; a checkpoint is as readable as the run
             save_weights(tmp / WEIGHTS, weights, {**metadata, "global_step": position.global_step})
-            write_state(tmp / STATE, {"format": STATE_FORMAT, "position": vars(position), **state})
+            write_state(tmp / STATE, {"format": STATE_FORMAT, "position": vars(position),
+                                      "torch_threads": torch.get_num_threads(), **state})
+            write_manifest(tmp, position)
             replace_directory(tmp, final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -137,9 +193,38 @@ def save_checkpoint(
 
 
 def write_state(path: Path, payload: dict[str, Any]) -> None:
-    """``torch.save`` ``payload`` to ``path`` atomically (fsynced, then renamed)."""
-    with artifacts.atomic_path(path) as part:
-        torch.save(payload, part)
+    """``torch.save`` ``payload`` to ``path`` atomically (fsynced, then renamed).
+
+    Serialised in memory first: torch's own file writer reports a full disk as a RuntimeError
+    from its C++ stream, without an errno; a plain write gives the OSError (ENOSPC) to explain.
+    """
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    artifacts.write_bytes_atomic(path, buffer.getvalue())
+
+
+def write_manifest(directory: Path, position: Position) -> None:
+    """``checkpoint.json``: the sha256 of the weights and the state, checked before a resume uses them."""
+    files = {name: artifacts.sha256_file(directory / name) for name in (WEIGHTS, STATE)}
+    artifacts.write_json_atomic(directory / MANIFEST, {"global_step": position.global_step, "files": files})
+
+
+def verify_checkpoint_file(path: Path) -> None:
+    """Refuse ``path`` (a checkpoint's weights or state) when its sha256 is not the one in its
+    ``checkpoint.json``. Files outside a checkpoint directory, or of checkpoints written before
+    sage recorded hashes, have no manifest and are not checked here."""
+    manifest = path.parent / MANIFEST
+    if not manifest.is_file() or not path.is_file():
+        return
+    try:
+        expected = json.loads(manifest.read_text())["files"][path.name]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise SageError(f"{manifest}: damaged checkpoint manifest; resume from another checkpoint or --force") from None
+    if artifacts.sha256_file(path) != expected:
+        raise SageError(
+            f"{path}: content differs from the sha256 in {manifest} (damaged since it was written); delete "
+            f"{path.parent} to resume from the checkpoint before it, or start over with --force"
+        )
 
 
 def replace_directory(tmp: Path, final: Path) -> None:
@@ -182,9 +267,23 @@ def find_latest_checkpoint(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def warn_if_threads_differ(state: dict[str, Any], checkpoint: Path) -> None:
+    """CPU float sums depend on torch's thread count: a resume with another count is not bit for
+    bit the uninterrupted run (it trains on, with last-bit differences)."""
+    written = state.get("torch_threads")
+    now = torch.get_num_threads()
+    if written is not None and written != now:
+        logger.warning("%s was written with %d torch thread(s), this process has %d: the resumed run will "
+                       "not be bit-for-bit the uninterrupted one (set OMP_NUM_THREADS=%d to keep it)",
+                       checkpoint, written, now, written)
+
+
 def load_checkpoint_state(checkpoint: Path) -> dict[str, Any]:
     """``state.pt`` of a checkpoint directory (tensors and plain values only)."""
     path = checkpoint / STATE
+    if path.is_file():
+        verify_checkpoint_file(path)
+        verify_checkpoint_file(checkpoint / WEIGHTS)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:

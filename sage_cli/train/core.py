@@ -37,7 +37,12 @@ from sage_cli.train.config import TrainConfig
 from sage_cli.train.datasets import build_datasets, describe_input, use_cached_features
 from sage_cli.train.distributed import DistContext, distributed_session
 from sage_cli.train.faults import explain_write_errors
-from sage_cli.train.inputs import BACKBONE_INIT_SEED, TrainInputs, build_backbone, resolve_inputs
+from sage_cli.train.inputs import (
+    BACKBONE_INIT_SEED,
+    TrainInputs,
+    build_backbone,
+    resolve_inputs,
+)
 from sage_cli.train.loop import METRICS, Trainer, TrainHooks
 from sage_cli.task import build_task
 from sage_cli.train.transforms import describe_preprocessing
@@ -88,9 +93,10 @@ def train_locked(
     hooks: TrainHooks | None, started: float,
 ) -> TrainResult:
     """:func:`run_on` while holding the run directory's lock (rank 0)."""
-    record_inputs = {**inputs.record(), "config": config.result_dict()}
-    fingerprint = artifacts.sha256_json(record_inputs)
     out = config.run.out
+    record_inputs = {**inputs.record(out), "config": config.result_dict()}
+    identity = artifacts.strip_locations(record_inputs)  # paths move with a copied run; the content decides
+    fingerprint = artifacts.sha256_json(identity)
     resume_from = find_resume_checkpoint(out, fingerprint) if config.run.resume else None
     if not config.run.resume and artifacts.guard_output_dir(out, TRAIN_RECORD, fingerprint, OUTPUTS,
                                                             config.run.force, required=(ADAPTER,)):
@@ -111,12 +117,14 @@ def train_locked(
         hooks.on_start(start_info(trainer, preprocessing, inputs, resume_from))
     final_eval = trainer.fit()
     record = artifacts.build_record(
-        STAGE, record_inputs, **summarise(config, trainer, clip_record, preprocessing, inputs, device),
+        STAGE, record_inputs, identity=identity,
+        **summarise(config, trainer, clip_record, preprocessing, inputs, device),
         final_eval=final_eval, wall_time_s=time.perf_counter() - started,
     )
     if dist_ctx.is_main:
         save_final_weights(out / ADAPTER, trainer, clip_record)
         with explain_write_errors(out / TRAIN_RECORD, "run record"):
+            record = artifacts.seal_record(out, record, (ADAPTER, METRICS))
             artifacts.write_record(out, TRAIN_RECORD, record)  # last: marks the run complete
     dist_ctx.barrier()  # no rank reports success before the outputs are on disk
     return TrainResult(out, record, classifier=trainer.task.classifier.eval())
@@ -173,11 +181,12 @@ def find_resume_checkpoint(out: Path, fingerprint: str) -> Path | None:
         raise SageError(f"{out}: the run is already complete ({TRAIN_RECORD}); nothing to resume")
     checkpoint = ckpt.find_latest_checkpoint(out)
     if checkpoint is None:
-        logger.warning("%s: no checkpoint to resume from; starting from step 0", out)
         if any((out / o).exists() for o in OUTPUTS):
             raise SageError(f"{out}: holds outputs but no checkpoint; pass --force to start over")
+        logger.warning("%s: no checkpoint to resume from; starting from step 0", out)
         return None
     state = ckpt.load_checkpoint_state(checkpoint)
+    ckpt.warn_if_threads_differ(state, checkpoint)
     if state.get("fingerprint") != fingerprint:
         raise SageError(
             f"{checkpoint}: was written by a run of other inputs or options; resume with the same "
@@ -198,7 +207,7 @@ def save_final_weights(path: Path, trainer: Trainer, clip_record: dict[str, Any]
     metadata = {
         "format": "sage-adapter",
         "method": trainer.config.method,
-        "adapter_config": trainer.config.to_dict()["model"]["adapter"],
+        "adapter_config": ckpt.describe_adapter_config(trainer.task.classifier),
         "model": clip_record["model"],
         "pretrained": clip_record["pretrained"],
         "global_step": trainer.position.global_step,
@@ -236,14 +245,15 @@ def summarise(
     return {
         "method": config.method,
         "config": config.to_dict(),
-        "prepared": str(inputs.data.directory.resolve()),
-        "text_cache": str(inputs.cache.directory.resolve()),
+        "prepared": artifacts.relative_path(inputs.data.directory, config.run.out),
+        "text_cache": artifacts.relative_path(inputs.cache.directory, config.run.out),
         "model": clip_record,
         "backbone_init_seed": BACKBONE_INIT_SEED,
         "classifier": trainer.task.summary(),
         "trainable_params": trainer.task.num_trainable,
         "preprocessing": preprocessing,
         "device": str(device),
+        "torch_threads": torch.get_num_threads(),
         "world_size": trainer.dist.world_size,
         "distributed_backend": trainer.dist.backend,
         "precision": describe_precision(device),

@@ -11,38 +11,24 @@
 
 from __future__ import annotations
 
-import errno
 import logging
 import signal
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import torch
 
+from sage_cli import errors
 from sage_cli.errors import SageError
 
 logger = logging.getLogger(__name__)
 
-# errno values that mean "this location cannot take the write", not a bug
-WRITE_ERRNOS = {errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EPERM, errno.EDQUOT, errno.EFBIG}
-
-
-@contextmanager
-def explain_write_errors(path: Path, what: str) -> Iterator[None]:
+def explain_write_errors(path: Path, what: str) -> AbstractContextManager[None]:
     """Map a disk-full / not-writable OSError inside the block to a SageError naming ``path``."""
-    try:
-        yield
-    except OSError as exc:
-        if exc.errno not in WRITE_ERRNOS:
-            raise
-        reason = exc.strerror or errno.errorcode.get(exc.errno or 0, "error")
-        raise SageError(
-            f"{path}: cannot write the {what} ({reason}); free space or fix permissions, then re-run with --resume"
-        ) from None
+    return errors.explain_write_errors(path, what, fix="free space or fix permissions, then re-run with --resume")
 
 
 class TrainingInterrupted(SageError):

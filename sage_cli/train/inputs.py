@@ -41,17 +41,17 @@ class TrainInputs:
     eval_split: str | None
     image_cache: dict[str, Any] | None = None  # path and fingerprint of the image cache the run reads
 
-    def record(self) -> dict[str, Any]:
-        """Paths and content hashes of the inputs (the ``inputs`` of train.json)."""
+    def record(self, run_dir: Path) -> dict[str, Any]:
+        """Paths (relative to ``run_dir``) and content hashes of the inputs (the ``inputs`` of train.json)."""
         prep, text = self.data.directory.resolve(), self.cache.directory.resolve()
         return {
             "prepared": {
-                "path": str(prep),
+                "path": artifacts.relative_path(prep, run_dir),
                 "fingerprint": self.data.record["fingerprint"],
                 "classes_sha256": artifacts.sha256_file(prep / artifacts.CLASSES.filename),
             },
             "text_cache": {
-                "path": str(text),
+                "path": artifacts.relative_path(text, run_dir),
                 "fingerprint": self.cache.record["fingerprint"],
                 "class_embeddings_sha256": artifacts.sha256_file(text / artifacts.CLASS_EMBEDDINGS.filename),
             },
@@ -129,11 +129,3 @@ def seeded(seed: int) -> Iterator[None]:
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         yield
-
-
-def text_cache_dir(train_record: dict[str, Any], run_dir: Path) -> Path:
-    """The text cache a run was trained with, from its train.json."""
-    path = train_record.get("inputs", {}).get("text_cache", {}).get("path")
-    if not path:
-        raise SageError(f"{run_dir / artifacts.TRAIN_RECORD}: names no text cache; was it written by sage train?")
-    return Path(path)

@@ -1,10 +1,21 @@
-"""Loading a trained run back for evaluation: backbone, classifier and weights from train.json."""
+"""Loading a trained run back for evaluation: its inputs found and verified, then the classifier.
+
+A run's ``train.json`` names its prepared dataset and text cache by path (relative to the run
+directory) and by content: the prepared dataset's fingerprint and the sha256 of its
+``classes.parquet``, the text cache's fingerprint and the sha256 of its
+``class_embeddings.parquet``. The content is the identity: :func:`locate_run_inputs` takes an
+explicit ``--prepared`` / ``--text-cache``, the recorded place, or a directory beside the run
+that holds the same content (a run copied together with its inputs), and refuses an input whose
+content changed since training, naming the file.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -15,29 +26,54 @@ from sage_cli.errors import SageError
 from sage_cli.model import AdapterConfig, SageClassifier, build_classifier
 from sage_cli.train import checkpoint as ckpt
 from sage_cli.train.core import ADAPTER
-from sage_cli.train.inputs import build_backbone, text_cache_dir
+from sage_cli.train.inputs import build_backbone
+
+
+class TrainedRun(NamedTuple):
+    """A run rebuilt for evaluation; unpacks as ``classifier, clip, record, class_names``."""
+
+    classifier: SageClassifier
+    clip: LoadedClip
+    record: dict[str, Any]
+    class_names: tuple[str, ...]  # index = class id
+
+
+@dataclass(frozen=True)
+class InputKind:
+    """How a run's record names one of its inputs and what identifies its content."""
+
+    key: str  # in train.json's "inputs"
+    record_name: str  # the stage record inside the input directory
+    table: str  # the table whose sha256 train.json holds
+    sha_key: str
+    flag: str
+
+
+PREPARED = InputKind("prepared", artifacts.PREPARE_RECORD, artifacts.CLASSES.filename, "classes_sha256", "--prepared")
+TEXT_CACHE = InputKind("text_cache", artifacts.ENCODE_RECORD, artifacts.CLASS_EMBEDDINGS.filename,
+                       "class_embeddings_sha256", "--text-cache")
 
 
 def load_trained_classifier(
     run_dir: str | os.PathLike[str],
     checkpoint: str | os.PathLike[str] | None = None,
     device: str | torch.device = "cpu",
-) -> tuple[SageClassifier, LoadedClip, dict[str, Any]]:
-    """Rebuild a run's classifier in eval mode: (classifier, backbone, train.json record).
+    text_cache: str | os.PathLike[str] | None = None,
+) -> TrainedRun:
+    """Rebuild a run's classifier in eval mode, with its class names.
 
-    The backbone comes from the record's model / weights, the class embeddings from the recorded
-    text cache (which must be unchanged), the weights from ``RUN_DIR/adapter.safetensors`` or
-    ``checkpoint`` (a ``.safetensors`` file or a checkpoint directory). A missing or damaged
-    file is a one-line SageError naming it.
+    The backbone comes from the record's model / weights, the class embeddings from the run's text
+    cache (``text_cache`` if given and it is that cache, else where train.json says, else found
+    beside the run by its content), the weights from ``RUN_DIR/adapter.safetensors`` or
+    ``checkpoint`` (a ``.safetensors`` file or a checkpoint directory), which must be this run's.
+    A missing, damaged or foreign file is a one-line SageError naming it.
     """
     run_dir = Path(run_dir)
-    record = artifacts.read_record(run_dir, artifacts.TRAIN_RECORD)
+    record = artifacts.read_record(run_dir, artifacts.TRAIN_RECORD)  # verifies adapter.safetensors' sha256
     weights_path = resolve_weights_path(run_dir, checkpoint)
+    check_weights_belong(weights_path, record, run_dir)
     weights = ckpt.load_weights(weights_path)  # checked before the backbone is built
-    cache = load_text_cache(text_cache_dir(record, run_dir))
-    recorded = record.get("inputs", {}).get("text_cache", {}).get("fingerprint")
-    if recorded and cache.record.get("fingerprint") != recorded:
-        raise SageError(f"{cache.directory}: the text cache changed since {run_dir} was trained; re-train the run")
+    cache = load_text_cache(locate_input(run_dir, record, TEXT_CACHE, text_cache))
     model = record.get("model", {})
     clip = build_backbone(model["model"], model["pretrained"], device)
     check_text_cache_matches(cache, clip.record)
@@ -47,7 +83,7 @@ def load_trained_classifier(
         classifier.load_trainable_state_dict(weights)
     except SageError as exc:
         raise SageError(f"{weights_path}: {exc}") from None
-    return classifier.eval(), clip, record
+    return TrainedRun(classifier.eval(), clip, record, cache.class_names)
 
 
 def resolve_weights_path(run_dir: Path, checkpoint: str | os.PathLike[str] | None) -> Path:
@@ -55,6 +91,19 @@ def resolve_weights_path(run_dir: Path, checkpoint: str | os.PathLike[str] | Non
         return run_dir / ADAPTER
     path = Path(checkpoint)
     return path / ckpt.WEIGHTS if path.is_dir() else path
+
+
+def check_weights_belong(path: Path, record: dict[str, Any], run_dir: Path) -> None:
+    """Refuse weights written by another run (their metadata fingerprint is not the run's)."""
+    if not path.is_file() or path.suffix != ".safetensors":
+        return  # a missing file is reported by the loader
+    ckpt.verify_checkpoint_file(path)
+    fingerprint = ckpt.read_weights_metadata(path).get("fingerprint")
+    if fingerprint is not None and fingerprint != record.get("fingerprint"):
+        raise SageError(
+            f"{path}: weights of another run (fingerprint {fingerprint[:12]}, {run_dir / artifacts.TRAIN_RECORD} "
+            f"has {str(record.get('fingerprint'))[:12]}); restore this run's own file"
+        )
 
 
 def build_adapter_config(record: dict[str, Any], run_dir: Path) -> AdapterConfig:
@@ -66,3 +115,84 @@ def build_adapter_config(record: dict[str, Any], run_dir: Path) -> AdapterConfig
     if fields.get("blocks") is not None:
         fields["blocks"] = tuple(fields["blocks"])
     return AdapterConfig(**fields)
+
+
+# --------------------------------------------------------------------------------------------
+# Finding a run's inputs by content
+
+
+def locate_input(run_dir: Path, record: dict[str, Any], kind: InputKind,
+                 override: str | os.PathLike[str] | None = None, strict: bool = True) -> Path:
+    """The directory of the run's ``kind`` input whose content is the one the run was trained on.
+
+    Tried in order: ``override``, the recorded path (relative to the run dir; absolute in runs of
+    older sage), then the directories beside the run and beside its parent. The first whose
+    record and table match the hashes in train.json wins; when none does, the refusal names the
+    first candidate's differing file (or the missing input and the flag that supplies it). A
+    ``strict`` override must match itself; otherwise it is only the first place looked at.
+    """
+    expected = record.get("inputs", {}).get(kind.key)
+    if not isinstance(expected, dict) or "fingerprint" not in expected:
+        raise SageError(f"{run_dir / artifacts.TRAIN_RECORD}: names no {kind.key}; was it written by sage train?")
+    first_error: str | None = None
+    for candidate in _candidates(run_dir, record, kind, override):
+        problem = describe_mismatch(candidate, expected, kind, run_dir)
+        if problem is None:
+            return candidate
+        if strict and override is not None and candidate == Path(override):
+            raise SageError(problem)
+        if first_error is None and (candidate / kind.record_name).is_file():
+            first_error = problem
+    if first_error is not None:
+        raise SageError(first_error)
+    raise SageError(f"{run_dir}: its {kind.key.replace('_', ' ')} (fingerprint {expected['fingerprint'][:12]}) is "
+                    f"not where {artifacts.TRAIN_RECORD} says nor beside the run; pass {kind.flag} DIR")
+
+
+def describe_mismatch(directory: Path, expected: dict[str, Any], kind: InputKind, run_dir: Path) -> str | None:
+    """Why ``directory`` is not the run's input (one line naming the file), or None when it is."""
+    record_path = directory / kind.record_name
+    if not record_path.is_file():
+        return f"{record_path}: missing; is {directory} the {kind.key.replace('_', ' ')} {run_dir.name} was trained on?"
+    record = artifacts.read_record(directory, kind.record_name)  # damage is a SageError of its own
+    train_json = run_dir / artifacts.TRAIN_RECORD
+    if record.get("fingerprint") != expected["fingerprint"]:
+        return (f"{record_path}: fingerprint {str(record.get('fingerprint'))[:12]} is not the "
+                f"{expected['fingerprint'][:12]} {train_json} was trained on (re-made since?); pass {kind.flag} "
+                "with the original")
+    table = directory / kind.table
+    wanted = expected.get(kind.sha_key)
+    if wanted and (not table.is_file() or artifacts.sha256_file(table) != wanted):
+        return (f"{table}: content differs from the sha256 in {train_json} (changed since the run was trained); "
+                f"pass {kind.flag} with the original")
+    return None
+
+
+def _candidates(run_dir: Path, record: dict[str, Any], kind: InputKind,
+                override: str | os.PathLike[str] | None) -> Iterator[Path]:
+    seen: set[Path] = set()
+    for path in _named_paths(run_dir, record, kind, override):
+        key = path.resolve()
+        if key not in seen:
+            seen.add(key)
+            yield path
+    for base in (run_dir.resolve().parent, run_dir.resolve().parent.parent):
+        try:
+            children = sorted(p for p in base.iterdir() if p.is_dir())
+        except OSError:
+            continue
+        for child in children:
+            if child.resolve() not in seen and (child / kind.record_name).is_file():
+                seen.add(child.resolve())
+                yield child
+
+
+def _named_paths(run_dir: Path, record: dict[str, Any], kind: InputKind,
+                 override: str | os.PathLike[str] | None) -> Iterator[Path]:
+    if override is not None:
+        yield Path(override)
+    for value in (record.get("inputs", {}).get(kind.key, {}).get("path"), record.get(kind.key)):
+        if isinstance(value, str) and value:
+            yield Path(os.path.normpath(run_dir / value))  # relative to the run dir; an absolute path stays itself
+
+

@@ -36,7 +36,8 @@ def test_folder_classes_follow_sorted_train_folders(folder_root: Path, tmp_path:
     assert classes["train_count"].tolist() == [120, 25, 3]
     assert classes["group"].tolist() == ["many", "medium", "few"]
     assert result.record["counts"] == {"train": 148, "val": 0, "test": 3}
-    assert result.record["image_root"] == str(folder_root.resolve()) and result.record["warnings"] == []
+    assert (tmp_path / "out" / result.record["image_root"]).resolve() == folder_root.resolve()
+    assert not Path(result.record["image_root"]).is_absolute() and result.record["warnings"] == []
     manifest = artifacts.read_table(tmp_path / "out", artifacts.MANIFEST).to_pandas()
     assert manifest[manifest["split"] == "test"][["path", "label"]].values.tolist() == [
         ["test/cat/000.JPG", 0], ["test/cat/001.JPG", 0], ["test/zebra/000.JPG", 2]]
@@ -87,7 +88,8 @@ def test_csv_with_class_names_and_splits(tmp_path: Path) -> None:
     assert classes["name"].tolist() == ["cat", "dog"] and classes["train_count"].tolist() == [1, 2]
     manifest = artifacts.read_table(tmp_path / "out", artifacts.MANIFEST).to_pandas()
     assert manifest["label"].tolist() == [1, 0, 1, 0] and manifest["split"].tolist()[-1] == "test"
-    assert result.record["image_root"] == str(root.resolve())
+    assert (tmp_path / "out" / result.record["image_root"]).resolve() == root.resolve()
+    assert not Path(result.record["image_root"]).is_absolute()
     assert set(result.record["hashes"]) == {"csv"}
 
 

@@ -28,7 +28,8 @@ def test_imagenet_lt_counts_names_groups_and_paths(imagenet_root: Path, tmp_path
     assert [c["train_count"] for c in classes] == TRAIN_COUNTS
     assert [c["group"] for c in classes] == ["many", "medium", "medium", "few", "few"]
     assert result.record["counts"] == {"train": 218, "val": 10, "test": 20}
-    assert result.record["image_root"] == str(imagenet_root.resolve())
+    assert (tmp_path / "out" / result.record["image_root"]).resolve() == imagenet_root.resolve()
+    assert not Path(result.record["image_root"]).is_absolute()  # relative to the prepared dir
     assert set(result.record["hashes"]) == {"ImageNet_LT_train.txt", "ImageNet_LT_val.txt", "ImageNet_LT_test.txt",
                                             "classnames:LOC_synset_mapping.txt"}
     assert result.record["hashes"]["ImageNet_LT_train.txt"] == artifacts.sha256_file(

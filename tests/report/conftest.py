@@ -40,7 +40,7 @@ def make_prepared(directory: Path, test_per_class: int = TEST_PER_CLASS, seed: i
         "prior": [c / total for c in TRAIN_COUNTS], "group": list(GROUPS),
     })
     inputs = {"dataset": "tiny", "seed": seed, "test_per_class": test_per_class, "names": list(names)}
-    record = artifacts.build_record("prepare", inputs, dataset="tiny", image_root=str(images),
+    record = artifacts.build_record("prepare", inputs, dataset="tiny", image_root="images",
                                     counts={"train": 8}, group_thresholds={"many": 100, "few": 20})
     artifacts.write_record(directory, artifacts.PREPARE_RECORD, record)
     return directory

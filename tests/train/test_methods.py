@@ -33,7 +33,7 @@ def test_every_method_trains_saves_and_reloads(synthetic_prepared: Path, synthet
     assert record["method"] == method and record["steps"] == 2
     tensors = load_file(str(tmp_path / method / "adapter.safetensors"))
     assert sum(t.numel() for t in tensors.values()) == record["trainable_params"]
-    classifier, _, _ = load_trained_classifier(tmp_path / method)
+    classifier, _, _, _ = load_trained_classifier(tmp_path / method)
     assert set(tensors) == set(classifier.trainable_names)
     assert classifier.num_trainable == record["trainable_params"]
 

@@ -76,7 +76,7 @@ def test_run_writes_every_output(sage_run, synthetic_prepared: Path, synthetic_t
 
 def test_weights_hold_only_adapters_and_head(sage_run) -> None:
     tensors = load_file(str(sage_run.out / "adapter.safetensors"))
-    classifier, _, _ = load_trained_classifier(sage_run.out)
+    classifier, _, _, _ = load_trained_classifier(sage_run.out)
     assert set(tensors) == set(classifier.checkpoint_names())
     assert all(".adapter" in k or k.startswith("head.") for k in tensors), sorted(tensors)
     assert sum(t.numel() for t in tensors.values()) == sage_run.record["trainable_params"]
@@ -88,7 +88,7 @@ def test_load_trained_classifier_reproduces_the_final_eval(sage_run, synthetic_p
     from sage_cli.data import ManifestDataset, load_prepared_data
     from sage_cli.train.evaluate import evaluate
 
-    classifier, clip, record = load_trained_classifier(sage_run.out, device="cpu")
+    classifier, clip, record, _ = load_trained_classifier(sage_run.out, device="cpu")
     assert not classifier.training and record["fingerprint"] == sage_run.record["fingerprint"]
     data = load_prepared_data(synthetic_prepared)
     dataset = ManifestDataset(data.split("val"), data.image_root, clip.preprocess_eval)
@@ -100,7 +100,7 @@ def test_load_trained_classifier_reproduces_the_final_eval(sage_run, synthetic_p
 def test_reloaded_classifier_gives_the_trained_logits(sage_run, synthetic_prepared: Path) -> None:
     from sage_cli.data import ManifestDataset, load_prepared_data
 
-    reloaded, clip, _ = load_trained_classifier(sage_run.out, device="cpu")
+    reloaded, clip, _, _ = load_trained_classifier(sage_run.out, device="cpu")
     data = load_prepared_data(synthetic_prepared)
     dataset = ManifestDataset(data.split("val"), data.image_root, clip.preprocess_eval)
     images = torch.stack([dataset[i][0] for i in range(len(dataset))])  # [8, 3, 32, 32]
@@ -108,7 +108,7 @@ def test_reloaded_classifier_gives_the_trained_logits(sage_run, synthetic_prepar
         trained, again = sage_run.classifier(images), reloaded(images)  # [8, 4]
     assert trained.shape == (8, 4)
     torch.testing.assert_close(again, trained, atol=1e-5, rtol=0)  # float32 matmuls: not bitwise across copies
-    initial, _, _ = load_trained_classifier(sage_run.out, device="cpu")
+    initial, _, _, _ = load_trained_classifier(sage_run.out, device="cpu")
     initial.load_trainable_state_dict({k: torch.zeros_like(v) for k, v in initial.trainable_state_dict().items()})
     with torch.no_grad():
         assert float((initial(images) - trained).abs().max()) > 1e-3  # the comparison can fail
