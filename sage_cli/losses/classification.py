@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sage_cli.losses.compensation import CompensationEstimator
+from sage_cli.losses.compensation import CompensationEstimator, NoCompensation
 
 if TYPE_CHECKING:
     from sage_cli.losses import LossConfig
@@ -48,6 +48,10 @@ class ClassificationLoss(nn.Module):
 
     def observe_empty(self, feature_dim: int, device: torch.device) -> None:
         """A micro-batch with no readable image (nothing to do unless statistics are kept)."""
+
+    def compensation(self) -> torch.Tensor | None:
+        """The compensation factor delta [C] the loss subtracts now; None for a loss without one."""
+        return None
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
@@ -86,6 +90,9 @@ class CompensatedLALoss(ClassificationLoss):
     def delta(self) -> torch.Tensor:
         """The current compensation factor [C]."""
         return self.estimator.delta()
+
+    def compensation(self) -> torch.Tensor | None:
+        return None if isinstance(self.estimator, NoCompensation) else self.estimator.delta()
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
         if self.training:

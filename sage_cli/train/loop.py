@@ -54,6 +54,7 @@ class StepInfo:
     loss: float | None = None
     images_per_s: float | None = None
     lr: float | None = None  # the learning rate of the step (logging steps)
+    compensation: dict[str, float] | None = None  # delta's summary (logging steps, compensated losses)
 
 
 @dataclass
@@ -265,10 +266,32 @@ class Trainer:
             "loss": loss, "lr": self._step_lr, "images_per_s": speed,
             "steps": self._window_steps,
         }
+        compensation = self.compensation_summary()
+        if compensation is not None:
+            entry["compensation"] = compensation
         metrics.write(entry)
         self._window_loss.zero_()
         self._window_steps, self._window_images, self._window_start = 0, 0, time.perf_counter()
-        return StepInfo(self.position.global_step, self.total_steps, self.position.epoch, loss, speed, self._step_lr)
+        return StepInfo(self.position.global_step, self.total_steps, self.position.epoch, loss, speed, self._step_lr,
+                        compensation)
+
+    def compensation_summary(self) -> dict[str, float] | None:
+        """The loss's compensation factor delta [C] in a few numbers: its mean, spread and extremes over
+        all classes and its mean over each many / medium / few group; None without a compensation.
+
+        Every rank holds the same delta (its statistics are all-reduced), so no collective is needed.
+        """
+        delta = self.task.loss.compensation()
+        if delta is None:
+            return None
+        values = delta.detach().float().cpu().numpy()
+        summary = {"mean": float(values.mean()), "std": float(values.std()), "min": float(values.min()),
+                   "max": float(values.max())}
+        groups = np.asarray(self.groups)
+        for group in ("many", "medium", "few"):
+            if (groups == group).any():
+                summary[group] = float(values[groups == group].mean())
+        return summary
 
     def run_eval(self, metrics: MetricsLog) -> None:
         if self.eval_loader is None:

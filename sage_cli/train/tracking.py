@@ -2,8 +2,8 @@
 
 :func:`build_trackers` opens one :class:`Tracker` per name; :func:`tracking_hooks` feeds them from
 the trainer's :class:`TrainHooks` (the same values that go to metrics.jsonl: loss, learning rate,
-images/s on logging steps; overall / many / medium / few top-1 on evaluations). TensorBoard and
-Weights & Biases are optional extras (``pip install sage-lt[tensorboard]`` / ``[wandb]``),
+images/s and the summary of the compensation factor on logging steps; overall / many / medium /
+few top-1 on evaluations). TensorBoard and Weights & Biases are optional extras (``pip install sage-lt[tensorboard]`` / ``[wandb]``),
 imported only when asked for; wandb honours ``WANDB_MODE=offline``. Every tracker writes under
 the run directory (``RUN_DIR/tensorboard``, ``RUN_DIR/metrics.csv``, ``RUN_DIR/wandb``).
 """
@@ -32,9 +32,14 @@ class Tracker(Protocol):
 
 
 def step_values(info: StepInfo) -> dict[str, float]:
-    """``train/loss``, ``train/lr`` and ``train/images_per_s`` of a logging step (others: none)."""
-    values = {"train/loss": info.loss, "train/lr": info.lr, "train/images_per_s": info.images_per_s}
-    return {k: float(v) for k, v in values.items() if v is not None} if info.loss is not None else {}
+    """``train/loss``, ``train/lr``, ``train/images_per_s`` and, with a compensated loss, the summary of
+    its factor delta (``compensation/mean``, ``/std``, ``/min``, ``/max``, ``/many``, ``/medium``,
+    ``/few``) of a logging step (other steps: none)."""
+    if info.loss is None:
+        return {}
+    values = {"train/loss": info.loss, "train/lr": info.lr, "train/images_per_s": info.images_per_s,
+              **{f"compensation/{k}": v for k, v in (info.compensation or {}).items()}}
+    return {k: float(v) for k, v in values.items() if v is not None}
 
 
 def eval_values(entry: dict[str, Any]) -> dict[str, float]:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import sys
 from pathlib import Path
 
+import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
@@ -70,3 +73,42 @@ def test_missing_extra_is_one_line(synthetic_prepared: Path, synthetic_text_cach
     assert result.exit_code == 1
     assert result.output.strip() == "error: --log wandb needs the wandb package: pip install 'sage-lt[wandb]'"
     assert not (tmp_path / "run" / "adapter.safetensors").exists()
+
+
+def test_step_values_carry_the_compensation_summary() -> None:
+    info = StepInfo(4, 10, 0, loss=1.5, images_per_s=20.0, lr=0.01, compensation={"mean": 0.25, "few": 0.5})
+    assert step_values(info) == {"train/loss": 1.5, "train/lr": 0.01, "train/images_per_s": 20.0,
+                                 "compensation/mean": 0.25, "compensation/few": 0.5}
+
+
+def test_the_compensation_factor_is_logged_and_tracked(synthetic_prepared: Path, synthetic_text_cache: Path,
+                                                       tmp_path: Path) -> None:
+    # count compensation: delta_y = lam * log(1 + kappa / n_y), here with n = 24, 12, 6, 3 (the fixture)
+    out = tmp_path / "run"
+    result = _train(synthetic_prepared, synthetic_text_cache, out, "--loss", "la", "--compensation", "count",
+                    "--lam", "0.5", "--kappa", "8", "--log", "csv")
+    assert result.exit_code == 0, result.output
+    delta = [0.5 * math.log(1 + 8 / n) for n in (24, 12, 6, 3)]
+    groups = pq.read_table(synthetic_prepared / "classes.parquet").to_pandas().sort_values("class_id")["group"].tolist()
+    train = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in train if r["kind"] == "train"]
+    assert len(train) == 3
+    expected = {"mean": sum(delta) / 4, "std": float(np.std(delta)), "min": delta[0], "max": delta[3]}
+    for group in ("many", "medium", "few"):
+        members = [d for d, g in zip(delta, groups) if g == group]
+        if members:
+            expected[group] = sum(members) / len(members)
+    for record in train:
+        assert record["compensation"] == pytest.approx(expected, rel=1e-6)
+    with open(out / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [float(r["compensation/mean"]) for r in rows if r["compensation/mean"]] == pytest.approx(
+        [expected["mean"]] * 3, rel=1e-6)
+
+
+def test_no_compensation_logs_no_summary(synthetic_prepared: Path, synthetic_text_cache: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = _train(synthetic_prepared, synthetic_text_cache, out, "--loss", "la", "--compensation", "none")
+    assert result.exit_code == 0, result.output
+    train = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r for r in train if r["kind"] == "train"] and all("compensation" not in r for r in train)
