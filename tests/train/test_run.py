@@ -68,7 +68,8 @@ def test_run_writes_every_output(sage_run, synthetic_prepared: Path, synthetic_t
     metrics = _metrics(out)
     train = [e for e in metrics if e["kind"] == "train"]
     evals = [e for e in metrics if e["kind"] == "eval"]
-    assert set(train[0]) == {"kind", "step", "epoch", "loss", "lr", "images_per_s", "steps"}
+    assert set(train[0]) == {"kind", "step", "epoch", "loss", "lr", "images_per_s", "steps", "compensation"}
+    assert set(train[0]["compensation"]) <= {"mean", "std", "min", "max", "many", "medium", "few"}  # sage compensates
     assert [e["step"] for e in evals] == [6, 12, 18, 24, 30, 36]
     assert evals[-1] == record["final_eval"]
     assert train[0]["lr"] == pytest.approx(0.01 / 3) and train[2]["lr"] == pytest.approx(0.01)  # 3 warm-up steps
