@@ -16,6 +16,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -166,6 +167,19 @@ def current_umask() -> int:
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+
+
+def replace_directory(tmp: Path, final: Path) -> None:
+    """Rename the directory ``tmp`` to ``final``; an existing ``final`` is moved aside first (as
+    ``.NAME.old.tmp``, which cleaners of leftovers remove), so no instant lacks both."""
+    if final.exists():
+        aside = final.parent / f".{final.name}.old.tmp"
+        shutil.rmtree(aside, ignore_errors=True)
+        os.replace(final, aside)
+        os.replace(tmp, final)
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
 
 
 def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:

@@ -218,11 +218,7 @@ def publish(staging: Path, out: Path) -> None:
     for entry in entries:
         target = out / entry.name
         if target.is_dir() and not target.is_symlink():
-            aside = out / f".{entry.name}.old.tmp"
-            shutil.rmtree(aside, ignore_errors=True)
-            os.replace(target, aside)
-            os.replace(entry, target)
-            shutil.rmtree(aside, ignore_errors=True)
+            artifacts.replace_directory(entry, target)
         else:
             os.replace(entry, target)
 

@@ -19,7 +19,6 @@ import dataclasses
 import io
 import json
 import logging
-import os
 import random
 import shutil
 import tempfile
@@ -184,7 +183,7 @@ def save_checkpoint(
             write_state(tmp / STATE, {"format": STATE_FORMAT, "position": vars(position),
                                       "torch_threads": torch.get_num_threads(), **state})
             write_manifest(tmp, position)
-            replace_directory(tmp, final)
+            artifacts.replace_directory(tmp, final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         artifacts.write_json_atomic(root / LATEST, {"checkpoint": final.name, **vars(position)})
@@ -225,19 +224,6 @@ def verify_checkpoint_file(path: Path) -> None:
             f"{path}: content differs from the sha256 in {manifest} (damaged since it was written); delete "
             f"{path.parent} to resume from the checkpoint before it, or start over with --force"
         )
-
-
-def replace_directory(tmp: Path, final: Path) -> None:
-    """Rename ``tmp`` to ``final``; an existing ``final`` (the same step written again) is moved
-    aside first, under a name :func:`prune_checkpoints` removes, so no instant lacks both."""
-    if final.exists():
-        aside = final.parent / f".{final.name}.old.tmp"
-        shutil.rmtree(aside, ignore_errors=True)
-        os.replace(final, aside)
-        os.replace(tmp, final)
-        shutil.rmtree(aside, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
 
 
 def prune_checkpoints(root: Path, keep: int) -> None:
