@@ -23,7 +23,7 @@ from sage_cli.errors import SageError
 # The names of every registry, as types: --help's choices, the check of preset values and the
 # dataclasses' annotations use these (tests/test_methods.py checks them against the registries).
 LossName = Literal["ce", "la", "bs", "focal", "ldam", "cb", "lade"]  # sage_cli.losses.LOSSES
-CompensationName = Literal["semantic", "count", "none"]  # sage_cli.losses.ESTIMATORS
+CompensationName = Literal["semantic", "count", "zero-shot", "none"]  # sage_cli.losses.ESTIMATORS
 HeadName = Literal["cosine", "linear", "l2"]  # sage_cli.model.head.HEADS
 HeadInitName = Literal["text", "class-mean", "k-shot", "linear-probe"]  # sage_cli.model.head_init
 ActivationName = Literal["relu", "gelu"]
@@ -37,6 +37,7 @@ class MethodSpec:
     summary: str
     peft: str | None = None  # key of sage_cli.model.peft.PEFT_MODULES; None: the tower stays as it is
     guidance: bool | None = None  # SG-Adapter text guidance default; None: the method has none
+    guidance_topk: int | None = None  # guidance routed to each image's top-k frozen zero-shot tokens; None: all
     loss: str = "la"  # key of sage_cli.losses.LOSSES
     compensation: str = "none"  # key of sage_cli.losses.ESTIMATORS
     head: str = "cosine"  # key of sage_cli.model.head.HEADS
@@ -52,6 +53,12 @@ _SPECS = (
     MethodSpec("sage", "SG-Adapter: AdaptFormer adapters whose hidden state attends to the class texts, "
                "with the semantic compensation factor", peft="sg-adapter", guidance=True,
                compensation="semantic", demo=True),
+    MethodSpec("sage-topk", "SG-Adapter whose guidance attends only to each image's top-5 classes of the frozen "
+               "zero-shot prediction, with the semantic compensation factor", peft="sg-adapter", guidance=True,
+               guidance_topk=5, compensation="semantic"),
+    MethodSpec("sage-zs", "SG-Adapter with the zero-shot compensation factor: the frozen zero-shot classifier's "
+               "own label bias on the training images, corrected in the loss", peft="sg-adapter", guidance=True,
+               compensation="zero-shot"),
     MethodSpec("lora", "LoRA on the attention's query and value projections", peft="lora"),
     MethodSpec("lora-mlp", "LoRA on q, v and both MLP projections", peft="lora-mlp"),
     MethodSpec("vpt-shallow", "visual prompt tuning: prompts entering at the first tuned block", peft="vpt-shallow"),

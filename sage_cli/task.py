@@ -71,8 +71,14 @@ class ClassificationTask(nn.Module):
 def build_task(
     clip_model: nn.Module, class_embeddings: torch.Tensor, class_counts: torch.Tensor,
     adapter: AdapterConfig, loss: LossConfig, device: torch.device, head_vectors: torch.Tensor | None = None,
+    zero_shot_features: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> ClassificationTask:
-    """The classifier of ``adapter`` on ``clip_model`` (changed in place) and the resolved ``loss``."""
+    """The classifier of ``adapter`` on ``clip_model`` (changed in place) and the resolved ``loss``.
+
+    ``zero_shot_features``: the frozen tower's (features, labels) of the training split, for a
+    compensation estimator fitted from them (``--compensation zero-shot``).
+    """
     classifier = build_classifier(clip_model, class_embeddings, adapter, head_vectors)
-    loss_fn = build_loss(loss.resolve(adapter.method), class_counts, class_embeddings, adapter.logit_scale).to(device)
+    loss_fn = build_loss(loss.resolve(adapter.method), class_counts, class_embeddings, adapter.logit_scale,
+                         zero_shot_features).to(device)
     return ClassificationTask(classifier, loss_fn, device)

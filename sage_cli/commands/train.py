@@ -58,6 +58,7 @@ def command(
     prompt_tokens: int = typer.Option(10, "--prompt-tokens", help="Prompts per prompted block (VPT).", rich_help_panel=ADAPTER),
     guidance: bool | None = typer.Option(None, "--guidance/--no-guidance", help="Text guidance in the SG-Adapters (sage only; default on).", rich_help_panel=ADAPTER, metavar=""),
     guidance_tokens: int | None = typer.Option(None, "--guidance-tokens", help="Guidance tokens M (default: one per class).", rich_help_panel=ADAPTER),
+    guidance_topk: int | None = typer.Option(None, "--guidance-topk", help="Route each image's guidance to its top-k tokens of the frozen zero-shot prediction (default: the method's: 5 for sage-topk, all otherwise; 0: all).", rich_help_panel=ADAPTER),
     activation: Activation = typer.Option("relu", "--activation", help="Adapter activation (sage, lift).", rich_help_panel=ADAPTER),
     attn_heads: int = typer.Option(1, "--attn-heads", help="Heads of the guidance attention (must divide --bottleneck).", rich_help_panel=ADAPTER),
     epochs: int = typer.Option(10, "--epochs", help="Training epochs.", rich_help_panel=OPTIM),

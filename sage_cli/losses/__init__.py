@@ -39,8 +39,10 @@ from sage_cli.losses.compensation import (
     CountCompensation,
     NoCompensation,
     SemanticCompensation,
+    ZeroShotCompensation,
     _unknown_estimator,
     build_estimator,
+    compute_zero_shot_prior,
 )
 
 
@@ -96,11 +98,15 @@ class LossConfig:
 
 
 def build_loss(
-    cfg: LossConfig, class_counts: torch.Tensor, text_embeddings: torch.Tensor, logit_scale: float = 25.0
+    cfg: LossConfig, class_counts: torch.Tensor, text_embeddings: torch.Tensor, logit_scale: float = 25.0,
+    zero_shot_features: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> ClassificationLoss:
     """Loss ``cfg.loss`` for ``class_counts`` [C] (images per class) and text vectors [C, E].
 
-    ``logit_scale`` is the head's s (LDAM's margin is applied to the cosine, so scaled by s).
+    ``logit_scale`` is the head's s (LDAM's margin is applied to the cosine, so scaled by s; the
+    zero-shot estimator's softmax uses it too). ``zero_shot_features``: the frozen tower's
+    (features [N, E], labels [N]) on the training split, which an estimator with
+    ``needs_zero_shot`` (``--compensation zero-shot``) is fitted from once, here.
     """
     class_counts = torch.as_tensor(class_counts).detach().float().cpu()
     num_classes = class_counts.shape[0] if class_counts.ndim == 1 else -1
@@ -115,11 +121,18 @@ def build_loss(
     if cfg.loss is None or cfg.compensation is None:
         raise SageError("the loss config is unresolved (loss / compensation None): call LossConfig.resolve(method)")
     estimator = build_estimator(cfg.compensation, class_counts, text_embeddings.detach().cpu(), cfg)
+    if estimator.needs_zero_shot:
+        if zero_shot_features is None:
+            raise SageError(f"--compensation {cfg.compensation} needs the frozen tower's features of the training "
+                            "images (zero_shot_features)")
+        features, labels = zero_shot_features
+        estimator.fit_zero_shot(features.detach().float().cpu(), labels.detach().long().cpu(), logit_scale)
     return LOSSES[cfg.loss](cfg, class_counts, estimator, logit_scale)
 
 
 __all__ = [
     "COMPENSATED_LOSSES", "ESTIMATORS", "LOSSES", "BalancedSoftmax", "ClassBalancedLoss", "ClassificationLoss",
     "CompensatedLALoss", "CompensationEstimator", "CountCompensation", "CrossEntropy", "FocalLoss", "LADELoss",
-    "LDAMLoss", "LossConfig", "NoCompensation", "SemanticCompensation", "build_estimator", "build_loss",
+    "LDAMLoss", "LossConfig", "NoCompensation", "SemanticCompensation", "ZeroShotCompensation", "build_estimator",
+    "build_loss", "compute_zero_shot_prior",
 ]

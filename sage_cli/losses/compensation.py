@@ -1,9 +1,10 @@
 """Compensation estimators: the factor delta [C] subtracted from the logit adjustment.
 
 Chosen by name in :data:`ESTIMATORS`: "semantic" (text-anchored shrinkage estimate, needs the
-image features), "count" (lambda * log(1 + kappa / n_y)) or "none" (plain logit adjustment).
-Estimator statistics are buffers, so the loss's ``state_dict()`` checkpoints them. See
-docs/method.md for the derivation.
+image features), "count" (lambda * log(1 + kappa / n_y)), "zero-shot" (the frozen zero-shot
+classifier's own label bias on the training images, estimated once before training) or "none"
+(plain logit adjustment). Estimator statistics are buffers, so the loss's ``state_dict()``
+checkpoints them. See docs/method.md for the derivation.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class CompensationEstimator(nn.Module):
     """Estimates delta [C]; ``update`` sees each training batch's (detached) features and labels."""
 
     needs_features: bool = False
+    needs_zero_shot: bool = False  # fit once, before training, from the frozen tower (fit_zero_shot)
 
     def __init__(self, class_counts: torch.Tensor, text_embeddings: torch.Tensor, cfg: LossConfig) -> None:
         super().__init__()
@@ -40,6 +42,10 @@ class CompensationEstimator(nn.Module):
 
     def delta(self) -> torch.Tensor:
         raise NotImplementedError
+
+    def describe(self) -> dict[str, object] | None:
+        """What the run record keeps of the estimate (None: nothing beyond the config)."""
+        return None
 
 
 class NoCompensation(CompensationEstimator):
@@ -107,6 +113,62 @@ class SemanticCompensation(CompensationEstimator):
         return torch.where(self.seen.all(), delta.clamp(0.0, self.cfg.delta_max), 0.0)
 
 
+class ZeroShotCompensation(CompensationEstimator):
+    """delta_y = -lam * (log q_y - mean_c log q_c), clamped to [-delta_max, delta_max].
+
+    q [C] is the frozen zero-shot classifier's label prior on the training images
+    (:func:`compute_zero_shot_prior`), fitted once before training by :meth:`fit_zero_shot`. A
+    class the zero-shot classifier over-predicts (q_y > 1/C) gets a negative delta, so training
+    with ``z + tau log pi - delta`` pushes its logits down, and an under-predicted one up: the
+    correction of generalized logit adjustment (Zhu et al., NeurIPS 2023) moved into the loss.
+    Until fitted q is uniform and delta is 0.
+    """
+
+    needs_zero_shot = True
+
+    def __init__(self, class_counts: torch.Tensor, text_embeddings: torch.Tensor, cfg: LossConfig) -> None:
+        super().__init__(class_counts, text_embeddings, cfg)
+        self.register_buffer("text", F.normalize(text_embeddings.detach().float(), dim=-1))  # t_y, [C, E]
+        self.register_buffer("zero_shot_prior", torch.full((self.num_classes,), 1.0 / self.num_classes))  # q, [C]
+        self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
+
+    @torch.no_grad()
+    def fit_zero_shot(self, features: torch.Tensor, labels: torch.Tensor, logit_scale: float) -> None:
+        """Estimate q from the frozen tower's training features [N, E] and labels [N]."""
+        prior = compute_zero_shot_prior(features, labels, self.text.to(features.device), logit_scale)
+        self.zero_shot_prior.copy_(prior.to(self.zero_shot_prior.device))
+        self.fitted.fill_(True)
+
+    def delta(self) -> torch.Tensor:
+        log_prior = self.zero_shot_prior.clamp_min(1e-12).log()  # [C]
+        delta = -self.cfg.lam * (log_prior - log_prior.mean())
+        return delta.clamp(-self.cfg.delta_max, self.cfg.delta_max)
+
+    def describe(self) -> dict[str, object]:
+        return {"zero_shot_prior": [round(float(q), 6) for q in self.zero_shot_prior],
+                "delta": [round(float(d), 6) for d in self.delta()], "fitted": bool(self.fitted)}
+
+
+def compute_zero_shot_prior(
+    features: torch.Tensor, labels: torch.Tensor, text: torch.Tensor, logit_scale: float
+) -> torch.Tensor:
+    """q [C]: the zero-shot softmax ``softmax(s cos(v(x), t))`` averaged class-balanced over the images.
+
+    Each class's images are averaged first, then the classes (every class weighs 1/C, however many
+    images it has), so q is the label distribution the frozen classifier predicts for a balanced
+    set: uniform for an unbiased one, whatever the training counts. ``features`` [N, E] and ``text``
+    [C, E] are normalised here; a class without images is refused.
+    """
+    num_classes = text.shape[0]
+    probs = (logit_scale * F.normalize(features.float(), dim=-1) @ F.normalize(text.float(), dim=-1).t()).softmax(-1)
+    counts = torch.bincount(labels, minlength=num_classes).float()  # [C]
+    if bool((counts == 0).any()):
+        missing = torch.nonzero(counts == 0).flatten().tolist()
+        raise SageError(f"--compensation zero-shot: classes {missing[:5]} have no training images to estimate from")
+    per_class = torch.zeros(num_classes, num_classes, device=probs.device).index_add_(0, labels, probs)  # [C, C]
+    return (per_class / counts[:, None]).mean(0)  # [C], sums to 1
+
+
 def _class_sums(
     features: torch.Tensor, labels: torch.Tensor, num_classes: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -124,6 +186,7 @@ def _class_sums(
 ESTIMATORS: dict[str, type[CompensationEstimator]] = {
     "semantic": SemanticCompensation,
     "count": CountCompensation,
+    "zero-shot": ZeroShotCompensation,
     "none": NoCompensation,
 }
 

@@ -11,11 +11,19 @@ Without guidance (``guidance=None``) H = act(Q): plain AdaptFormer, LIFT's adapt
 The attention is per token against the same M keys for every image, so tokens are flattened into
 one query sequence and fed to ``scaled_dot_product_attention`` with the [M, r] keys/values as is:
 no per-image copy of K, V and no [B, N, M] tensor outside the fused kernel.
+
+Routed guidance (``GuidanceBank(top_k=k)``, ``--method sage-topk``): while the classifier runs an
+image batch it sets the bank's per-image token mask [B, M] (the k guidance tokens closest to the
+image's frozen zero-shot feature, :meth:`GuidanceBank.routed`), and each token of an image attends
+to those k only. With ``record_attention`` an adapter computes the attention explicitly and keeps
+it (``last_attention`` [B, h, N, M]: what the output was computed from) for the attention probe.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -33,11 +41,17 @@ class GuidanceBank(nn.Module):
     one buffer. The buffer is not persistent: it is rebuilt from the class embeddings, never saved.
     """
 
-    def __init__(self, tokens: torch.Tensor) -> None:
+    def __init__(self, tokens: torch.Tensor, top_k: int | None = None, batch_first: bool = True) -> None:
         super().__init__()
         if tokens.ndim != 2:
             raise ValueError(f"guidance tokens must be [M, E]; got shape {tuple(tokens.shape)}")
+        if top_k is not None and not 1 <= top_k <= tokens.shape[0]:
+            raise ValueError(f"top-k routing needs 1 <= k <= {tokens.shape[0]} guidance tokens; got {top_k}")
         self.register_buffer("tokens", tokens.detach().clone().float(), persistent=False)
+        self.top_k = top_k
+        self.batch_first = batch_first  # the tower's token layout: [B, N, D] (True) or [N, B, D]
+        self.mask: torch.Tensor | None = None  # [B, M] bool while a routed batch runs
+        self.bypass = False  # True: every adapter holding this bank outputs 0 (the frozen tower)
 
     @property
     def num_tokens(self) -> int:
@@ -46,6 +60,33 @@ class GuidanceBank(nn.Module):
     @property
     def embed_dim(self) -> int:
         return self.tokens.shape[1]
+
+    def compute_route(self, frozen_features: torch.Tensor) -> torch.Tensor:
+        """[B, M] bool: each image's ``top_k`` tokens by cosine to its frozen feature [B, E].
+
+        With one token per class this is the top-k of the frozen zero-shot prediction.
+        """
+        scores = F.normalize(frozen_features.float(), dim=-1) @ self.tokens.t()  # [B, M]
+        top = scores.topk(self.top_k, dim=-1).indices  # [B, k]
+        return torch.zeros_like(scores, dtype=torch.bool).scatter_(1, top, True)
+
+    @contextmanager
+    def routed(self, frozen_features: torch.Tensor) -> Iterator[None]:
+        """Within the block, the adapters attend to each image's top-k tokens only."""
+        self.mask = self.compute_route(frozen_features)
+        try:
+            yield
+        finally:
+            self.mask = None
+
+    @contextmanager
+    def bypassed(self) -> Iterator[None]:
+        """Within the block, the adapters holding this bank output 0: the tower is the frozen one."""
+        self.bypass = True
+        try:
+            yield
+        finally:
+            self.bypass = False
 
 
 class SGAdapter(AdapterModule):
@@ -70,6 +111,8 @@ class SGAdapter(AdapterModule):
         self.up = nn.Linear(bottleneck, width)
         self.alpha = nn.Parameter(torch.ones(()))
         self.guidance = guidance
+        self.record_attention = False  # True: keep the attention of each call in last_attention
+        self.last_attention: torch.Tensor | None = None  # [B, h, N, M], detached
         if guidance is not None:
             # No biases: a key bias cancels in the softmax; a value bias duplicates down's bias.
             self.key = nn.Linear(guidance.embed_dim, bottleneck, bias=False)
@@ -93,6 +136,8 @@ class SGAdapter(AdapterModule):
             nn.init.normal_(self.value.weight, std=1.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.guidance is not None and self.guidance.bypass:
+            return x.new_zeros(())  # broadcasts: the block adds exactly 0
         q = self.down(self.norm(x))  # [..., r]
         if self.guidance is not None:
             q = q + self.attend(q)
@@ -105,8 +150,36 @@ class SGAdapter(AdapterModule):
         v = self.value(tokens)  # [M, r]
         head_dim = self.bottleneck // self.heads
         num_tokens = tokens.shape[0]
-        q_h = q.reshape(1, -1, self.heads, head_dim).transpose(1, 2)  # [1, h, B*N, r/h]
         k_h = k.to(q.dtype).view(1, num_tokens, self.heads, head_dim).transpose(1, 2)  # [1, h, M, r/h]
         v_h = v.to(q.dtype).view(1, num_tokens, self.heads, head_dim).transpose(1, 2)  # [1, h, M, r/h]
+        if self.guidance.mask is not None or self.record_attention:
+            return self.attend_per_image(q, k_h, v_h)
+        q_h = q.reshape(1, -1, self.heads, head_dim).transpose(1, 2)  # [1, h, B*N, r/h]
         out = F.scaled_dot_product_attention(q_h, k_h, v_h)  # [1, h, B*N, r/h]
         return out.transpose(1, 2).reshape(q.shape)
+
+    def attend_per_image(self, q: torch.Tensor, k_h: torch.Tensor, v_h: torch.Tensor) -> torch.Tensor:
+        """The attention image by image: under the bank's mask [B, M] (routed), and/or recorded."""
+        tokens_first = not self.guidance.batch_first
+        q_b = q.transpose(0, 1) if tokens_first else q  # [B, N, r]
+        batch, length = q_b.shape[0], q_b.shape[1]
+        q_h = q_b.reshape(batch, length, self.heads, -1).transpose(1, 2)  # [B, h, N, r/h]
+        mask = self.guidance.mask
+        bias = None
+        if mask is not None:
+            if mask.shape[0] != batch:
+                raise ValueError(f"routing mask is for {mask.shape[0]} images, the batch has {batch}")
+            bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~mask, float("-inf"))
+            bias = bias[:, None, None, :]  # [B, 1, 1, M]
+        if self.record_attention:
+            scores = q_h @ k_h.transpose(-1, -2) / math.sqrt(q_h.shape[-1])  # [B, h, N, M]
+            attention = (scores if bias is None else scores + bias).softmax(-1)
+            self.last_attention = attention.detach()
+            out = attention @ v_h  # [B, h, N, r/h]
+        else:
+            heads, num_tokens = k_h.shape[1], k_h.shape[2]
+            out = F.scaled_dot_product_attention(
+                q_h, k_h.expand(batch, heads, num_tokens, -1), v_h.expand(batch, heads, num_tokens, -1),
+                attn_mask=bias)
+        out = out.transpose(1, 2).reshape(q_b.shape)  # [B, N, r]
+        return out.transpose(0, 1) if tokens_first else out

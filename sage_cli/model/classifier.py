@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from contextlib import ExitStack
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +26,10 @@ class SageClassifier(nn.Module):
     ``tuned`` names the tower parameters the PEFT module trains (under ``visual``); with the head's
     they make :attr:`trainable_names`, the one list that sets ``requires_grad``, gives the
     optimizer its parameters and is what :meth:`trainable_state_dict` saves.
+
+    With routed guidance (a :class:`~sage_cli.model.adapters.GuidanceBank` with ``top_k``) every
+    pass through the tower is two: the frozen tower first (adapters bypassed, no gradient), whose
+    features pick each image's top-k guidance tokens, then the tuned tower under that routing.
     """
 
     def __init__(self, visual: nn.Module, head: nn.Module, config: AdapterConfig, tuned: Sequence[str] = ()) -> None:
@@ -35,13 +40,28 @@ class SageClassifier(nn.Module):
         head_names = [f"head.{name}" for name, _ in head.named_parameters()] if config.spec.train_head else []
         self.trainable_names: tuple[str, ...] = tuple(f"visual.{name}" for name in tuned) + tuple(head_names)
         mark_only_trainable(self, self.trainable_names)
+        banks = {id(a.guidance): a.guidance for a in self.adapters() if a.guidance is not None and a.guidance.top_k}
+        self._routed_banks = tuple(banks.values())  # a tuple: not registered again as a submodule
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """v(x): L2-normalised image features [B, E] (what ``encode_image(normalize=True)`` gives)."""
         return F.normalize(self.encode_raw(images), dim=-1)
 
     def encode_raw(self, images: torch.Tensor) -> torch.Tensor:
-        """f(x): the tower's image features [B, E], before normalisation."""
+        """f(x): the tower's image features [B, E], before normalisation (routed guidance: see the class)."""
+        if not self._routed_banks:
+            return self.run_tower(images)
+        with torch.no_grad(), ExitStack() as stack:
+            for bank in self._routed_banks:
+                stack.enter_context(bank.bypassed())
+            frozen = self.run_tower(images)  # [B, E]: the frozen tower's features
+        with ExitStack() as stack:
+            for bank in self._routed_banks:
+                stack.enter_context(bank.routed(frozen))
+            return self.run_tower(images)
+
+    def run_tower(self, images: torch.Tensor) -> torch.Tensor:
+        """One pass of the image tower as it is set now: [B, E]."""
         features = self.visual(images)
         if isinstance(features, tuple):  # towers built with output_tokens=True
             features = features[0]
@@ -88,6 +108,7 @@ class SageClassifier(nn.Module):
             "bottleneck": adapters[0].bottleneck if adapters else None,
             "adapter_blocks": len(adapters),
             "guidance_tokens": guidance.num_tokens if guidance is not None else None,
+            "guidance_topk": guidance.top_k if guidance is not None else None,
             "num_classes": self.head.weight.shape[0],
             "trainable_params": self.num_trainable,
         }

@@ -20,6 +20,9 @@ class AdapterConfig:
     it), ``head`` and ``head_init``. ``bottleneck`` None applies LIFT's rule
     (:func:`compute_default_bottleneck`); ``blocks`` None tunes every vision block;
     ``guidance_tokens`` None means one token per class (M = C), fewer means k-means centroids.
+    ``guidance_topk`` k routes each image's guidance to its k guidance tokens closest to the frozen
+    image feature (the top-k of the frozen zero-shot prediction); None (the method's default) means
+    every token, 0 turns a method's routing off.
     """
 
     method: MethodName = "sage"
@@ -27,6 +30,7 @@ class AdapterConfig:
     blocks: tuple[int, ...] | None = None
     guidance: bool | None = None
     guidance_tokens: int | None = None
+    guidance_topk: int | None = None
     activation: ActivationName = "relu"
     attn_heads: int = 1
     logit_scale: float = 25.0
@@ -43,8 +47,15 @@ class AdapterConfig:
                 f"--guidance applies to the methods with text guidance "
                 f"({', '.join(n for n, s in METHODS.items() if s.guidance is not None)}); got --method {self.method}"
             )
+        if self.guidance_topk is not None and spec.guidance is None:
+            raise SageError(f"--guidance-topk applies to the methods with text guidance; got --method {self.method}")
+        guidance = spec.guidance if self.guidance is None else self.guidance
+        topk = spec.guidance_topk if self.guidance_topk is None else self.guidance_topk
+        if self.guidance_topk and not guidance:
+            raise SageError("--guidance-topk routes the text guidance: it needs --guidance")
         resolved = {
-            "guidance": spec.guidance if self.guidance is None else self.guidance,
+            "guidance": guidance,
+            "guidance_topk": topk if guidance else None,  # 0 stays 0 (off), so a reload keeps it off
             "head": spec.head if self.head is None else self.head,
             "head_init": spec.head_init if self.head_init is None else self.head_init,
         }
@@ -64,6 +75,8 @@ class AdapterConfig:
             raise SageError(f"--bottleneck must be a positive integer; got {self.bottleneck}")
         if self.attn_heads < 1:
             raise SageError(f"--attn-heads must be a positive integer; got {self.attn_heads}")
+        if self.guidance_topk is not None and self.guidance_topk < 0:
+            raise SageError(f"--guidance-topk must be >= 0 (0: every token); got {self.guidance_topk}")
         if self.guidance_tokens is not None and self.guidance_tokens < 1:
             raise SageError(f"--guidance-tokens must be a positive integer; got {self.guidance_tokens}")
         if self.head_init_shots < 1:
@@ -85,6 +98,11 @@ class AdapterConfig:
     def use_adapters(self) -> bool:
         """Whether the method changes the image tower (a PEFT module), not only the head."""
         return self.spec.peft is not None
+
+    @property
+    def routing_topk(self) -> int | None:
+        """k of the top-k guidance routing, None when the guidance is not routed."""
+        return self.guidance_topk or None
 
     @property
     def use_guidance(self) -> bool:

@@ -30,6 +30,7 @@ from sage_cli.model.head_init import compute_head_vectors
 from sage_cli.train.evaluate import compute_image_features
 from sage_cli.errors import SageError
 from sage_cli.locks import lock_output_dir
+from sage_cli.losses import ESTIMATORS
 from sage_cli.model import SageClassifier
 from sage_cli.precision import describe_precision
 from sage_cli.train import checkpoint as ckpt
@@ -146,8 +147,11 @@ def build_trainer(
     check_text_cache_matches(inputs.cache, clip.record)
     embeddings = inputs.cache.class_embeddings
     counts = torch.tensor(inputs.data.classes["train_count"].to_numpy(), dtype=torch.float32)
-    head_vectors = compute_initial_head(config, inputs, clip, device)
-    task = build_task(clip.model, embeddings, counts, config.model.adapter, config.loss, device, head_vectors)
+    frozen = compute_frozen_train_features(config, inputs, clip, device)
+    head_vectors = compute_initial_head(config, frozen, len(inputs.data.classes))
+    zero_shot = frozen if ESTIMATORS[config.loss.compensation].needs_zero_shot else None
+    task = build_task(clip.model, embeddings, counts, config.model.adapter, config.loss, device, head_vectors,
+                      zero_shot)
     train_set, eval_set = build_datasets(config, inputs, clip)
     if config.data.feature_cache is not None:
         world_size = dist_ctx.world_size if dist_ctx is not None else 1
@@ -159,20 +163,34 @@ def build_trainer(
     return trainer, clip.record
 
 
-def compute_initial_head(
+def compute_frozen_train_features(
     config: TrainConfig, inputs: TrainInputs, clip: LoadedClip, device: torch.device
-) -> torch.Tensor | None:
-    """The head's initial rows [C, E] for a ``--head-init`` other than text (None for text): from the
-    frozen tower's features of the training split under the eval transform (before any PEFT module)."""
-    adapter = config.model.adapter
-    if adapter.head_init == "text":
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The frozen tower's (features [N, E], labels [N]) of the training split under the eval transform,
+    before any PEFT module, when something needs them (a ``--head-init`` other than text, or the
+    zero-shot compensation); None otherwise. One pass serves both."""
+    needed = config.model.adapter.head_init != "text" or ESTIMATORS[config.loss.compensation].needs_zero_shot
+    if not needed:
         return None
     data = inputs.data
     dataset = ManifestDataset(data.split("train"), data.image_root, clip.preprocess_eval, skip_bad=config.data.skip_bad)
     loader = build_loader(dataset, config.data.micro_batch, config.data.num_workers, device)
     features, labels = compute_image_features(clip.model.visual, loader, device)
+    logger.info("frozen features of %d training images", len(labels))
+    return features, labels
+
+
+def compute_initial_head(
+    config: TrainConfig, frozen: tuple[torch.Tensor, torch.Tensor] | None, num_classes: int
+) -> torch.Tensor | None:
+    """The head's initial rows [C, E] for a ``--head-init`` other than text (None for text), from
+    :func:`compute_frozen_train_features`."""
+    adapter = config.model.adapter
+    if adapter.head_init == "text":
+        return None
+    features, labels = frozen
     logger.info("head init %s from %d training images", adapter.head_init, len(labels))
-    return compute_head_vectors(adapter.head_init, features, labels, len(data.classes), adapter.head_init_shots)
+    return compute_head_vectors(adapter.head_init, features, labels, num_classes, adapter.head_init_shots)
 
 
 def find_resume_checkpoint(out: Path, fingerprint: str) -> Path | None:
@@ -250,6 +268,7 @@ def summarise(
         "model": clip_record,
         "backbone_init_seed": BACKBONE_INIT_SEED,
         "classifier": trainer.task.summary(),
+        "compensation_estimate": describe_compensation(trainer),
         "trainable_params": trainer.task.num_trainable,
         "preprocessing": preprocessing,
         "device": str(device),
@@ -271,6 +290,12 @@ def summarise(
         "skipped_images": trainer.all_skipped(),
         "outputs": [ADAPTER, METRICS, ckpt.CHECKPOINT_DIR],
     }
+
+
+def describe_compensation(trainer: Trainer) -> dict[str, Any] | None:
+    """The compensation estimator's own record (the zero-shot prior and delta), None for the others."""
+    estimator = getattr(trainer.task.loss, "estimator", None)
+    return estimator.describe() if estimator is not None else None
 
 
 def measure_peak_memory(device: torch.device) -> dict[str, Any]:

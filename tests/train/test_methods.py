@@ -71,14 +71,15 @@ def test_feature_head_init_uses_the_frozen_features_of_the_training_split(synthe
 
     from sage_cli.data import ManifestDataset
     from sage_cli.train import build_train_config
-    from sage_cli.train.core import compute_initial_head
+    from sage_cli.train.core import compute_frozen_train_features, compute_initial_head
     from sage_cli.train.inputs import build_backbone, resolve_inputs
 
     config = build_train_config({"prepared": synthetic_prepared, "text_cache": synthetic_text_cache, "out": "o",
                                  "method": "lora", "head_init": "class-mean", "num_workers": 0, "batch_size": 8})
     inputs = resolve_inputs(config)
     clip = build_backbone(inputs.model, inputs.pretrained, "cpu")
-    vectors = compute_initial_head(config, inputs, clip, torch.device("cpu"))
+    frozen = compute_frozen_train_features(config, inputs, clip, torch.device("cpu"))
+    vectors = compute_initial_head(config, frozen, 4)
     train = ManifestDataset(inputs.data.split("train"), inputs.data.image_root, clip.preprocess_eval)
     images = torch.stack([train[i][0] for i in range(len(train))])  # [45, 3, 32, 32]
     with torch.no_grad():
@@ -88,4 +89,5 @@ def test_feature_head_init_uses_the_frozen_features_of_the_training_split(synthe
     torch.testing.assert_close(vectors, expected, rtol=0, atol=1e-5)
     text = build_train_config({"prepared": synthetic_prepared, "text_cache": synthetic_text_cache, "out": "o",
                                "method": "lora"})
-    assert compute_initial_head(text, inputs, clip, torch.device("cpu")) is None
+    assert compute_frozen_train_features(text, inputs, clip, torch.device("cpu")) is None
+    assert compute_initial_head(text, None, 4) is None

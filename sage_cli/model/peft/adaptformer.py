@@ -22,16 +22,27 @@ def inject_bottleneck_adapters(visual: nn.Module, blocks: list[int], context: Pe
     bottleneck = cfg.bottleneck or compute_default_bottleneck(context.num_classes, len(get_vision_blocks(visual)))
     if bottleneck % cfg.attn_heads:
         raise SageError(f"--attn-heads {cfg.attn_heads} must divide the bottleneck size {bottleneck}")
-    bank = GuidanceBank(build_guidance_tokens(context.class_embeddings, cfg.guidance_tokens)) if guided else None
+    bank = build_bank(visual, context) if guided else None
     device = context.class_embeddings.device
 
     def make_adapter(width: int) -> SGAdapter:
         return SGAdapter(width, bottleneck, bank, cfg.attn_heads, cfg.activation).to(device)
 
     injected = inject_adapters(visual, make_adapter, blocks)
-    logger.info("adapters: %d blocks, bottleneck %d, guidance %s", len(injected), bottleneck,
-                f"{bank.num_tokens} tokens" if bank is not None else "off")
+    routing = f", routed to each image's top {bank.top_k}" if bank is not None and bank.top_k else ""
+    logger.info("adapters: %d blocks, bottleneck %d, guidance %s%s", len(injected), bottleneck,
+                f"{bank.num_tokens} tokens" if bank is not None else "off", routing)
     return get_parameter_names(visual, injected.values())
+
+
+def build_bank(visual: nn.Module, context: PeftContext) -> GuidanceBank:
+    """The guidance tokens shared by every adapter, with the config's top-k routing (if any)."""
+    cfg = context.config
+    tokens = build_guidance_tokens(context.class_embeddings, cfg.guidance_tokens)
+    if cfg.routing_topk is not None and cfg.routing_topk > tokens.shape[0]:
+        raise SageError(f"--guidance-topk {cfg.routing_topk} exceeds the guidance tokens ({tokens.shape[0]})")
+    batch_first = bool(getattr(getattr(visual, "transformer", None), "batch_first", True))
+    return GuidanceBank(tokens, cfg.routing_topk, batch_first)
 
 
 @register_peft("sg-adapter")
