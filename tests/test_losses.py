@@ -15,8 +15,10 @@ from sage_cli.losses import (
     LossConfig,
     NoCompensation,
     SemanticCompensation,
+    ZeroShotCompensation,
     build_estimator,
     build_loss,
+    compute_zero_shot_prior,
 )
 
 AXES = torch.eye(3)  # text vectors t_y = e_y
@@ -149,13 +151,14 @@ def test_statistics_round_trip_through_state_dict() -> None:
 
 
 def test_estimator_registry() -> None:
-    assert ESTIMATORS == {"semantic": SemanticCompensation, "count": CountCompensation, "none": NoCompensation}
+    assert ESTIMATORS == {"semantic": SemanticCompensation, "count": CountCompensation,
+                          "zero-shot": ZeroShotCompensation, "none": NoCompensation}
     assert isinstance(build_estimator("count", COUNTS, AXES, LossConfig(loss="la")), CountCompensation)
     assert torch.equal(build_estimator("none", COUNTS, AXES, LossConfig(loss="la")).delta(), torch.zeros(3))
 
 
 def test_unknown_estimator_lists_the_valid_names() -> None:
-    message = "--compensation must be one of semantic, count, none; got 'kl'"
+    message = "--compensation must be one of semantic, count, zero-shot, none; got 'kl'"
     with pytest.raises(SageError, match=message):
         LossConfig(loss="la", compensation="kl")
     with pytest.raises(SageError, match=message):
@@ -190,3 +193,71 @@ def test_statistics_are_all_reduced_under_distributed(tmp_path) -> None:
     reference = _semantic()
     reference.update(FEATURES, LABELS)
     assert torch.equal(estimator.delta(), reference.delta())
+
+
+# The zero-shot estimator. With text t = e0, e1 and s = ln 3, a feature on e0 has zero-shot
+# softmax [3/4, 1/4] and one on e1 [1/4, 3/4].
+TEXT2 = torch.eye(2)
+LN3 = math.log(3)
+
+
+def test_zero_shot_prior_is_class_balanced() -> None:
+    features = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    # both classes predicted right: unbiased, whatever the counts (image-weighted it would be [7/12, 5/12])
+    q = compute_zero_shot_prior(features, torch.tensor([0, 0, 1]), TEXT2, LN3)
+    torch.testing.assert_close(q, torch.tensor([0.5, 0.5]))
+    # class 1's image looks like class 0: the classifier over-predicts class 0
+    q = compute_zero_shot_prior(features[:2], torch.tensor([0, 1]), TEXT2, LN3)
+    torch.testing.assert_close(q, torch.tensor([0.75, 0.25]))
+    # features are normalised first: a longer vector gives the same softmax
+    q = compute_zero_shot_prior(3 * features[:2], torch.tensor([0, 1]), TEXT2, LN3)
+    torch.testing.assert_close(q, torch.tensor([0.75, 0.25]))
+
+
+def test_zero_shot_prior_refuses_a_class_without_images() -> None:
+    with pytest.raises(SageError, match=r"--compensation zero-shot: classes \[1\] have no training images"):
+        compute_zero_shot_prior(torch.tensor([[1.0, 0.0]]), torch.tensor([0]), TEXT2, LN3)
+
+
+def _zero_shot(**overrides) -> ZeroShotCompensation:
+    cfg = LossConfig(**{"compensation": "zero-shot", "lam": 1.0, **overrides})
+    return build_estimator("zero-shot", torch.tensor([2.0, 1.0]), TEXT2, cfg)
+
+
+def test_zero_shot_delta_hand_values() -> None:
+    estimator = _zero_shot()
+    assert torch.equal(estimator.delta(), torch.zeros(2))  # not fitted: q uniform
+    estimator.fit_zero_shot(torch.tensor([[1.0, 0.0], [1.0, 0.0]]), torch.tensor([0, 1]), LN3)
+    # log q = [ln 3/4, ln 1/4], mean -> centred [ln 3 / 2, -ln 3 / 2]; delta = -lam * centred
+    torch.testing.assert_close(estimator.delta(), torch.tensor([-LN3 / 2, LN3 / 2]))
+    assert bool(estimator.fitted)
+    half = _zero_shot(lam=0.5)
+    half.fit_zero_shot(torch.tensor([[1.0, 0.0], [1.0, 0.0]]), torch.tensor([0, 1]), LN3)
+    torch.testing.assert_close(half.delta(), torch.tensor([-LN3 / 4, LN3 / 4]))
+    clamped = _zero_shot(delta_max=0.1)
+    clamped.fit_zero_shot(torch.tensor([[1.0, 0.0], [1.0, 0.0]]), torch.tensor([0, 1]), LN3)
+    torch.testing.assert_close(clamped.delta(), torch.tensor([-0.1, 0.1]))
+    record = estimator.describe()
+    assert record["zero_shot_prior"] == [0.75, 0.25] and record["fitted"] is True
+    assert record["delta"] == pytest.approx([-LN3 / 2, LN3 / 2], abs=1e-6)
+
+
+def test_zero_shot_loss_is_fitted_by_build_loss_and_corrects_the_bias() -> None:
+    counts = torch.tensor([2.0, 1.0])
+    features = (torch.tensor([[1.0, 0.0], [1.0, 0.0]]), torch.tensor([0, 1]))
+    loss = build_loss(LossConfig(loss="la", compensation="zero-shot", lam=1.0), counts, TEXT2, LN3, features).train()
+    logits = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    labels = torch.tensor([0, 1])
+    offset = torch.log(torch.tensor([2 / 3, 1 / 3])) - torch.tensor([-LN3 / 2, LN3 / 2])
+    expected = torch.nn.functional.cross_entropy(logits + offset, labels)
+    assert loss(logits, labels).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert not loss.needs_features  # fitted once before training, nothing per batch
+    restored = build_loss(LossConfig(loss="la", compensation="zero-shot", lam=1.0), counts, TEXT2, LN3, features)
+    restored.estimator.zero_shot_prior.fill_(0.5)
+    restored.load_state_dict(loss.state_dict())
+    assert torch.equal(restored.delta(), loss.delta())
+
+
+def test_zero_shot_loss_without_the_frozen_features_is_refused() -> None:
+    with pytest.raises(SageError, match="--compensation zero-shot needs the frozen tower's features"):
+        build_loss(LossConfig(loss="la", compensation="zero-shot"), torch.tensor([2.0, 1.0]), TEXT2)

@@ -15,7 +15,7 @@ from sage_cli.train import checkpoint as ckpt
 
 PEFT_METHODS = [name for name, spec in METHODS.items() if spec.peft is not None]
 # Zero-initialised or nothing inserted: the tower at init is the frozen one, bit for bit.
-EXACT_AT_INIT = ["sage", "lift", "adapter", "ssf", "bitfit", "ln-tuning", "full-ft", "lora", "lora-mlp"]
+EXACT_AT_INIT = ["sage", "sage-topk", "sage-zs", "lift", "adapter", "ssf", "bitfit", "ln-tuning", "full-ft", "lora", "lora-mlp"]
 # Prompts are attended to by every token: at init they change the features (tested against a hand-built pass).
 PROMPTED = ["vpt-shallow", "vpt-deep"]
 

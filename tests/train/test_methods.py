@@ -91,3 +91,28 @@ def test_feature_head_init_uses_the_frozen_features_of_the_training_split(synthe
                                "method": "lora"})
     assert compute_frozen_train_features(text, inputs, clip, torch.device("cpu")) is None
     assert compute_initial_head(text, None, 4) is None
+
+
+def test_zero_shot_compensation_is_fitted_on_the_frozen_training_features_and_recorded(
+        synthetic_prepared: Path, synthetic_text_cache: Path, tmp_path: Path) -> None:
+    import torch
+
+    from sage_cli.losses import compute_zero_shot_prior
+    from sage_cli.train import build_train_config
+    from sage_cli.train.core import compute_frozen_train_features
+    from sage_cli.train.inputs import build_backbone, resolve_inputs
+
+    record = _train(synthetic_prepared, synthetic_text_cache, tmp_path / "zs", "sage-zs", "--lam", "1")
+    assert record["config"]["loss"]["compensation"] == "zero-shot"
+    estimate = record["compensation_estimate"]
+    assert estimate["fitted"] is True and sum(estimate["zero_shot_prior"]) == pytest.approx(1.0, abs=1e-5)
+    config = build_train_config({"prepared": synthetic_prepared, "text_cache": synthetic_text_cache, "out": "o",
+                                 "method": "sage-zs", "num_workers": 0, "batch_size": 8})
+    inputs = resolve_inputs(config)
+    clip = build_backbone(inputs.model, inputs.pretrained, "cpu")
+    features, labels = compute_frozen_train_features(config, inputs, clip, torch.device("cpu"))
+    expected = compute_zero_shot_prior(features, labels, inputs.cache.class_embeddings, 25.0)
+    assert estimate["zero_shot_prior"] == pytest.approx(expected.tolist(), abs=1e-5)
+    log_q = expected.log()
+    assert estimate["delta"] == pytest.approx((-(log_q - log_q.mean())).clamp(-5, 5).tolist(), abs=1e-5)
+    assert _train(synthetic_prepared, synthetic_text_cache, tmp_path / "sage", "sage")["compensation_estimate"] is None

@@ -39,10 +39,14 @@ def build_bank(visual: nn.Module, context: PeftContext) -> GuidanceBank:
     """The guidance tokens shared by every adapter, with the config's top-k routing (if any)."""
     cfg = context.config
     tokens = build_guidance_tokens(context.class_embeddings, cfg.guidance_tokens)
-    if cfg.routing_topk is not None and cfg.routing_topk > tokens.shape[0]:
-        raise SageError(f"--guidance-topk {cfg.routing_topk} exceeds the guidance tokens ({tokens.shape[0]})")
+    top_k = cfg.routing_topk
+    if top_k is not None and top_k > tokens.shape[0]:
+        if top_k != cfg.spec.guidance_topk:
+            raise SageError(f"--guidance-topk {top_k} exceeds the guidance tokens ({tokens.shape[0]})")
+        logger.info("guidance routing: the method's top-%d is all %d tokens here", top_k, tokens.shape[0])
+        top_k = tokens.shape[0]  # the method's default on a dataset with fewer classes: every token
     batch_first = bool(getattr(getattr(visual, "transformer", None), "batch_first", True))
-    return GuidanceBank(tokens, cfg.routing_topk, batch_first)
+    return GuidanceBank(tokens, top_k, batch_first)
 
 
 @register_peft("sg-adapter")
