@@ -1,66 +1,101 @@
-"""Where does a trained SG-Adapter's guidance attention go?
+"""Where does a trained SG-Adapter's guidance attention go? Class-selectivity per block.
 
-    python benchmarks/methods/attention_probe.py RUN_DIR [--per-class 5]
+    python benchmarks/methods/attention_probe.py RUN_DIR [--per-class 5] [--split val] [--json OUT]
 
-For test images of the run's prepared dataset (``--per-class`` of each class), and for every
-adapter block: the guidance token each image attends to most (attention averaged over the image's
-tokens), how often that is the image's own class, how many distinct tokens win across images, and
-the mean attention entropy against the uniform one. Guidance that selects class semantics would
-pick the true class far above chance; a near-constant pick means the branch acts as a bias.
-Assumes one guidance token per class (the default) and one attention head.
+For images of the run's prepared dataset (``--per-class`` of each class of ``--split``) it runs the
+trained classifier once with every adapter's ``record_attention`` on, and reads the attention each
+adapter computed its output from (``SGAdapter.last_attention`` [B, h, N, M]: under the top-k routing
+of sage-topk too), not a recomputation. Per block: how often the image's own class gets the most
+attention (attention averaged over the image's tokens and heads), the mean attention mass on the
+true class, how many distinct tokens win across images, and the mean attention entropy against the
+uniform one; for routed guidance also how often the true class is inside the image's route.
+Guidance that selects class semantics picks the true class far above chance (1 / M); a near-constant
+pick means the branch acts as a bias. Class-selectivity needs one guidance token per class (M = C).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from pathlib import Path
 
 import torch
 
 from sage_cli.data import ManifestDataset, load_prepared_data
-from sage_cli.model import adapters
 from sage_cli.train import load_trained_classifier
 
 
-def capture_attention(store: list[tuple[torch.Size, torch.Tensor]]) -> None:
-    """Patch SGAdapter.attend to record softmax(Q K^T / sqrt(r)) [tokens, M] of every call."""
-    original = adapters.SGAdapter.attend
+def summarise_attention(attention: torch.Tensor, labels: torch.Tensor, route: torch.Tensor | None = None) -> dict:
+    """Class-selectivity of one block's attention [B, h, N, M] (M = C) for images with ``labels`` [B].
 
-    def attend(self: adapters.SGAdapter, q: torch.Tensor) -> torch.Tensor:
-        keys = self.key(self.guidance.tokens.to(self.key.weight.dtype))  # [M, r]
-        scores = q.reshape(-1, q.shape[-1]) @ keys.t() / math.sqrt(self.bottleneck)
-        store.append((q.shape, scores.softmax(-1).detach()))
-        return original(self, q)
+    ``route`` [B, M] bool: the tokens each image could attend to (routed guidance), or None.
+    """
+    per_image = attention.float().mean(dim=(1, 2))  # [B, M]: averaged over heads and tokens
+    winner = per_image.argmax(-1)  # [B]
+    num_tokens = attention.shape[-1]
+    entropy = -(attention.float().clamp_min(1e-12).log() * attention.float()).sum(-1)  # [B, h, N]
+    summary = {
+        "true_class_top": float((winner == labels).float().mean()),
+        "true_class_mass": float(per_image.gather(1, labels[:, None]).mean()),
+        "chance": 1.0 / num_tokens,
+        "distinct_winners": len(set(winner.tolist())),
+        "entropy": float(entropy.mean()),
+        "uniform_entropy": math.log(num_tokens),
+    }
+    if route is not None:
+        summary["true_class_in_route"] = float(route.gather(1, labels[:, None]).float().mean())
+        summary["route_size"] = int(route[0].sum())
+    return summary
 
-    adapters.SGAdapter.attend = attend
+
+def probe(run: Path, per_class: int, split: str) -> dict:
+    """Load ``run``, record every adapter's attention on ``per_class`` images of each class of ``split``."""
+    classifier, clip, record, _ = load_trained_classifier(run, device="cpu")
+    adapters = [a for a in classifier.adapters() if a.guidance is not None]
+    if not adapters:
+        raise SystemExit(f"{run}: method {record['method']} has no guidance attention to probe")
+    data = load_prepared_data(record["prepared"])
+    rows = data.split(split).groupby("label").head(per_class).reset_index(drop=True)
+    dataset = ManifestDataset(rows, data.image_root, clip.preprocess_eval)
+    images = torch.stack([dataset[i][0] for i in range(len(dataset))])  # [B, 3, H, W]
+    labels = torch.as_tensor(rows["label"].to_numpy().copy())
+    bank = adapters[0].guidance
+    if bank.num_tokens != len(data.classes):
+        raise SystemExit(f"{run}: {bank.num_tokens} guidance tokens for {len(data.classes)} classes; "
+                         "class-selectivity needs one token per class")
+    for adapter in adapters:
+        adapter.record_attention = True
+    route = None
+    if bank.top_k:  # the route the classifier will use: the frozen tower's top-k
+        with torch.no_grad(), bank.bypassed():
+            route = bank.compute_route(classifier.run_tower(images))
+    with torch.no_grad():
+        top1 = float((classifier(images).argmax(1) == labels).float().mean())
+    blocks = [summarise_attention(a.last_attention, labels, route) for a in adapters]
+    return {"run": str(run), "method": record["method"], "split": split, "images": len(labels), "top1": top1,
+            "blocks": blocks}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", type=Path)
     parser.add_argument("--per-class", type=int, default=5)
+    parser.add_argument("--split", default="val", choices=["val", "test"])
+    parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
-    store: list[tuple[torch.Size, torch.Tensor]] = []
-    capture_attention(store)
-    classifier, clip, record, _ = load_trained_classifier(args.run, device="cpu")
-    data = load_prepared_data(record["prepared"])
-    test = data.split("test").groupby("label").head(args.per_class).reset_index(drop=True)
-    dataset = ManifestDataset(test, data.image_root, clip.preprocess_eval)
-    images = torch.stack([dataset[i][0] for i in range(len(dataset))])  # [B, 3, H, W]
-    labels = torch.as_tensor(test["label"].to_numpy())
-    with torch.no_grad():
-        top1 = float((classifier(images).argmax(1) == labels).float().mean())
-    print(f"{args.run}: top-1 {100 * top1:.1f}% on {len(labels)} test images")
-    for block, (shape, attention) in enumerate(store):
-        batch_axis = list(shape[:-1]).index(len(labels))  # open_clip runs [B, N, D] or [N, B, D]
-        per_token = attention.view(*shape[:-1], -1)  # [B, N, M] or [N, B, M]
-        per_image = per_token.mean(dim=1 - batch_axis)  # [B, M]
-        winner = per_image.argmax(-1)
-        entropy = float(-(per_token.clamp_min(1e-12).log() * per_token).sum(-1).mean())
-        print(f"block {block}: true class most attended for {100 * float((winner == labels).float().mean()):.1f}% "
-              f"(chance {100 / per_token.shape[-1]:.2f}%), {len(set(winner.tolist()))} distinct winners, "
-              f"entropy {entropy:.2f} nats (uniform {math.log(per_token.shape[-1]):.2f})")
+    result = probe(args.run, args.per_class, args.split)
+    print(f"{args.run} ({result['method']}): top-1 {100 * result['top1']:.1f}% on {result['images']} "
+          f"{args.split} images")
+    for i, block in enumerate(result["blocks"]):
+        routed = (f", true class in the top-{block['route_size']} route for {100 * block['true_class_in_route']:.1f}%"
+                  if "true_class_in_route" in block else "")
+        print(f"block {i}: true class most attended for {100 * block['true_class_top']:.1f}% "
+              f"(chance {100 * block['chance']:.2f}%), mass on it {100 * block['true_class_mass']:.2f}%, "
+              f"{block['distinct_winners']} distinct winners, entropy {block['entropy']:.2f} nats "
+              f"(uniform {block['uniform_entropy']:.2f}){routed}")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":
