@@ -53,12 +53,6 @@ _SPECS = (
     MethodSpec("sage", "SG-Adapter: AdaptFormer adapters whose hidden state attends to the class texts, "
                "with the semantic compensation factor", peft="sg-adapter", guidance=True,
                compensation="semantic", demo=True),
-    MethodSpec("sage-topk", "SG-Adapter whose guidance attends only to each image's top-5 classes of the frozen "
-               "zero-shot prediction, with the semantic compensation factor", peft="sg-adapter", guidance=True,
-               guidance_topk=5, compensation="semantic"),
-    MethodSpec("sage-zs", "SG-Adapter with the zero-shot compensation factor: the frozen zero-shot classifier's "
-               "own label bias on the training images, corrected in the loss", peft="sg-adapter", guidance=True,
-               compensation="zero-shot"),
     MethodSpec("lora", "LoRA on the attention's query and value projections", peft="lora"),
     MethodSpec("lora-mlp", "LoRA on q, v and both MLP projections", peft="lora-mlp"),
     MethodSpec("vpt-shallow", "visual prompt tuning: prompts entering at the first tuned block", peft="vpt-shallow"),
@@ -68,6 +62,13 @@ _SPECS = (
     MethodSpec("bitfit", "BitFit: every bias of the tuned blocks", peft="bitfit"),
     MethodSpec("ln-tuning", "LayerNorm tuning: the tuned blocks' LayerNorm weights and biases", peft="ln-tuning"),
     MethodSpec("full-ft", "full fine-tuning of the tuned blocks", peft="full-ft"),
+    # Sage's named variants (issue 10): each changes one of its two pieces; docs/method.md#named-variants.
+    MethodSpec("sage-topk", "SG-Adapter whose guidance attends only to each image's top-5 classes of the frozen "
+               "zero-shot prediction, with the semantic compensation factor", peft="sg-adapter", guidance=True,
+               guidance_topk=5, compensation="semantic"),
+    MethodSpec("sage-zs", "SG-Adapter with the zero-shot compensation factor: the frozen zero-shot classifier's "
+               "own label bias on the training images, corrected in the loss", peft="sg-adapter", guidance=True,
+               compensation="zero-shot"),
     MethodSpec("zeroshot", "CLIP zero-shot: the head is the class text embeddings, frozen",
                train_head=False, trainable=False),
 )
