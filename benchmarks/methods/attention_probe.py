@@ -24,6 +24,7 @@ import torch
 
 from sage_cli.data import ManifestDataset, load_prepared_data
 from sage_cli.train import load_trained_classifier
+from sage_cli.train.restore import PREPARED, locate_input
 
 
 def summarise_attention(attention: torch.Tensor, labels: torch.Tensor, route: torch.Tensor | None = None) -> dict:
@@ -55,7 +56,7 @@ def probe(run: Path, per_class: int, split: str) -> dict:
     adapters = [a for a in classifier.adapters() if a.guidance is not None]
     if not adapters:
         raise SystemExit(f"{run}: method {record['method']} has no guidance attention to probe")
-    data = load_prepared_data(record["prepared"])
+    data = load_prepared_data(locate_input(run, record, PREPARED))  # recorded relative to the run
     rows = data.split(split).groupby("label").head(per_class).reset_index(drop=True)
     dataset = ManifestDataset(rows, data.image_root, clip.preprocess_eval)
     images = torch.stack([dataset[i][0] for i in range(len(dataset))])  # [B, 3, H, W]

@@ -34,7 +34,12 @@ VARIANTS = {
     "sage, compensation none": ("sage", {"compensation": "none"}),
     "sage, compensation count": ("sage", {"compensation": "count"}),
     "sage, lambda 1": ("sage", {"lam": 1.0}),  # the method spec's starting value
+    # issue 10's named variants (docs/method.md#named-variants); run with --variants
+    "sage-topk": ("sage-topk", {}),
+    "sage-zs": ("sage-zs", {}),
+    "sage-zs, lambda 1": ("sage-zs", {"lam": 1.0}),  # GLA's full correction
 }
+DEFAULT_VARIANTS = [name for name in VARIANTS if not name.startswith(("sage-topk", "sage-zs"))]
 HERE = Path(__file__).resolve().parent
 
 
@@ -55,12 +60,12 @@ def train_variant(name: str, seed: int, out: Path, base: DemoConfig) -> Path:
     return run_dir
 
 
-def evaluate(runs: list[Path], out: Path) -> dict:
+def evaluate(runs: list[Path], out: Path, split: str = "test") -> dict:
     from sage_cli.report import ReportConfig
     from sage_cli.report import run as report
 
     result = report(ReportConfig(out=out, runs=tuple(runs), zero_shot=out.parent / "prepared",
-                                 text_cache=out.parent / "text", device="cpu", num_workers=0))
+                                 text_cache=out.parent / "text", device="cpu", num_workers=0, split=split))
     return result.report
 
 
@@ -98,7 +103,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs/bench-methods"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS))
+    parser.add_argument("--split", default="test", choices=["test", "val"],
+                        help="split the report reads (val: for choices; recorded as results-val.json, never RESULTS.md)")
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
     base = DemoConfig(out=args.out, device="cpu")
@@ -107,12 +114,12 @@ def main() -> None:
     rows: dict[str, list[dict]] = {"zero-shot": []}
     for i, seed in enumerate(args.seeds):
         runs = [train_variant(name, seed, args.out, base) for name in args.variants]
-        report = evaluate(runs, args.out / f"report-seed{seed}")
+        report = evaluate(runs, args.out / f"report-{args.split}-seed{seed}", args.split)
         for name, run in zip(["zero-shot", *args.variants], report["runs"]):
             rows.setdefault(name, []).append(run["metrics"])
         print(summarise(rows), flush=True)
         if not args.no_record:  # after every seed, so a cut-off run still leaves its figures
-            write_results(rows, args.seeds[: i + 1], base, time.perf_counter() - started)
+            write_results(rows, args.seeds[: i + 1], base, time.perf_counter() - started, args.split)
 
 
 def prepare_inputs(out: Path, base: DemoConfig) -> None:
@@ -126,12 +133,17 @@ def machine_description() -> str:
     return f"{cpu.stdout.strip() or platform.processor()}, {os.cpu_count()} cores, CPU only, torch {torch.__version__}"
 
 
-def write_results(rows: dict[str, list[dict]], seeds: list[int], base: DemoConfig, seconds: float) -> None:
+def write_results(rows: dict[str, list[dict]], seeds: list[int], base: DemoConfig, seconds: float,
+                  split: str = "test") -> None:
     table = summarise(rows)
     paired = summarise_against(rows, seeds)
     machine = machine_description()
-    record = {"seeds": seeds, "settings": {"epochs": base.epochs, "batch_size": base.batch_size,
+    record = {"seeds": seeds, "split": split, "settings": {"epochs": base.epochs, "batch_size": base.batch_size,
               "lr": base.lr}, "machine": machine, "seconds": round(seconds), "results": rows}
+    if split == "val":  # choices are made on val; RESULTS.md holds the test tables only
+        (HERE / "results-val.json").write_text(json.dumps(record, indent=2) + "\n")
+        print(f"\nval, paired by seed against lift:\n{paired}", flush=True)
+        return
     (HERE / "results.json").write_text(json.dumps(record, indent=2) + "\n")
     (HERE / "RESULTS.md").write_text(
         f"# Shapes-LT: methods and ablations\n\nSeeds {seeds}; demo settings (epochs {base.epochs}, "
