@@ -109,7 +109,8 @@ def main() -> None:
     parser.add_argument("--domain", default=None, help="sage prepare shapes-lt --domain (default: its default)")
     parser.add_argument("--variant", type=int, default=0, help="sage prepare shapes-lt --variant")
     parser.add_argument("--quick", action="store_true", help="only lift long-tailed and balanced without "
-                        "augmentation, and print criteria 1-3 from them (the full pass reuses both runs)")
+                        "augmentation, and print criteria 1-3 from them on VAL, for choosing a world without "
+                        "reading test (the full pass reuses both runs)")
     args = parser.parse_args()
     from sage_cli.world import TOY_WEIGHTS
 
@@ -125,8 +126,8 @@ def main() -> None:
     if args.quick:  # criteria 1-3 first, without augmentation (the runs are reused by a full pass)
         runs = {"balanced_none": train(args.work, "balanced_none", *balanced, "none"),
                 "lt_none": train(args.work, "lt_none", *lt, "none")}
-        zs, lift_lt = report(args.work, "quick_test", [runs["lt_none"]], "test", zero_shot=lt)
-        (lift_bal,) = report(args.work, "quick_test_balanced", [runs["balanced_none"]], "test")
+        zs, lift_lt = report(args.work, "quick_val", [runs["lt_none"]], "val", zero_shot=lt)
+        (lift_bal,) = report(args.work, "quick_val_balanced", [runs["balanced_none"]], "val")
         groups = load_groups(lt[0])
         print(json.dumps({name: {"top1": round(100 * r["metrics"]["top1"], 2),
                                  **{g: round(group_top1(r, groups, g), 2) for g in ("many", "medium", "few")}}

@@ -6,9 +6,11 @@ applied and how images are captioned. World v1: ``CLEAN`` (plain noisy backgroun
 what the first toy CLIP was pretrained on, ``SHIFTED`` (striped / checkered backgrounds at contrast
 0.5, amber cast 0.35) its downstream domain (``sage prepare shapes-lt --domain hard``). World v2:
 ``OPEN`` (plain, gradient and mildly textured backgrounds, captions with attributes as well as names,
-:mod:`sage_cli.world.attributes`) is the broader pretraining world, ``MODERATE`` (stronger textures,
-a milder amber cast) the default downstream domain. ``CAST_ONLY`` and ``TEXTURE_ONLY`` split
-``MODERATE`` into its two components for the domain-gap table.
+:mod:`sage_cli.world.attributes`) is the broader pretraining world; ``FINE`` (mild textures, an
+amber cast and a fixed shade offset per class, :func:`class_colour_offsets`) its default downstream
+domain, ``MODERATE`` (stronger textures, no class shades) a harder, coarser alternative.
+``CAST_ONLY``, ``MILD_TEXTURE_ONLY`` and ``SHADES_ONLY`` split ``FINE`` into its components for the
+domain-gap table (``CAST_ONLY`` and ``TEXTURE_ONLY`` split ``MODERATE``).
 
 Rendering is vectorised numpy over whole batches: each pixel centre is mapped into the shape's own
 frame (translate, rotate, scale) and tested against the shape (analytic for circle and ring, an
@@ -52,6 +54,7 @@ _SUPERSAMPLE = 2
 _COLOUR_JITTER = 0.05  # std of per-object RGB jitter
 _RADIUS_RANGE = (0.30, 0.65)  # circumradius, in units of half the image side
 _BACKGROUND_KINDS = ("plain", "gradient", "stripes", "checkers")
+_CLASS_SHIFT_SEED = 15015  # the stream of class_colour_offsets, apart from every image seed
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,8 @@ class Domain:
     backgrounds: tuple[str, ...] = ()
     contrast_range: tuple[float, float] = (0.0, 0.0)
     captions: str = "names"
+    class_shift: float = 0.0  # norm of each class's fixed RGB offset (see class_colour_offsets)
+    class_shift_seed: int = 0
 
     def __post_init__(self) -> None:
         unknown = set(self.textures) - {"stripes", "checkers"}
@@ -85,6 +90,21 @@ class Domain:
             raise ValueError(f"domain {self.name!r}: captions must be names or open")
         if not 0.0 <= self.cast_strength <= 1.0:
             raise ValueError(f"domain {self.name!r}: cast_strength must be in [0, 1]")
+        if self.class_shift < 0.0:
+            raise ValueError(f"domain {self.name!r}: class_shift must be >= 0")
+
+
+def class_colour_offsets(domain: Domain) -> np.ndarray:
+    """Each world class's fixed RGB offset ``[NUM_CLASSES, 3]`` in this domain (zeros without a class shift).
+
+    A direction drawn uniformly on the sphere per class (seeded by ``domain.class_shift_seed``), of
+    norm ``domain.class_shift``: the downstream shade of a "red star" differs from that of a "red
+    circle", a class-specific appearance that pretraining never saw and text cannot describe.
+    """
+    if domain.class_shift == 0.0:
+        return np.zeros((NUM_CLASSES, 3), dtype=np.float64)
+    direction = np.random.default_rng([_CLASS_SHIFT_SEED, domain.class_shift_seed]).normal(size=(NUM_CLASSES, 3))
+    return domain.class_shift * direction / np.linalg.norm(direction, axis=1, keepdims=True)
 
 
 CLEAN = Domain("clean")
@@ -101,8 +121,16 @@ MODERATE = Domain("moderate", textures=("stripes", "checkers"), texture_contrast
                   cast_strength=0.2)
 CAST_ONLY = Domain("cast-only", cast_colour=_AMBER, cast_strength=MODERATE.cast_strength)
 TEXTURE_ONLY = Domain("texture-only", textures=MODERATE.textures, texture_contrast=MODERATE.texture_contrast)
+# The default downstream domain of world v2: mild textures (within the open world's contrasts), the
+# amber cast, and a fixed shade offset per class that pretraining never saw (class_colour_offsets),
+# the analogue of a fine-grained dataset: what tells a class apart must partly be learnt from its own images.
+FINE = Domain("fine", textures=("stripes", "checkers"), texture_contrast=0.2, cast_colour=_AMBER, cast_strength=0.2,
+              class_shift=0.3)
+MILD_TEXTURE_ONLY = Domain("mild-texture-only", textures=FINE.textures, texture_contrast=FINE.texture_contrast)
+SHADES_ONLY = Domain("shades-only", class_shift=FINE.class_shift)
 # Order matters: an evaluation stream is seeded by the domain's index here (append, never reorder).
-DOMAINS: dict[str, Domain] = {d.name: d for d in (CLEAN, SHIFTED, OPEN, MODERATE, CAST_ONLY, TEXTURE_ONLY)}
+DOMAINS: dict[str, Domain] = {d.name: d for d in (CLEAN, SHIFTED, OPEN, MODERATE, CAST_ONLY, TEXTURE_ONLY, FINE,
+                                                  MILD_TEXTURE_ONLY, SHADES_ONLY)}
 
 
 @dataclass(frozen=True)
@@ -148,6 +176,7 @@ def generate(
     centre = rng.uniform(-1.0, 1.0, size=(n, 2)) * (0.95 - radius)[:, None]  # keep the shape inside
     angle = rng.uniform(0.0, 2.0 * np.pi, size=n)
     rgb = np.asarray([COLOURS[c] for c in COLOUR_NAMES])[colour_idx]
+    rgb = rgb + class_colour_offsets(domain)[labels]
     rgb = np.clip(rgb + rng.normal(0.0, _COLOUR_JITTER, size=(n, 3)), 0.0, 1.0)
 
     background, bg_words = _render_backgrounds(n, image_size, domain, rng)  # [N, S, S, 3]

@@ -8,12 +8,14 @@ ratio 1 is balanced); val and test are balanced. Downstream class order is a Lat
 shapes and colours, so every stretch of the tail mixes all shapes and many colours (head and tail
 are not one shape, and every rare class shares its shape and its colour with common ones). The
 ``variant`` seeds that Latin square (which shape / colour leads it), apart from the image seed.
-Domains: ``moderate`` (world v2, :data:`~sage_cli.world.shapes.MODERATE`) and ``hard`` (world v1's
-``SHIFTED``).
+Domains: ``fine`` (world v2's default, :data:`~sage_cli.world.shapes.FINE`: its per-class shades are
+seeded by the ``variant`` too), ``moderate`` (world v2, :data:`~sage_cli.world.shapes.MODERATE`) and
+``hard`` (world v1's ``SHIFTED``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -22,12 +24,12 @@ import pandas as pd
 from PIL import Image
 
 from sage_cli.errors import SageError
-from sage_cli.world.shapes import COLOUR_NAMES, MODERATE, SHAPES, SHIFTED, Domain, class_names, generate
+from sage_cli.world.shapes import COLOUR_NAMES, FINE, MODERATE, SHAPES, SHIFTED, Domain, class_names, generate
 
 IMAGE_DIR = "images"
 _SPLIT_STREAMS = {"train": 0, "val": 1, "test": 2}
 _ORDER_SEED = 20240607  # fixes which shape / colour leads the Latin square (variant 0); never tied to --seed
-SHAPES_LT_DOMAINS: dict[str, Domain] = {"moderate": MODERATE, "hard": SHIFTED}
+SHAPES_LT_DOMAINS: dict[str, Domain] = {"fine": FINE, "moderate": MODERATE, "hard": SHIFTED}
 DEFAULT_DOMAIN = "hard"  # world v1 stays the default until world v2 meets its criteria (docs/world.md)
 _CHUNK = 512  # images rendered per call; part of the definition of the stream, do not change
 
@@ -112,6 +114,9 @@ def prepare_shapes_lt(
     if domain not in SHAPES_LT_DOMAINS:
         raise SageError(f"--domain must be one of {', '.join(SHAPES_LT_DOMAINS)}, got {domain!r}")
     order = np.asarray(compute_class_order(variant), dtype=np.int64)
+    world_domain = SHAPES_LT_DOMAINS[domain]
+    if world_domain.class_shift:  # another variant: other classes rare, and other class shades
+        world_domain = dataclasses.replace(world_domain, class_shift_seed=variant)
     counts = compute_train_counts(len(order), imbalance_ratio, max_count)
     per_split = {
         "train": np.repeat(np.arange(len(order)), counts),
@@ -120,7 +125,7 @@ def prepare_shapes_lt(
     }
     frames = []
     for split, labels in per_split.items():
-        paths = _write_split(Path(out_dir), split, labels, order, seed, SHAPES_LT_DOMAINS[domain])
+        paths = _write_split(Path(out_dir), split, labels, order, seed, world_domain)
         frames.append(pd.DataFrame({"path": paths, "label": labels.astype(np.int64), "split": split}))
     manifest = pd.concat(frames, ignore_index=True)
     manifest.insert(0, "sample_id", np.arange(len(manifest), dtype=np.int64))

@@ -67,7 +67,7 @@ def test_world_options_in_the_fingerprint(tmp_path: Path) -> None:
         ({"dataset": "synthetic", "imbalance_ratio": 1.0}, "--imbalance-ratio must be > 1"),
         ({"dataset": "shapes-lt", "max_count": 0}, "--max-count must be >= 1"),
         ({"dataset": "shapes-lt", "variant": -2}, "--variant must be >= 0"),
-        ({"dataset": "shapes-lt", "domain": "soft"}, "--domain must be one of moderate, hard"),
+        ({"dataset": "shapes-lt", "domain": "soft"}, "--domain must be one of fine, moderate, hard"),
         ({"dataset": "synthetic", "max_count": 10}, "--max-count applies to shapes-lt only"),
         ({"dataset": "synthetic", "variant": 1}, "--variant applies to shapes-lt only"),
         ({"dataset": "synthetic", "domain": "hard"}, "--domain applies to shapes-lt only"),

@@ -139,6 +139,24 @@ def test_domains_hard_is_world_v1(tmp_path: Path) -> None:
     expected = generate(world_ids, np.random.default_rng([0, 2]), SHIFTED).images
     written = np.stack([np.asarray(Image.open(tmp_path / "hard" / p)) for p in test["path"]])
     np.testing.assert_array_equal(written, expected)
-    with pytest.raises(SageError, match="--domain must be one of moderate, hard"):
+    with pytest.raises(SageError, match="--domain must be one of fine, moderate, hard"):
         prepare_shapes_lt(tmp_path / "odd", domain="soft", **kwargs)
     assert not (tmp_path / "odd").exists()
+
+
+def test_fine_domain_shades_follow_the_variant(tmp_path: Path) -> None:
+    import dataclasses
+
+    from sage_cli.world.shapes import FINE
+
+    kwargs = dict(imbalance_ratio=2, max_count=2, val_per_class=0, test_per_class=1, domain="fine")
+    for variant in (0, 2):
+        manifest, _ = prepare_shapes_lt(tmp_path / str(variant), variant=variant, **kwargs)
+        test = manifest[manifest["split"] == "test"]
+        world_ids = np.asarray(compute_class_order(variant))[test["label"].to_numpy()]
+        written = np.stack([np.asarray(Image.open(tmp_path / str(variant) / p)) for p in test["path"]])
+        shades = dataclasses.replace(FINE, class_shift_seed=variant)
+        expected = generate(world_ids, np.random.default_rng([0, 2]), shades).images
+        np.testing.assert_array_equal(written, expected)
+        if variant:  # another variant's classes wear other shades, not variant 0's
+            assert not np.array_equal(written, generate(world_ids, np.random.default_rng([0, 2]), FINE).images)

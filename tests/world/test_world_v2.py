@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -98,3 +100,57 @@ def test_domain_v2_validation() -> None:
         Domain("odd", backgrounds=("plain", "dots"))
     with pytest.raises(ValueError, match="captions"):
         Domain("odd", captions="poems")
+
+
+def test_class_colour_offsets_are_fixed_per_class_of_the_domains_norm() -> None:
+    from sage_cli.world.shapes import FINE, class_colour_offsets
+
+    assert not class_colour_offsets(MODERATE).any()  # domains without class shades keep their colours
+    offsets = class_colour_offsets(FINE)
+    assert offsets.shape == (80, 3)
+    np.testing.assert_allclose(np.linalg.norm(offsets, axis=1), FINE.class_shift)
+    np.testing.assert_array_equal(offsets, class_colour_offsets(FINE))  # a pure function of the domain
+    other = class_colour_offsets(dataclasses.replace(FINE, class_shift_seed=1))
+    assert np.abs(other - offsets).max() > 0.1  # another seed, other shades
+    # Directions spread over the sphere, not one shared tint: the mean offset is far below the norm.
+    assert np.linalg.norm(offsets.mean(axis=0)) < 0.3 * FINE.class_shift
+    with pytest.raises(ValueError, match="class_shift"):
+        Domain("odd", class_shift=-0.1)
+
+
+def test_shades_move_each_class_colour_by_its_offset_and_nothing_else() -> None:
+    from sage_cli.world.shapes import SHADES_ONLY, class_colour_offsets
+
+    # The offsets draw no random numbers from the image stream: same seed, same poses and backgrounds.
+    labels = np.repeat(np.arange(80), 2)
+    plain = generate(labels, 11, CLEAN).images.astype(np.float64)
+    shaded = generate(labels, 11, SHADES_ONLY).images.astype(np.float64)
+    offsets = class_colour_offsets(SHADES_ONLY) * 255.0
+    moved = np.abs(shaded - plain).max(axis=-1) > 0  # [N, H, W]
+    checked = 0
+    for i, label in enumerate(labels):
+        assert moved[i].mean() < 0.6  # only the shape's pixels change, not the background
+        m = moved[i]
+        inside = m.copy()  # pixels whose 4 neighbours changed too: inside the shape, not its blended edge
+        inside[1:-1, 1:-1] &= m[:-2, 1:-1] & m[2:, 1:-1] & m[1:-1, :-2] & m[1:-1, 2:]
+        inside[[0, -1]] = inside[:, [0, -1]] = False
+        if inside.sum() < 5:
+            continue
+        before, after = np.median(plain[i][inside], axis=0), np.median(shaded[i][inside], axis=0)
+        unclipped = (np.minimum(before, after) > 25) & (np.maximum(before, after) < 230)  # per channel
+        np.testing.assert_allclose((after - before)[unclipped], offsets[label][unclipped], atol=4.0)
+        checked += int(unclipped.sum())
+    assert checked > 150  # channels of the 160 images where the offset shows unclipped
+
+
+def test_fine_domain_has_mild_textures_the_amber_cast_and_class_shades() -> None:
+    from sage_cli.world.shapes import FINE, MILD_TEXTURE_ONLY, OPEN, SHADES_ONLY
+
+    assert FINE.textures and FINE.texture_contrast <= OPEN.contrast_range[1]  # textures pretraining has seen
+    assert FINE.cast_strength == DOMAINS["cast-only"].cast_strength and FINE.captions == "names"
+    assert FINE.class_shift > 0
+    assert MILD_TEXTURE_ONLY.texture_contrast == FINE.texture_contrast and MILD_TEXTURE_ONLY.cast_strength == 0
+    assert SHADES_ONLY.class_shift == FINE.class_shift and not SHADES_ONLY.textures
+    a, b = generate(np.arange(80), 5, FINE), generate(np.arange(80), 5, FINE)
+    np.testing.assert_array_equal(a.images, b.images)
+    assert list(DOMAINS)[6:9] == ["fine", "mild-texture-only", "shades-only"]  # appended, never reordered
