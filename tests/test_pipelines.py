@@ -63,7 +63,7 @@ def test_shapes_lt_runs_for_real_then_skips_everything(tmp_path):
 def test_pretrain_recipe_matches_the_shipped_weights_record(tmp_path):
     import json
 
-    from sage_cli.world import TOY_WEIGHTS
+    from sage_cli.world import TOY_WEIGHTS_V1 as TOY_WEIGHTS  # pretrain_toy.sh is world v1's recipe
 
     result = _run("pretrain_toy.sh", "--dry-run", "--work", str(tmp_path / "toy"))
     assert result.returncode == 0, result.stderr

@@ -34,7 +34,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 PRESET = REPO / "sage_cli" / "presets" / "shapes_lt.yaml"
 BALANCED_PER_CLASS = 65  # 80 x 65 = 5,200 images, the long-tailed split's 5,213 to within 0.3%
-GAP_DOMAINS = ("open", "clean", "cast-only", "texture-only", "moderate", "shifted")
+GAP_DOMAINS = ("open", "clean", "cast-only", "mild-texture-only", "shades-only", "fine", "texture-only", "moderate",
+               "shifted")
 AUGMENT = {"rrc": "--augment", "none": "--no-augment"}
 
 

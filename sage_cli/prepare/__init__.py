@@ -61,7 +61,7 @@ class PrepareConfig:
     workers: int | None = None  # threads for image checks and PNG writes (None: automatic)
     max_count: int | None = None  # shapes-lt: training images of the most frequent class (None: 300)
     variant: int = 0  # shapes-lt: world variant, the seed of the class order (apart from --seed)
-    domain: str | None = None  # shapes-lt: moderate (world v2) or hard (world v1); None: DEFAULT_DOMAIN
+    domain: str | None = None  # shapes-lt: fine or moderate (world v2) or hard (world v1); None: DEFAULT_DOMAIN
     allow_outside_root: bool = False  # accept listed paths that resolve outside the root
 
     def __post_init__(self) -> None:

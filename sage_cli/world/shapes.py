@@ -6,9 +6,9 @@ applied and how images are captioned. World v1: ``CLEAN`` (plain noisy backgroun
 what the first toy CLIP was pretrained on, ``SHIFTED`` (striped / checkered backgrounds at contrast
 0.5, amber cast 0.35) its downstream domain (``sage prepare shapes-lt --domain hard``). World v2:
 ``OPEN`` (plain, gradient and mildly textured backgrounds, captions with attributes as well as names,
-:mod:`sage_cli.world.attributes`) is the broader pretraining world; ``FINE`` (mild textures, an
-amber cast and a fixed shade offset per class, :func:`class_colour_offsets`) its default downstream
-domain, ``MODERATE`` (stronger textures, no class shades) a harder, coarser alternative.
+:mod:`sage_cli.world.attributes`) is the broader pretraining world; its downstream domains are
+``FINE`` (mild textures, an amber cast and a fixed shade offset per class,
+:func:`class_colour_offsets`) and ``MODERATE`` (stronger textures, no class shades).
 ``CAST_ONLY``, ``MILD_TEXTURE_ONLY`` and ``SHADES_ONLY`` split ``FINE`` into its components for the
 domain-gap table (``CAST_ONLY`` and ``TEXTURE_ONLY`` split ``MODERATE``).
 
@@ -121,7 +121,7 @@ MODERATE = Domain("moderate", textures=("stripes", "checkers"), texture_contrast
                   cast_strength=0.2)
 CAST_ONLY = Domain("cast-only", cast_colour=_AMBER, cast_strength=MODERATE.cast_strength)
 TEXTURE_ONLY = Domain("texture-only", textures=MODERATE.textures, texture_contrast=MODERATE.texture_contrast)
-# The default downstream domain of world v2: mild textures (within the open world's contrasts), the
+# World v2's second downstream domain (docs/world.md): mild textures (within the open world's contrasts), the
 # amber cast, and a fixed shade offset per class that pretraining never saw (class_colour_offsets),
 # the analogue of a fine-grained dataset: what tells a class apart must partly be learnt from its own images.
 FINE = Domain("fine", textures=("stripes", "checkers"), texture_contrast=0.2, cast_colour=_AMBER, cast_strength=0.2,

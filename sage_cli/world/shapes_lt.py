@@ -8,8 +8,8 @@ ratio 1 is balanced); val and test are balanced. Downstream class order is a Lat
 shapes and colours, so every stretch of the tail mixes all shapes and many colours (head and tail
 are not one shape, and every rare class shares its shape and its colour with common ones). The
 ``variant`` seeds that Latin square (which shape / colour leads it), apart from the image seed.
-Domains: ``fine`` (world v2's default, :data:`~sage_cli.world.shapes.FINE`: its per-class shades are
-seeded by the ``variant`` too), ``moderate`` (world v2, :data:`~sage_cli.world.shapes.MODERATE`) and
+Domains: ``fine`` (world v2, :data:`~sage_cli.world.shapes.FINE`: its per-class shades are seeded
+by the ``variant`` too), ``moderate`` (world v2, :data:`~sage_cli.world.shapes.MODERATE`) and
 ``hard`` (world v1's ``SHIFTED``).
 """
 

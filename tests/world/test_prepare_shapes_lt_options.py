@@ -56,6 +56,7 @@ def test_world_options_in_the_fingerprint(tmp_path: Path) -> None:
     assert inputs(domain="moderate") == {**v1, "domain": "moderate"}
     assert inputs(domain="hard", max_count=65, variant=2) == {**v1, "max_count": 65, "variant": 2}
     assert (inputs() == v1) == (DEFAULT_DOMAIN == "hard")
+    assert inputs(domain="fine") == {**v1, "domain": "fine"}
     # Other generated sets keep their inputs (and so the fingerprints of existing preparations).
     assert "domain" not in _fingerprint_inputs(PrepareConfig(dataset="synthetic", out=tmp_path), None)
 

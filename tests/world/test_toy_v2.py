@@ -46,3 +46,14 @@ def test_shipped_v2_zero_shot_band(domain: str, low: float, high: float) -> None
     if domain == "moderate":
         recorded = json.loads(RECORD.read_text())["zero_shot_top1"]
         assert recorded["open"] - recorded["moderate"] > 10  # the downstream domain is really shifted
+
+
+def test_shipped_v2_zero_shot_on_the_fine_domain_is_in_the_criterion_band() -> None:
+    # Criterion 1 (docs/world.md) on a small sample: 5 held-out images per class (400), about
+    # +-2.5 points of sampling noise around the 51 measured on 20 per class. The band [40, 62] fails for
+    # the v1 weights (25 here), and for the same domain without its class shades (66): a model or a
+    # domain that left the regime.
+    clip, tokenizer = build_toy_model(weights=TOY_WEIGHTS_V2)
+    clip.eval()
+    accuracy = evaluate_world_zero_shot(clip, tokenizer, DOMAINS["fine"], per_class=5, seed=123)
+    assert 40.0 <= accuracy <= 62.0, accuracy
