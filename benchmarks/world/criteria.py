@@ -55,9 +55,10 @@ def prepare(work: Path, name: str, options: list[str], weights: Path) -> tuple[P
     return prepared, text
 
 
-def train(work: Path, name: str, prepared: Path, text: Path, augment: str, epochs: int | None = None) -> Path:
-    out = work / "runs" / name
-    extra = ["--epochs", str(epochs)] if epochs else []
+def train(work: Path, name: str, prepared: Path, text: Path, augment: str, epochs: int | None = None,
+          lr: float | None = None) -> Path:
+    out = work / "runs" / (name if lr is None else f"{name}_lr{lr:g}")
+    extra = (["--epochs", str(epochs)] if epochs else []) + (["--lr", f"{lr:g}"] if lr is not None else [])
     sage("train", "--config", str(PRESET), "--prepared", str(prepared), "--text-cache", str(text),
          "--method", "lift", "--seed", "0", "--device", "cpu", AUGMENT[augment], *extra, "--out", str(out))
     return out
@@ -112,6 +113,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="only lift long-tailed and balanced without "
                         "augmentation, and print criteria 1-3 from them on VAL, for choosing a world without "
                         "reading test (the full pass reuses both runs)")
+    parser.add_argument("--lr", type=float, default=None, help="peak learning rate of every lift run instead of "
+                        "the preset's (a candidate demo budget; its runs are named *_lrLR)")
     args = parser.parse_args()
     from sage_cli.world import TOY_WEIGHTS
 
@@ -120,13 +123,15 @@ def main() -> None:
     start = time.perf_counter()
     import yaml
 
-    epochs = int(yaml.safe_load(PRESET.read_text())["epochs"])
+    preset = yaml.safe_load(PRESET.read_text())
+    epochs, lr = int(preset["epochs"]), (args.lr if args.lr is not None else float(preset["lr"]))
+    at = {"lr": args.lr}  # None: the preset's
     lt = prepare(args.work, "lt", world, weights)
     balanced = prepare(args.work, "balanced", [*world, "--imbalance-ratio", "1", "--max-count",
                                                str(BALANCED_PER_CLASS)], weights)
     if args.quick:  # criteria 1-3 first, without augmentation (the runs are reused by a full pass)
-        runs = {"balanced_none": train(args.work, "balanced_none", *balanced, "none"),
-                "lt_none": train(args.work, "lt_none", *lt, "none")}
+        runs = {"balanced_none": train(args.work, "balanced_none", *balanced, "none", **at),
+                "lt_none": train(args.work, "lt_none", *lt, "none", **at)}
         zs, lift_lt = report(args.work, "quick_val", [runs["lt_none"]], "val", zero_shot=lt)
         (lift_bal,) = report(args.work, "quick_val_balanced", [runs["balanced_none"]], "val")
         groups = load_groups(lt[0])
@@ -136,12 +141,12 @@ def main() -> None:
                          indent=2))
         return
     # 5: the balanced oracle's val accuracy picks the augmentation (no Sage run involved).
-    oracle = {aug: train(args.work, f"balanced_{aug}", *balanced, aug) for aug in ("none", "rrc")}
+    oracle = {aug: train(args.work, f"balanced_{aug}", *balanced, aug, **at) for aug in ("none", "rrc")}
     val = report(args.work, "val", [oracle["rrc"], oracle["none"]], "val")
     val_top1 = {aug: 100.0 * run["metrics"]["top1"] for aug, run in zip(("rrc", "none"), val)}
     chosen = max(val_top1, key=val_top1.get)
-    lt_run = train(args.work, f"lt_{chosen}", *lt, chosen)
-    lt_3x = train(args.work, f"lt_{chosen}_3x", *lt, chosen, epochs=3 * epochs)
+    lt_run = train(args.work, f"lt_{chosen}", *lt, chosen, **at)
+    lt_3x = train(args.work, f"lt_{chosen}_3x", *lt, chosen, epochs=3 * epochs, **at)
     zs, lift_lt, lift_3x = report(args.work, "test", [lt_run, lt_3x], "test", zero_shot=lt)
     # Its own report: a report compares runs of one prepared split (the test images are the same).
     (lift_bal,) = report(args.work, "test_balanced", [oracle[chosen]], "test")
@@ -164,7 +169,7 @@ def main() -> None:
         "5 preset augmentation = oracle's choice": read_preset_augment() == chosen,
     }
     record = {
-        "weights": str(weights), "world_options": world, "epochs": epochs, "augment_chosen": chosen,
+        "weights": str(weights), "world_options": world, "epochs": epochs, "lr": lr, "augment_chosen": chosen,
         "figures": {k: (round(v, 2) if isinstance(v, float) else v) for k, v in figures.items()},
         "criteria": criteria, "domain_gap": measure_domain_gap(weights),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
@@ -185,7 +190,8 @@ def format_card(record: dict[str, Any]) -> str:
          f"(+{f['lift_lt'] - f['zero_shot']:.1f})", mark[1]),
         ("3. lift balanced >= lift long-tailed + 8 on few", f"{f['lift_balanced_few']:.1f} vs {f['lift_lt_few']:.1f} "
          f"(+{f['lift_balanced_few'] - f['lift_lt_few']:.1f})", mark[2]),
-        (f"4. lift long-tailed, {record['epochs']} vs {3 * record['epochs']} epochs, within 2",
+        (f"4. lift long-tailed, {record['epochs']} vs {3 * record['epochs']} epochs (peak lr {record['lr']:g}), "
+         "within 2",
          f"{f['lift_lt']:.1f} vs {f['lift_lt_3x']:.1f} ({f['lift_lt'] - f['lift_lt_3x']:+.1f})", mark[3]),
         ("5. augmentation = the balanced oracle's val choice", f"{record['augment_chosen']} (val: rrc "
          f"{f['val_balanced']['rrc']:.1f}, none {f['val_balanced']['none']:.1f})", mark[4]),
