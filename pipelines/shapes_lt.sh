@@ -9,6 +9,6 @@ METHODS="linear lift sage"
 parse_args "$@"
 WORK="${WORK:-runs/shapes_lt}"
 MODEL="sage-toy"
-PRETRAINED="$SAGE_REPO/sage_cli/assets/sage_toy.safetensors"
+PRETRAINED="$SAGE_REPO/sage_cli/assets/sage_toy_v2.safetensors"  # world v2 (docs/world.md)
 DEVICE="${DEVICE:-cpu}"
 run_pipeline shapes-lt "" "$SAGE_REPO/sage_cli/presets/shapes_lt.yaml"

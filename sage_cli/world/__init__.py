@@ -23,7 +23,7 @@ _ASSETS = Path(__file__).resolve().parent.parent / "assets"
 TOY_WEIGHTS_V1: Path = _ASSETS / "sage_toy.safetensors"
 TOY_WEIGHTS_V2: Path = _ASSETS / "sage_toy_v2.safetensors"
 # The default ones, which the demo uses; pass as `--model sage-toy --pretrained <this path>`.
-TOY_WEIGHTS: Path = TOY_WEIGHTS_V1
+TOY_WEIGHTS: Path = TOY_WEIGHTS_V2
 # Attribute sentences for every class of the world: `sage encode-text --descriptions <this path>`.
 SHAPES_DESCRIPTIONS: Path = _ASSETS / "shapes_descriptions.json"
 
