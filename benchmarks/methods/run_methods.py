@@ -51,7 +51,7 @@ def train_variant(name: str, seed: int, out: Path, base: DemoConfig) -> Path:
     run_dir = out / f"seed{seed}" / name.replace(", ", "_").replace(" ", "-")
     options = {
         "prepared": out / "prepared", "text_cache": out / "text", "out": run_dir, "method": method,
-        "epochs": base.epochs, "batch_size": base.batch_size, "lr": base.lr, "seed": seed,
+        "epochs": base.epochs, "batch_size": base.batch_size, "lr": base.lr, "augment": base.augment, "seed": seed,
         "device": base.device, "num_workers": 0, "eval_every": 0, **extra,
         # A run cut off by a killed benchmark is redone; a finished one is reused as it is.
         "force": run_dir.exists() and not (run_dir / "train.json").exists(),
