@@ -261,3 +261,39 @@ def test_zero_shot_loss_is_fitted_by_build_loss_and_corrects_the_bias() -> None:
 def test_zero_shot_loss_without_the_frozen_features_is_refused() -> None:
     with pytest.raises(SageError, match="--compensation zero-shot needs the frozen tower's features"):
         build_loss(LossConfig(loss="la", compensation="zero-shot"), torch.tensor([2.0, 1.0]), TEXT2)
+
+
+def test_text_alignment_adds_the_adjusted_ce_of_the_frozen_text_classifier() -> None:
+    # pi = [1/2, 1/4, 1/4], t = e_y, s = 25. v(x) = e_0 -> text logits [25, 0, 0]; z = 0 -> main CE = log 2.
+    # text term: CE([25 + log 1/2, log 1/4, log 1/4], 0) = log(1 + 2 * (1/4) / (1/2) * e^-25) = log(1 + e^-25)
+    cfg = LossConfig(loss="la", compensation="none", text_align=0.5)
+    loss = build_loss(cfg, torch.tensor([2.0, 1.0, 1.0]), AXES, logit_scale=25.0).train()
+    assert loss.needs_features
+    features = torch.tensor([[1.0, 0.0, 0.0]])
+    value = loss(torch.zeros(1, 3), torch.tensor([0]), features)
+    assert value.item() == pytest.approx(math.log(2) + 0.5 * math.log1p(math.exp(-25)), abs=1e-6)
+    # v(x) = e_1 for a class-0 image: text logits [0, 25, 0] -> text CE = log((1/2 + 1/4 e^25 + 1/4) / (1/2))
+    wrong = loss(torch.zeros(1, 3), torch.tensor([0]), torch.tensor([[0.0, 1.0, 0.0]]))
+    expected = math.log(2) + 0.5 * math.log((0.5 + 0.25 * math.exp(25) + 0.25) / 0.5)
+    assert wrong.item() == pytest.approx(expected, rel=1e-6)
+    # the term sees the compensation too: count delta enters both CEs
+    counted = build_loss(LossConfig(loss="la", compensation="count", kappa=2.0, lam=1.0, text_align=1.0),
+                         torch.tensor([2.0, 1.0, 1.0]), AXES).train()
+    plain = build_loss(LossConfig(loss="la", compensation="count", kappa=2.0, lam=1.0),
+                       torch.tensor([2.0, 1.0, 1.0]), AXES).train()
+    z = torch.tensor([[0.2, -0.1, 0.4]])
+    text_logits = 25.0 * features @ AXES.t()
+    assert counted(z, torch.tensor([1]), features).item() == pytest.approx(
+        plain(z, torch.tensor([1])).item() + plain(text_logits, torch.tensor([1])).item(), abs=1e-5)
+
+
+def test_text_alignment_off_by_default_and_refused_outside_the_la_family() -> None:
+    plain = build_loss(LossConfig(loss="la", compensation="none"), torch.tensor([2.0, 1.0, 1.0]), AXES)
+    assert not plain.needs_features
+    with pytest.raises(SageError, match="--text-align must be >= 0; got -1"):
+        LossConfig(loss="la", text_align=-1.0)
+    with pytest.raises(SageError, match="--text-align composes with the logit-adjusted losses"):
+        build_loss(LossConfig(loss="focal", compensation="none", text_align=0.5), torch.tensor([2.0, 1.0]), AXES[:2])
+    with pytest.raises(ValueError, match="needs the image features"):
+        build_loss(LossConfig(loss="la", compensation="none", text_align=0.5), torch.tensor([2.0, 1.0]), AXES[:2]).train()(
+            torch.zeros(1, 2), torch.tensor([0]))

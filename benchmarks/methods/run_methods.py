@@ -1,10 +1,13 @@
 """Methods and ablations on Shapes-LT, several seeds: overall / many / medium / few, mean ± spread.
 
     python benchmarks/methods/run_methods.py --out runs/bench-methods --seeds 0 1 2
+    python benchmarks/methods/run_methods.py --out runs/bench-ir50 --imbalance-ratio 50 --splits val test
 
 Reuses `sage demo`'s prepared data and text cache layout under --out and the same training
-settings as the demo (so the table explains what the demo shows). Writes results.json and
-RESULTS.md beside this script unless --no-record.
+settings as the demo (so the table explains what the demo shows). Each run is trained once and
+reported on every split of --splits. On the default world it writes results.json and RESULTS.md
+(test) and results-val.json (val) beside this script unless --no-record; on a world variant
+(--imbalance-ratio, --world-variant) results/<world>-<split>.json and .md.
 """
 
 from __future__ import annotations
@@ -38,12 +41,21 @@ VARIANTS = {
     "sage-topk": ("sage-topk", {}),
     "sage-zs": ("sage-zs", {}),
     "sage-zs, lambda 1": ("sage-zs", {"lam": 1.0}),  # GLA's full correction
+    "sage, lambda 0.5": ("sage", {"lam": 0.5}),
+    "sage, count, lambda 0.5": ("sage", {"compensation": "count", "lam": 0.5}),
+    "lift, compensation count": ("lift", {"compensation": "count"}),  # LIFT's adapter, Sage's loss
+    # the text-alignment term (docs/method.md#text-alignment): with Sage's loss, and with LIFT's alone
+    "sage, text-align 0.5": ("sage", {"text_align": 0.5}),
+    "lift, text-align 0.5": ("lift", {"text_align": 0.5}),
+    "sage, text-align 1": ("sage", {"text_align": 1.0}),
 }
-DEFAULT_VARIANTS = [name for name in VARIANTS if not name.startswith(("sage-topk", "sage-zs"))]
+DEFAULT_VARIANTS = ["linear", "lift", "sage", "sage, guidance off", "sage, compensation none",
+                    "sage, compensation count", "sage, lambda 1"]
 HERE = Path(__file__).resolve().parent
 
 
 def train_variant(name: str, seed: int, out: Path, base: DemoConfig) -> Path:
+    """Train ``name`` at ``seed`` under ``out`` (a finished run is reused: one training, every split)."""
     from sage_cli.train import build_train_config
     from sage_cli.train import run as train
 
@@ -104,28 +116,53 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/bench-methods"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS))
-    parser.add_argument("--split", default="test", choices=["test", "val"],
-                        help="split the report reads (val: for choices; recorded as results-val.json, never RESULTS.md)")
+    parser.add_argument("--splits", nargs="+", default=["test"], choices=["test", "val"],
+                        help="splits the report reads (val: for choices; never written to RESULTS.md)")
+    parser.add_argument("--split", dest="splits", type=lambda s: [s], help=argparse.SUPPRESS)
+    parser.add_argument("--imbalance-ratio", type=float, default=None, help="world variant: shapes-lt's ratio")
+    parser.add_argument("--world-variant", type=int, default=0, help="world variant: the class order/count seed")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (recorded)")
+    parser.add_argument("--train-only", action="store_true",
+                        help="train the runs and report nothing (a second job beside one that reports)")
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     base = DemoConfig(out=args.out, device="cpu")
+    world = {"imbalance_ratio": args.imbalance_ratio, "variant": args.world_variant}
     started = time.perf_counter()
-    prepare_inputs(args.out, base)
-    rows: dict[str, list[dict]] = {"zero-shot": []}
+    prepare_inputs(args.out, base, **world)
+    rows: dict[str, dict[str, list[dict]]] = {split: {"zero-shot": []} for split in args.splits}
     for i, seed in enumerate(args.seeds):
         runs = [train_variant(name, seed, args.out, base) for name in args.variants]
-        report = evaluate(runs, args.out / f"report-{args.split}-seed{seed}", args.split)
-        for name, run in zip(["zero-shot", *args.variants], report["runs"]):
-            rows.setdefault(name, []).append(run["metrics"])
-        print(summarise(rows), flush=True)
-        if not args.no_record:  # after every seed, so a cut-off run still leaves its figures
-            write_results(rows, args.seeds[: i + 1], base, time.perf_counter() - started, args.split)
+        for split in [] if args.train_only else args.splits:
+            report = evaluate(runs, args.out / f"report-{split}-seed{seed}", split)
+            for name, run in zip(["zero-shot", *args.variants], report["runs"]):
+                rows[split].setdefault(name, []).append(run["metrics"])
+            print(f"\n{split}:\n{summarise(rows[split])}", flush=True)
+            if not args.no_record:  # after every seed, so a cut-off run still leaves its figures
+                write_results(rows[split], args.seeds[: i + 1], base, time.perf_counter() - started, split, world)
 
 
-def prepare_inputs(out: Path, base: DemoConfig) -> None:
-    """The demo's Shapes-LT preparation and toy-CLIP text cache under ``out`` (skipped when done)."""
-    prepare(out / "prepared", base)
+def prepare_inputs(out: Path, base: DemoConfig, imbalance_ratio: float | None = None, variant: int = 0) -> None:
+    """The demo's Shapes-LT preparation and toy-CLIP text cache under ``out`` (skipped when done);
+    ``imbalance_ratio`` and ``variant`` other than the defaults prepare that world variant instead."""
+    if imbalance_ratio is None and variant == 0:
+        prepare(out / "prepared", base)
+    else:
+        from sage_cli.prepare import PrepareConfig
+        from sage_cli.prepare import run as prepare_world
+
+        prepare_world(PrepareConfig(dataset="shapes-lt", out=out / "prepared", seed=base.seed,
+                                    imbalance_ratio=imbalance_ratio, variant=variant))
     encode(out / "prepared", out / "text", base)
+
+
+def world_tag(world: dict) -> str:
+    """'' for the default world, else e.g. 'ir50-v0' (imbalance ratio 50, class-order variant 0)."""
+    if world.get("imbalance_ratio") is None and not world.get("variant"):
+        return ""
+    ratio = world.get("imbalance_ratio")
+    return f"ir{100 if ratio is None else ratio:g}-v{world.get('variant') or 0}"
 
 
 def machine_description() -> str:
@@ -134,23 +171,33 @@ def machine_description() -> str:
 
 
 def write_results(rows: dict[str, list[dict]], seeds: list[int], base: DemoConfig, seconds: float,
-                  split: str = "test") -> None:
+                  split: str = "test", world: dict | None = None) -> None:
+    world = world or {}
+    tag = world_tag(world)
     table = summarise(rows)
     paired = summarise_against(rows, seeds)
     machine = machine_description()
-    record = {"seeds": seeds, "split": split, "settings": {"epochs": base.epochs, "batch_size": base.batch_size,
-              "lr": base.lr}, "machine": machine, "seconds": round(seconds), "results": rows}
-    if split == "val":  # choices are made on val; RESULTS.md holds the test tables only
+    record = {"seeds": seeds, "split": split, "world": world, "settings": {"epochs": base.epochs,
+              "batch_size": base.batch_size, "lr": base.lr, "augment": base.augment,
+              "torch_threads": torch.get_num_threads()}, "machine": machine, "seconds": round(seconds),
+              "results": rows}
+    title = "Shapes-LT" + (f" variant {tag}" if tag else "") + f": methods and ablations ({split} split)"
+    text = (f"# {title}\n\nSeeds {seeds}; demo settings (epochs {base.epochs}, batch {base.batch_size}, lr "
+            f"{base.lr}, augment {base.augment}); toy CLIP v2; {split} split, top-1 %, mean ± sample std over "
+            f"seeds.\nMachine: {machine}; {torch.get_num_threads()} torch thread(s); {record['seconds']} s in all."
+            f"\n\n{table}\n"
+            + (f"\nDifference to lift, paired by seed (points): mean [95% t-interval].\n\n{paired}\n" if paired else ""))
+    if tag:
+        (HERE / "results").mkdir(exist_ok=True)
+        (HERE / "results" / f"{tag}-{split}.json").write_text(json.dumps(record, indent=2) + "\n")
+        (HERE / "results" / f"{tag}-{split}.md").write_text(text)
+    elif split == "val":  # choices are made on val; RESULTS.md holds the test tables only
         (HERE / "results-val.json").write_text(json.dumps(record, indent=2) + "\n")
-        print(f"\nval, paired by seed against lift:\n{paired}", flush=True)
-        return
-    (HERE / "results.json").write_text(json.dumps(record, indent=2) + "\n")
-    (HERE / "RESULTS.md").write_text(
-        f"# Shapes-LT: methods and ablations\n\nSeeds {seeds}; demo settings (epochs {base.epochs}, "
-        f"batch {base.batch_size}, lr {base.lr}); toy CLIP; test split, top-1 %, mean ± sample std over "
-        f"seeds.\nMachine: {machine}; {record['seconds']} s in all.\n\n{table}\n"
-        + (f"\nDifference to lift, paired by seed (points): mean [95% t-interval].\n\n{paired}\n" if paired else "")
-    )
+        (HERE / "results-val.md").write_text(text)
+    else:
+        (HERE / "results.json").write_text(json.dumps(record, indent=2) + "\n")
+        (HERE / "RESULTS.md").write_text(text)
+    print(f"\n{split}, paired by seed against lift:\n{paired}", flush=True)
 
 
 if __name__ == "__main__":

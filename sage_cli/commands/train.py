@@ -53,6 +53,7 @@ def command(
     cb_beta: float = typer.Option(0.9999, "--cb-beta", help="beta of the class-balanced loss.", rich_help_panel=LOSS),
     lade_weight: float = typer.Option(0.1, "--lade-weight", help="Weight of LADE's estimator term.", rich_help_panel=LOSS),
     lade_lambda: float = typer.Option(0.1, "--lade-lambda", help="LADE's ReMINE regulariser.", rich_help_panel=LOSS),
+    text_align: float = typer.Option(0.0, "--text-align", help="beta of the text-alignment term: the adjusted CE of the frozen text classifier on the image features (LA family; 0: none).", rich_help_panel=LOSS),
     blocks: str | None = typer.Option(None, "--blocks", "--adapter-blocks", help="Vision blocks the PEFT module tunes, e.g. 0-5 or 0,2,4 (default: all).", rich_help_panel=ADAPTER),
     bottleneck: int | None = typer.Option(None, "--bottleneck", help="Adapter width / LoRA rank (default: LIFT's rule).", rich_help_panel=ADAPTER),
     prompt_tokens: int = typer.Option(10, "--prompt-tokens", help="Prompts per prompted block (VPT).", rich_help_panel=ADAPTER),

@@ -67,6 +67,7 @@ class LossConfig:
     cb_beta: float = 0.9999
     lade_weight: float = 0.1
     lade_lambda: float = 0.1
+    text_align: float = 0.0  # beta of the text-alignment term (LA family only); 0: none
 
     def __post_init__(self) -> None:
         if self.loss is not None and self.loss not in LOSSES:
@@ -84,6 +85,7 @@ class LossConfig:
             (0 <= self.cb_beta < 1, f"--cb-beta must be in [0, 1); got {self.cb_beta}"),
             (self.lade_weight >= 0, f"--lade-weight must be >= 0; got {self.lade_weight}"),
             (self.lade_lambda >= 0, f"--lade-lambda must be >= 0; got {self.lade_lambda}"),
+            (self.text_align >= 0, f"--text-align must be >= 0; got {self.text_align}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -120,6 +122,9 @@ def build_loss(
         raise SageError(f"classes {empty[:5]} have no training images; every class needs at least one")
     if cfg.loss is None or cfg.compensation is None:
         raise SageError("the loss config is unresolved (loss / compensation None): call LossConfig.resolve(method)")
+    if cfg.text_align > 0 and cfg.loss not in COMPENSATED_LOSSES:
+        raise SageError(f"--text-align composes with the logit-adjusted losses ({', '.join(COMPENSATED_LOSSES)}) "
+                        f"only; got --loss {cfg.loss}")
     estimator = build_estimator(cfg.compensation, class_counts, text_embeddings.detach().cpu(), cfg)
     if estimator.needs_zero_shot:
         if zero_shot_features is None:
@@ -127,6 +132,8 @@ def build_loss(
                             "images (zero_shot_features)")
         features, labels = zero_shot_features
         estimator.fit_zero_shot(features.detach().float().cpu(), labels.detach().long().cpu(), logit_scale)
+    if cfg.text_align > 0:
+        return LOSSES[cfg.loss](cfg, class_counts, estimator, logit_scale, text_embeddings=text_embeddings.detach().cpu())
     return LOSSES[cfg.loss](cfg, class_counts, estimator, logit_scale)
 
 

@@ -8,7 +8,9 @@ as LIFT's is per GPU).
 
 - ``ce``: CE(z, y).
 - ``la``: CE(z + tau log pi - delta, y), logit adjustment (Menon et al.) with the compensation
-  delta of :mod:`sage_cli.losses.compensation`.
+  delta of :mod:`sage_cli.losses.compensation`; with ``text_align`` beta > 0, plus
+  beta * CE(s cos(v(x), t) + tau log pi - delta, y): the same loss through the frozen text
+  classifier t (the class text vectors), which keeps the tuned image features aligned with it.
 - ``bs``: balanced softmax (Ren et al.), CE(z + log pi - delta, y): LA at tau = 1.
 - ``focal``: mean (1 - p_y)^gamma CE_i (Lin et al.).
 - ``ldam``: CE(z - s m_y e_y, y), m_y proportional to n_y^(-1/4), max m = --ldam-margin, s the
@@ -65,12 +67,23 @@ class CrossEntropy(ClassificationLoss):
 
 
 class CompensatedLALoss(ClassificationLoss):
-    """CE(logits + tau * log(pi) - delta, y); in train mode the estimator sees the batch first."""
+    """CE(logits + tau * log(pi) - delta, y); in train mode the estimator sees the batch first.
+
+    With ``cfg.text_align`` beta > 0 and ``text_embeddings`` [C, E], the same adjusted CE of the
+    frozen text classifier on the image features, s * cos(v(x), t_y), is added with weight beta
+    (docs/method.md#text-alignment).
+    """
 
     def __init__(self, cfg: LossConfig, class_counts: torch.Tensor, estimator: CompensationEstimator,
-                 logit_scale: float = 25.0) -> None:
+                 logit_scale: float = 25.0, text_embeddings: torch.Tensor | None = None) -> None:
         super().__init__(cfg, class_counts, estimator, logit_scale)
         self.estimator = estimator
+        self.text_align = float(cfg.text_align)
+        self.scale = float(logit_scale)
+        if self.text_align > 0:
+            if text_embeddings is None:
+                raise ValueError("text_align > 0 needs the class text embeddings")
+            self.register_buffer("text", F.normalize(text_embeddings.detach().float(), dim=-1))  # t, [C, E]
 
     @property
     def tau(self) -> float:
@@ -78,8 +91,9 @@ class CompensatedLALoss(ClassificationLoss):
 
     @property
     def needs_features(self) -> bool:
-        """Whether :meth:`forward` needs the image features (the semantic estimator's statistics)."""
-        return self.estimator.needs_features
+        """Whether :meth:`forward` needs the image features (the semantic estimator's statistics,
+        the text-alignment term)."""
+        return self.estimator.needs_features or self.text_align > 0
 
     def observe_empty(self, feature_dim: int, device: torch.device) -> None:
         """The statistics still meet the other ranks' all-reduce."""
@@ -98,10 +112,16 @@ class CompensatedLALoss(ClassificationLoss):
         if self.training:
             if features is None and self.estimator.needs_features:
                 raise ValueError(f"the {self.cfg.compensation!r} compensation needs the image features")
-            if features is not None:
+            if features is not None and self.estimator.needs_features:
                 self.estimator.update(features, labels)
         offset = self.tau * self.log_prior - self.estimator.delta()  # [C]
-        return F.cross_entropy(logits.float() + offset, labels)
+        loss = F.cross_entropy(logits.float() + offset, labels)
+        if self.text_align > 0:
+            if features is None:
+                raise ValueError("the text-alignment term needs the image features")
+            text_logits = self.scale * F.normalize(features.float(), dim=-1) @ self.text.t()  # [B, C]
+            loss = loss + self.text_align * F.cross_entropy(text_logits + offset, labels)
+        return loss
 
 
 class BalancedSoftmax(CompensatedLALoss):

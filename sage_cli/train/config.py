@@ -246,7 +246,7 @@ def build_train_config(options: Mapping[str, Any]) -> TrainConfig:
                                "num_workers", "augment", "eval_split", "skip_bad", "sampler")),
         model=ModelConfig(model=o.get("model"), pretrained=o.get("pretrained"), adapter=adapter),
         loss=LossConfig(**pick("loss", "compensation", "tau", "lam", "kappa", "delta_max", "ema", "focal_gamma",
-                               "ldam_margin", "cb_beta", "lade_weight", "lade_lambda")),
+                               "ldam_margin", "cb_beta", "lade_weight", "lade_lambda", "text_align")),
         optim=OptimConfig(**pick("epochs", "lr", "momentum", "weight_decay", "warmup_epochs", "warmup_steps")),
         run=RunConfig(**pick("out", "seed", "max_steps", "eval_every", "checkpoint_every", "log_every",
                              "device", "force", "resume")),
