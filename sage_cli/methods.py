@@ -38,6 +38,7 @@ class MethodSpec:
     peft: str | None = None  # key of sage_cli.model.peft.PEFT_MODULES; None: the tower stays as it is
     guidance: bool | None = None  # SG-Adapter text guidance default; None: the method has none
     guidance_topk: int | None = None  # guidance routed to each image's top-k frozen zero-shot tokens; None: all
+    guidance_gate: float | None = None  # guidance attention biased by log p0(m|x), the frozen zero-shot posterior at this scale
     loss: str = "la"  # key of sage_cli.losses.LOSSES
     compensation: str = "none"  # key of sage_cli.losses.ESTIMATORS
     head: str = "cosine"  # key of sage_cli.model.head.HEADS
@@ -66,6 +67,9 @@ _SPECS = (
     MethodSpec("sage-topk", "SG-Adapter whose guidance attends only to each image's top-5 classes of the frozen "
                "zero-shot prediction, with the semantic compensation factor", peft="sg-adapter", guidance=True,
                guidance_topk=5, compensation="semantic"),
+    MethodSpec("sage-gate", "SG-Adapter whose guidance attention is biased by each image's frozen zero-shot "
+               "posterior over the class tokens, with the semantic compensation factor", peft="sg-adapter",
+               guidance=True, guidance_gate=25.0, compensation="semantic"),
     MethodSpec("sage-zs", "SG-Adapter with the zero-shot compensation factor: the frozen zero-shot classifier's "
                "own label bias on the training images, corrected in the loss", peft="sg-adapter", guidance=True,
                compensation="zero-shot"),

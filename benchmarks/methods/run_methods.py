@@ -48,6 +48,7 @@ VARIANTS = {
     "sage, text-align 0.5": ("sage", {"text_align": 0.5}),
     "lift, text-align 0.5": ("lift", {"text_align": 0.5}),
     "sage, text-align 1": ("sage", {"text_align": 1.0}),
+    "sage-gate": ("sage-gate", {}),
 }
 DEFAULT_VARIANTS = ["linear", "lift", "sage", "sage, guidance off", "sage, compensation none",
                     "sage, compensation count", "sage, lambda 1"]

@@ -60,6 +60,7 @@ def command(
     guidance: bool | None = typer.Option(None, "--guidance/--no-guidance", help="Text guidance in the SG-Adapters (sage only; default on).", rich_help_panel=ADAPTER, metavar=""),
     guidance_tokens: int | None = typer.Option(None, "--guidance-tokens", help="Guidance tokens M (default: one per class).", rich_help_panel=ADAPTER),
     guidance_topk: int | None = typer.Option(None, "--guidance-topk", help="Route each image's guidance to its top-k tokens of the frozen zero-shot prediction (default: the method's: 5 for sage-topk, all otherwise; 0: all).", rich_help_panel=ADAPTER),
+    guidance_gate: float | None = typer.Option(None, "--guidance-gate", help="Bias the guidance attention by each image's frozen zero-shot log-posterior at this scale (default: the method's: 25 for sage-gate, off otherwise; 0: off).", rich_help_panel=ADAPTER),
     activation: Activation = typer.Option("relu", "--activation", help="Adapter activation (sage, lift).", rich_help_panel=ADAPTER),
     attn_heads: int = typer.Option(1, "--attn-heads", help="Heads of the guidance attention (must divide --bottleneck).", rich_help_panel=ADAPTER),
     epochs: int = typer.Option(10, "--epochs", help="Training epochs.", rich_help_panel=OPTIM),

@@ -15,7 +15,10 @@ no per-image copy of K, V and no [B, N, M] tensor outside the fused kernel.
 Routed guidance (``GuidanceBank(top_k=k)``, ``--method sage-topk``): while the classifier runs an
 image batch it sets the bank's per-image token mask [B, M] (the k guidance tokens closest to the
 image's frozen zero-shot feature, :meth:`GuidanceBank.routed`), and each token of an image attends
-to those k only. With ``record_attention`` an adapter computes the attention explicitly and keeps
+to those k only. Gated guidance (``GuidanceBank(gate=s0)``, ``--method sage-gate``) adds each
+image's frozen zero-shot log-posterior over the tokens, log_softmax(s0 cos(f0(x), T)) [B, M], to
+the attention logits: the image's likely classes are attended more before anything is learned.
+With ``record_attention`` an adapter computes the attention explicitly and keeps
 it (``last_attention`` [B, h, N, M]: what the output was computed from) for the attention probe.
 """
 
@@ -41,17 +44,27 @@ class GuidanceBank(nn.Module):
     one buffer. The buffer is not persistent: it is rebuilt from the class embeddings, never saved.
     """
 
-    def __init__(self, tokens: torch.Tensor, top_k: int | None = None, batch_first: bool = True) -> None:
+    def __init__(self, tokens: torch.Tensor, top_k: int | None = None, batch_first: bool = True,
+                 gate: float | None = None) -> None:
         super().__init__()
+        if gate is not None and not gate > 0:
+            raise ValueError(f"the zero-shot gate's scale must be > 0; got {gate}")
         if tokens.ndim != 2:
             raise ValueError(f"guidance tokens must be [M, E]; got shape {tuple(tokens.shape)}")
         if top_k is not None and not 1 <= top_k <= tokens.shape[0]:
             raise ValueError(f"top-k routing needs 1 <= k <= {tokens.shape[0]} guidance tokens; got {top_k}")
         self.register_buffer("tokens", tokens.detach().clone().float(), persistent=False)
         self.top_k = top_k
+        self.gate = gate  # s0 of the zero-shot gate; None: not gated
         self.batch_first = batch_first  # the tower's token layout: [B, N, D] (True) or [N, B, D]
         self.mask: torch.Tensor | None = None  # [B, M] bool while a routed batch runs
+        self.bias: torch.Tensor | None = None  # [B, M] log p0(m|x) while a gated batch runs
         self.bypass = False  # True: every adapter holding this bank outputs 0 (the frozen tower)
+
+    @property
+    def needs_frozen_pass(self) -> bool:
+        """Whether each batch first needs the frozen tower's features (routing or gate)."""
+        return bool(self.top_k) or bool(self.gate)
 
     @property
     def num_tokens(self) -> int:
@@ -70,14 +83,21 @@ class GuidanceBank(nn.Module):
         top = scores.topk(self.top_k, dim=-1).indices  # [B, k]
         return torch.zeros_like(scores, dtype=torch.bool).scatter_(1, top, True)
 
+    def compute_gate(self, frozen_features: torch.Tensor) -> torch.Tensor:
+        """[B, M]: log p0(m|x) = log_softmax(gate * cos(f0(x), T_m)), the frozen zero-shot posterior."""
+        scores = F.normalize(frozen_features.float(), dim=-1) @ self.tokens.t()  # [B, M]
+        return (self.gate * scores).log_softmax(dim=-1)
+
     @contextmanager
     def routed(self, frozen_features: torch.Tensor) -> Iterator[None]:
-        """Within the block, the adapters attend to each image's top-k tokens only."""
-        self.mask = self.compute_route(frozen_features)
+        """Within the block, the adapters attend to each image's top-k tokens only and/or under its gate."""
+        self.mask = self.compute_route(frozen_features) if self.top_k else None
+        self.bias = self.compute_gate(frozen_features) if self.gate else None
         try:
             yield
         finally:
             self.mask = None
+            self.bias = None
 
     @contextmanager
     def bypassed(self) -> Iterator[None]:
@@ -152,24 +172,28 @@ class SGAdapter(AdapterModule):
         num_tokens = tokens.shape[0]
         k_h = k.to(q.dtype).view(1, num_tokens, self.heads, head_dim).transpose(1, 2)  # [1, h, M, r/h]
         v_h = v.to(q.dtype).view(1, num_tokens, self.heads, head_dim).transpose(1, 2)  # [1, h, M, r/h]
-        if self.guidance.mask is not None or self.record_attention:
+        if self.guidance.mask is not None or self.guidance.bias is not None or self.record_attention:
             return self.attend_per_image(q, k_h, v_h)
         q_h = q.reshape(1, -1, self.heads, head_dim).transpose(1, 2)  # [1, h, B*N, r/h]
         out = F.scaled_dot_product_attention(q_h, k_h, v_h)  # [1, h, B*N, r/h]
         return out.transpose(1, 2).reshape(q.shape)
 
     def attend_per_image(self, q: torch.Tensor, k_h: torch.Tensor, v_h: torch.Tensor) -> torch.Tensor:
-        """The attention image by image: under the bank's mask [B, M] (routed), and/or recorded."""
+        """The attention image by image: under the bank's mask [B, M] (routed), its gate, and/or recorded."""
         tokens_first = not self.guidance.batch_first
         q_b = q.transpose(0, 1) if tokens_first else q  # [B, N, r]
         batch, length = q_b.shape[0], q_b.shape[1]
         q_h = q_b.reshape(batch, length, self.heads, -1).transpose(1, 2)  # [B, h, N, r/h]
         mask = self.guidance.mask
         bias = None
-        if mask is not None:
-            if mask.shape[0] != batch:
-                raise ValueError(f"routing mask is for {mask.shape[0]} images, the batch has {batch}")
-            bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~mask, float("-inf"))
+        gate = self.guidance.bias
+        if mask is not None or gate is not None:
+            shape = (mask if mask is not None else gate).shape
+            if shape[0] != batch:
+                raise ValueError(f"routing mask is for {shape[0]} images, the batch has {batch}")
+            bias = torch.zeros(shape, dtype=q.dtype, device=q.device) if gate is None else gate.to(q.dtype).clone()
+            if mask is not None:
+                bias.masked_fill_(~mask, float("-inf"))
             bias = bias[:, None, None, :]  # [B, 1, 1, M]
         if self.record_attention:
             scores = q_h @ k_h.transpose(-1, -2) / math.sqrt(q_h.shape[-1])  # [B, h, N, M]

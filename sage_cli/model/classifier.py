@@ -27,9 +27,10 @@ class SageClassifier(nn.Module):
     they make :attr:`trainable_names`, the one list that sets ``requires_grad``, gives the
     optimizer its parameters and is what :meth:`trainable_state_dict` saves.
 
-    With routed guidance (a :class:`~sage_cli.model.adapters.GuidanceBank` with ``top_k``) every
-    pass through the tower is two: the frozen tower first (adapters bypassed, no gradient), whose
-    features pick each image's top-k guidance tokens, then the tuned tower under that routing.
+    With routed or gated guidance (a :class:`~sage_cli.model.adapters.GuidanceBank` with ``top_k``
+    or ``gate``) every pass through the tower is two: the frozen tower first (adapters bypassed, no
+    gradient), whose features pick each image's top-k guidance tokens and/or its zero-shot gate,
+    then the tuned tower under that routing.
     """
 
     def __init__(self, visual: nn.Module, head: nn.Module, config: AdapterConfig, tuned: Sequence[str] = ()) -> None:
@@ -40,7 +41,8 @@ class SageClassifier(nn.Module):
         head_names = [f"head.{name}" for name, _ in head.named_parameters()] if config.spec.train_head else []
         self.trainable_names: tuple[str, ...] = tuple(f"visual.{name}" for name in tuned) + tuple(head_names)
         mark_only_trainable(self, self.trainable_names)
-        banks = {id(a.guidance): a.guidance for a in self.adapters() if a.guidance is not None and a.guidance.top_k}
+        banks = {id(a.guidance): a.guidance for a in self.adapters()
+                 if a.guidance is not None and a.guidance.needs_frozen_pass}
         self._routed_banks = tuple(banks.values())  # a tuple: not registered again as a submodule
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
@@ -109,6 +111,7 @@ class SageClassifier(nn.Module):
             "adapter_blocks": len(adapters),
             "guidance_tokens": guidance.num_tokens if guidance is not None else None,
             "guidance_topk": guidance.top_k if guidance is not None else None,
+            "guidance_gate": guidance.gate if guidance is not None else None,
             "num_classes": self.head.weight.shape[0],
             "trainable_params": self.num_trainable,
         }

@@ -22,7 +22,9 @@ class AdapterConfig:
     ``guidance_tokens`` None means one token per class (M = C), fewer means k-means centroids.
     ``guidance_topk`` k routes each image's guidance to its k guidance tokens closest to the frozen
     image feature (the top-k of the frozen zero-shot prediction); None (the method's default) means
-    every token, 0 turns a method's routing off.
+    every token, 0 turns a method's routing off. ``guidance_gate`` s0 adds log p0(m|x) =
+    log_softmax(s0 cos(f0(x), T_m)), the frozen zero-shot posterior over the guidance tokens, to the
+    guidance attention's logits (None: the method's; 0: off).
     """
 
     method: MethodName = "sage"
@@ -31,6 +33,7 @@ class AdapterConfig:
     guidance: bool | None = None
     guidance_tokens: int | None = None
     guidance_topk: int | None = None
+    guidance_gate: float | None = None
     activation: ActivationName = "relu"
     attn_heads: int = 1
     logit_scale: float = 25.0
@@ -49,13 +52,19 @@ class AdapterConfig:
             )
         if self.guidance_topk is not None and spec.guidance is None:
             raise SageError(f"--guidance-topk applies to the methods with text guidance; got --method {self.method}")
+        if self.guidance_gate is not None and spec.guidance is None:
+            raise SageError(f"--guidance-gate applies to the methods with text guidance; got --method {self.method}")
         guidance = spec.guidance if self.guidance is None else self.guidance
         topk = spec.guidance_topk if self.guidance_topk is None else self.guidance_topk
+        gate = spec.guidance_gate if self.guidance_gate is None else self.guidance_gate
         if self.guidance_topk and not guidance:
             raise SageError("--guidance-topk routes the text guidance: it needs --guidance")
+        if self.guidance_gate and not guidance:
+            raise SageError("--guidance-gate gates the text guidance: it needs --guidance")
         resolved = {
             "guidance": guidance,
             "guidance_topk": topk if guidance else None,  # 0 stays 0 (off), so a reload keeps it off
+            "guidance_gate": gate if guidance else None,
             "head": spec.head if self.head is None else self.head,
             "head_init": spec.head_init if self.head_init is None else self.head_init,
         }
@@ -77,6 +86,8 @@ class AdapterConfig:
             raise SageError(f"--attn-heads must be a positive integer; got {self.attn_heads}")
         if self.guidance_topk is not None and self.guidance_topk < 0:
             raise SageError(f"--guidance-topk must be >= 0 (0: every token); got {self.guidance_topk}")
+        if self.guidance_gate is not None and not self.guidance_gate >= 0:
+            raise SageError(f"--guidance-gate must be >= 0 (0: off); got {self.guidance_gate}")
         if self.guidance_tokens is not None and self.guidance_tokens < 1:
             raise SageError(f"--guidance-tokens must be a positive integer; got {self.guidance_tokens}")
         if self.head_init_shots < 1:
@@ -103,6 +114,11 @@ class AdapterConfig:
     def routing_topk(self) -> int | None:
         """k of the top-k guidance routing, None when the guidance is not routed."""
         return self.guidance_topk or None
+
+    @property
+    def gate_scale(self) -> float | None:
+        """s0 of the zero-shot gate of the guidance attention, None when it is not gated."""
+        return self.guidance_gate or None
 
     @property
     def use_guidance(self) -> bool:

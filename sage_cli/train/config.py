@@ -238,7 +238,7 @@ def build_train_config(options: Mapping[str, Any]) -> TrainConfig:
     adapter = AdapterConfig(
         method=o["method"], blocks=parse_blocks(o.get("blocks", o.get("adapter_blocks"))),
         guidance=o.get("guidance"),
-        **pick("bottleneck", "guidance_tokens", "guidance_topk", "activation", "attn_heads", "logit_scale", "head", "head_init",
+        **pick("bottleneck", "guidance_tokens", "guidance_topk", "guidance_gate", "activation", "attn_heads", "logit_scale", "head", "head_init",
                 "head_init_shots", "prompt_tokens"),
     )
     return TrainConfig(

@@ -127,6 +127,6 @@ def test_summary_reports_resolved_settings(tiny_clip, class_embeddings) -> None:
     classifier = build_classifier(tiny_clip, class_embeddings, AdapterConfig(method="sage", guidance_tokens=4))
     assert classifier.summary() == {
         "method": "sage", "peft": "sg-adapter", "head": "cosine", "head_init": "text",
-        "bottleneck": 2, "adapter_blocks": 2, "guidance_tokens": 4, "guidance_topk": None,
+        "bottleneck": 2, "adapter_blocks": 2, "guidance_tokens": 4, "guidance_topk": None, "guidance_gate": None,
         "num_classes": 10, "trainable_params": 2054,
     }

@@ -30,6 +30,7 @@ def inject_bottleneck_adapters(visual: nn.Module, blocks: list[int], context: Pe
 
     injected = inject_adapters(visual, make_adapter, blocks)
     routing = f", routed to each image's top {bank.top_k}" if bank is not None and bank.top_k else ""
+    routing += f", gated by the frozen zero-shot posterior (scale {bank.gate:g})" if bank is not None and bank.gate else ""
     logger.info("adapters: %d blocks, bottleneck %d, guidance %s%s", len(injected), bottleneck,
                 f"{bank.num_tokens} tokens" if bank is not None else "off", routing)
     return get_parameter_names(visual, injected.values())
@@ -46,7 +47,7 @@ def build_bank(visual: nn.Module, context: PeftContext) -> GuidanceBank:
         logger.info("guidance routing: the method's top-%d is all %d tokens here", top_k, tokens.shape[0])
         top_k = tokens.shape[0]  # the method's default on a dataset with fewer classes: every token
     batch_first = bool(getattr(getattr(visual, "transformer", None), "batch_first", True))
-    return GuidanceBank(tokens, top_k, batch_first)
+    return GuidanceBank(tokens, top_k, batch_first, gate=cfg.gate_scale)
 
 
 @register_peft("sg-adapter")
