@@ -49,7 +49,14 @@ VARIANTS = {
     "lift, text-align 0.5": ("lift", {"text_align": 0.5}),
     "sage, text-align 1": ("sage", {"text_align": 1.0}),
     "sage-gate": ("sage-gate", {}),
+    # descriptions against templates: the text cache encoded from the world's class descriptions
+    # (sage_cli/assets/shapes_descriptions.json, no templates) for the head, the guidance and the estimator
+    "lift, descriptions": ("lift", {"text": "descriptions"}),
+    "sage, descriptions": ("sage", {"text": "descriptions"}),
+    "sage, guidance off, descriptions": ("sage", {"guidance": False, "text": "descriptions"}),
 }
+# text caches beside out/text (the 18-template ensemble): name -> encode-text options
+TEXT_CACHES = {"descriptions": {"templates": "none", "descriptions": "world"}}
 DEFAULT_VARIANTS = ["linear", "lift", "sage", "sage, guidance off", "sage, compensation none",
                     "sage, compensation count", "sage, lambda 1"]
 HERE = Path(__file__).resolve().parent
@@ -61,11 +68,14 @@ def train_variant(name: str, seed: int, out: Path, base: DemoConfig) -> Path:
     from sage_cli.train import run as train
 
     method, extra = VARIANTS[name]
+    extra = dict(extra)
+    text = extra.pop("text", None)
     run_dir = out / f"seed{seed}" / name.replace(", ", "_").replace(" ", "-")
     if (run_dir / "train.json").exists():  # finished: reused as it is (the report verifies its inputs)
         return run_dir
     options = {
-        "prepared": out / "prepared", "text_cache": out / "text", "out": run_dir, "method": method,
+        "prepared": out / "prepared", "text_cache": out / ("text" if text is None else f"text-{text}"),
+        "out": run_dir, "method": method,
         "epochs": base.epochs, "batch_size": base.batch_size, "lr": base.lr, "augment": base.augment, "seed": seed,
         "device": base.device, "num_workers": 0, "eval_every": 0, **extra,
         # A run cut off by a killed benchmark is redone.
@@ -134,6 +144,8 @@ def main() -> None:
     world = {"imbalance_ratio": args.imbalance_ratio, "variant": args.world_variant}
     started = time.perf_counter()
     prepare_inputs(args.out, base, **world)
+    for text in sorted({VARIANTS[name][1].get("text") for name in args.variants} - {None}):
+        encode_variant(args.out, text, base)
     rows: dict[str, dict[str, list[dict]]] = {split: {"zero-shot": []} for split in args.splits}
     for i, seed in enumerate(args.seeds):
         runs = [train_variant(name, seed, args.out, base) for name in args.variants]
@@ -158,6 +170,22 @@ def prepare_inputs(out: Path, base: DemoConfig, imbalance_ratio: float | None = 
         prepare_world(PrepareConfig(dataset="shapes-lt", out=out / "prepared", seed=base.seed,
                                     imbalance_ratio=imbalance_ratio, variant=variant))
     encode(out / "prepared", out / "text", base)
+
+
+def encode_variant(out: Path, name: str, base: DemoConfig) -> None:
+    """The text cache ``out/text-<name>`` (:data:`TEXT_CACHES`) from the toy CLIP, skipped when done."""
+    from sage_cli.encode_text import EncodeTextConfig
+    from sage_cli.encode_text import run as encode_text
+    from sage_cli.world import SHAPES_DESCRIPTIONS, TOY_MODEL, TOY_WEIGHTS
+
+    options = dict(TEXT_CACHES[name])
+    if options.get("descriptions") == "world":
+        options["descriptions"] = SHAPES_DESCRIPTIONS
+    target = out / f"text-{name}"
+    if (target / "encode.json").is_file():
+        return
+    encode_text(EncodeTextConfig(prepared=out / "prepared", out=target, model=TOY_MODEL, pretrained=str(TOY_WEIGHTS),
+                                 device=base.device, **options))
 
 
 def world_tag(world: dict) -> str:
