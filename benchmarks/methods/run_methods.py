@@ -5,9 +5,10 @@
 
 Reuses `sage demo`'s prepared data and text cache layout under --out and the same training
 settings as the demo (so the table explains what the demo shows). Each run is trained once and
-reported on every split of --splits. On the default world it writes results.json and RESULTS.md
-(test) and results-val.json (val) beside this script unless --no-record; on a world variant
-(--imbalance-ratio, --world-variant) results/<world>-<split>.json and .md.
+reported on every split of --splits. Unless --no-record it writes results/<tag>-<split>.json and
+.md beside this script (tag: --tag, else the world variant, e.g. ir50-v0, else "default") and,
+after a test split, rebuilds RESULTS.md from every results/*-test.md (the default world's first).
+Val figures never enter RESULTS.md: choices are made on them.
 """
 
 from __future__ import annotations
@@ -135,6 +136,7 @@ def main() -> None:
     parser.add_argument("--imbalance-ratio", type=float, default=None, help="world variant: shapes-lt's ratio")
     parser.add_argument("--world-variant", type=int, default=0, help="world variant: the class order/count seed")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (recorded)")
+    parser.add_argument("--tag", default=None, help="name of the records and reports (default: the world's)")
     parser.add_argument("--train-only", action="store_true",
                         help="train the runs and report nothing (a second job beside one that reports)")
     parser.add_argument("--no-record", action="store_true")
@@ -150,12 +152,14 @@ def main() -> None:
     for i, seed in enumerate(args.seeds):
         runs = [train_variant(name, seed, args.out, base) for name in args.variants]
         for split in [] if args.train_only else args.splits:
-            report = evaluate(runs, args.out / f"report-{split}-seed{seed}", split)
+            tag = args.tag or world_tag(world) or "default"
+            report = evaluate(runs, args.out / f"report-{tag}-{split}-seed{seed}", split)
             for name, run in zip(["zero-shot", *args.variants], report["runs"]):
                 rows[split].setdefault(name, []).append(run["metrics"])
             print(f"\n{split}:\n{summarise(rows[split])}", flush=True)
             if not args.no_record:  # after every seed, so a cut-off run still leaves its figures
-                write_results(rows[split], args.seeds[: i + 1], base, time.perf_counter() - started, split, world)
+                write_results(rows[split], args.seeds[: i + 1], base, time.perf_counter() - started, split, world,
+                              args.tag)
 
 
 def prepare_inputs(out: Path, base: DemoConfig, imbalance_ratio: float | None = None, variant: int = 0) -> None:
@@ -202,9 +206,9 @@ def machine_description() -> str:
 
 
 def write_results(rows: dict[str, list[dict]], seeds: list[int], base: DemoConfig, seconds: float,
-                  split: str = "test", world: dict | None = None) -> None:
+                  split: str = "test", world: dict | None = None, tag: str | None = None) -> None:
     world = world or {}
-    tag = world_tag(world)
+    tag = tag or world_tag(world) or "default"
     table = summarise(rows)
     paired = summarise_against(rows, seeds)
     machine = machine_description()
@@ -212,23 +216,29 @@ def write_results(rows: dict[str, list[dict]], seeds: list[int], base: DemoConfi
               "batch_size": base.batch_size, "lr": base.lr, "augment": base.augment,
               "torch_threads": torch.get_num_threads()}, "machine": machine, "seconds": round(seconds),
               "results": rows}
-    title = "Shapes-LT" + (f" variant {tag}" if tag else "") + f": methods and ablations ({split} split)"
-    text = (f"# {title}\n\nSeeds {seeds}; demo settings (epochs {base.epochs}, batch {base.batch_size}, lr "
-            f"{base.lr}, augment {base.augment}); toy CLIP v2; {split} split, top-1 %, mean ± sample std over "
-            f"seeds.\nMachine: {machine}; {torch.get_num_threads()} torch thread(s); {record['seconds']} s in all."
-            f"\n\n{table}\n"
+    world_name = "default world (fine, variant 0, imbalance ratio 100)" if not world_tag(world) else world_tag(world)
+    text = (f"## {tag}: {world_name}, {split} split\n\nSeeds {seeds}; demo settings (epochs {base.epochs}, batch "
+            f"{base.batch_size}, lr {base.lr}, augment {base.augment}); toy CLIP v2; {split} split, top-1 %, mean ± "
+            f"sample std over seeds.\nMachine: {machine}; {torch.get_num_threads()} torch thread(s) per run; "
+            f"{record['seconds']} s in all.\n\n{table}\n"
             + (f"\nDifference to lift, paired by seed (points): mean [95% t-interval].\n\n{paired}\n" if paired else ""))
-    if tag:
-        (HERE / "results").mkdir(exist_ok=True)
-        (HERE / "results" / f"{tag}-{split}.json").write_text(json.dumps(record, indent=2) + "\n")
-        (HERE / "results" / f"{tag}-{split}.md").write_text(text)
-    elif split == "val":  # choices are made on val; RESULTS.md holds the test tables only
-        (HERE / "results-val.json").write_text(json.dumps(record, indent=2) + "\n")
-        (HERE / "results-val.md").write_text(text)
-    else:
-        (HERE / "results.json").write_text(json.dumps(record, indent=2) + "\n")
-        (HERE / "RESULTS.md").write_text(text)
+    results = HERE / "results"
+    results.mkdir(exist_ok=True)
+    (results / f"{tag}-{split}.json").write_text(json.dumps(record, indent=2) + "\n")
+    (results / f"{tag}-{split}.md").write_text(text)
+    if split == "test":
+        collect_results()
     print(f"\n{split}, paired by seed against lift:\n{paired}", flush=True)
+
+
+def collect_results() -> None:
+    """RESULTS.md: every results/*-test.md, the default world's first (val tables stay out)."""
+    parts = sorted((HERE / "results").glob("*-test.md"), key=lambda p: (not p.name.startswith("default"), p.name))
+    body = "\n".join(p.read_text() for p in parts)
+    (HERE / "RESULTS.md").write_text(
+        "# Shapes-LT: methods and ablations (test split)\n\nWritten by `benchmarks/methods/run_methods.py` from "
+        "`results/*-test.md` (raw figures in the matching `.json`); the val tables the choices were made on are "
+        "`results/*-val.md` and TRIALS-v2.md.\n\n" + body)
 
 
 if __name__ == "__main__":
