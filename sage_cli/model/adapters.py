@@ -190,7 +190,7 @@ class SGAdapter(AdapterModule):
         if mask is not None or gate is not None:
             shape = (mask if mask is not None else gate).shape
             if shape[0] != batch:
-                raise ValueError(f"routing mask is for {shape[0]} images, the batch has {batch}")
+                raise ValueError(f"routing mask or gate is for {shape[0]} images, the batch has {batch}")
             bias = torch.zeros(shape, dtype=q.dtype, device=q.device) if gate is None else gate.to(q.dtype).clone()
             if mask is not None:
                 bias.masked_fill_(~mask, float("-inf"))
