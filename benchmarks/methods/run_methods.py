@@ -106,22 +106,29 @@ def summarise(rows: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
+def format_paired(ours: dict[int, float], theirs: dict[int, float]) -> str:
+    """``ours`` - ``theirs`` paired by seed: '+m [low, high]' (95% t-interval), '+m' for one seed, '–' for none."""
+    s = summarise_paired(ours, theirs)
+    if s is None:
+        return "–"
+    return f"{s.mean:+.1f}" + ("" if s.low is None else f" [{s.low:+.1f}, {s.high:+.1f}]")
+
+
+def paired_row(label: str, ours: list[dict], theirs: list[dict], seeds: list[int]) -> str:
+    """A table row: ``ours`` - ``theirs`` (metrics per seed, in ``seeds`` order) for overall / many / medium / few."""
+    cells = [format_paired({seed: 100 * m[key] for seed, m in zip(seeds, ours)},
+                           {seed: 100 * m[key] for seed, m in zip(seeds, theirs)})
+             for key in ("top1", "many", "medium", "few")]
+    return f"| {label} | " + " | ".join(cells) + " |"
+
+
 def summarise_against(rows: dict[str, list[dict]], seeds: list[int], reference: str = "lift") -> str:
     """Each variant minus ``reference``, paired by seed: mean difference and its 95% t-interval (points)."""
     if reference not in rows:
         return ""
     lines = [f"| method - {reference} | overall | many | medium | few |", "|---|---|---|---|---|"]
-    for name, metrics in rows.items():
-        if name in (reference, "zero-shot"):
-            continue
-        cells = []
-        for key in ("top1", "many", "medium", "few"):
-            ours = {seed: 100 * m[key] for seed, m in zip(seeds, metrics)}
-            theirs = {seed: 100 * m[key] for seed, m in zip(seeds, rows[reference])}
-            s = summarise_paired(ours, theirs)
-            cells.append("–" if s is None else f"{s.mean:+.1f}" + ("" if s.low is None else
-                                                                  f" [{s.low:+.1f}, {s.high:+.1f}]"))
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += [paired_row(name, metrics, rows[reference], seeds) for name, metrics in rows.items()
+              if name not in (reference, "zero-shot")]
     return "\n".join(lines)
 
 
@@ -133,18 +140,20 @@ PIECES = [("sage", "sage, guidance off", "guidance on - off (same loss)"),
 
 def summarise_pieces(rows: dict[str, list[dict]], seeds: list[int]) -> str:
     """Each of Sage's pieces on minus off, paired by seed: mean [95% t-interval] (points)."""
-    lines = ["| piece | overall | many | medium | few |", "|---|---|---|---|---|"]
-    for ours, theirs, label in PIECES:
-        if ours not in rows or theirs not in rows:
-            continue
-        cells = []
-        for key in ("top1", "many", "medium", "few"):
-            s = summarise_paired({seed: 100 * m[key] for seed, m in zip(seeds, rows[ours])},
-                                 {seed: 100 * m[key] for seed, m in zip(seeds, rows[theirs])})
-            cells.append("–" if s is None else f"{s.mean:+.1f}" + ("" if s.low is None else
-                                                                  f" [{s.low:+.1f}, {s.high:+.1f}]"))
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) if len(lines) > 2 else ""
+    body = [paired_row(label, rows[ours], rows[theirs], seeds) for ours, theirs, label in PIECES
+            if ours in rows and theirs in rows]
+    return "\n".join(["| piece | overall | many | medium | few |", "|---|---|---|---|---|", *body]) if body else ""
+
+
+# What a record keeps of each run's report metrics (the report's own report.json has the rest:
+# confusion matrices, reliability bins, predicted counts).
+RECORD_KEYS = ("num_samples", "top1", "top5", "many", "medium", "few", "mean_class_accuracy", "ece",
+               "prediction_share", "never_predicted", "per_class_accuracy")
+
+
+def compact(rows: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """``rows`` with each run's metrics cut to :data:`RECORD_KEYS`."""
+    return {name: [{k: m[k] for k in RECORD_KEYS if k in m} for m in metrics] for name, metrics in rows.items()}
 
 
 def main() -> None:
@@ -170,6 +179,7 @@ def main() -> None:
             if path.stem.startswith("world-v1"):
                 continue  # world v1's record predates this layout; its .md is kept as written
             record = json.loads(path.read_text())
+            record["results"] = compact(record["results"])
             write_results(record["results"], record["seeds"], None, record["seconds"], record["split"],
                           record.get("world"), path.stem.rsplit("-", 1)[0], record)
         return
@@ -250,7 +260,7 @@ def write_results(rows: dict[str, list[dict]], seeds: list[int], base: DemoConfi
         record = {"seeds": seeds, "split": split, "world": world, "settings": {"epochs": base.epochs,
                   "batch_size": base.batch_size, "lr": base.lr, "augment": base.augment,
                   "torch_threads": torch.get_num_threads()}, "machine": machine_description(),
-                  "seconds": round(seconds), "results": rows}
+                  "seconds": round(seconds), "results": compact(rows)}
     machine, settings = record["machine"], record["settings"]
     world_name = ("default world (fine, class-order variant 0, imbalance ratio 100)" if not world_tag(world) else
                   f"world variant (fine, class-order variant {world.get('variant') or 0}, imbalance ratio "

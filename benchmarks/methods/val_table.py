@@ -14,7 +14,9 @@ import argparse
 import json
 from pathlib import Path
 
-from sage_cli.stats import summarise, summarise_paired
+from sage_cli.stats import summarise
+
+from run_methods import format_paired  # this script's directory (run as a script)
 
 KEYS = ("top1", "many", "medium", "few")
 
@@ -49,15 +51,9 @@ def format_table(table: dict[str, dict[int, dict]], reference: str) -> str:
     base = table.get(reference, {})
     for name, runs in sorted(table.items(), key=lambda item: (item[0] != reference, item[0])):
         means = [f"{summarise(100 * m[k] for m in runs.values()).mean:.1f}" for k in KEYS]
-        diffs = []
-        for k in KEYS:
-            paired = summarise_paired({s: 100 * m[k] for s, m in runs.items()},
-                                      {s: 100 * m[k] for s, m in base.items()})
-            if name == reference or paired is None:
-                diffs.append("–")
-            else:
-                interval = "" if paired.low is None else f" [{paired.low:+.1f}, {paired.high:+.1f}]"
-                diffs.append(f"{paired.mean:+.1f}{interval}")
+        diffs = ["–" if name == reference else format_paired({s: 100 * m[k] for s, m in runs.items()},
+                                                             {s: 100 * m[k] for s, m in base.items()})
+                 for k in KEYS]
         seeds = ",".join(str(s) for s in sorted(runs))
         lines.append(f"| {name} | {seeds} | " + " | ".join(means) + " | " + " | ".join(diffs) + " |")
     return "\n".join(lines)
