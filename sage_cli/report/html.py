@@ -15,7 +15,9 @@ from typing import Any
 from sage_cli.artifacts import GROUPS
 from sage_cli.report.figures import render_figures, run_colour
 from sage_cli.report.markdown import (
+    CLASS_HEADER,
     COLUMNS,
+    class_rows,
     delta_rows,
     format_percent,
     group_rows,
@@ -144,12 +146,10 @@ def _plots_section(report: dict[str, Any], figures: dict[str, tuple[str, str]]) 
 
 
 def _class_section(report: dict[str, Any]) -> str:
-    """Mean class accuracy and the classes never predicted, per run."""
-    total = report["dataset"]["num_classes"]
-    rows = [[run["name"], format_percent(run["metrics"].get("mean_class_accuracy")),
-             f"{run['metrics'].get('never_predicted', 0)} of {total}"] for run in report["runs"]]
-    return ("<h2>Classes</h2>" + _table("classes", ["Run", "Mean class accuracy", "Classes never predicted"], rows)
-            + '<p class="note">Mean class accuracy: the mean of per-class top-1 (%), each class counting once. '
+    """Class-level summaries (mean, worst, harmonic and geometric mean, macro-F1) and the classes never predicted."""
+    return ("<h2>Classes</h2>" + _table("classes", list(CLASS_HEADER), class_rows(report))
+            + '<p class="note">Each class counts once: the mean, lowest, harmonic and geometric mean of per-class '
+            "top-1 (%, LIFT's definitions) and the mean of per-class F1. "
             "Never predicted: classes that no test image is assigned to.</p>")
 
 

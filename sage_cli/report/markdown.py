@@ -100,6 +100,22 @@ def share_rows(report: dict[str, Any]) -> list[list[str]]:
             for run in report["runs"]]
 
 
+# Each class counting once: the mean, LIFT's worst-class, harmonic and geometric means, and macro-F1.
+CLASS_COLUMNS = (("mean_class_accuracy", "Mean class"), ("worst_class_accuracy", "Worst class"),
+                 ("hmean_class_accuracy", "Harmonic mean"), ("gmean_class_accuracy", "Geometric mean"),
+                 ("macro_f1", "Macro-F1"))
+CLASS_HEADER = ("Run", *(title for _, title in CLASS_COLUMNS), "Classes never predicted")
+
+
+def class_rows(report: dict[str, Any]) -> list[list[str]]:
+    """Per run: the class-level summaries (%) and how many classes no test image is assigned to.
+
+    Reports written before these summaries existed show a dash for them."""
+    total = report["dataset"]["num_classes"]
+    return [[run["name"], *(format_percent(run["metrics"].get(key)) for key, _ in CLASS_COLUMNS),
+             f"{run['metrics'].get('never_predicted', 0)} of {total}"] for run in report["runs"]]
+
+
 def true_shares(report: dict[str, Any]) -> dict[str, float | None]:
     share = report["runs"][0]["metrics"]["prediction_share"]
     return {g: share[g]["true"] for g in GROUPS}
@@ -135,9 +151,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += ["", "## Prediction share by group (% of predictions; true share in the header)", "",
               *_table(["Run", *(f"{g.capitalize()} (true {format_percent(truth[g])})" for g in GROUPS)],
                       share_rows(report))]
-    lines += ["", "## Classes", "", *_table(["Run", "Mean class accuracy", "Classes never predicted"], [
-        [run["name"], format_percent(run["metrics"].get("mean_class_accuracy")),
-         f"{run['metrics'].get('never_predicted', 0)} of {data['num_classes']}"] for run in report["runs"]])]
+    lines += ["", "## Classes", "", *_table(list(CLASS_HEADER), class_rows(report))]
     lines += ["", "## Most confused pairs", ""]
     for run in report["runs"]:
         pairs = run["metrics"]["confused_pairs"]  # the same list as report.json and report.html

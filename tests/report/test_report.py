@@ -47,6 +47,12 @@ def test_zero_shot_report_writes_every_output_consistently(tiny_data, tmp_path: 
     m = report["runs"][0]["metrics"]
     assert m["top1"] == pytest.approx((top[:, 0] == labels).mean())
     assert m["top5"] == 1.0  # 4 classes: the label is always in the top 4
+    per_class_top1 = np.array([(top[labels == c, 0] == c).mean() for c in range(4)])
+    assert m["worst_class_accuracy"] == pytest.approx(per_class_top1.min())
+    assert m["gmean_class_accuracy"] == pytest.approx(np.prod(per_class_top1) ** 0.25)
+    tp = np.array([((top[:, 0] == c) & (labels == c)).sum() for c in range(4)])
+    f1 = 2 * tp / (np.bincount(top[:, 0], minlength=4) + 3)  # 3 test images per class
+    assert m["macro_f1"] == pytest.approx(f1.mean())
     many = labels == 0
     assert m["many"] == pytest.approx((top[many, 0] == 0).mean())
     scores = np.stack(cached["top_scores"].to_numpy())
