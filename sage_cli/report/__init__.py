@@ -37,7 +37,7 @@ from sage_cli.report.sources import (
     load_run_source,
     load_zero_shot_source,
 )
-from sage_cli.report.tte import build_five_crop_transform
+from sage_cli.report.tte import TTE_MARGIN, TTE_MODES, build_tte_transform
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +58,8 @@ class ReportConfig:
     text_cache: Path | None = None  # the zero-shot head's text cache; for runs, where theirs now is
     prepared: Path | None = None  # where the runs' prepared dataset now is (found by its hashes otherwise)
     tte: bool = False
+    tte_mode: str = "five-crop"  # one of TTE_MODES (with tte)
+    tte_expand: int = TTE_MARGIN  # px added before cropping (five-crop, ten-crop), LIFT's ``expand``
     split: str = "test"
     checkpoint: Path | None = None  # instead of RUN_DIR/adapter.safetensors (one run only)
     batch_size: int = 64
@@ -78,6 +80,10 @@ class ReportConfig:
             raise SageError("--zero-shot PREPARED_DIR and --text-cache TEXT_DIR go together")
         if self.text_cache is not None and self.zero_shot is None and not self.runs:
             raise SageError("--text-cache needs --zero-shot PREPARED_DIR or RUN_DIR(s)")
+        if self.tte_mode not in TTE_MODES:
+            raise SageError(f"--tte-mode must be one of {', '.join(TTE_MODES)}; got {self.tte_mode!r}")
+        if not 0 <= self.tte_expand <= 1024:
+            raise SageError(f"--tte-expand must be between 0 and 1024 px; got {self.tte_expand}")
         if self.split not in ("test", "val"):
             raise SageError(f"--split must be test or val; got {self.split!r}")
         if self.checkpoint is not None and len(self.runs) != 1:
@@ -89,6 +95,15 @@ class ReportConfig:
         object.__setattr__(self, "tau", tuple(float(t) for t in self.tau))
         if len(set(self.tau)) != len(self.tau):
             raise SageError(f"--tau values must differ; got {', '.join(f'{t:g}' for t in self.tau)}")
+
+    @property
+    def tte_protocol(self) -> dict[str, Any]:
+        """What decides the test-time views, as recorded: ``tte`` and, off LIFT's default protocol
+        (five crops, 24 px), the mode and expand (so caches written before the modes stay valid)."""
+        protocol: dict[str, Any] = {"tte": self.tte}
+        if self.tte and (self.tte_mode, self.tte_expand) != ("five-crop", TTE_MARGIN):
+            protocol.update(tte_mode=self.tte_mode, tte_expand=self.tte_expand)
+        return protocol
 
     @property
     def needs_logits(self) -> bool:
@@ -113,7 +128,7 @@ def _run_locked(config: ReportConfig, progress: Progress | None) -> ReportResult
     sources = load_sources(config)
     check_same_test_set(sources)
     inputs = {"sources": [{"name": s.name, **s.identity} for s in sources],
-              "split": config.split, "tte": config.tte, **_output_options(config)}
+              "split": config.split, **config.tte_protocol, **_output_options(config)}
     fingerprint = artifacts.sha256_json(inputs)
     out = Path(config.out)
     check_reference(config.reference, sources, config.tau)
@@ -127,7 +142,7 @@ def _run_locked(config: ReportConfig, progress: Progress | None) -> ReportResult
     entries, evaluated = evaluate_sources(sources, config, resolve_device(config.device), progress)
     groups = seeds.assign_groups(entries)
     report = artifacts.build_record(
-        STAGE, inputs, split=config.split, tte=config.tte,
+        STAGE, inputs, split=config.split, **config.tte_protocol,
         dataset=build.build_dataset_entry(sources[0].test_set),
         runs=entries, deltas=build.compute_deltas(entries),
         groups=seeds.compute_group_rows(groups, entries), reference=config.reference,
@@ -208,7 +223,7 @@ def predict(
     source: Source, config: ReportConfig, device: torch.device, progress: Progress | None
 ) -> tuple[Predictions, dict[str, Any]]:
     """The source's predictions: from its cache when the fingerprint matches, else evaluated now."""
-    cache_inputs = {**source.identity, "split": config.split, "tte": config.tte}
+    cache_inputs = {**source.identity, "split": config.split, **config.tte_protocol}
     fingerprint = artifacts.sha256_json(cache_inputs)
     cached = load_cached_predictions(source.cache_dir, fingerprint)
     saved = load_logits(source.cache_dir, fingerprint) if cached is not None and config.needs_logits else None
@@ -219,13 +234,14 @@ def predict(
             predictions = replace(predictions, logits=saved[0])
         return predictions, {**record.get("evaluation", {}), "cached": True}
     classifier, backbone = source.build(device)
-    transform = build_five_crop_transform(backbone) if config.tte else build_eval_transform(backbone)
+    transform = (build_tte_transform(backbone, config.tte_mode, config.tte_expand) if config.tte
+                 else build_eval_transform(backbone))
     loader = build_eval_loader(source.test_set, transform, config.batch_size, config.num_workers, device)
     predictions, stats = evaluate_classifier(classifier, loader, device, len(source.test_set.samples), progress,
                                              keep_logits=config.needs_logits)
     evaluation = {"seconds": round(stats.seconds, 3), "images_per_second": round(stats.images_per_second, 1),
                   "device": stats.device, "precision": stats.precision, "batch_size": config.batch_size,
-                  "tte": config.tte, "image_size": backbone.get("image_size")}
+                  **config.tte_protocol, "image_size": backbone.get("image_size")}
     with explain_write_errors(source.cache_dir, "predictions cache"):
         if predictions.logits is not None:  # before the record: a record never vouches for missing logits
             save_logits(source.cache_dir, predictions.logits, predictions, fingerprint)

@@ -19,6 +19,7 @@ from sage_cli.report.markdown import (
     COLUMNS,
     class_rows,
     delta_rows,
+    describe_tte,
     format_percent,
     group_rows,
     paired_rows,
@@ -80,7 +81,7 @@ def _figure(svg_text: str, caption: str) -> str:
 def _header(report: dict[str, Any]) -> str:
     data = report["dataset"]
     groups = data["groups"]
-    tte = "five-crop test-time ensembling" if report["tte"] else "single centre crop"
+    tte = f"test-time ensembling {describe_tte(report)}" if report["tte"] else "single centre crop"
     return (
         f"<h1>Sage report: {escape(str(data['dataset']))}</h1>"
         f'<p class="meta">{escape(report["split"])} split · {data["num_samples"]} images · '

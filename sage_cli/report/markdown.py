@@ -22,6 +22,15 @@ _MD_SPECIAL = re.compile(r"([\\`*{}\[\]|#!~]|(?<![0-9A-Za-z])_|_(?![0-9A-Za-z]))
 COLUMNS = (("top1", "Top-1"), ("top5", "Top-5"), ("many", "Many"), ("medium", "Medium"), ("few", "Few"))
 
 
+def describe_tte(report: dict[str, Any]) -> str:
+    """``off``, or the views a report's test-time ensembling averaged (``on (five crops, +24 px)``)."""
+    if not report["tte"]:
+        return "off"
+    mode, expand = report.get("tte_mode", "five-crop"), report.get("tte_expand", 24)
+    views = {"five-crop": "five crops", "ten-crop": "ten crops: five and their mirrors", "flip": "centre crop and mirror"}
+    return f"on ({views[mode]}" + ("" if mode == "flip" else f", +{expand} px") + ")"
+
+
 def escape_md(text: object) -> str:
     """``text`` as one line of literal Markdown: no newlines, no HTML, metacharacters escaped.
 
@@ -129,7 +138,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         f"{data['num_samples']} images, {data['num_classes']} classes "
         f"(many {groups['many']}, medium {groups['medium']}, few {groups['few']}); "
-        f"test-time ensembling {'on (five crops)' if report['tte'] else 'off'}. Top-1 accuracy in % "
+        f"test-time ensembling {describe_tte(report)}. Top-1 accuracy in % "
         "unless noted; group accuracy is over the images of the group's classes.",
         "",
         "## Accuracy",
