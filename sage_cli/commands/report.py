@@ -44,6 +44,9 @@ def command(
                                     metavar="T", show_default=False),
     figures: bool = typer.Option(True, "--figures/--no-figures", help="Draw the figures (report.html's plots, "
                                  "figures/*.pdf and *.png); --no-figures: tables only, faster."),
+    frontier: bool = typer.Option(False, "--frontier", help="The head-tail frontier: sweep t in logits - t·log(prior) "
+                                  "on the val split; against --reference, few and overall at the reference's many "
+                                  "accuracy (val), and the val-chosen t applied to test, paired by seed."),
     as_json: bool = typer.Option(False, "--json", help="Print report.json to stdout instead of a table."),
 ) -> None:
     """Top-1/top-5, many/medium/few, prediction share, calibration and plots for one or more runs."""
@@ -54,6 +57,7 @@ def command(
         tte_mode=tte_mode, tte_expand=tte_expand, split=split,
         checkpoint=checkpoint, batch_size=batch_size, num_workers=workers, device=device, force=force,
         reference=reference, latex=latex, save_logits=save_logits, tau=tuple(tau or ()), figures=figures,
+        frontier=frontier,
     )
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=console, transient=True, disable=as_json) as bar:

@@ -20,7 +20,7 @@ from sage_cli import artifacts
 from sage_cli.artifacts import PER_CLASS, REPORT_RECORD
 from sage_cli.errors import SageError, explain_write_errors
 from sage_cli.locks import lock_output_dir
-from sage_cli.report import build, html, markdown, seeds, tex
+from sage_cli.report import build, frontier, html, markdown, seeds, tex
 from sage_cli.report.evaluate import (
     Predictions,
     evaluate_classifier,
@@ -71,6 +71,7 @@ class ReportConfig:
     save_logits: bool = False  # keep every logit (float16) in RUN_DIR/logits.safetensors
     tau: tuple[float, ...] = ()  # post-hoc logit adjustment: one extra row per run and tau (needs logits)
     figures: bool = True  # False: tables only (no figures/ folder, no plots in the page)
+    frontier: bool = False  # the head-tail frontier: a post-hoc sweep on val logits (report/frontier.py)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "runs", tuple(Path(r) for r in self.runs))
@@ -107,7 +108,7 @@ class ReportConfig:
 
     @property
     def needs_logits(self) -> bool:
-        return self.save_logits or bool(self.tau)
+        return self.save_logits or bool(self.tau) or self.frontier
 
 
 @dataclass(frozen=True)
@@ -139,14 +140,19 @@ def _run_locked(config: ReportConfig, progress: Progress | None) -> ReportResult
         return ReportResult(out, True, artifacts.read_record(out, REPORT_RECORD))
     from sage_cli.backbone import resolve_device
 
-    entries, evaluated = evaluate_sources(sources, config, resolve_device(config.device), progress)
+    device = resolve_device(config.device)
+    entries, evaluated, predictions = evaluate_sources(sources, config, device, progress)
     groups = seeds.assign_groups(entries)
+    extra = {}
+    if config.frontier:
+        extra["frontier"] = build_frontier(sources, predictions, entries, groups, config, device, progress)
     report = artifacts.build_record(
         STAGE, inputs, split=config.split, **config.tte_protocol,
         dataset=build.build_dataset_entry(sources[0].test_set),
         runs=entries, deltas=build.compute_deltas(entries),
         groups=seeds.compute_group_rows(groups, entries), reference=config.reference,
         paired=seeds.compute_paired_rows(groups, entries, config.reference) if config.reference else [],
+        **extra,
     )
     with explain_write_errors(out, "report"):
         report = write_outputs(out, report, latex=config.latex, figures=config.figures)
@@ -156,10 +162,12 @@ def _run_locked(config: ReportConfig, progress: Progress | None) -> ReportResult
 def evaluate_sources(
     sources: list[Source], config: ReportConfig, device: torch.device, progress: Progress | None
 ) -> tuple[list[dict[str, Any]], list[str]]:
-    """Each source's report entry (and, with ``--tau``, one post-hoc adjusted entry per tau after it)."""
-    entries, evaluated = [], []
+    """Each source's report entry (and, with ``--tau``, one post-hoc adjusted entry per tau after it),
+    the names evaluated now, and each source's predictions by name."""
+    entries, evaluated, by_name = [], [], {}
     for source in sources:
         predictions, evaluation = predict(source, config, device, progress)
+        by_name[source.name] = predictions
         if not evaluation["cached"]:
             evaluated.append(source.name)
         build.check_predictions_fit(predictions, source.test_set, source.name)
@@ -173,7 +181,42 @@ def evaluate_sources(
                 replace(source, name=f"{source.name} τ={tau:g}"),
                 build.compute_run_metrics(adjusted, source.test_set),
                 {**evaluation, "posthoc_tau": tau}, tau=tau))
-    return entries, evaluated
+    return entries, evaluated, by_name
+
+
+VAL_CACHE = "predictions-val"  # beside a source's cache: its val predictions for the frontier
+
+
+def build_frontier(
+    sources: list[Source], predictions: dict[str, Predictions], entries: list[dict[str, Any]],
+    groups: list[dict[str, Any]], config: ReportConfig, device: torch.device, progress: Progress | None,
+) -> dict[str, Any]:
+    """report.json's ``frontier``: each source's val logits (evaluated, or from their own cache in
+    ``VAL_CACHE``) and, for a test report, its test logits; see :mod:`sage_cli.report.frontier`."""
+    val_config = replace(config, split="val")
+    try:
+        val_sources = {s.name: s for s in load_sources(val_config)} if config.split != "val" else {}
+    except SageError as exc:
+        raise SageError(f"--frontier sweeps the val split: {exc}") from None
+    logits: dict[str, dict[str, Any]] = {}
+    for source in sources:
+        test = predictions[source.name]
+        if config.split == "val":
+            val = test
+        else:
+            val_source = val_sources[source.name]
+            val, _ = predict(replace(val_source, cache_dir=Path(val_source.cache_dir) / VAL_CACHE), val_config,
+                             device, progress)
+            build.check_predictions_fit(val, val_source.test_set, source.name)
+        logits[source.name] = {
+            "val": {"logits": val.logits, "labels": val.labels},
+            "test": None if config.split == "val" else {"logits": test.logits, "labels": test.labels},
+        }
+    classes = sources[0].test_set.classes
+    reference = seeds.find_reference(groups, config.reference) if config.reference else None
+    return frontier.build_frontier_section(entries, groups, logits,
+                                           compute_class_prior(classes["train_count"].to_numpy()),
+                                           classes["group"].tolist(), reference)
 
 
 def check_reference(reference: str | None, sources: list[Source], taus: tuple[float, ...] = ()) -> None:
@@ -190,7 +233,7 @@ def check_reference(reference: str | None, sources: list[Source], taus: tuple[fl
 def _output_options(config: ReportConfig) -> dict[str, Any]:
     """The options that change what is written (part of the report's fingerprint when set)."""
     options = {"reference": config.reference, "latex": config.latex or None, "tau": list(config.tau) or None,
-               "figures": None if config.figures else False}
+               "figures": None if config.figures else False, "frontier": config.frontier or None}
     return {k: v for k, v in options.items() if v is not None}
 
 

@@ -121,5 +121,86 @@ def compute_frontier_comparison(
     return {"curve": curve, "val": val, "test": test}
 
 
-__all__ = ["FRONTIER_GRID", "compare_with_reference", "compute_at_many", "compute_frontier",
-           "compute_frontier_comparison", "compute_point"]
+# Paired over seeds, per group against the reference: the val comparison and the test differences.
+PAIRED = (("few_at_matched_many", "val"), ("overall_at_matched_many", "val"), ("few", "test"), ("overall", "test"),
+          ("many", "test"))
+
+
+def build_frontier_section(
+    entries: Sequence[dict[str, Any]], groups: Sequence[dict[str, Any]], logits: dict[str, dict[str, Any]],
+    prior: np.ndarray, class_groups: Sequence[str], reference: dict[str, Any] | None,
+    grid: Sequence[float] = FRONTIER_GRID,
+) -> dict[str, Any]:
+    """report.json's ``frontier``: every run's val curve and, against the ``reference`` group, each run's
+    comparison with the reference run of its seed and, per group, the paired summaries over seeds.
+
+    ``logits``: run name -> ``{"val": {"logits", "labels"}, "test": {...} or None}``. Runs re-scored
+    with a post-hoc tau are left out (their curve is their source's, shifted in t).
+    """
+    from sage_cli import stats
+
+    runs = [e for e in entries if e.get("posthoc_tau") is None and e["name"] in logits]
+    by_seed: dict[Any, str] = {}
+    if reference is not None:
+        by_seed = {e["seed"]: e["name"] for e in runs if e["group"] == reference["name"]}
+    out_runs = []
+    for entry in runs:
+        data = logits[entry["name"]]
+        row: dict[str, Any] = {"name": entry["name"], "group": entry["group"], "seed": entry["seed"]}
+        partner = by_seed.get(entry["seed"], by_seed.get(None)) if by_seed else None
+        if partner is not None and entry["group"] != reference["name"]:
+            comparison = compute_frontier_comparison(data, logits[partner], prior, class_groups, grid)
+            row.update(curve=comparison["curve"], reference_run=partner, val=comparison["val"],
+                       test=comparison["test"])
+        else:
+            row["curve"] = compute_frontier(data["val"]["logits"], data["val"]["labels"], class_groups, prior, grid)
+        out_runs.append(row)
+    paired = []
+    for group in groups:
+        members = [r for r in out_runs if r["group"] == group["name"] and "val" in r]
+        if not members:
+            continue
+        figures = {}
+        for key, split in PAIRED:
+            values = [m[split][key] for m in members if m.get(split) is not None and m[split].get(key) is not None]
+            figures[f"{split}_{key}"] = stats.summarise(values).to_dict() if values else None
+        paired.append({"group": group["name"], "reference": reference["name"], "n": len(members), **figures})
+    return {"grid": [float(t) for t in grid], "reference": None if reference is None else reference["name"],
+            "runs": out_runs, "paired": paired}
+
+
+def plot_frontier(report: dict[str, Any], colour: Any) -> Any:
+    """Many against few accuracy (val, %) along t for each run: one colour per group, a dot at t = 0.
+
+    ``colour(i)``: the colour of the i-th group. None when the report has no frontier.
+    """
+    from matplotlib.figure import Figure
+
+    section = report.get("frontier")
+    if not section or not section.get("runs"):
+        return None
+    order = list(dict.fromkeys(r["group"] for r in section["runs"]))
+    fig = Figure(figsize=(7.2, 3.6), layout="constrained")
+    ax = fig.add_subplot()
+    zero = section["grid"].index(0.0) if 0.0 in section["grid"] else None
+    for run in section["runs"]:
+        curve = run["curve"]
+        keep = [k for k in range(len(curve["t"])) if curve["many"][k] is not None and curve["few"][k] is not None]
+        if not keep:
+            continue
+        i = order.index(run["group"])
+        reference = run["group"] == section.get("reference")
+        first = run is next(r for r in section["runs"] if r["group"] == run["group"])
+        ax.plot([100 * curve["many"][k] for k in keep], [100 * curve["few"][k] for k in keep], color=colour(i),
+                lw=2.0 if reference else 1.3, ls="--" if reference else "-", alpha=0.9,
+                label=run["group"] + (" (reference)" if reference else "") if first else None)
+        if zero is not None and zero in keep:
+            ax.plot(100 * curve["many"][zero], 100 * curve["few"][zero], "o", color=colour(i), ms=5)
+    ax.set(xlabel="many top-1 (%)", ylabel="few top-1 (%)",
+           title="Head-tail frontier on val: z − t·log(prior), t from −1 to 2 (dot: t = 0)")
+    ax.legend(fontsize=8, loc="lower left")
+    return fig
+
+
+__all__ = ["FRONTIER_GRID", "build_frontier_section", "plot_frontier", "compare_with_reference", "compute_at_many",
+           "compute_frontier", "compute_frontier_comparison", "compute_point"]

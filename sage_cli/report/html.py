@@ -17,9 +17,11 @@ from sage_cli.report.figures import render_figures, run_colour
 from sage_cli.report.markdown import (
     CLASS_HEADER,
     COLUMNS,
+    FRONTIER_HEADER,
     class_rows,
     delta_rows,
     describe_tte,
+    frontier_rows,
     format_percent,
     group_rows,
     paired_rows,
@@ -107,6 +109,12 @@ def _accuracy_section(report: dict[str, Any]) -> str:
                          signed=True),
                   '<p class="note">Percentage points: mean of the per-seed differences [95% Student-t interval]; '
                   "n seeds paired.</p>"]
+    if (report.get("frontier") or {}).get("paired"):
+        parts += [f"<h2>Head-tail frontier against {escape(report['frontier']['reference'])}</h2>",
+                  _table("frontier", list(FRONTIER_HEADER), frontier_rows(report), swatches=False, signed=True),
+                  '<p class="note">Each run swept along t in z − t·log(prior) on val and read where its many '
+                  "accuracy equals the reference's (the reference read on its own curve); the same t applied to "
+                  "test. Percentage points, mean over seeds [95% interval]. Above 0: a gain, not a trade.</p>"]
     if len(report["runs"]) > 1:
         first = report["runs"][0]["name"]
         parts += [f"<h2>Change against {escape(first)}</h2>",
@@ -124,6 +132,7 @@ FIGURE_SECTIONS = (  # (figure name or name prefix, heading) in page order
     ("reliability", "Calibration"),
     ("confusion-groups", "Where each group's images go"),
     ("curves", "Training and validation curves"),
+    ("frontier", "Head-tail frontier (val)"),
 )
 
 

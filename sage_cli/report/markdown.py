@@ -125,6 +125,18 @@ def class_rows(report: dict[str, Any]) -> list[list[str]]:
              f"{run['metrics'].get('never_predicted', 0)} of {total}"] for run in report["runs"]]
 
 
+def frontier_rows(report: dict[str, Any]) -> list[list[str]]:
+    """Per group against the reference: few and overall at the reference's many (val), and the
+    val-chosen t on test (few, overall, many differences), mean [95% interval] in points."""
+    section = report.get("frontier") or {}
+    keys = ("val_few_at_matched_many", "val_overall_at_matched_many", "test_few", "test_overall", "test_many")
+    return [[p["group"], str(p["n"]), *(format_interval(p[key]) for key in keys)] for p in section.get("paired", [])]
+
+
+FRONTIER_HEADER = ("Group", "n", "Few at matched many (val)", "Overall at matched many (val)", "Few (test)",
+                   "Overall (test)", "Many (test)")
+
+
 def true_shares(report: dict[str, Any]) -> dict[str, float | None]:
     share = report["runs"][0]["metrics"]["prediction_share"]
     return {g: share[g]["true"] for g in GROUPS}
@@ -156,6 +168,12 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += ["", f"## Against {escape_md(report['paired'][0]['reference'])}, paired by seed "
                   "(percentage points: mean difference [95% t-interval])", "",
                   *_table(["Group", "n", *(title for _, title in COLUMNS)], paired_rows(report))]
+    if report.get("frontier", {}).get("paired"):
+        lines += ["", f"## Head-tail frontier against {escape_md(report['frontier']['reference'])} "
+                  "(percentage points: mean difference [95% t-interval] over seeds)", "",
+                  "Each run swept along t in z - t·log(prior) on val and read where its many accuracy equals the "
+                  "reference's; the same t applied to test. Above 0: a gain, not a trade.", "",
+                  *_table(list(FRONTIER_HEADER), frontier_rows(report))]
     truth = true_shares(report)
     lines += ["", "## Prediction share by group (% of predictions; true share in the header)", "",
               *_table(["Run", *(f"{g.capitalize()} (true {format_percent(truth[g])})" for g in GROUPS)],
