@@ -297,8 +297,15 @@ def load_export(directory: str | os.PathLike[str], device: str | torch.device = 
 
 
 def load_torchscript(directory: Path, record: dict[str, Any], device: torch.device) -> Callable:
-    module = torch.jit.load(str(directory / record["model_file"]), map_location=device).eval().requires_grad_(False)
-    return lambda images: module(images.to(device)).float()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation note
+        module = torch.jit.load(str(directory / record["model_file"]), map_location=device).eval()
+
+    def predict(images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return module(images.to(device)).float()
+
+    return predict
 
 
 def load_onnx(directory: Path, record: dict[str, Any], device: torch.device) -> Callable:
@@ -333,6 +340,7 @@ def load_open_clip(directory: Path, record: dict[str, Any], device: torch.device
     head.load_state_dict(head_state)
     visual, head = model.visual.to(device).eval().requires_grad_(False), head.to(device).eval().requires_grad_(False)
 
+    @torch.no_grad()
     def predict(images: torch.Tensor) -> torch.Tensor:
         features = visual(images.to(device))
         features = features[0] if isinstance(features, tuple) else features
