@@ -329,11 +329,12 @@ def load_open_clip(directory: Path, record: dict[str, Any], device: torch.device
     import open_clip
     from safetensors.torch import load_file
 
-    import sage_cli.backbone  # noqa: F401  (registers the package's own model configs)
+    from sage_cli.backbone import _quiet_open_clip  # importing it registers the package's own model configs
     from sage_cli.model.head import build_head
 
     info = record["open_clip"]
-    model = open_clip.create_model(info["model"], pretrained=None, force_quick_gelu=info["quick_gelu"])
+    with _quiet_open_clip():  # "initialized randomly": the weights are loaded next
+        model = open_clip.create_model(info["model"], pretrained=None, force_quick_gelu=info["quick_gelu"])
     model.load_state_dict(load_file(str(directory / record["model_file"])))
     head_state = load_file(str(directory / info["head"]["file"]))
     head = build_head(info["head"]["kind"], head_state["weight"], info["head"]["scale"])

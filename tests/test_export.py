@@ -4,6 +4,7 @@ record, `sage predict EXPORT_DIR`, and the refusals."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import open_clip
@@ -184,3 +185,12 @@ def test_bad_arguments_are_one_line(runs, tmp_path: Path) -> None:
     result = runner.invoke(app, ["export", str(tmp_path), "-o", str(tmp_path / "x")])
     assert result.exit_code == 1 and "train.json: missing" in result.output
     assert not (tmp_path / "x").exists()
+
+
+def test_onnx_without_its_packages_is_one_line(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # `import onnxscript` raises ImportError
+    with pytest.raises(SageError, match=r"^--format onnx needs the onnxscript package: pip install 'sage-lt\[onnx\]'"):
+        export.require_onnx_exporter()
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(SageError, match=r"an ONNX export needs onnxruntime to run: pip install 'sage-lt\[onnx\]'"):
+        export.load_onnx(tmp_path, {"model_file": "model.onnx"}, torch.device("cpu"))
