@@ -209,7 +209,8 @@ def write_open_clip(classifier: nn.Module, clip: Any, directory: Path) -> dict[s
     save_file({k: v.detach().contiguous().clone() for k, v in head.state_dict().items()}, str(directory / HEAD_FILE))
     quick_gelu = any(type(m).__name__ == "QuickGELU" for m in tower.modules())
     return {"open_clip": {
-        "model": clip.record["model"], "quick_gelu": quick_gelu, "merged": getattr(classifier.visual, "sage_peft", None),
+        "model": clip.record["model"], "quick_gelu": quick_gelu,
+        "merged": getattr(classifier.visual, "sage_peft", None),
         "head": {"file": HEAD_FILE, "kind": classifier.config.head, "scale": float(getattr(head, "scale", 1.0)),
                  "input": "normalized" if head.normalized_input else "raw"},
     }}
@@ -354,4 +355,5 @@ LOADERS: dict[str, Callable[[Path, dict[str, Any], torch.device], Callable]] = {
     "torchscript": load_torchscript, "onnx": load_onnx, "open_clip": load_open_clip}
 
 
-__all__ = ["EXPORT_RECORD", "FORMATS", "ExportConfig", "ExportResult", "LoadedExport", "is_export", "load_export", "run"]
+__all__ = ["EXPORT_RECORD", "FORMATS", "ExportConfig", "ExportResult", "LoadedExport", "is_export", "load_export",
+           "run"]

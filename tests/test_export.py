@@ -87,7 +87,8 @@ def test_export_logits_match_the_run(runs, test_images, tmp_path: Path, method: 
     assert exported["format"] == fmt and exported["class_names"] == list(names) == list(loaded.class_names)
     assert exported["run"]["fingerprint"] == record["fingerprint"] and exported["run"]["method"] == method
     assert exported["input"]["shape"] == ["batch", 3, 32, 32] and exported["output"]["shape"] == ["batch", 4]
-    assert exported["files"][exported["model_file"]] == artifacts.sha256_file(tmp_path / "export" / exported["model_file"])
+    model_file = tmp_path / "export" / exported["model_file"]
+    assert exported["files"][model_file.name] == artifacts.sha256_file(model_file)
     assert exported["check"]["images"] == 3 and exported["check"]["max_abs_logit_diff"] <= ATOL[fmt]
     prep = exported["preprocessing"]
     assert (prep["image_size"], prep["interpolation"], prep["resize_mode"], prep["crop"]) == \

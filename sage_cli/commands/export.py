@@ -19,7 +19,8 @@ def command(
                              show_default=False),
     export_format: Literal["torchscript", "onnx", "open_clip"] = typer.Option(
         "torchscript", "--format", "-f", help="torchscript: the traced classifier; onnx: an ONNX graph (needs "
-        "the onnx extra); open_clip: CLIP weights with the adapters merged (LoRA, SSF, BitFit, LN, full) and the head."),
+        "the onnx extra); open_clip: CLIP weights with the adapters merged (LoRA, SSF, BitFit, LN, full) and "
+        "the head."),
     checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Checkpoint to export instead of "
                                            "RUN_DIR/adapter.safetensors.", show_default=False),
     text_cache: Path | None = typer.Option(None, "--text-cache", help="Where the run's text cache now is (checked "
