@@ -77,7 +77,8 @@ def main(
 
 def _register() -> None:
     # Command modules import torch and friends lazily, so `sage --help` stays fast.
-    from sage_cli.commands import cache_images, demo, encode_text, predict, prepare, pretrain_toy, report, train
+    from sage_cli.commands import (cache_images, demo, encode_text, export, predict, prepare, pretrain_toy, report,
+                                   train)
 
     app.command("prepare", no_args_is_help=True)(prepare.command)
     app.command("encode-text", no_args_is_help=True)(encode_text.command)
@@ -85,6 +86,7 @@ def _register() -> None:
     app.command("train", no_args_is_help=True)(train.command)
     app.command("report", no_args_is_help=True)(report.command)
     app.command("predict", no_args_is_help=True)(predict.command)
+    app.command("export", no_args_is_help=True)(export.command)
     app.command("demo")(demo.command)
     app.command("pretrain-toy")(pretrain_toy.command)
 
