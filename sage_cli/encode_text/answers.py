@@ -45,7 +45,7 @@ _REFUSAL = re.compile(
 )
 _WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)*")
 # The speaker: "I" is matched as written (a sentence about a "Type I" engine is rare), "US" is a country.
-_FIRST_PERSON_EXACT = {"I", "I'm", "I've", "I'd", "I'll", "Im", "Ive"}
+_FIRST_PERSON_EXACT = {"I", "I'm", "I've", "I'd", "I'll", "Im", "Ive", "us", "Us"}
 _FIRST_PERSON = {"me", "my", "mine", "myself", "we", "we're", "we've", "we'd", "we'll", "our", "ours", "ourselves"}
 # The task, not the object: a description of a cat has no reason to use these words.
 _TASK_WORDS = {"describe", "describing", "description", "descriptions", "sentence", "sentences", "request",

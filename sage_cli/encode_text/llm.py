@@ -2,7 +2,8 @@
 
 One chat-completions request per class asks for N short visual descriptions, one per line (as in
 CuPL). Requests run a few at a time (``concurrency``), each bounded by a deadline and a size
-limit and retried on connection faults. Only answers that pass :func:`check_answer` are cached,
+limit and retried on connection faults. Only answers that pass :func:`check_answer` (in
+``answers.py``: descriptions that name the class, no refusal) are cached,
 on disk as JSON lines keyed by a hash of the request without the URL (model + prompt + n), in
 class order whatever the concurrency, so a re-run, or the same model served elsewhere, asks
 nothing twice, and an empty or refused answer is asked again next time. Only the standard library
@@ -15,7 +16,6 @@ import hashlib
 import http.client
 import json
 import logging
-import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sage_cli.encode_text.answers import check_answer, parse_answer
+from sage_cli.encode_text.answers import check_answer, parse_answer  # noqa: F401 (parse_answer: re-exported)
 from sage_cli.encode_text.templates import display_name
 from sage_cli.encode_text.transport import AnswerTooLarge, post
 from sage_cli.errors import SageError

@@ -65,6 +65,8 @@ def test_each_line_is_classified_by_its_structure() -> None:
     assert classify_item("A dog with floppy ears.", "cat") == "framing"  # another class
     assert classify_item("This is not a cat at all.", "cat") == "framing"  # contradicts the class
     assert classify_item("I like every cat I meet.", "cat") == "framing"  # the speaker, not the cat
+    assert classify_item("Let us look at a cat.", "cat") == "framing"
+    assert classify_item("A cat in a US Navy photo.", "cat") == "description"
     assert classify_item("A cat description is not possible.", "cat") == "refusal"  # the task, declined
     assert classify_item("Here are five sentences:", "cat") == "framing"
     assert classify_item("cat cat", "cat") == "implausible"
