@@ -116,12 +116,7 @@ def _run_locked(config: EncodeTextConfig, progress: Progress | None) -> EncodeTe
                     config.out, len(llm_fallback))
         return EncodeTextResult(config.out, True, retry, llm_requests=generation.requests,
                                 llm_fallback=_fallback_reasons(llm_fallback))
-    texts, fallback = collect_texts(prepared.names, templates, described, generation.sentences)
-    if not (config.descriptions or config.generate):
-        fallback = []  # templates are the only source: nothing fell back
-    if fallback:
-        logger.warning("%d class(es) have no description and use templates only: %s",
-                       len(fallback), ", ".join(fallback[:10]) + (" ..." if len(fallback) > 10 else ""))
+    texts, fallback = _gather_texts(config, prepared, templates, described, generation)
     (config.out / ENCODE_RECORD).unlink(missing_ok=True)  # tables first, record last: never stale
     start = time.perf_counter()
     embeddings = encode_texts(clip.model, clip.tokenizer, texts.texts, config.batch_size, device, progress)
@@ -140,6 +135,18 @@ def _run_locked(config: EncodeTextConfig, progress: Progress | None) -> EncodeTe
         artifacts.write_record(config.out, ENCODE_RECORD, record)
     return EncodeTextResult(config.out, False, record, tuple(fallback), generation.requests,
                             _fallback_reasons(llm_fallback))
+
+
+def _gather_texts(config: EncodeTextConfig, prepared: PreparedClasses, templates: TemplateSet,
+                  described: dict[int, list[str]], generation: GenerationResult) -> tuple[ClassTexts, list[str]]:
+    """:func:`collect_texts`, with a warning naming the classes left with templates only."""
+    texts, fallback = collect_texts(prepared.names, templates, described, generation.sentences)
+    if not (config.descriptions or config.generate):
+        fallback = []  # templates are the only source: nothing fell back
+    if fallback:
+        logger.warning("%d class(es) have no description and use templates only: %s",
+                       len(fallback), ", ".join(fallback[:10]) + (" ..." if len(fallback) > 10 else ""))
+    return texts, fallback
 
 
 def find_incomplete_generation(out: Path, fingerprint: str) -> dict[str, Any] | None:

@@ -4,6 +4,7 @@ re-run asks for those classes again (and only those) without --force."""
 from __future__ import annotations
 
 import json
+import logging
 import socket
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from typer.testing import CliRunner
 from sage_cli import artifacts
 from sage_cli.cli import app
 from sage_cli.encode_text import EncodeTextConfig, run
+from sage_cli.encode_text.llm import generate_descriptions
 from sage_cli.errors import SageError
 
 from .test_llm import ChatServer, _llm, bulleted
@@ -110,3 +112,17 @@ def test_other_inputs_are_still_refused_without_force(prepared: Path, tmp_path: 
     finally:
         outage.close()
     assert _outputs(out) == before
+
+
+def test_an_outage_names_ten_classes_and_counts_the_rest(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    names = [f"class {i}" for i in range(12)]
+    outage = _outage(set(names))
+    try:
+        with caplog.at_level(logging.WARNING, logger="sage_cli"):
+            result = generate_descriptions(_llm(outage.url, None), names)
+    finally:
+        outage.close()
+    assert len(result.rejected) == 12 and result.sentences == {}
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [f"the chat model gave no usable description for 'class {i}' (an empty answer); using templates"
+                        for i in range(10)]  # 8,142 such lines would bury everything else
