@@ -15,6 +15,7 @@ from typing import Any
 
 from sage_cli.errors import SageError
 from sage_cli.methods import DEMO_METHODS
+from sage_cli.outdir import check_output_dir
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ class DemoConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out", Path(self.out))
+        check_output_dir(self.out)  # the stages write below it
         bad = [m for m in self.methods if m not in DEMO_METHODS]
         if bad or not self.methods:
             raise SageError(f"--methods {','.join(self.methods)}: choose from {', '.join(DEMO_METHODS)}")

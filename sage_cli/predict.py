@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from sage_cli.errors import SageError
+from sage_cli.imageio import open_image
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ class _Images(Dataset):
 
     def __getitem__(self, i: int) -> torch.Tensor:
         try:
-            with Image.open(self.paths[i]) as image:
+            with open_image(self.paths[i]) as image:
                 return self.transform(image.convert("RGB"))
         except (OSError, SyntaxError) as exc:  # PIL raises both for missing, damaged or non-image files
             raise SageError(f"{self.paths[i]}: cannot read image ({exc})") from None
