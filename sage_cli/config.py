@@ -21,8 +21,11 @@ MAX_SEED = 2**63 - 1  # torch.manual_seed takes a 64-bit integer
 
 def check_batch_size(flag: str, value: int, minimum: int = 1) -> None:
     """Refuse a batch size outside ``minimum``..:data:`MAX_BATCH_SIZE`, naming ``flag``."""
-    if not minimum <= value <= MAX_BATCH_SIZE:
-        raise SageError(f"{flag} must be in {minimum}..{MAX_BATCH_SIZE}; got {value}")
+    if value < minimum:
+        least = "a positive integer" if minimum == 1 else f"at least {minimum}"
+        raise SageError(f"{flag} must be {least}; got {value}")
+    if value > MAX_BATCH_SIZE:
+        raise SageError(f"{flag} must be at most {MAX_BATCH_SIZE}; got {value}")
 
 
 def check_seed(flag: str, value: int) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sage_cli.config import check_batch_size, check_seed
 from sage_cli.errors import SageError
 from sage_cli.methods import DEMO_METHODS
 from sage_cli.outdir import check_output_dir
@@ -44,6 +45,8 @@ class DemoConfig:
             raise SageError(f"--methods {','.join(self.methods)}: choose from {', '.join(DEMO_METHODS)}")
         if self.epochs < 1:
             raise SageError(f"--epochs must be >= 1; got {self.epochs}")
+        check_batch_size("--batch-size", self.batch_size)  # before the first stage runs, not at train
+        check_seed("--seed", self.seed)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from sage_cli.config import check_batch_size
 from sage_cli.errors import SageError
 from sage_cli.imageio import open_image
 
@@ -47,8 +48,7 @@ class PredictConfig:
             raise SageError("nothing to classify: pass IMAGE files or a DIR of images after RUN_DIR")
         if self.top_k < 1:
             raise SageError(f"--top-k must be >= 1; got {self.top_k}")
-        if self.batch_size < 1:
-            raise SageError(f"--batch-size must be >= 1; got {self.batch_size}")
+        check_batch_size("--batch-size", self.batch_size)
         if self.num_workers < 0:
             raise SageError(f"--workers must be >= 0; got {self.num_workers}")
 
