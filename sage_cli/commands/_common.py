@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import typer
 
 from sage_cli.console import err_console, print_error
-from sage_cli.errors import SageError, describe_write_error
+from sage_cli.errors import SageError, describe_write_error, message_of
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -23,7 +23,7 @@ def handle_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except SageError as exc:
-            print_error(exc)
+            print_error(message_of(exc))
             raise typer.Exit(1) from None
         except OSError as exc:  # a write the stage did not name itself: still one line, not a traceback
             reason = describe_write_error(exc)

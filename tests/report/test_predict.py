@@ -158,3 +158,12 @@ def test_an_image_over_the_warning_size_gets_one_warning_naming_it(tmp_path: Pat
     assert lines.count(f"WARNING  {big}: a 10000x10000 image (100 Mpx), over PIL's decompression-bomb warning size "
                        "(89 Mpx); read all the same") == 1
     assert "DecompressionBombWarning" not in result.stderr and "warnings.warn" not in result.stderr
+
+
+def test_an_error_in_a_dataloader_worker_is_its_own_one_line(trained_run: Path, tmp_path: Path) -> None:
+    """torch re-raises a worker's SageError with the worker's traceback as its message: many lines."""
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    result = runner.invoke(app, ["predict", str(trained_run), str(bad), "--device", "cpu", "--workers", "1"])
+    assert result.exit_code == 1, result.output
+    assert result.output.strip() == f"error: {bad}: cannot read image (cannot identify image file '{bad}')"
