@@ -44,7 +44,8 @@ def load_yaml_mapping(path: str | os.PathLike[str]) -> dict[str, Any]:
         data = yaml.safe_load(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:
         line = raw[:exc.start].count(b"\n") + 1
-        raise SageError(f"{path}:{line}: not UTF-8 text (byte {raw[exc.start]:#04x}); save the preset as UTF-8") from None
+        byte = raw[exc.start]
+        raise SageError(f"{path}:{line}: not UTF-8 text (byte {byte:#04x}); save the preset as UTF-8") from None
     except RecursionError:  # the parser recurses once per level: [[[[...]]]] 100,000 deep
         raise SageError(f"{path}: nested too deeply to be a preset (a preset maps option names to values)") from None
     except yaml.YAMLError as exc:

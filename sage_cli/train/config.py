@@ -66,7 +66,7 @@ class DataConfig:
         check_batch_size("--batch-size", self.batch_size)
         _require([
             (micro is None or micro >= 1, f"--micro-batch-size must be >= 1; got {micro}"),
-            (micro is None or micro < 1 or self.batch_size % micro == 0,  # micro 0: the line above, not a ZeroDivisionError
+            (micro is None or micro < 1 or self.batch_size % micro == 0,  # 0: refused above, no ZeroDivisionError
              f"--micro-batch-size {micro} must divide --batch-size {self.batch_size}"),
             (self.num_workers >= 0, f"--num-workers must be >= 0; got {self.num_workers}"),
             (self.sampler in ("uniform", "class-aware"),
