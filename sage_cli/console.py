@@ -40,13 +40,18 @@ class _VisibleControlFormatter(logging.Formatter):
         return show_control(super().format(record))
 
 
+_LEVEL_STYLES = ("debug", "info", "warning", "error", "critical")  # Rich's theme has logging.level.<these>
+
+
 class _LineHandler(logging.Handler):
     """A log record as one line on stderr, ``WARNING  message``, never wrapped: a log piped to a file
     reads (and greps) as it was written, at any terminal width."""
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            level = Text(f"{record.levelname:<8} ", style=f"logging.level.{record.levelname.lower()}")
+            name = record.levelname.lower()
+            style = f"logging.level.{name}" if name in _LEVEL_STYLES else ""
+            level = Text(f"{record.levelname:<8} ", style=style)
             err_console.print(level + Text(self.format(record)), soft_wrap=True, highlight=False)
         except Exception:  # noqa: BLE001 - a handler reports its own failure, it never raises
             self.handleError(record)
