@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 
 from sage_cli import __version__
 from sage_cli.errors import SageError
+from sage_cli.outdir import check_output_dir
 
 SCHEMA_VERSION = 1
 _META_TABLE = b"sage.table"
@@ -391,13 +392,21 @@ def verify_record_files(directory: Path, filename: str, record: Mapping[str, Any
     if changed is None:
         return
     name, how = changed
-    stage = record.get("stage", "?")
+    stage = str(record.get("stage", "?"))
+    writer = _WRITERS.get(stage, stage)
+    fix = _REDO.get(stage, "re-run sage {writer} with --force").format(writer=writer, directory=directory)
     if how == "missing":
-        raise SageError(f"{directory / name}: missing (listed in {directory / filename}); re-run sage {stage} with --force")
+        raise SageError(f"{directory / name}: missing (listed in {directory / filename}); {fix}")
     raise SageError(
         f"{directory / name}: content differs from the sha256 recorded in {directory / filename} (damaged or "
-        f"changed since sage {stage} wrote it); re-run sage {stage} with --force"
+        f"changed since sage {writer} wrote it); {fix}"
     )
+
+
+# The command that writes a stage's record where it is not `sage STAGE`, and how its outputs are
+# made again where that is not `sage STAGE --force`: caches are recomputed.
+_WRITERS = {"predictions": "report", "features": "train", "pretrain": "pretrain-toy"}
+_REDO = {"predictions": "sage report recomputes them", "features": "delete {directory} to recompute them"}
 
 
 def find_changed_file(directory: Path, record: Mapping[str, Any]) -> tuple[str, str] | None:
@@ -429,6 +438,7 @@ def guard_output_dir(
     ``force`` is not set: an existing artifact is never overwritten silently.
     """
     directory = Path(directory)
+    check_output_dir(directory)
     if directory.exists() and not directory.is_dir():
         raise SageError(f"{directory}: exists and is not a directory")
     record_path = directory / record_name

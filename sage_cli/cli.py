@@ -40,13 +40,11 @@ class SageGroup(TyperGroup):
 
 
 def print_usage_error(exc: click_exceptions.ClickException) -> None:
-    """``error: MESSAGE (see 'sage CMD --help')`` on stderr."""
-    from sage_cli.console import escape
+    """``error: MESSAGE (see 'sage CMD --help')`` on stderr, one line."""
+    from sage_cli.console import print_error
 
     ctx = getattr(exc, "ctx", None)
-    hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-    err_console.print(f"[bold red]error:[/] {escape(exc.format_message())}{escape(hint)}", soft_wrap=True,
-                      highlight=False)
+    print_error(exc.format_message(), f" (see '{ctx.command_path} --help')" if ctx is not None else "")
 
 
 app = typer.Typer(

@@ -13,14 +13,41 @@ import yaml
 
 from sage_cli.errors import SageError
 
+# Bounds of the options that size a batch or seed a generator; past them a value is a typo that
+# would overflow a C integer (a traceback) or fill the memory before anything could name it.
+MAX_BATCH_SIZE = 2**24  # images per batch: more than any dataset here holds (iNaturalist 2018: 437,513)
+MAX_SEED = 2**63 - 1  # torch.manual_seed takes a 64-bit integer
+
+
+def check_batch_size(flag: str, value: int, minimum: int = 1) -> None:
+    """Refuse a batch size outside ``minimum``..:data:`MAX_BATCH_SIZE`, naming ``flag``."""
+    if value < minimum:
+        least = "a positive integer" if minimum == 1 else f"at least {minimum}"
+        raise SageError(f"{flag} must be {least}; got {value}")
+    if value > MAX_BATCH_SIZE:
+        raise SageError(f"{flag} must be at most {MAX_BATCH_SIZE}; got {value}")
+
+
+def check_seed(flag: str, value: int) -> None:
+    """Refuse a seed outside 0..:data:`MAX_SEED`, naming ``flag``."""
+    if not 0 <= value <= MAX_SEED:
+        raise SageError(f"{flag} must be in 0..{MAX_SEED}; got {value}")
+
 
 def load_yaml_mapping(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Safe-load a YAML file that must hold a mapping; a one-line error names the file otherwise."""
     path = Path(path)
     if not path.is_file():
         raise SageError(f"{path}: config file not found")
+    raw = path.read_bytes()
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        byte = raw[exc.start]
+        raise SageError(f"{path}:{line}: not UTF-8 text (byte {byte:#04x}); save the preset as UTF-8") from None
+    except RecursionError:  # the parser recurses once per level: [[[[...]]]] 100,000 deep
+        raise SageError(f"{path}: nested too deeply to be a preset (a preset maps option names to values)") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
@@ -58,7 +85,7 @@ def find_key_lines(path: str | os.PathLike[str]) -> dict[str, int]:
     """1-based line of each top-level key of a YAML mapping file (empty if it cannot be composed)."""
     try:
         node = yaml.compose(Path(path).read_text(), Loader=yaml.SafeLoader)
-    except (OSError, yaml.YAMLError):
+    except (OSError, UnicodeDecodeError, RecursionError, yaml.YAMLError):
         return {}
     if not isinstance(node, yaml.MappingNode):
         return {}

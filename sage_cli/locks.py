@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from sage_cli.errors import SageError
+from sage_cli.outdir import check_output_dir
 
 try:
     import fcntl
@@ -76,6 +77,7 @@ def lock_output_dir(
 
 
 def acquire_lock(directory: Path, stage: str) -> _Held:
+    check_output_dir(directory)  # before anything is created in it
     if directory.exists() and not directory.is_dir():
         raise SageError(f"{directory}: exists and is not a directory")
     created = not directory.exists()

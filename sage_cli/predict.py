@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from sage_cli.config import check_batch_size
 from sage_cli.errors import SageError
+from sage_cli.imageio import open_image
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +51,7 @@ class PredictConfig:
             raise SageError("nothing to classify: pass IMAGE files or a DIR of images after RUN_DIR")
         if self.top_k < 1:
             raise SageError(f"--top-k must be >= 1; got {self.top_k}")
-        if self.batch_size < 1:
-            raise SageError(f"--batch-size must be >= 1; got {self.batch_size}")
+        check_batch_size("--batch-size", self.batch_size)
         if self.num_workers < 0:
             raise SageError(f"--workers must be >= 0; got {self.num_workers}")
 
@@ -88,7 +88,7 @@ class _Images(Dataset):
 
     def __getitem__(self, i: int) -> torch.Tensor:
         try:
-            with Image.open(self.paths[i]) as image:
+            with open_image(self.paths[i]) as image:
                 return self.transform(image.convert("RGB"))
         except (OSError, SyntaxError) as exc:  # PIL raises both for missing, damaged or non-image files
             raise SageError(f"{self.paths[i]}: cannot read image ({exc})") from None

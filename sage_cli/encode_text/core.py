@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from sage_cli import artifacts
 from sage_cli.artifacts import CLASS_EMBEDDINGS, ENCODE_RECORD, TEXT_CACHE
 from sage_cli.backbone import check_model_name, classify_pretrained, load_clip, resolve_device
+from sage_cli.config import check_batch_size
 from sage_cli.encode_text.descriptions import load_descriptions
 from sage_cli.encode_text.llm import PROMPT_VERSION, GenerationResult, LLMConfig, generate_descriptions
 from sage_cli.encode_text.templates import SINGLE, TemplateSet, load_templates
@@ -53,8 +54,7 @@ class EncodeTextConfig:
     force: bool = False
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise SageError(f"--batch-size {self.batch_size}: must be at least 1")
+        check_batch_size("--batch-size", self.batch_size)
         if self.templates.strip().lower() == "none" and not (self.descriptions or self.generate):
             raise SageError("--templates none: needs --descriptions or --generate, else a class has no text")
 

@@ -9,6 +9,9 @@ from sage_cli.methods import METHODS, ActivationName, HeadInitName, HeadName, Me
 from sage_cli.model.head import HEAD_INITS, HEADS
 
 ACTIVATIONS = ("relu", "gelu")
+# Block indices stop below this, whatever the tower (ViT-bigG has 48 blocks): --blocks 0-99999999
+# is refused before its range is expanded; the tower's own depth is checked when it is built.
+MAX_BLOCKS = 1024
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,7 @@ class AdapterConfig:
             object.__setattr__(self, "blocks", tuple(int(b) for b in self.blocks))
             if not self.blocks or min(self.blocks) < 0 or len(set(self.blocks)) != len(self.blocks):
                 raise SageError(f"--blocks must list distinct block indices >= 0; got {list(self.blocks)}")
+            check_block_index(max(self.blocks))
 
     @property
     def spec(self) -> MethodSpec:
@@ -124,6 +128,12 @@ class AdapterConfig:
     def use_guidance(self) -> bool:
         """Whether adapters get the text-guidance branch (as resolved from the method)."""
         return bool(self.guidance)
+
+
+def check_block_index(index: int) -> None:
+    """Refuse a --blocks index no image tower has (at or above :data:`MAX_BLOCKS`)."""
+    if index >= MAX_BLOCKS:
+        raise SageError(f"--blocks: block {index} is beyond any image tower (sage takes indices below {MAX_BLOCKS})")
 
 
 def compute_default_bottleneck(num_classes: int, num_layers: int) -> int:

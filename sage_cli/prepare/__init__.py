@@ -27,6 +27,7 @@ import pandas as pd
 from sage_cli import artifacts
 from sage_cli.errors import SageError, explain_write_errors
 from sage_cli.locks import lock_output_dir
+from sage_cli.outdir import short_name
 from sage_cli.prepare import check, recipes
 from sage_cli.prepare import names as class_names
 from sage_cli.prepare.source import SourceData
@@ -170,7 +171,8 @@ def _run_locked(config: PrepareConfig, progress: check.Progress | None) -> Prepa
                                   required=REQUIRED):
         return PrepareResult(config.out, artifacts.read_record(config.out, artifacts.PREPARE_RECORD), True)
     with explain_write_errors(config.out, "preparation", fix=WRITE_FIX):
-        staging = Path(tempfile.mkdtemp(prefix=f".{config.out.name}.", suffix=".prepare.tmp", dir=config.out.parent))
+        staging = Path(tempfile.mkdtemp(prefix=f".{short_name(config.out.name)}.", suffix=".prepare.tmp",
+                                        dir=config.out.parent))
         try:
             staging.chmod(0o777 & ~artifacts.current_umask())  # mkdtemp makes it private
             record = artifacts.seal_record(staging, _prepare_into(staging, config, source, inputs, hashes, progress),

@@ -18,6 +18,7 @@ import torch
 
 from sage_cli import artifacts
 from sage_cli.artifacts import PER_CLASS, REPORT_RECORD
+from sage_cli.config import check_batch_size
 from sage_cli.errors import SageError, explain_write_errors
 from sage_cli.locks import lock_output_dir
 from sage_cli.report import build, frontier, html, markdown, seeds, tex
@@ -89,8 +90,7 @@ class ReportConfig:
             raise SageError(f"--split must be test or val; got {self.split!r}")
         if self.checkpoint is not None and len(self.runs) != 1:
             raise SageError(f"--checkpoint applies to exactly one RUN_DIR; got {len(self.runs)}")
-        if self.batch_size < 1:
-            raise SageError(f"--batch-size must be a positive integer; got {self.batch_size}")
+        check_batch_size("--batch-size", self.batch_size)
         if self.num_workers < 0:
             raise SageError(f"--workers must be >= 0; got {self.num_workers}")
         object.__setattr__(self, "tau", tuple(float(t) for t in self.tau))

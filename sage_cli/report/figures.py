@@ -401,7 +401,9 @@ def plot_predicted_counts(report: dict[str, Any]) -> Figure:
 
 
 def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower() or "run"
+    """``text`` as a file-name part: letters and digits joined by dashes, at most 64 characters (a
+    run named with 255 characters gave figure names over the file system's limit)."""
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()[:64].strip("-") or "run"
 
 
 def reference_index(report: dict[str, Any]) -> int:

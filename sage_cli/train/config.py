@@ -13,10 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from sage_cli.config import check_batch_size, check_seed
 from sage_cli.errors import SageError
 from sage_cli.losses import LossConfig
 from sage_cli.methods import TRAIN_METHODS, get_method
 from sage_cli.model import AdapterConfig
+from sage_cli.model.config import check_block_index
 
 DEVICES = ("auto", "cpu", "cuda")
 SamplerName = Literal["uniform", "class-aware"]
@@ -61,10 +63,10 @@ class DataConfig:
             if getattr(self, key) is not None:
                 object.__setattr__(self, key, Path(getattr(self, key)))
         micro = self.micro_batch_size
+        check_batch_size("--batch-size", self.batch_size)
         _require([
-            (self.batch_size >= 1, f"--batch-size must be >= 1; got {self.batch_size}"),
             (micro is None or micro >= 1, f"--micro-batch-size must be >= 1; got {micro}"),
-            (micro is None or self.batch_size % micro == 0,
+            (micro is None or micro < 1 or self.batch_size % micro == 0,  # 0: refused above, no ZeroDivisionError
              f"--micro-batch-size {micro} must divide --batch-size {self.batch_size}"),
             (self.num_workers >= 0, f"--num-workers must be >= 0; got {self.num_workers}"),
             (self.sampler in ("uniform", "class-aware"),
@@ -142,8 +144,8 @@ class RunConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "out", Path(self.out))
         device = str(self.device)
+        check_seed("--seed", self.seed)
         _require([
-            (self.seed >= 0, f"--seed must be >= 0; got {self.seed}"),
             (self.max_steps is None or self.max_steps >= 1, f"--max-steps must be >= 1; got {self.max_steps}"),
             (self.eval_every >= 0, f"--eval-every must be >= 0; got {self.eval_every}"),
             (self.checkpoint_every >= 0, f"--checkpoint-every must be >= 0; got {self.checkpoint_every}"),
@@ -215,6 +217,7 @@ def parse_blocks(text: str | None) -> tuple[int, ...] | None:
             start, stop = int(first), int(last or first)
             if stop < start:
                 raise ValueError
+            check_block_index(stop)  # before the range is expanded: 0-99999999 would fill the memory
             blocks.extend(range(start, stop + 1))
     except ValueError:
         raise SageError(f"--blocks must look like 0-5 or 0,2,4; got {text!r}") from None

@@ -215,3 +215,16 @@ def test_names_are_written_safely_in_markdown_and_html(two_row_report, tmp_path:
     assert "script" not in page.tags
     assert page.tables["summary"][2][0] == HOSTILE  # the parser reads back the name as written
     assert page.tables["deltas"][1][0] == HOSTILE
+
+
+@pytest.mark.filterwarnings("ignore:constrained_layout not applied")  # a 255-character legend entry squeezes the axes
+def test_a_run_named_with_255_characters_gets_figure_files(two_row_report, tmp_path: Path) -> None:
+    """Figure files carry the run's name: `confusion-<255 characters>-1.png` was over NAME_MAX (an OSError)."""
+    from sage_cli.report import write_outputs
+
+    _, report = two_row_report
+    report = json.loads(json.dumps(report))
+    report["runs"][1]["name"] = "r" * 255
+    write_outputs(tmp_path, report)
+    names = sorted(p.name for p in (tmp_path / "figures").iterdir() if p.name.startswith("confusion-r"))
+    assert names == [f"confusion-{'r' * 64}-1.pdf", f"confusion-{'r' * 64}-1.png"]
