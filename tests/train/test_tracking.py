@@ -118,3 +118,19 @@ def test_no_compensation_logs_no_summary(synthetic_prepared: Path, synthetic_tex
     assert result.exit_code == 0, result.output
     train = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r for r in train if r["kind"] == "train"] and all("compensation" not in r for r in train)
+
+
+def test_trackers_open_only_for_a_run_that_trains_and_force_clears_their_files(
+    synthetic_prepared: Path, synthetic_text_cache: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    first = _train(synthetic_prepared, synthetic_text_cache, out, "--log", "csv", "--log", "tensorboard")
+    assert first.exit_code == 0, first.output
+    events = sorted((out / "tensorboard").iterdir())
+    table = (out / "metrics.csv").read_bytes()
+    again = _train(synthetic_prepared, synthetic_text_cache, out, "--log", "csv", "--log", "tensorboard")
+    assert again.exit_code == 0 and "nothing to do" in again.output
+    assert sorted((out / "tensorboard").iterdir()) == events and (out / "metrics.csv").read_bytes() == table
+    other = _train(synthetic_prepared, synthetic_text_cache, out, "--lr", "0.02", "--force")
+    assert other.exit_code == 0, other.output
+    assert not (out / "metrics.csv").exists() and not (out / "tensorboard").exists()  # not the new run's metrics
