@@ -5,7 +5,8 @@ Every stage holds :func:`lock_output_dir` on its ``--out`` while it decides whet
 held with ``flock`` (released by the kernel when the holder dies, also over NFS) and holding the
 holder's pid, host, stage and start time as JSON, for the message a second writer gets. A lock file
 whose holder is gone is stale: the next stage takes it over with a warning naming the old holder.
-The file is removed on release; a directory the lock created and nothing filled is removed too.
+The file is removed on release; the directories the lock created (``--out`` and any missing parents) are
+removed too while nothing filled them.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ _NO_FLOCK = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
 class _Held:
     path: Path
     fd: int
-    created_dir: bool
+    created: tuple[Path, ...]  # the directories acquiring the lock made, deepest first
 
 
 @contextlib.contextmanager
@@ -80,16 +81,18 @@ def acquire_lock(directory: Path, stage: str) -> _Held:
     check_output_dir(directory)  # before anything is created in it
     if directory.exists() and not directory.is_dir():
         raise SageError(f"{directory}: exists and is not a directory")
-    created = not directory.exists()
+    created = missing_directories(directory)
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
+        remove_if_empty(created)
         raise SageError(f"{directory}: cannot create the output directory ({exc.strerror})") from None
     path = directory / LOCK_NAME
     while True:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
+            remove_if_empty(created)
             raise SageError(f"{path}: cannot create the lock file ({exc.strerror})") from None
         if not _try_flock(fd, path, directory):
             continue  # the file we opened was removed by its releasing holder: open the new one
@@ -156,9 +159,26 @@ def release_lock(held: _Held) -> None:
     with contextlib.suppress(OSError):
         held.path.unlink()
     os.close(held.fd)
-    if held.created_dir:
-        with contextlib.suppress(OSError):
-            held.path.parent.rmdir()  # only succeeds when empty: a refused or failed first run
+    remove_if_empty(held.created)  # a refused or failed first run leaves no directory behind
+
+
+def missing_directories(directory: Path) -> tuple[Path, ...]:
+    """``directory`` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    for path in (directory, *directory.parents):
+        if path.exists() or path.is_symlink():
+            break
+        missing.append(path)
+    return tuple(missing)
+
+
+def remove_if_empty(directories: tuple[Path, ...]) -> None:
+    """Remove each of ``directories`` (deepest first) while it is empty; stop at the first that is not."""
+    for path in directories:
+        try:
+            path.rmdir()
+        except OSError:
+            return
 
 
 def read_holder(fd: int) -> dict[str, Any] | None:

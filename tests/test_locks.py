@@ -145,3 +145,18 @@ def test_a_holder_caught_between_locking_and_writing_itself_is_still_named(tmp_p
     finally:
         writer.join()
         os.close(fd)
+
+
+def test_a_refused_first_run_leaves_no_directory_it_created(tmp_path: Path) -> None:
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "notes.txt").write_text("mine")
+    before = snapshot(tmp_path)
+    out = tmp_path / "runs" / "in-lt" / "s0" / "lift"  # three directories the lock has to make
+    with pytest.raises(SageError, match="refused"), locks.lock_output_dir(out, "train"):
+        assert (out / locks.LOCK_NAME).is_file()
+        raise SageError("refused")
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["notes.txt"]  # no in-lt/, no lock file
+    assert snapshot(tmp_path) == before
+    with locks.lock_output_dir(out, "train"):
+        (out.parent / "other").write_text("x")  # something else filled s0/ meanwhile: it stays
+    assert not out.exists() and (out.parent / "other").read_text() == "x"

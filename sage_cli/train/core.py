@@ -53,6 +53,7 @@ logger = logging.getLogger(__name__)
 STAGE = "train"
 ADAPTER = "adapter.safetensors"
 OUTPUTS = (ADAPTER, METRICS, ckpt.CHECKPOINT_DIR)
+TRACKED_OUTPUTS = ("metrics.csv", "tensorboard")  # written by `--log csv|tensorboard` from the metrics
 
 
 @dataclass(frozen=True)
@@ -219,6 +220,12 @@ def clear_outputs(out: Path) -> None:
     (out / ADAPTER).unlink(missing_ok=True)
     (out / METRICS).unlink(missing_ok=True)
     shutil.rmtree(out / ckpt.CHECKPOINT_DIR, ignore_errors=True)
+    for tracked in TRACKED_OUTPUTS:  # the --log trackers' copies of the old metrics (W&B's own files stay)
+        path = out / tracked
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def save_final_weights(path: Path, trainer: Trainer, clip_record: dict[str, Any]) -> None:

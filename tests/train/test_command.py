@@ -126,3 +126,22 @@ def test_unreadable_preset_is_one_line(synthetic_prepared: Path, synthetic_text_
     assert result.exit_code == 1, result.output
     assert result.output.strip() == f"error: {preset.parent}/{message}"
     assert not (tmp_path / "run").exists()
+
+
+def test_without_a_terminal_each_logging_step_prints_a_plain_line(synthetic_prepared: Path,
+                                                                  synthetic_text_cache: Path, tmp_path: Path) -> None:
+    # CliRunner's stdout is no terminal (a SLURM log, `> log`): the progress bar never shows there
+    out = tmp_path / "run"
+    result = runner.invoke(app, _args(synthetic_prepared, synthetic_text_cache, out, "--batch-size", "8",
+                                      "--epochs", "2", "--eval-every", "0", "--log-every", "4"))
+    assert result.exit_code == 0, result.output
+    train = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in train if r["kind"] == "train"]
+    assert [r["step"] for r in train] == [4, 8, 12]  # 6 steps per epoch; the last step is always logged
+    lines = [line for line in result.stdout.splitlines() if line.startswith("step ")]
+    assert lines == [f"step {r['step']}/12 (epoch {r['epoch'] + 1}): loss {r['loss']:.4f}, lr {r['lr']:.3g}, "
+                     f"{r['images_per_s']:.0f} images/s" for r in train]
+    assert lines[0].startswith("step 4/12 (epoch 1): loss ") and lines[2].startswith("step 12/12 (epoch 2): ")
+    quiet = runner.invoke(app, ["-q", *_args(synthetic_prepared, synthetic_text_cache, tmp_path / "q",
+                                             "--max-steps", "2", "--log-every", "1")])
+    assert quiet.exit_code == 0 and not [line for line in quiet.stdout.splitlines() if line.startswith("step ")]
