@@ -32,15 +32,12 @@ import functools
 import gc
 import json
 import logging
-import os
-import platform
 import shutil
+import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,9 +48,8 @@ ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE.parent / "input"))
 sys.path.insert(0, str(HERE))
 
-from bench_runner import (  # noqa: E402
-    RETURNED, TESTS_LOG, BenchError, Runner, Step, check_folders, describe_error, open_log, run_bounded,
-)
+from bench_env import describe_environment, probe_guidance_attention, run_gpu_tests, usable_cpus  # noqa: E402
+from bench_runner import RETURNED, TESTS_LOG, BenchError, Runner, Step, check_folders, open_log  # noqa: E402
 from bench_tables import render_markdown  # noqa: E402
 
 logger = logging.getLogger("bench_gpu")
@@ -131,10 +127,6 @@ class Plan:
         return PREFETCH_FACTOR * workers
 
 
-def usable_cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 @dataclass
 class Context:
     """What steps hand on: where the data lives, the CPU backbone, the FLOPs of each model step."""
@@ -177,9 +169,12 @@ def load_backbone(model: str, device: Any) -> Any:
 
 def build_steps(plan: Plan, ctx: Context) -> list[Step]:
     """Every step of the run, in order, with what each needs and its expected time."""
-    steps = [Step("environment", "environment", functools.partial(describe_environment, plan, ctx.work)),
-             Step("sdpa_guidance", "environment", functools.partial(probe_guidance_attention, plan)),
-             Step("gpu_tests", "tests", functools.partial(run_gpu_tests, plan, ctx.out / TESTS_LOG))]
+    shapes = [(c, plan.guidance_tokens_for(c) or c) for c in plan.classes]
+    steps = [Step("environment", "environment", functools.partial(describe_environment, plan.device, ctx.work)),
+             Step("sdpa_guidance", "environment", functools.partial(
+                 probe_guidance_attention, plan.device, plan.batch * plan.tokens_per_image, plan.layers, shapes)),
+             Step("gpu_tests", "tests", functools.partial(run_gpu_tests, plan.gpu_tests, ctx.out / TESTS_LOG,
+                                                          plan.tests_timeout_s))]
     steps += [Step(f"model_{m}_c{c}", "figure", functools.partial(measure_model_step, ctx, m, c))
               for c in plan.classes for m in plan.methods]
     steps.append(Step("setup_jpegs", "setup", functools.partial(generate_jpegs, ctx)))
@@ -231,133 +226,6 @@ def describe_plan(plan: Plan, steps: list[Step], out: Path, work: Path | None) -
                        "estimate_s": None if s.estimate_s is None else round(s.estimate_s, 1)} for s in steps],
             "figures": [s.name for s in steps if s.kind == "figure"], "estimated_wall_s": total,
             "assumed_rates": RATES if plan.mode == "gpu" else None}
-
-
-# --------------------------------------------------------------------------------------------
-# Environment
-
-
-def describe_environment(plan: Plan, work: Path) -> dict[str, Any]:
-    """The machine and software this run measures."""
-    import torch
-
-    info: dict[str, Any] = {
-        "python": sys.version.split()[0], "executable": sys.executable, "platform": platform.platform(),
-        "cpus": os.cpu_count(), "cpus_usable": usable_cpus(), "torch": torch.__version__,
-        "torch_cuda": torch.version.cuda, "torch_threads": torch.get_num_threads(), "device": plan.device,
-        "dev_shm_gb": disk_gb("/dev/shm"), "work_disk_gb": disk_gb(work),
-        "packages": package_versions(("sage_cli", "open_clip", "ftfy", "wcwidth", "regex", "timm", "torchvision",
-                                      "numpy", "PIL", "pyarrow", "pandas")),
-        "wheels_installed": os.environ.get("SAGE_BENCH_WHEELS", "").split(),
-        "wheel_site": os.environ.get("SAGE_BENCH_SITE") or None, "nvidia_smi": query_nvidia_smi(),
-    }
-    if torch.cuda.is_available():
-        props = torch.cuda.get_device_properties(0)
-        info["gpu"] = {"name": props.name, "capability": f"{props.major}.{props.minor}",
-                       "multiprocessors": props.multi_processor_count, "memory_gb": round(props.total_memory / 1e9, 1),
-                       "count": torch.cuda.device_count()}
-        info["cudnn"] = torch.backends.cudnn.version()
-    return info
-
-
-def disk_gb(path: str | Path) -> dict[str, float] | None:
-    """Total and free GB of the filesystem holding ``path`` (None if absent)."""
-    try:
-        usage = shutil.disk_usage(path)
-    except OSError:
-        return None
-    return {"total": round(usage.total / 1e9, 1), "free": round(usage.free / 1e9, 1)}
-
-
-def package_versions(modules: tuple[str, ...]) -> dict[str, str]:
-    """``module: "version (file)"``, or ``"missing: error"``, for each module."""
-    import importlib
-
-    found = {}
-    for name in modules:
-        try:
-            module = importlib.import_module(name)
-            found[name] = f"{getattr(module, '__version__', '?')} ({Path(module.__file__).parent})"
-        except Exception as exc:  # a missing package is a finding, not a failure of this step
-            found[name] = f"missing: {describe_error(exc)}"
-    return found
-
-
-def query_nvidia_smi() -> dict[str, str] | str | None:
-    """nvidia-smi's name, driver, memory, max SM clock, power limit and state of GPU 0 (None: no nvidia-smi)."""
-    if shutil.which("nvidia-smi") is None:
-        return None
-    fields = ("name", "driver_version", "memory.total", "clocks.max.sm", "power.limit", "pstate")
-    try:
-        result = subprocess.run(["nvidia-smi", f"--query-gpu={','.join(fields)}", "--format=csv,noheader"],
-                                capture_output=True, text=True, timeout=30, check=True)
-    except (OSError, subprocess.SubprocessError) as exc:
-        return f"failed: {describe_error(exc)}"
-    values = [v.strip() for v in result.stdout.splitlines()[0].split(",")]
-    return dict(zip(fields, values))
-
-
-def probe_guidance_attention(plan: Plan) -> dict[str, Any]:
-    """The SDPA backends that run the guidance attention of each sage figure (forward + backward)."""
-    from sage_cli.model import compute_default_bottleneck
-
-    shapes = {}
-    for c in plan.classes:
-        tokens = plan.guidance_tokens_for(c) or c
-        shapes[f"c{c}"] = probe_sdpa(plan.device, plan.batch * plan.tokens_per_image, tokens,
-                                     compute_default_bottleneck(c, plan.layers))
-    return {"kind": "sdpa", "layout": "one head: every query of the batch [1, 1, B*N, r] against [1, 1, M, r]",
-            "shapes": shapes, "chosen": {k: v["chosen"] for k, v in shapes.items()}}
-
-
-def probe_sdpa(device: str, queries: int, tokens: int, dim: int) -> dict[str, Any]:
-    """Each backend tried alone under ``sdpa_kernel`` (ok and ms, or its error), and torch's own pick."""
-    import torch
-    import torch.nn.functional as F
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    generator = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(1, 1, n, dim, generator=generator).to(device, dtype).requires_grad_()
-               for n in (queries, tokens, tokens))
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-
-    def forward_backward_ms() -> float:
-        times = []
-        for _ in range(4):  # the first is the warm-up
-            start = time.perf_counter()
-            F.scaled_dot_product_attention(q, k, v).float().sum().backward()
-            sync()
-            times.append((time.perf_counter() - start) * 1e3)
-        return round(statistics.median(times[1:]), 3)
-
-    try:
-        chosen = SDPBackend(torch._fused_sdp_choice(q, k, v)).name  # what the dispatcher picks here
-    except Exception as exc:  # a private function: its absence is recorded, not fatal
-        chosen = f"unknown ({describe_error(exc)})"
-    backends: dict[str, Any] = {}
-    for name in ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION", "MATH"):
-        with warnings.catch_warnings(record=True) as caught:  # torch warns why a backend cannot run
-            warnings.simplefilter("always")
-            try:
-                with sdpa_kernel([getattr(SDPBackend, name)]):
-                    backends[name] = {"ok": True, "ms_forward_backward": forward_backward_ms()}
-            except Exception as exc:  # a backend that cannot run these shapes
-                backends[name] = {"ok": False, "error": describe_error(exc)}
-        reasons = [str(w.message).splitlines()[0] for w in caught if str(w.message).strip()]
-        if reasons:
-            backends[name]["warnings"] = reasons[:4]
-    return {"queries": queries, "tokens": tokens, "head_dim": dim, "dtype": str(dtype).replace("torch.", ""),
-            "chosen": chosen, "default_ms_forward_backward": forward_backward_ms(), "backends": backends}
-
-
-def run_gpu_tests(plan: Plan, log: Path) -> dict[str, Any]:
-    """``pytest`` on the plan's gpu tests, killed after ``tests_timeout_s``; its output in ``log``."""
-    command = [sys.executable, "-m", "pytest", *plan.gpu_tests, "-q", "-p", "no:cacheprovider"]
-    code, last = run_bounded(command, log, plan.tests_timeout_s, cwd=ROOT)
-    if code != 0:
-        raise RuntimeError(f"pytest exited {code}: {last}")
-    return {"kind": "tests", "command": " ".join(command[2:]), "exit_code": code, "summary": last}
 
 
 # --------------------------------------------------------------------------------------------
@@ -594,6 +462,10 @@ def release_memory() -> None:
         sys.modules["torch"].cuda.empty_cache()
 
 
+def stop_on_term(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("gpu-bench"),
@@ -616,12 +488,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def check_request(args: argparse.Namespace, plan: Plan, work: Path) -> None:
+    """BenchError for a step name that does not exist, unusable folders, or no CUDA for the GPU plan."""
+    unknown = set(args.fail_figure) - {s.name for s in build_steps(plan, Context(plan, args.out, work))}
+    if unknown:
+        raise BenchError(f"--fail-figure {sorted(unknown)[0]}: no such step (see --dry-run)")
+    check_folders(args.out, work, args.force)
+    if plan.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise BenchError("no CUDA device; use --cpu-smoke on a CPU")
+
+
 def run(args: argparse.Namespace, plan: Plan, work: Path) -> dict[str, Any]:
     """Every step into ``args.out`` (bench.log, the summary files) with scratch under ``work``."""
     import torch
 
-    if plan.device == "cuda" and not torch.cuda.is_available():
-        raise BenchError("no CUDA device; use --cpu-smoke on a CPU")
     if plan.mode == "cpu-smoke":
         torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -643,15 +526,13 @@ def main(argv: list[str] | None = None) -> int:
     made_work = args.work is None
     work = Path(tempfile.mkdtemp(prefix="sage-gpu-bench-")) if made_work else args.work
     try:
-        unknown = set(args.fail_figure) - {s.name for s in build_steps(plan, Context(plan, args.out, work))}
-        if unknown:
-            raise BenchError(f"--fail-figure {sorted(unknown)[0]}: no such step (see --dry-run)")
-        check_folders(args.out, work, args.force)
+        check_request(args, plan, work)
         args.out.mkdir(parents=True, exist_ok=True)
         for name in RETURNED:
             (args.out / name).unlink(missing_ok=True)
         work.mkdir(parents=True, exist_ok=True)
         open_log(args.out)
+        signal.signal(signal.SIGTERM, stop_on_term)  # `timeout` sends it: the summary still says interrupted
         logging.basicConfig(level=logging.INFO, stream=sys.stderr, force=True,
                             format="%(asctime)s %(name)s %(levelname)s %(message)s")
         summary = run(args, plan, work)
