@@ -23,7 +23,6 @@ def usable_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-
 def describe_environment(device: str, work: Path) -> dict[str, Any]:
     """The machine and software this run measures."""
     import torch
@@ -106,8 +105,10 @@ def probe_sdpa(device: str, queries: int, tokens: int, dim: int) -> dict[str, An
 
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     generator = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(1, 1, n, dim, generator=generator).to(device, dtype).requires_grad_()
-               for n in (queries, tokens, tokens))
+    leaves = [torch.randn(n, dim, generator=generator).to(device, dtype).requires_grad_()
+              for n in (queries, tokens, tokens)]
+    # the adapter's views: [B*N, r] -> [1, h=1, B*N, r], [M, r] -> [1, 1, M, r] (SGAdapter.attend)
+    q, k, v = (x.reshape(1, -1, 1, dim).transpose(1, 2) for x in leaves)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
     def forward_backward_ms() -> float:

@@ -107,17 +107,22 @@ class Plan:
 
     @classmethod
     def build(cls, args: argparse.Namespace) -> Plan:
-        if args.cpu_smoke:
-            return cls("cpu-smoke", "sage-tiny", "cpu", 4, (10, 20), ("lift", "sage"), (None, 8), 16, 4, 1, 1, 2, 0,
-                       (0, 1), 2, 4, 2, 17, 2, ("-m", "gpu", "tests/test_gpu.py"), args.tests_timeout or 120.0,
-                       300.0, args.budget_s, args.peak_tflops)
+        common = {"methods": ("lift", "sage"), "budget_s": args.budget_s, "peak_tflops": args.peak_tflops}
+        if args.cpu_smoke:  # sage-tiny: 32 px, patch 8 (17 tokens), 2 blocks
+            return cls(mode="cpu-smoke", model="sage-tiny", device="cpu", batch=4, classes=(10, 20),
+                       guidance_tokens=(None, 8), images=16, train_steps=4, log_every=1, model_warmup=1,
+                       model_steps=2, num_workers=0, input_workers=(0, 1), input_batches=2, eval_batch=4,
+                       eval_batches=2, tokens_per_image=17, layers=2, gpu_tests=("-m", "gpu", "tests/test_gpu.py"),
+                       tests_timeout_s=args.tests_timeout or 120.0, step_timeout_s=300.0, **common)
         workers = min(16, args.cpus or usable_cpus())
         classes = (1000, 8142)
-        return cls("gpu", "ViT-B-16", "cuda", 128, classes, ("lift", "sage"),
-                   tuple(read_preset_guidance_tokens(c) for c in classes), 96 * 128, 96, 8, 3, 10, workers,
-                   tuple(sorted({4, workers})), 64, 256, 8, 197, 12, ("-m", "gpu", "tests"),
-                   args.tests_timeout or 180.0, 90.0, 420.0 if args.budget_s is None else args.budget_s,
-                   args.peak_tflops)
+        return cls(mode="gpu", model="ViT-B-16", device="cuda", batch=128, classes=classes,
+                   guidance_tokens=tuple(read_preset_guidance_tokens(c) for c in classes), images=96 * 128,
+                   train_steps=96, log_every=8, model_warmup=3, model_steps=10, num_workers=workers,
+                   input_workers=tuple(sorted({4, workers})), input_batches=64, eval_batch=256, eval_batches=8,
+                   tokens_per_image=197, layers=12, gpu_tests=("-m", "gpu", "tests"),
+                   tests_timeout_s=args.tests_timeout or 180.0, step_timeout_s=90.0,
+                   **{**common, "budget_s": 420.0 if args.budget_s is None else args.budget_s})
 
     def guidance_tokens_for(self, num_classes: int) -> int | None:
         return self.guidance_tokens[self.classes.index(num_classes)]
