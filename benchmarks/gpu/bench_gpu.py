@@ -49,7 +49,9 @@ sys.path.insert(0, str(HERE.parent / "input"))
 sys.path.insert(0, str(HERE))
 
 from bench_env import describe_environment, probe_guidance_attention, run_gpu_tests, usable_cpus  # noqa: E402
-from bench_runner import RETURNED, TESTS_LOG, BenchError, Runner, Step, check_folders, open_log  # noqa: E402
+from bench_runner import (  # noqa: E402
+    RETURNED, SUMMARY_MD, TESTS_LOG, BenchError, Runner, Step, check_folders, open_log,
+)
 from bench_tables import render_markdown  # noqa: E402
 
 logger = logging.getLogger("bench_gpu")
@@ -429,7 +431,8 @@ def measure_train(ctx: Context, method: str, num_classes: int, fast: bool) -> di
             "windows_images_per_s": [w["images_per_s"] for w in windows if w.get("kind") == "train"],
             "mfu": images_per_s * flops / (plan.peak_tflops * 1e12) if flops else None,
             "num_workers": plan.num_workers, "peak_memory": record["peak_memory"],
-            "guidance_tokens": record["classifier"]["guidance_tokens"], "bottleneck": record["classifier"]["bottleneck"],
+            "guidance_tokens": record["classifier"]["guidance_tokens"],
+            "bottleneck": record["classifier"]["bottleneck"],
             "whole_run_images_per_s": record["images_per_s"], "steps": record["steps"],
             "files": [str(out / "metrics.jsonl"), str(out / artifacts.TRAIN_RECORD)]}
 
@@ -547,6 +550,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if made_work and not args.keep_work:
             shutil.rmtree(work, ignore_errors=True)
+    print((args.out / SUMMARY_MD).read_text())  # the tables in the output's tail too
     counts = summary["counts"]
     failed = [s["name"] for s in summary["steps"] if s["status"] == "failed"]
     print(f"bench_gpu: {counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} skipped in "
