@@ -6,6 +6,8 @@ held with ``flock`` (released by the kernel when the holder dies, also over NFS)
 holder's pid, host, stage and start time as JSON, for the message a second writer gets. A lock file
 whose holder is gone is stale: the next stage takes it over with a warning naming the old holder.
 The file is removed on release; a directory the lock created and nothing filled is removed too.
+The lock file is opened without following a symlink and must be a regular file with one link: a
+link planted in its place is refused (one line), its target never written.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import json
 import logging
 import os
 import socket
+import stat
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -85,10 +88,7 @@ def acquire_lock(directory: Path, stage: str) -> _Held:
         raise SageError(f"{directory}: cannot create the output directory ({exc.strerror})") from None
     path = directory / LOCK_NAME
     while True:
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise SageError(f"{path}: cannot create the lock file ({exc.strerror})") from None
+        fd = _open_lock_file(path)
         if not _try_flock(fd, path, directory):
             continue  # the file we opened was removed by its releasing holder: open the new one
         previous = read_holder(fd)
@@ -102,6 +102,25 @@ def acquire_lock(directory: Path, stage: str) -> _Held:
             release_lock(_Held(path, fd, created))
             raise SageError(f"{path}: cannot write the lock file ({exc.strerror}); free space or fix permissions") from None
         return _Held(path, fd, created)
+
+
+def _open_lock_file(path: Path) -> int:
+    """Open (or create) the lock file itself, never what a symlink or a hard link in its place names:
+    the lock file is truncated and written, so a link would let anyone overwrite another's file."""
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP or path.is_symlink():
+            raise SageError(f"{path}: is a symbolic link, not sage's lock file; sage does not write through it "
+                            "(remove the link and re-run)") from None
+        raise SageError(f"{path}: cannot create the lock file ({exc.strerror})") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1:  # 0: its holder just removed it (retried)
+        os.close(fd)
+        what = "not a regular file" if not stat.S_ISREG(info.st_mode) else f"a file with {info.st_nlink} hard links"
+        raise SageError(f"{path}: is {what}, not sage's lock file; sage does not write to it (remove it and re-run)")
+    return fd
 
 
 def _try_flock(fd: int, path: Path, directory: Path) -> bool:
