@@ -14,8 +14,10 @@ import datetime as _dt
 import hashlib
 import importlib.metadata
 import json
+import logging
 import os
 import platform
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
@@ -28,6 +30,8 @@ import pyarrow.parquet as pq
 
 from sage_cli import __version__
 from sage_cli.errors import SageError
+
+logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 _META_TABLE = b"sage.table"
@@ -180,6 +184,51 @@ def replace_directory(tmp: Path, final: Path) -> None:
         shutil.rmtree(aside, ignore_errors=True)
     else:
         os.replace(tmp, final)
+
+
+# The temporaries sage's own writes leave when killed: ``.NAME.XXXXXXXX.tmp`` (:func:`atomic_path`, NAME
+# a file sage writes), ``.NAME.old.tmp`` (:func:`replace_directory`), ``.prepare.XXXXXXXX.tmp`` (prepare's
+# staging inside OUT) and, beside OUT, ``.OUT.XXXXXXXX.prepare.tmp`` (the staging of earlier sage versions).
+_TEMP_SUFFIXES = (".parquet", ".json", ".jsonl", ".safetensors", ".u8", ".md", ".html", ".tex", ".csv", ".pt",
+                  ".txt", ".png", ".pdf", ".svg", ".npy")
+_TEMP_FILE = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp")
+_TEMP_DIR = re.compile(r"\.(prepare\.[a-z0-9_]{8}|.+\.old)\.tmp")
+
+
+def find_stale_temporaries(directory: Path) -> list[Path]:
+    """The temporaries of sage's own writes in ``directory`` (and prepare's old staging beside it).
+
+    Only for a caller that holds ``directory``'s lock: every sage writer of a directory holds its
+    lock, so whoever made these is gone (killed) and nothing will finish or remove them.
+    """
+    found = []
+    with contextlib.suppress(OSError):
+        for entry in directory.iterdir():
+            match = _TEMP_FILE.fullmatch(entry.name)
+            if match and entry.is_file() and not entry.is_symlink() \
+                    and Path(match["name"]).suffix in _TEMP_SUFFIXES:
+                found.append(entry)
+            elif _TEMP_DIR.fullmatch(entry.name) and entry.is_dir() and not entry.is_symlink():
+                found.append(entry)
+    beside = re.compile(rf"\.{re.escape(directory.name)}\.[a-z0-9_]{{8}}\.prepare\.tmp")
+    with contextlib.suppress(OSError):
+        found += [p for p in directory.parent.iterdir()
+                  if beside.fullmatch(p.name) and p.is_dir() and not p.is_symlink()]
+    return sorted(found)
+
+
+def remove_stale_temporaries(directory: str | os.PathLike[str]) -> list[Path]:
+    """Remove :func:`find_stale_temporaries` (the caller holds the lock), saying so; returns them."""
+    found = find_stale_temporaries(Path(directory))
+    for path in found:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    if found:
+        logger.warning("%s: removed %d temporary file(s) left by a killed sage run: %s", directory, len(found),
+                       ", ".join(p.name for p in found[:5]) + (" ..." if len(found) > 5 else ""))
+    return found
 
 
 def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:

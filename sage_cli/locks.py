@@ -7,7 +7,9 @@ holder's pid, host, stage and start time as JSON, for the message a second write
 whose holder is gone is stale: the next stage takes it over with a warning naming the old holder.
 The file is removed on release; a directory the lock created and nothing filled is removed too.
 The lock file is opened without following a symlink and must be a regular file with one link: a
-link planted in its place is refused (one line), its target never written.
+link planted in its place is refused (one line), its target never written. The holder removes the
+temporaries that killed sage runs left in the directory (see
+:func:`~sage_cli.artifacts.remove_stale_temporaries`): every sage writer holds the lock, so theirs are dead.
 """
 
 from __future__ import annotations
@@ -72,6 +74,10 @@ def lock_output_dir(
     if error is not None:
         raise error
     try:
+        if held is not None:
+            from sage_cli.artifacts import remove_stale_temporaries
+
+            remove_stale_temporaries(directory)  # no writer of ours is alive here: we hold the lock
         yield
     finally:
         if held is not None:
