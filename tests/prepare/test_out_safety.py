@@ -129,7 +129,7 @@ def test_stale_temporaries_of_sage_go_and_look_alikes_stay(tmp_path: Path, caplo
             tmp_path / ".other.q1w2e3r4.prepare.tmp"]
     for path in kept:
         path.write_bytes(b"user")
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.WARNING, logger="sage_cli"):
         result = run(PrepareConfig(dataset="synthetic", out=out))  # nothing to do, but it cleans up
     assert result.skipped
     assert not any(p.exists() for p in stale + stale_dirs)
