@@ -460,6 +460,27 @@ def find_changed_file(directory: Path, record: Mapping[str, Any]) -> tuple[str, 
     return None
 
 
+def pending_path(directory: str | os.PathLike[str], record_name: str) -> Path:
+    """``.RECORD.pending``: written (with the run's fingerprint) before a stage writes its outputs in
+    place and removed after its record, so that a re-run with the same inputs may finish a killed run."""
+    return Path(directory) / f".{record_name}.pending"
+
+
+def mark_pending(directory: str | os.PathLike[str], record_name: str, fingerprint: str) -> None:
+    write_json_atomic(pending_path(directory, record_name), {"fingerprint": fingerprint})
+
+
+def clear_pending(directory: str | os.PathLike[str], record_name: str) -> None:
+    pending_path(directory, record_name).unlink(missing_ok=True)
+
+
+def _pending_fingerprint(directory: Path, record_name: str) -> str | None:
+    try:
+        return json.loads(pending_path(directory, record_name).read_text()).get("fingerprint")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def guard_output_dir(
     directory: str | os.PathLike[str],
     record_name: str,
@@ -471,7 +492,7 @@ def guard_output_dir(
     """Decide whether a stage may write into ``directory``.
 
     ``outputs`` are every file or folder the stage may write (their presence without a record marks
-    an interrupted run); ``required`` (default: all of ``outputs``) those a finished result has.
+    an interrupted run, refused unless :func:`mark_pending` says it was one of this ``fingerprint``); ``required`` (default: all of ``outputs``) those a finished result has.
     Returns True when the directory already holds this exact result (same fingerprint): the stage
     can skip its work. Returns False when the directory is free (or ``force``). Raises
     :class:`SageError` when it holds outputs of other inputs, or of an interrupted run, and
@@ -505,6 +526,9 @@ def guard_output_dir(
             )
         return False
     present = [o for o in outputs if (directory / o).exists()]
+    if present and not force and _pending_fingerprint(directory, record_name) == fingerprint:
+        logger.info("%s: finishing an interrupted run of the same inputs", directory)
+        return False
     if present and not force:
         raise SageError(
             f"{directory}: holds {present[0]} without {record_name} (an interrupted run?); "

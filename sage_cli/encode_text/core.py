@@ -112,6 +112,8 @@ def _run_locked(config: EncodeTextConfig, progress: Progress | None) -> EncodeTe
         logger.warning("%d class(es) have no description and use templates only: %s",
                        len(fallback), ", ".join(fallback[:10]) + (" ..." if len(fallback) > 10 else ""))
     (config.out / ENCODE_RECORD).unlink(missing_ok=True)  # tables first, record last: never stale
+    with explain_write_errors(config.out, "text cache"):  # a re-run of these inputs may finish a killed one
+        artifacts.mark_pending(config.out, ENCODE_RECORD, fingerprint)
     start = time.perf_counter()
     embeddings = encode_texts(clip.model, clip.tokenizer, texts.texts, config.batch_size, device, progress)
     seconds = time.perf_counter() - start
@@ -125,6 +127,7 @@ def _run_locked(config: EncodeTextConfig, progress: Progress | None) -> EncodeTe
         write_outputs(config.out, prepared.names, texts, embeddings, pooled)
         record = artifacts.seal_record(config.out, record, OUTPUTS)
         artifacts.write_record(config.out, ENCODE_RECORD, record)
+        artifacts.clear_pending(config.out, ENCODE_RECORD)
     return EncodeTextResult(config.out, False, record, tuple(fallback), requests)
 
 
