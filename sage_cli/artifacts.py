@@ -257,6 +257,16 @@ def write_table(
     embedding_dim: int | None = None,
 ) -> Path:
     """Write ``data`` (Arrow table, dict of columns or pandas DataFrame) as ``schema``, atomically."""
+    table = build_table(schema, data, embedding_dim)
+    path = Path(directory) / schema.filename
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+    return path
+
+
+def build_table(schema: TableSchema, data: pa.Table | Mapping[str, Any] | Any,
+                embedding_dim: int | None = None) -> pa.Table:
+    """``data`` (Arrow table, dict of columns or pandas DataFrame) as an Arrow table of ``schema``."""
     target = schema.arrow_schema(embedding_dim)
     if isinstance(data, pa.Table):
         table = data.select(list(schema.columns)).cast(target)
@@ -264,11 +274,24 @@ def write_table(
         table = pa.Table.from_pandas(data[list(schema.columns)], schema=target, preserve_index=False)
     else:
         table = pa.table({c: data[c] for c in schema.columns}, schema=target)
-    table = table.replace_schema_metadata(target.metadata)
-    path = Path(directory) / schema.filename
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
-    return path
+    return table.replace_schema_metadata(target.metadata)
+
+
+def serialize_table(table: pa.Table) -> bytes:
+    """The Parquet bytes of ``table`` (to hash exactly what is written)."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue().to_pybytes()
+
+
+def parse_table(data: bytes, schema: TableSchema, path: Path | str) -> pa.Table:
+    """Parquet ``data`` (read from ``path``) as a validated table of ``schema``."""
+    try:
+        table = pq.read_table(pa.BufferReader(data))
+    except Exception as exc:  # pyarrow raises several types for corrupt files
+        raise SageError(f"{path}: not a readable Parquet file ({exc})") from None
+    validate_table(table, schema, path)
+    return table
 
 
 def read_table(directory_or_file: str | os.PathLike[str], schema: TableSchema) -> pa.Table:
@@ -386,9 +409,15 @@ def seal_record(directory: str | os.PathLike[str], record: Mapping[str, Any], fi
     """``record`` with the sha256 of each of ``files`` that exists (relative to ``directory``) and
     its own hash: :func:`read_record` refuses a record or an artifact changed since."""
     directory = Path(directory)
-    hashes = {name: sha256_file(directory / name) for name in files if (directory / name).is_file()}
+    return seal_record_hashes(record, {name: sha256_file(directory / name) for name in files
+                                       if (directory / name).is_file()})
+
+
+def seal_record_hashes(record: Mapping[str, Any], hashes: Mapping[str, str]) -> dict[str, Any]:
+    """``record`` sealed with ``hashes`` (file name -> sha256 of the bytes the caller wrote): a
+    writer that hashes its own bytes never vouches for a file another process put there since."""
     sealed = {k: v for k, v in record.items() if k != RECORD_SHA256}
-    sealed[FILES] = hashes
+    sealed[FILES] = dict(hashes)
     sealed[RECORD_SHA256] = compute_record_sha256(sealed)
     return sealed
 

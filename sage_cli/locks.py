@@ -84,6 +84,27 @@ def lock_output_dir(
             release_lock(held)
 
 
+class DirectoryInUse(SageError):
+    """Another live process holds the directory's lock."""
+
+
+@contextlib.contextmanager
+def try_lock_output_dir(directory: str | os.PathLike[str], stage: str, already_held: bool = False
+                        ) -> Iterator[bool]:
+    """Like :func:`lock_output_dir`, but yield False instead of refusing when another process holds it
+    (for optional writes, such as a cache); ``already_held``: this process holds it, yield True."""
+    if already_held:
+        yield True
+        return
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(lock_output_dir(directory, stage))
+        except DirectoryInUse:
+            yield False
+            return
+        yield True
+
+
 def acquire_lock(directory: Path, stage: str) -> _Held:
     if directory.exists() and not directory.is_dir():
         raise SageError(f"{directory}: exists and is not a directory")
@@ -139,7 +160,7 @@ def _try_flock(fd: int, path: Path, directory: Path) -> bool:
     except BlockingIOError:
         holder = _await_holder(fd)
         os.close(fd)
-        raise SageError(f"{directory}: in use by {describe_holder(holder)}; wait for it to finish or choose "
+        raise DirectoryInUse(f"{directory}: in use by {describe_holder(holder)}; wait for it to finish or choose "
                         "another --out") from None
     except OSError as exc:
         if exc.errno not in _NO_FLOCK:
@@ -170,8 +191,8 @@ def _refuse_if_alive(fd: int, directory: Path) -> None:
     if holder and holder.get("host") == socket.gethostname() and holder.get("pid") != os.getpid() \
             and pid_alive(int(holder.get("pid", 0))):
         os.close(fd)
-        raise SageError(f"{directory}: in use by {describe_holder(holder)}; wait for it to finish or choose "
-                        "another --out")
+        raise DirectoryInUse(f"{directory}: in use by {describe_holder(holder)}; wait for it to finish or choose "
+                             "another --out")
 
 
 def release_lock(held: _Held) -> None:
