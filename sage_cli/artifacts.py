@@ -202,14 +202,15 @@ def find_stale_temporaries(directory: Path) -> list[Path]:
     lock, so whoever made these is gone (killed) and nothing will finish or remove them.
     """
     found = []
-    with contextlib.suppress(OSError):
-        for entry in directory.iterdir():
-            match = _TEMP_FILE.fullmatch(entry.name)
-            if match and entry.is_file() and not entry.is_symlink() \
-                    and Path(match["name"]).suffix in _TEMP_SUFFIXES:
-                found.append(entry)
-            elif _TEMP_DIR.fullmatch(entry.name) and entry.is_dir() and not entry.is_symlink():
-                found.append(entry)
+    for folder in (directory, directory / "figures"):  # the report writes its figures one level down
+        with contextlib.suppress(OSError):
+            for entry in folder.iterdir():
+                match = _TEMP_FILE.fullmatch(entry.name)
+                if match and entry.is_file() and not entry.is_symlink() \
+                        and Path(match["name"]).suffix in _TEMP_SUFFIXES:
+                    found.append(entry)
+                elif _TEMP_DIR.fullmatch(entry.name) and entry.is_dir() and not entry.is_symlink():
+                    found.append(entry)
     beside = re.compile(rf"\.{re.escape(directory.name)}\.[a-z0-9_]{{8}}\.prepare\.tmp")
     with contextlib.suppress(OSError):
         found += [p for p in directory.parent.iterdir()

@@ -119,7 +119,9 @@ def test_stale_temporaries_of_sage_go_and_look_alikes_stay(tmp_path: Path, caplo
     monkeypatch.setattr(logging.getLogger("sage_cli"), "propagate", True)  # the CLI's console stops it
     out = tmp_path / "p"
     run(PrepareConfig(dataset="synthetic", out=out))
-    stale = [out / ".manifest.parquet.ab12cd_3.tmp", out / ".prepare.json.zz99yy00.tmp"]
+    (out / "figures").mkdir()
+    stale = [out / ".manifest.parquet.ab12cd_3.tmp", out / ".prepare.json.zz99yy00.tmp",
+             out / "figures" / ".lift.png.a1b2c3d4.tmp"]
     for path in stale:
         path.write_bytes(b"half")
     stale_dirs = [out / ".images.old.tmp", out / ".prepare.k2j3h4g5.tmp", tmp_path / ".p.q1w2e3r4.prepare.tmp"]
@@ -134,4 +136,4 @@ def test_stale_temporaries_of_sage_go_and_look_alikes_stay(tmp_path: Path, caplo
     assert result.skipped
     assert not any(p.exists() for p in stale + stale_dirs)
     assert all(p.read_bytes() == b"user" for p in kept)
-    assert f"{out}: removed 5 temporary file(s) left by a killed sage run" in caplog.text
+    assert f"{out}: removed 6 temporary file(s) left by a killed sage run" in caplog.text
