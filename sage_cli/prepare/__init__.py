@@ -13,6 +13,7 @@ so a failure changes nothing in OUT. An ``OUT/images`` that sage did not write i
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import os
 import shutil
@@ -248,10 +249,16 @@ def publish(staging: Path, out: Path) -> None:
     entries = sorted(staging.iterdir(), key=lambda p: (p.name == artifacts.PREPARE_RECORD, p.name))
     for entry in entries:
         target = out / entry.name
-        if target.is_dir() and not target.is_symlink():
-            artifacts.replace_directory(entry, target)
-        else:
-            os.replace(entry, target)
+        try:
+            if target.is_dir() and not target.is_symlink():
+                artifacts.replace_directory(entry, target)
+            else:
+                os.replace(entry, target)
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.EBUSY):
+                raise
+            raise SageError(f"{target}: cannot be replaced by a rename ({exc.strerror}; is it a mount point?); "
+                            "prepare into another --out") from None
 
 
 def _fingerprint_inputs(config: PrepareConfig, hashes: dict[str, str] | None) -> dict[str, Any]:

@@ -137,3 +137,21 @@ def test_stale_temporaries_of_sage_go_and_look_alikes_stay(tmp_path: Path, caplo
     assert not any(p.exists() for p in stale + stale_dirs)
     assert all(p.read_bytes() == b"user" for p in kept)
     assert f"{out}: removed 6 temporary file(s) left by a killed sage run" in caplog.text
+
+
+def test_an_images_folder_that_is_a_mount_point_is_one_line(tmp_path: Path, monkeypatch) -> None:
+    out = tmp_path / "p"
+    run(PrepareConfig(dataset="synthetic", out=out))
+    real_replace = os.replace
+
+    def busy(src, dst, *args, **kwargs):
+        if Path(src) == out / "images":  # a volume mounted on OUT/images cannot be renamed
+            raise OSError(errno.EBUSY, "Device or resource busy", str(src))
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", busy)
+    result = runner.invoke(app, ["prepare", "synthetic", "--out", str(out), "--seed", "1", "--force"])
+    assert result.exit_code == 1
+    assert result.output.replace("\n", "") == (f"error: {out / 'images'}: cannot be replaced by a rename (Device or "
+                                               "resource busy; is it a mount point?); prepare into another --out")
+    assert (out / "images" / "train" / "000007.png").is_file()
