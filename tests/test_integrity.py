@@ -115,8 +115,8 @@ def test_a_flipped_byte_in_a_run_output_is_caught(trained: Path, tmp_path: Path,
 def test_a_flipped_byte_in_a_checkpoint_is_caught_before_a_resume(trained: Path, tmp_path: Path, name: str) -> None:
     copy = copy_tree(trained, tmp_path / "r")
     checkpoint = ckpt.find_latest_checkpoint(copy)
-    assert checkpoint is not None and checkpoint.name == "step-00000001"
-    assert ckpt.load_checkpoint_state(checkpoint)["position"]["global_step"] == 1  # intact: reads back
+    assert checkpoint is not None and checkpoint.name == "step-00000002"  # the finished state, before the final writes
+    assert ckpt.load_checkpoint_state(checkpoint)["position"]["global_step"] == 2  # intact: reads back
     flip(checkpoint / name)
     with pytest.raises(SageError, match=rf"^{checkpoint / name}: content differs from the sha256 in "
                                         rf"{checkpoint / 'checkpoint.json'}"):
@@ -128,7 +128,7 @@ def test_a_resume_over_a_flipped_checkpoint_is_refused(trained: Path, tmp_path: 
     copy = copy_tree(trained, tmp_path / "r")
     (copy / "train.json").unlink()  # as if killed before the end
     (copy / "adapter.safetensors").unlink()
-    state = copy / "checkpoints" / "step-00000001" / ckpt.STATE
+    state = copy / "checkpoints" / "step-00000002" / ckpt.STATE  # the latest: the finished state
     flip(state)
     config = build_train_config({"prepared": synthetic_prepared, "text_cache": synthetic_text_cache, "out": copy,
                                  "method": "linear", "batch_size": 16, "device": "cpu", "num_workers": 0,
