@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import platform
-import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
@@ -184,52 +183,6 @@ def replace_directory(tmp: Path, final: Path) -> None:
         shutil.rmtree(aside, ignore_errors=True)
     else:
         os.replace(tmp, final)
-
-
-# The temporaries sage's own writes leave when killed: ``.NAME.XXXXXXXX.tmp`` (:func:`atomic_path`, NAME
-# a file sage writes), ``.NAME.old.tmp`` (:func:`replace_directory`), ``.prepare.XXXXXXXX.tmp`` (prepare's
-# staging inside OUT) and, beside OUT, ``.OUT.XXXXXXXX.prepare.tmp`` (the staging of earlier sage versions).
-_TEMP_SUFFIXES = (".parquet", ".json", ".jsonl", ".safetensors", ".u8", ".md", ".html", ".tex", ".csv", ".pt",
-                  ".txt", ".png", ".pdf", ".svg", ".npy")
-_TEMP_FILE = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp")
-_TEMP_DIR = re.compile(r"\.(prepare\.[a-z0-9_]{8}|.+\.old)\.tmp")
-
-
-def find_stale_temporaries(directory: Path) -> list[Path]:
-    """The temporaries of sage's own writes in ``directory`` (and prepare's old staging beside it).
-
-    Only for a caller that holds ``directory``'s lock: every sage writer of a directory holds its
-    lock, so whoever made these is gone (killed) and nothing will finish or remove them.
-    """
-    found = []
-    for folder in (directory, directory / "figures"):  # the report writes its figures one level down
-        with contextlib.suppress(OSError):
-            for entry in folder.iterdir():
-                match = _TEMP_FILE.fullmatch(entry.name)
-                if match and entry.is_file() and not entry.is_symlink() \
-                        and Path(match["name"]).suffix in _TEMP_SUFFIXES:
-                    found.append(entry)
-                elif _TEMP_DIR.fullmatch(entry.name) and entry.is_dir() and not entry.is_symlink():
-                    found.append(entry)
-    beside = re.compile(rf"\.{re.escape(directory.name)}\.[a-z0-9_]{{8}}\.prepare\.tmp")
-    with contextlib.suppress(OSError):
-        found += [p for p in directory.parent.iterdir()
-                  if beside.fullmatch(p.name) and p.is_dir() and not p.is_symlink()]
-    return sorted(found)
-
-
-def remove_stale_temporaries(directory: str | os.PathLike[str]) -> list[Path]:
-    """Remove :func:`find_stale_temporaries` (the caller holds the lock), saying so; returns them."""
-    found = find_stale_temporaries(Path(directory))
-    for path in found:
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
-    if found:
-        logger.warning("%s: removed %d temporary file(s) left by a killed sage run: %s", directory, len(found),
-                       ", ".join(p.name for p in found[:5]) + (" ..." if len(found) > 5 else ""))
-    return found
 
 
 def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
