@@ -118,6 +118,8 @@ def _run_locked(config: EncodeTextConfig, progress: Progress | None) -> EncodeTe
                                 llm_fallback=_fallback_reasons(llm_fallback))
     texts, fallback = _gather_texts(config, prepared, templates, described, generation)
     (config.out / ENCODE_RECORD).unlink(missing_ok=True)  # tables first, record last: never stale
+    with explain_write_errors(config.out, "text cache"):  # a re-run of these inputs may finish a killed one
+        artifacts.mark_pending(config.out, ENCODE_RECORD, fingerprint)
     start = time.perf_counter()
     embeddings = encode_texts(clip.model, clip.tokenizer, texts.texts, config.batch_size, device, progress)
     seconds = time.perf_counter() - start
@@ -133,6 +135,7 @@ def _run_locked(config: EncodeTextConfig, progress: Progress | None) -> EncodeTe
         write_outputs(config.out, prepared.names, texts, embeddings, pooled)
         record = artifacts.seal_record(config.out, record, OUTPUTS)
         artifacts.write_record(config.out, ENCODE_RECORD, record)
+        artifacts.clear_pending(config.out, ENCODE_RECORD)
     return EncodeTextResult(config.out, False, record, tuple(fallback), generation.requests,
                             _fallback_reasons(llm_fallback))
 

@@ -20,7 +20,7 @@ from sage_cli import artifacts
 from sage_cli.artifacts import PER_CLASS, REPORT_RECORD
 from sage_cli.config import check_batch_size
 from sage_cli.errors import SageError, explain_write_errors
-from sage_cli.locks import lock_output_dir
+from sage_cli.locks import lock_output_dir, try_lock_output_dir
 from sage_cli.report import build, frontier, html, markdown, seeds, tex
 from sage_cli.report.evaluate import (
     Predictions,
@@ -30,7 +30,13 @@ from sage_cli.report.evaluate import (
 )
 from sage_cli.report.figures import render_figures
 from sage_cli.report.loader import build_eval_loader, build_eval_transform
-from sage_cli.report.logits import compute_adjusted_predictions, compute_class_prior, load_logits, save_logits
+from sage_cli.report.logits import (
+    LOGITS,
+    compute_adjusted_predictions,
+    compute_class_prior,
+    load_logits,
+    save_logits,
+)
 from sage_cli.report.sources import (
     ZERO_SHOT,
     Source,
@@ -285,12 +291,26 @@ def predict(
     evaluation = {"seconds": round(stats.seconds, 3), "images_per_second": round(stats.images_per_second, 1),
                   "device": stats.device, "precision": stats.precision, "batch_size": config.batch_size,
                   **config.tte_protocol, "image_size": backbone.get("image_size")}
-    with explain_write_errors(source.cache_dir, "predictions cache"):
-        if predictions.logits is not None:  # before the record: a record never vouches for missing logits
-            save_logits(source.cache_dir, predictions.logits, predictions, fingerprint)
-        save_predictions(source.cache_dir, predictions, artifacts.build_record("predictions", cache_inputs,
-                                                                                 evaluation=evaluation))
+    record = artifacts.build_record("predictions", cache_inputs, evaluation=evaluation)
+    save_cache(source, config, predictions, record, fingerprint)
     return predictions, {**evaluation, "cached": False}
+
+
+def save_cache(source: Source, config: ReportConfig, predictions: Predictions, record: dict[str, Any],
+               fingerprint: str) -> None:
+    """Write the source's predictions cache while holding its directory's lock (one writer at a
+    time; a directory in use, by training or another report, is left alone: nothing is cached)."""
+    cache_dir = source.cache_dir
+    held = cache_dir.resolve() == Path(config.out).resolve()  # the report's own --out: locked already
+    with try_lock_output_dir(cache_dir, STAGE, already_held=held) as locked:
+        if not locked:
+            logger.warning("%s: in use by another sage process; its predictions cache is not updated", cache_dir)
+            return
+        with explain_write_errors(cache_dir, "predictions cache"):
+            also = None
+            if predictions.logits is not None:  # before the record: a record never vouches for missing logits
+                also = {LOGITS: save_logits(cache_dir, predictions.logits, predictions, fingerprint)}
+            save_predictions(cache_dir, predictions, record, also)
 
 
 def write_outputs(out: Path, report: dict[str, Any], latex: bool = False, figures: bool = True) -> dict[str, Any]:
