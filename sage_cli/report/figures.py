@@ -368,7 +368,7 @@ def plot_curves(report: dict[str, Any]) -> Figure | None:
         train = run["history"]["train"]
         if train:
             loss_ax.plot([t["step"] for t in train], [t["loss"] for t in train], color=run_colour(i), lw=1.4,
-                         label=run["name"])
+                         label=run["name"], marker="o" if len(train) == 1 else None, ms=5)
         if final_only:
             _plot_lone_eval(val_ax, i, run["name"], evals[i])
         elif evals[i]:
@@ -376,7 +376,10 @@ def plot_curves(report: dict[str, Any]) -> Figure | None:
     loss_ax.set(xlabel="step", ylabel="training loss", title="Training loss")
     split = next((e.get("split") for _, r in runs for e in r["history"]["eval"] if e.get("split")), "val")
     if final_only:  # eval_every 0: one point per run, at the last step
-        val_ax.set(xlabel="step", ylabel="top-1 (%)", title=f"{split} top-1 (●) and few (▲): final eval only")
+        values = [100 * e[k] for points in evals.values() for e in points for k in ("top1", "few") if e.get(k) is not None]
+        val_ax.set(xlabel="step", ylabel="top-1 (%)", title=f"final {split} eval only: top-1 ●, few ▲")
+        if values:  # a few points either side, never a range of hundredths around one value
+            val_ax.set_ylim(max(-3.0, min(values) - 4), min(103.0, max(values) + 4))
         if any(r["history"]["train"] for _, r in runs):
             lo, hi = loss_ax.get_xlim()
             val_ax.set_xlim(lo, hi + 0.12 * (hi - lo))  # room for the values written right of the markers
@@ -402,7 +405,7 @@ def _plot_lone_eval(ax: Any, i: int, name: str, points: list[dict[str, Any]]) ->
         return
     step = points[-1]["step"]
     side = 1 if i % 2 == 0 else -1  # alternate sides so that close values do not print over each other
-    for key, marker in (("top1", "o"), ("few", "^")):
+    for key, marker, side in (("top1", "o", side), ("few", "^", -side)):
         value = points[-1].get(key)
         if value is None:
             continue

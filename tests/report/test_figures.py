@@ -62,7 +62,7 @@ def test_a_lone_eval_point_is_drawn_as_a_labelled_marker() -> None:
     assert markers["lone-eval-top1-0"] == ([3], [pytest.approx(81.3)], "o")
     assert markers["lone-eval-few-0"] == ([3], [pytest.approx(70.2)], "^")
     assert sorted(t.get_text() for t in val_ax.texts) == ["70.2", "81.3"]
-    assert val_ax.get_title().endswith("final eval only")
+    assert val_ax.get_title() == "final val eval only: top-1 ●, few ▲"
     assert val_ax.get_legend().get_texts()[0].get_text() == "sage"
 
 
