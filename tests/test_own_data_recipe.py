@@ -45,8 +45,8 @@ def make_image_folder(root: Path) -> None:
 
 
 def test_recipe_has_four_commands_one_per_stage() -> None:
-    assert [shlex.split(line)[:2] for line in recipe_lines()] == [["sage", "prepare"], ["sage", "encode-text"], ["sage", "train"],
-                                                  ["sage", "report"]]
+    assert [shlex.split(line)[:2] for line in recipe_lines()] == [
+        ["sage", "prepare"], ["sage", "encode-text"], ["sage", "train"], ["sage", "report"]]
 
 
 @pytest.mark.slow

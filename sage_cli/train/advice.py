@@ -27,8 +27,8 @@ def compute_schedule_advice(num_samples: int, batch_size: int, epochs: int) -> s
     steps_per_epoch = math.ceil(num_samples / batch)
     new_epochs = max(epochs, math.ceil(MIN_STEPS / steps_per_epoch))
     flags = [f"--batch-size {batch}"] * (batch != batch_size) + [f"--epochs {new_epochs}"] * (new_epochs != epochs)
-    return (f"{num_samples} images x {epochs} epoch{'s' * (epochs != 1)} at batch {batch_size} = {total} optimiser steps in all "
-            f"(under {MIN_STEPS}): consider {' '.join(flags)} ({new_epochs * steps_per_epoch} steps)")
+    return (f"{num_samples} images x {epochs} epoch{'s' * (epochs != 1)} at batch {batch_size} = {total} "
+            f"optimiser steps in all (under {MIN_STEPS}): consider {' '.join(flags)} ({new_epochs * steps_per_epoch} steps)")
 
 
 def warn_short_schedule(num_samples: int, batch_size: int, epochs: int, max_steps: int | None) -> None:

@@ -8,7 +8,8 @@ import matplotlib
 import numpy as np
 import pytest
 
-from sage_cli.report.figures import RC, plot_curves, plot_per_class, plot_share
+from sage_cli.report.curves import plot_curves
+from sage_cli.report.figures import RC, plot_per_class, plot_share, run_colour
 
 COUNTS = [3, 6, 15, 40, 120]
 GROUPS = ["few", "few", "few", "medium", "many"]  # by the thresholds many > 100, few < 20
@@ -55,7 +56,7 @@ def test_a_lone_eval_point_is_drawn_as_a_labelled_marker() -> None:
     history = {"train": [{"step": s, "loss": 1.0 / s} for s in (1, 2, 3)],
                "eval": [{"step": 3, "top1": 0.813, "few": 0.702, "split": "val"}]}
     with matplotlib.rc_context(RC):
-        fig = plot_curves(_report(history=history))
+        fig = plot_curves(_report(history=history), run_colour)
     val_ax = fig.axes[1]
     markers = {line.get_gid(): (list(line.get_xdata()), list(line.get_ydata()), line.get_marker())
                for line in val_ax.lines}

@@ -22,7 +22,8 @@ from sage_cli import artifacts
     (20, 128, 10, "20 images x 10 epochs at batch 128 = 10 optimiser steps in all (under 100): "
                   "consider --batch-size 16 --epochs 50 (100 steps)"),
     # 45 images at 8 (already below 16): 6 steps an epoch, 17 epochs make 102
-    (45, 8, 1, "45 images x 1 epoch at batch 8 = 6 optimiser steps in all (under 100): consider --epochs 17 (102 steps)"),
+    (45, 8, 1, "45 images x 1 epoch at batch 8 = 6 optimiser steps in all (under 100): "
+               "consider --epochs 17 (102 steps)"),
     (1000, 32, 4, None),  # 32 steps an epoch, 128 in all
     (100, 1, 1, None),  # exactly 100
 ])
