@@ -1,17 +1,115 @@
-"""Helpers shared by the stages' frozen config dataclasses: YAML presets, flag precedence, value types."""
+"""Helpers shared by the stages' frozen config dataclasses: field metadata, YAML presets, value types.
+
+A config field declared with :func:`option` carries its :class:`Option` metadata (help, panel,
+choices, bounds): :func:`check_options` validates a dataclass from it, the command layer makes its
+Typer options from it and the preset loader coerces values to its type, so each option and its
+default is written once. Errors name a field by its flat key (``attn_heads``); inside
+:func:`cli_names` (the commands) by its flag (``--attn-heads``), through :func:`option_label`.
+"""
 
 from __future__ import annotations
 
+import contextvars
+import dataclasses
 import os
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from sage_cli.errors import SageError
+
+_CLI_NAMES: contextvars.ContextVar[bool] = contextvars.ContextVar("sage_cli_names", default=False)
+
+
+@contextmanager
+def cli_names() -> Iterator[None]:
+    """Inside the block, :func:`option_label` names options by their flag (the commands use this)."""
+    token = _CLI_NAMES.set(True)
+    try:
+        yield
+    finally:
+        _CLI_NAMES.reset(token)
+
+
+def option_label(key: str) -> str:
+    """How an error names the option ``key``: ``--key-name`` under :func:`cli_names`, else ``key``."""
+    return "--" + key.replace("_", "-") if _CLI_NAMES.get() else key
+
+
+@dataclass(frozen=True)
+class Option:
+    """What a config field is as an option: its help and panel, and the values it takes.
+
+    ``key``: its flat name (``sage train --KEY``, a preset's key) when it is not the field's name;
+    ``choices``: the names it takes; ``ge`` / ``gt`` / ``le`` / ``lt``: bounds of a number
+    (None passes when the field allows None); ``parse``: text (a flag, a preset) to value;
+    ``cli`` False: a field that presets set and no flag offers; ``aliases``: more flags.
+    """
+
+    help: str
+    panel: str
+    key: str | None = None
+    choices: tuple[str, ...] | None = None
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    parse: Callable[[Any], Any] | None = None
+    cli: bool = True
+    short: str | None = None
+    aliases: tuple[str, ...] = ()
+    metavar: str | None = None
+
+
+def option(default: Any = dataclasses.MISSING, *, help: str, panel: str, **meta: Any) -> Any:
+    """A dataclass field with :class:`Option` metadata (``default`` MISSING: required)."""
+    return dataclasses.field(default=default, metadata={"option": Option(help=help, panel=panel, **meta)})
+
+
+def option_of(f: dataclasses.Field) -> Option | None:
+    return f.metadata.get("option")
+
+
+def key_of(f: dataclasses.Field) -> str:
+    """A field's flat key: its Option's ``key`` or its name."""
+    meta = option_of(f)
+    return meta.key if meta is not None and meta.key else f.name
+
+
+def check_options(config: Any) -> None:
+    """Each :func:`option` field of ``config`` within its choices and bounds; a SageError naming it otherwise."""
+    for f in dataclasses.fields(config):
+        meta, value = option_of(f), getattr(config, f.name)
+        if meta is None or value is None:
+            continue
+        message = describe_violation(meta, value)
+        if message:
+            raise SageError(f"{option_label(key_of(f))} {message}; got {value!r}")
+
+
+def describe_violation(meta: Option, value: Any) -> str | None:
+    """What ``value`` breaks of ``meta``'s choices and bounds ("must be >= 1"), None when it fits."""
+    if meta.choices is not None:
+        return None if value in meta.choices else f"must be one of {', '.join(meta.choices)}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    low = f">= {meta.ge:g}" if meta.ge is not None else f"> {meta.gt:g}" if meta.gt is not None else None
+    high = f"<= {meta.le:g}" if meta.le is not None else f"< {meta.lt:g}" if meta.lt is not None else None
+    if value != value:
+        return "must be a number, not NaN"
+    if ((meta.ge is None or value >= meta.ge) and (meta.gt is None or value > meta.gt)
+            and (meta.le is None or value <= meta.le) and (meta.lt is None or value < meta.lt)):
+        return None
+    if low and high:
+        return f"must be in {'[' if meta.ge is not None else '('}{(meta.ge if meta.ge is not None else meta.gt):g}, " \
+               f"{(meta.le if meta.le is not None else meta.lt):g}{']' if meta.le is not None else ')'}"
+    return f"must be {low or high}"
 
 
 def load_yaml_mapping(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -119,7 +217,7 @@ def coerce_value(value: Any, annotation: Any) -> Any:
         except (TypeError, ValueError):
             raise ValueError("expected a number") from None
     if annotation in (str, Path):
-        if isinstance(value, (str, int)):
+        if isinstance(value, (str, int)) or (annotation is Path and isinstance(value, os.PathLike)):
             return annotation(str(value)) if annotation is Path else str(value)
         raise ValueError(f"expected {_describe(annotation)}")
     return value

@@ -94,7 +94,7 @@ class _Images(Dataset):
 def run(config: PredictConfig, progress: Progress | None = None) -> PredictResult:
     """Top-k classes and scores for every image of ``config``, in the order found."""
     from sage_cli.backbone import resolve_device
-    from sage_cli.report.evaluate import compute_ranked_scores
+    from sage_cli.report.predictions import compute_ranked_scores
     from sage_cli.report.loader import build_eval_transform
     from sage_cli.train import load_trained_classifier
 
