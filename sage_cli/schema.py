@@ -25,8 +25,6 @@ from sage_cli.config import check_options, option, option_label
 from sage_cli.errors import SageError
 
 # The names of every registry, as types (tests/train/test_methods.py checks them against the registries).
-PeftName = Literal["adaptformer", "sg-adapter", "lora", "lora-mlp", "vpt-shallow", "vpt-deep", "adapter", "ssf",
-                   "bitfit", "ln-tuning", "full-ft"]  # sage_cli.model.peft.PEFT_MODULES
 LossName = Literal["ce", "la", "bs", "focal", "ldam", "cb", "lade"]  # sage_cli.losses.LOSSES
 CompensationName = Literal["semantic", "count", "zero-shot", "none"]  # sage_cli.losses.ESTIMATORS
 HeadName = Literal["cosine", "linear", "l2"]  # sage_cli.model.head.HEADS
@@ -106,8 +104,8 @@ class PeftConfig:
     (:func:`~sage_cli.model.compute_default_bottleneck`).
     """
 
-    module: PeftName = option(help="PEFT module (a key of sage_cli.model.peft.PEFT_MODULES).", panel=ADAPTER,
-                              choices=names(PeftName), cli=False)
+    module: str = option(help="PEFT module (a key of sage_cli.model.peft.PEFT_MODULES, checked where it is built).",
+                         panel=ADAPTER, cli=False)
     blocks: tuple[int, ...] | None = option(None, help="Vision blocks the PEFT module tunes, e.g. 0-5 or 0,2,4 "
                                             "(default: all).", panel=ADAPTER, parse=parse_blocks,
                                             aliases=("--adapter-blocks",))

@@ -9,6 +9,7 @@ schema or of the one before).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,12 +20,15 @@ from sage_cli.errors import SageError
 from sage_cli.methods import TRAIN_METHODS, get_method, resolve
 from sage_cli.schema import (
     GUIDED_PEFT,
+    NOT_IN_RESULT,
     DataConfig,
     ModelConfig,
     OptimConfig,
     RunConfig,
     TrainConfig,
     build_config,
+    flat_fields,
+    jsonable,
     parse_blocks,
 )
 
@@ -52,6 +56,7 @@ def identity_of(config: TrainConfig) -> dict[str, Any]:
 
     The layout is train.json schema 1's (data / model.adapter / loss / optim / run), kept so that
     a run written before the one schema keeps its fingerprint: it still skips, resumes and reports.
+    An option added since enters under ``options`` where it leaves its default.
     """
     model, peft, guidance, head = config.model, config.model.peft, config.model.guidance, config.model.head
     adapter = {
@@ -68,10 +73,31 @@ def identity_of(config: TrainConfig) -> dict[str, Any]:
         "prompt_tokens": peft.prompt_tokens if peft else 10,
     }
     full = config.to_dict()
-    data = {k: full["data"][k] for k in ("batch_size", "micro_batch_size", "augment", "eval_split", "sampler")}
-    return {"data": data, "model": {"model": model.model, "pretrained": model.pretrained, "adapter": adapter},
-            "loss": full["loss"], "optim": full["optim"],
-            "run": {k: full["run"][k] for k in ("seed", "max_steps", "device")}}
+    data = {k: full["data"][k] for k in SCHEMA_1_DATA}
+    identity = {"data": data, "model": {"model": model.model, "pretrained": model.pretrained, "adapter": adapter},
+                "loss": {k: full["loss"][k] for k in SCHEMA_1_LOSS}, "optim": full["optim"],
+                "run": {k: full["run"][k] for k in SCHEMA_1_RUN}}
+    added = added_options(config)
+    return {**identity, "options": added} if added else identity
+
+
+# What schema 1's layout holds (beside model.adapter), and the options its method implied.
+SCHEMA_1_DATA = ("batch_size", "micro_batch_size", "augment", "eval_split", "sampler")
+SCHEMA_1_LOSS = ("loss", "tau", "compensation", "lam", "kappa", "delta_max", "ema", "focal_gamma", "ldam_margin",
+                 "cb_beta", "lade_weight", "lade_lambda", "text_align")
+SCHEMA_1_RUN = ("seed", "max_steps", "device")
+SCHEMA_1_ADAPTER = ("model", "pretrained", "module", "blocks", "bottleneck", "activation", "prompt_tokens",
+                    "guidance", "guidance_tokens", "guidance_topk", "guidance_gate", "attn_heads", "topk_or_all",
+                    "head", "head_init", "head_init_shots", "logit_scale", "train_head")
+
+
+def added_options(config: TrainConfig) -> dict[str, Any]:
+    """Options added after schema 1 that can change the weights, where they leave their default."""
+    known = {*SCHEMA_1_DATA, *SCHEMA_1_LOSS, *SCHEMA_1_RUN, *SCHEMA_1_ADAPTER, *NOT_IN_RESULT,
+             *(f.name for f in dataclasses.fields(OptimConfig))}
+    leaves = flat_fields()
+    return {key: value for key, value in sorted(jsonable(config.flat()).items())
+            if key in leaves and key not in known and value != jsonable(leaves[key].field.default)}
 
 
 def read_config(record: Mapping[str, Any], where: str | Path = "train.json") -> TrainConfig:

@@ -18,6 +18,7 @@ from sage_cli.errors import SageError
 from sage_cli.methods import METHODS, load_preset, resolve
 from sage_cli.schema import TrainConfig, build_config, flat_fields
 from sage_cli.train import TrainHooks, build_train_config, read_config, run
+from sage_cli.train.config import identity_of
 
 runner = CliRunner()
 RUN_V1 = Path(__file__).resolve().parents[1] / "data" / "run_v1"
@@ -36,6 +37,7 @@ def test_every_method_round_trips_flat_and_nested(method: str) -> None:
     assert build_config(TrainConfig, json.loads(json.dumps(config.to_dict()))) == config
     assert resolve(method, {k: v for k, v in config.flat().items() if k != "method"}) == config
     assert config.method == method
+    assert "options" not in identity_of(config)  # every option of today is in schema 1's layout: fingerprints kept
 
 
 def test_flat_keys_are_unique_and_are_the_flags() -> None:
