@@ -14,6 +14,7 @@ import datetime as _dt
 import hashlib
 import importlib.metadata
 import json
+import logging
 import os
 import platform
 import shutil
@@ -28,6 +29,9 @@ import pyarrow.parquet as pq
 
 from sage_cli import __version__
 from sage_cli.errors import SageError
+from sage_cli.outdir import check_output_dir
+
+logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2  # 2: train.json's config in the one schema (sage_cli.schema); 1: the AdapterConfig layout
 _META_TABLE = b"sage.table"
@@ -208,6 +212,16 @@ def write_table(
     embedding_dim: int | None = None,
 ) -> Path:
     """Write ``data`` (Arrow table, dict of columns or pandas DataFrame) as ``schema``, atomically."""
+    table = build_table(schema, data, embedding_dim)
+    path = Path(directory) / schema.filename
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+    return path
+
+
+def build_table(schema: TableSchema, data: pa.Table | Mapping[str, Any] | Any,
+                embedding_dim: int | None = None) -> pa.Table:
+    """``data`` (Arrow table, dict of columns or pandas DataFrame) as an Arrow table of ``schema``."""
     target = schema.arrow_schema(embedding_dim)
     if isinstance(data, pa.Table):
         table = data.select(list(schema.columns)).cast(target)
@@ -215,11 +229,24 @@ def write_table(
         table = pa.Table.from_pandas(data[list(schema.columns)], schema=target, preserve_index=False)
     else:
         table = pa.table({c: data[c] for c in schema.columns}, schema=target)
-    table = table.replace_schema_metadata(target.metadata)
-    path = Path(directory) / schema.filename
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
-    return path
+    return table.replace_schema_metadata(target.metadata)
+
+
+def serialize_table(table: pa.Table) -> bytes:
+    """The Parquet bytes of ``table`` (to hash exactly what is written)."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue().to_pybytes()
+
+
+def parse_table(data: bytes, schema: TableSchema, path: Path | str) -> pa.Table:
+    """Parquet ``data`` (read from ``path``) as a validated table of ``schema``."""
+    try:
+        table = pq.read_table(pa.BufferReader(data))
+    except Exception as exc:  # pyarrow raises several types for corrupt files
+        raise SageError(f"{path}: not a readable Parquet file ({exc})") from None
+    validate_table(table, schema, path)
+    return table
 
 
 def read_table(directory_or_file: str | os.PathLike[str], schema: TableSchema) -> pa.Table:
@@ -349,9 +376,15 @@ def seal_record(directory: str | os.PathLike[str], record: Mapping[str, Any], fi
     """``record`` with the sha256 of each of ``files`` that exists (relative to ``directory``) and
     its own hash: :func:`read_record` refuses a record or an artifact changed since."""
     directory = Path(directory)
-    hashes = {name: sha256_file(directory / name) for name in files if (directory / name).is_file()}
+    return seal_record_hashes(record, {name: sha256_file(directory / name) for name in files
+                                       if (directory / name).is_file()})
+
+
+def seal_record_hashes(record: Mapping[str, Any], hashes: Mapping[str, str]) -> dict[str, Any]:
+    """``record`` sealed with ``hashes`` (file name -> sha256 of the bytes the caller wrote): a
+    writer that hashes its own bytes never vouches for a file another process put there since."""
     sealed = {k: v for k, v in record.items() if k != RECORD_SHA256}
-    sealed[FILES] = hashes
+    sealed[FILES] = dict(hashes)
     sealed[RECORD_SHA256] = compute_record_sha256(sealed)
     return sealed
 
@@ -403,13 +436,21 @@ def verify_record_files(directory: Path, filename: str, record: Mapping[str, Any
     if changed is None:
         return
     name, how = changed
-    stage = record.get("stage", "?")
+    stage = str(record.get("stage", "?"))
+    writer = _WRITERS.get(stage, stage)
+    fix = _REDO.get(stage, "re-run sage {writer} with --force").format(writer=writer, directory=directory)
     if how == "missing":
-        raise SageError(f"{directory / name}: missing (listed in {directory / filename}); re-run sage {stage} with --force")
+        raise SageError(f"{directory / name}: missing (listed in {directory / filename}); {fix}")
     raise SageError(
         f"{directory / name}: content differs from the sha256 recorded in {directory / filename} (damaged or "
-        f"changed since sage {stage} wrote it); re-run sage {stage} with --force"
+        f"changed since sage {writer} wrote it); {fix}"
     )
+
+
+# The command that writes a stage's record where it is not `sage STAGE`, and how its outputs are
+# made again where that is not `sage STAGE --force`: caches are recomputed.
+_WRITERS = {"predictions": "report", "features": "train", "pretrain": "pretrain-toy"}
+_REDO = {"predictions": "sage report recomputes them", "features": "delete {directory} to recompute them"}
 
 
 def find_changed_file(directory: Path, record: Mapping[str, Any]) -> tuple[str, str] | None:
@@ -421,6 +462,27 @@ def find_changed_file(directory: Path, record: Mapping[str, Any]) -> tuple[str, 
         if sha256_file(path) != expected:
             return name, "changed"
     return None
+
+
+def pending_path(directory: str | os.PathLike[str], record_name: str) -> Path:
+    """``.RECORD.pending``: written (with the run's fingerprint) before a stage writes its outputs in
+    place and removed after its record, so that a re-run with the same inputs may finish a killed run."""
+    return Path(directory) / f".{record_name}.pending"
+
+
+def mark_pending(directory: str | os.PathLike[str], record_name: str, fingerprint: str) -> None:
+    write_json_atomic(pending_path(directory, record_name), {"fingerprint": fingerprint})
+
+
+def clear_pending(directory: str | os.PathLike[str], record_name: str) -> None:
+    pending_path(directory, record_name).unlink(missing_ok=True)
+
+
+def _pending_fingerprint(directory: Path, record_name: str) -> str | None:
+    try:
+        return json.loads(pending_path(directory, record_name).read_text()).get("fingerprint")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def guard_output_dir(
@@ -435,7 +497,7 @@ def guard_output_dir(
     """Decide whether a stage may write into ``directory``.
 
     ``outputs`` are every file or folder the stage may write (their presence without a record marks
-    an interrupted run); ``required`` (default: all of ``outputs``) those a finished result has.
+    an interrupted run, refused unless :func:`mark_pending` says it was one of this ``fingerprint``); ``required`` (default: all of ``outputs``) those a finished result has.
     Returns True when the directory already holds this exact result (same fingerprint): the stage
     can skip its work. Returns False when the directory is free (or ``force``). Raises
     :class:`SageError` when it holds outputs of other inputs, or of an interrupted run, and
@@ -443,6 +505,7 @@ def guard_output_dir(
     ``identity`` (its inputs without locations), that refusal names the keys that differ.
     """
     directory = Path(directory)
+    check_output_dir(directory)
     if directory.exists() and not directory.is_dir():
         raise SageError(f"{directory}: exists and is not a directory")
     record_path = directory / record_name
@@ -472,6 +535,9 @@ def guard_output_dir(
             )
         return False
     present = [o for o in outputs if (directory / o).exists()]
+    if present and not force and _pending_fingerprint(directory, record_name) == fingerprint:
+        logger.info("%s: finishing an interrupted run of the same inputs", directory)
+        return False
     if present and not force:
         raise SageError(
             f"{directory}: holds {present[0]} without {record_name} (an interrupted run?); "

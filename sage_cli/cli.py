@@ -40,13 +40,11 @@ class SageGroup(TyperGroup):
 
 
 def print_usage_error(exc: click_exceptions.ClickException) -> None:
-    """``error: MESSAGE (see 'sage CMD --help')`` on stderr."""
-    from sage_cli.console import escape
+    """``error: MESSAGE (see 'sage CMD --help')`` on stderr, one line."""
+    from sage_cli.console import print_error
 
     ctx = getattr(exc, "ctx", None)
-    hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-    err_console.print(f"[bold red]error:[/] {escape(exc.format_message())}{escape(hint)}", soft_wrap=True,
-                      highlight=False)
+    print_error(exc.format_message(), f" (see '{ctx.command_path} --help')" if ctx is not None else "")
 
 
 app = typer.Typer(
@@ -77,7 +75,8 @@ def main(
 
 def _register() -> None:
     # Command modules import torch and friends lazily, so `sage --help` stays fast.
-    from sage_cli.commands import cache_images, demo, encode_text, predict, prepare, pretrain_toy, report, train
+    from sage_cli.commands import (cache_images, demo, encode_text, export, predict, prepare, pretrain_toy, report,
+                                   train)
 
     app.command("prepare", no_args_is_help=True)(prepare.command)
     app.command("encode-text", no_args_is_help=True)(encode_text.command)
@@ -85,6 +84,7 @@ def _register() -> None:
     app.command("train", no_args_is_help=True)(train.command)
     app.command("report", no_args_is_help=True)(report.command)
     app.command("predict", no_args_is_help=True)(predict.command)
+    app.command("export", no_args_is_help=True)(export.command)
     app.command("demo")(demo.command)
     app.command("pretrain-toy")(pretrain_toy.command)
 

@@ -24,6 +24,27 @@ import yaml
 
 from sage_cli.errors import SageError
 
+# Bounds of the options that size a batch or seed a generator; past them a value is a typo that
+# would overflow a C integer (a traceback) or fill the memory before anything could name it.
+MAX_BATCH_SIZE = 2**24  # images per batch: more than any dataset here holds (iNaturalist 2018: 437,513)
+MAX_SEED = 2**63 - 1  # torch.manual_seed takes a 64-bit integer
+
+
+def check_batch_size(flag: str, value: int, minimum: int = 1) -> None:
+    """Refuse a batch size outside ``minimum``..:data:`MAX_BATCH_SIZE`, naming ``flag``."""
+    if value < minimum:
+        least = "a positive integer" if minimum == 1 else f"at least {minimum}"
+        raise SageError(f"{flag} must be {least}; got {value}")
+    if value > MAX_BATCH_SIZE:
+        raise SageError(f"{flag} must be at most {MAX_BATCH_SIZE}; got {value}")
+
+
+def check_seed(flag: str, value: int) -> None:
+    """Refuse a seed outside 0..:data:`MAX_SEED`, naming ``flag``."""
+    if not 0 <= value <= MAX_SEED:
+        raise SageError(f"{flag} must be in 0..{MAX_SEED}; got {value}")
+
+
 _CLI_NAMES: contextvars.ContextVar[bool] = contextvars.ContextVar("sage_cli_names", default=False)
 
 
@@ -49,7 +70,9 @@ class Option:
     ``key``: its flat name (``sage train --KEY``, a preset's key) when it is not the field's name;
     ``choices``: the names it takes; ``ge`` / ``gt`` / ``le`` / ``lt``: bounds of a number
     (None passes when the field allows None); ``parse``: text (a flag, a preset) to value;
-    ``cli`` False: a field that presets set and no flag offers; ``aliases``: more flags.
+    ``cli`` False: a field that presets set and no flag offers; ``aliases``: more flags;
+    ``message``: what a value out of bounds is told ("must be in 0..N") in place of the bound broken;
+    ``low_message``: the same, for a value below the lower bound only.
     """
 
     help: str
@@ -65,6 +88,8 @@ class Option:
     short: str | None = None
     aliases: tuple[str, ...] = ()
     metavar: str | None = None
+    message: str | None = None
+    low_message: str | None = None
 
 
 def option(default: Any = dataclasses.MISSING, *, help: str, panel: str, **meta: Any) -> Any:
@@ -99,17 +124,20 @@ def describe_violation(meta: Option, value: Any) -> str | None:
         return None if value in meta.choices else f"must be one of {', '.join(meta.choices)}"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    low = f">= {meta.ge:g}" if meta.ge is not None else f"> {meta.gt:g}" if meta.gt is not None else None
-    high = f"<= {meta.le:g}" if meta.le is not None else f"< {meta.lt:g}" if meta.lt is not None else None
     if value != value:
         return "must be a number, not NaN"
-    if ((meta.ge is None or value >= meta.ge) and (meta.gt is None or value > meta.gt)
-            and (meta.le is None or value <= meta.le) and (meta.lt is None or value < meta.lt)):
+    too_low = (meta.ge is not None and value < meta.ge) or (meta.gt is not None and value <= meta.gt)
+    too_high = (meta.le is not None and value > meta.le) or (meta.lt is not None and value >= meta.lt)
+    if not (too_low or too_high):
         return None
-    if low and high:
-        return f"must be in {'[' if meta.ge is not None else '('}{(meta.ge if meta.ge is not None else meta.gt):g}, " \
-               f"{(meta.le if meta.le is not None else meta.lt):g}{']' if meta.le is not None else ')'}"
-    return f"must be {low or high}"
+    if meta.message or (too_low and meta.low_message):
+        return meta.message or meta.low_message
+    if meta.lt is not None:  # a half-open range such as a momentum's [0, 1)
+        low = meta.ge if meta.ge is not None else meta.gt
+        return f"must be in {'[' if meta.ge is not None else '('}{low:g}, {meta.lt:g})"
+    if too_high:
+        return f"must be at most {meta.le}"  # a guard against typos (2**24 images a batch): the exact figure
+    return f"must be >= {meta.ge:g}" if meta.ge is not None else f"must be > {meta.gt:g}"
 
 
 def load_yaml_mapping(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -117,8 +145,15 @@ def load_yaml_mapping(path: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise SageError(f"{path}: config file not found")
+    raw = path.read_bytes()
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        byte = raw[exc.start]
+        raise SageError(f"{path}:{line}: not UTF-8 text (byte {byte:#04x}); save the preset as UTF-8") from None
+    except RecursionError:  # the parser recurses once per level: [[[[...]]]] 100,000 deep
+        raise SageError(f"{path}: nested too deeply to be a preset (a preset maps option names to values)") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
@@ -156,7 +191,7 @@ def find_key_lines(path: str | os.PathLike[str]) -> dict[str, int]:
     """1-based line of each top-level key of a YAML mapping file (empty if it cannot be composed)."""
     try:
         node = yaml.compose(Path(path).read_text(), Loader=yaml.SafeLoader)
-    except (OSError, yaml.YAMLError):
+    except (OSError, UnicodeDecodeError, RecursionError, yaml.YAMLError):
         return {}
     if not isinstance(node, yaml.MappingNode):
         return {}

@@ -12,10 +12,10 @@ import logging
 import sys
 
 from rich.console import Console
-from rich.logging import RichHandler
 from rich.markup import escape as escape_markup
+from rich.text import Text
 
-from sage_cli.textsafe import is_control
+from sage_cli.textsafe import is_unprintable, show_char
 
 console = Console(highlight=False, emoji=False)
 # Errors and warnings go to stderr so `--json` output on stdout stays machine-readable.
@@ -28,8 +28,9 @@ def escape(value: object) -> str:
 
 
 def show_control(text: str) -> str:
-    """``text`` with control characters other than newline and tab shown as ``\\x1b``, ``\\x07``..."""
-    return "".join(c if c in "\n\t" or not is_control(c) else ascii(c)[1:-1] for c in text)
+    """``text`` with control characters other than newline and tab, bidirectional controls and the
+    bytes of non-UTF-8 names shown as escapes: ``\\x1b``, ``\\u202e``, ``\\xff``..."""
+    return "".join(c if c in "\n\t" or not is_unprintable(c) else show_char(c) for c in text)
 
 
 class _VisibleControlFormatter(logging.Formatter):
@@ -37,6 +38,30 @@ class _VisibleControlFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         return show_control(super().format(record))
+
+
+_LEVEL_STYLES = ("debug", "info", "warning", "error", "critical")  # Rich's theme has logging.level.<these>
+
+
+class _LineHandler(logging.Handler):
+    """A log record as one line on stderr, ``WARNING  message``, never wrapped: a log piped to a file
+    reads (and greps) as it was written, at any terminal width."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            name = record.levelname.lower()
+            style = f"logging.level.{name}" if name in _LEVEL_STYLES else ""
+            level = Text(f"{record.levelname:<8} ", style=style)
+            err_console.print(level + Text(self.format(record)), soft_wrap=True, highlight=False)
+        except Exception:  # noqa: BLE001 - a handler reports its own failure, it never raises
+            self.handleError(record)
+
+
+def print_error(message: object, hint: str = "") -> None:
+    """``error: MESSAGE`` as one red line on stderr: the line breaks of a multi-line message (a
+    parser's text quoted in it) become spaces, and the line is never wrapped."""
+    text = " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+    err_console.print(f"[bold red]error:[/] {escape(text)}{escape(hint)}", soft_wrap=True, highlight=False)
 
 
 def print_result(line: str) -> None:
@@ -55,8 +80,11 @@ def configure_output(quiet: bool = False, verbose: bool = False) -> None:
     level = logging.DEBUG if verbose else (logging.ERROR if quiet else logging.WARNING)
     root = logging.getLogger("sage_cli")
     root.handlers.clear()
-    handler = RichHandler(console=err_console, show_time=False, show_path=False, markup=False)
+    handler = _LineHandler()
     handler.setFormatter(_VisibleControlFormatter("%(message)s"))
     root.addHandler(handler)
     root.setLevel(level)
     root.propagate = False
+    from sage_cli.imageio import silence_pil_size_warning  # (imports PIL, which `sage --help` does not need)
+
+    silence_pil_size_warning()

@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from sage_cli import artifacts
 from sage_cli.errors import SageError
+from sage_cli.imageio import open_image
 
 Transform = Callable[[Image.Image], torch.Tensor]
 logger = logging.getLogger(__name__)
@@ -78,9 +79,9 @@ def load_prepared_data(prep_dir: str | os.PathLike[str]) -> PreparedData:
 def load_image(path: str | os.PathLike[str]) -> Image.Image:
     """Open an image as RGB; a SageError naming the file if it is missing or unreadable."""
     try:
-        with Image.open(path) as image:
+        with open_image(path) as image:
             return image.convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+    except (OSError, ValueError) as exc:
         raise SageError(f"{path}: cannot read image ({exc.__class__.__name__}: {exc})") from None
 
 

@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sage_cli.config import check_batch_size, check_seed
 from sage_cli.errors import SageError
 from sage_cli.methods import DEMO_METHODS
+from sage_cli.outdir import check_output_dir
 
 logger = logging.getLogger(__name__)
 
@@ -37,11 +39,14 @@ class DemoConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out", Path(self.out))
+        check_output_dir(self.out)  # the stages write below it
         bad = [m for m in self.methods if m not in DEMO_METHODS]
         if bad or not self.methods:
             raise SageError(f"--methods {','.join(self.methods)}: choose from {', '.join(DEMO_METHODS)}")
         if self.epochs < 1:
             raise SageError(f"--epochs must be >= 1; got {self.epochs}")
+        check_batch_size("--batch-size", self.batch_size)  # before the first stage runs, not at train
+        check_seed("--seed", self.seed)
 
 
 @dataclass(frozen=True)

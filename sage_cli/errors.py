@@ -17,6 +17,18 @@ class SageError(Exception):
     """
 
 
+def message_of(exc: SageError) -> str:
+    """The message of ``exc``; of one a DataLoader worker raised, the worker's message alone (torch
+    re-raises it in the main process with the worker's whole traceback as the message)."""
+    text = str(exc)
+    if text.startswith("Caught ") and "Original Traceback" in text:
+        last = text.rstrip().splitlines()[-1]
+        _, found, message = last.partition(f"{SageError.__name__}: ")
+        if found:
+            return message
+    return text
+
+
 # errno values that mean "this location cannot take the write", not a bug
 WRITE_ERRNOS = {errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EPERM, errno.EDQUOT, errno.EFBIG}
 

@@ -19,10 +19,21 @@ holds each sample's offset and size):
 
 The memory map is opened lazily in each process and never pickled, so DataLoader workers and DDP
 ranks each map the same read-only file.
+
+The cache is sealed: ``image_cache.json`` holds its own sha256, that of ``image_index.parquet``
+(checked at every open: it is small) and the size and sha256 of each view's raw file, hashed as it
+is written. A view file of another size is refused at once (truncated); its content is hashed again
+only when its identity on disk (size, inode, mtime, ctime) differs from the one remembered in
+``.verified.json`` after the last check, so that a 100 GB cache costs a full read once after it
+changes (about a minute at disk speed), not at every run; a file changed in place (a zeroed or
+rewritten view) changes its mtime/ctime and is hashed, and refused, before anything trains on it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import logging
 import multiprocessing
 import os
@@ -50,6 +61,7 @@ RECORD = "image_cache.json"
 VIEWS = ("train", "eval")
 VIEW_FILES = {"train": "train.u8", "eval": "eval.u8"}
 OUTPUTS = (artifacts.IMAGE_INDEX.filename, *VIEW_FILES.values())
+VERIFIED = ".verified.json"  # view file -> its identity on disk when its sha256 was last checked
 DEFAULT_SHORT_SIDE = 320
 FORMAT = "raw uint8 RGB rows [H, W, 3], C order, back to back; offsets in image_index.parquet"
 
@@ -169,18 +181,23 @@ def build_image_cache(
     geometric, _ = split_eval_transform(eval_transform)
     index: list[pd.DataFrame] = []
     counts: dict[str, int] = {}
+    pixels: dict[str, dict[str, Any]] = {}
     for view, rows in (("train", train_rows), ("eval", manifest)):
         paths = [str(data.image_root / p) for p in rows["path"]]
         prepare = PreparedImage(view, geometry, geometric)
-        sizes = write_view(out / VIEW_FILES[view], paths, prepare, workers, view, progress)
+        sizes, sha256 = write_view(out / VIEW_FILES[view], paths, prepare, workers, view, progress)
         index.append(pd.DataFrame({"sample_id": rows["sample_id"].to_numpy(np.int64), "view": view,
                                    "offset": offsets_of(sizes), "height": sizes[:, 0], "width": sizes[:, 1]}))
         counts[view] = len(rows)
+        pixels[VIEW_FILES[view]] = {"bytes": (out / VIEW_FILES[view]).stat().st_size, "sha256": sha256}
     artifacts.write_table(out, artifacts.IMAGE_INDEX, pd.concat(index, ignore_index=True))
     record = artifacts.build_record(STAGE, inputs, images=counts,
-                                    bytes={v: (out / f).stat().st_size for v, f in VIEW_FILES.items()})
+                                    bytes={v: pixels[f]["bytes"] for v, f in VIEW_FILES.items()}, pixels=pixels)
     record["fingerprint"] = fingerprint  # of the content: a moved prepared directory keeps its cache
+    record = artifacts.seal_record(out, record, [artifacts.IMAGE_INDEX.filename])
     artifacts.write_record(out, RECORD, record)
+    for name in VIEW_FILES.values():
+        remember_verified(out, name, pixels[name]["sha256"])  # hashed as written: no second read
     return CacheResult(out, record)
 
 
@@ -204,17 +221,21 @@ class PreparedImage:
 def write_view(
     path: Path, paths: list[str], prepare: PreparedImage, workers: int, view: str,
     progress: Callable[[str, int, int], None] | None,
-) -> np.ndarray:
-    """Write the rows of one view to ``path`` atomically; their (height, width) [N, 2]."""
+) -> tuple[np.ndarray, str]:
+    """Write the rows of one view to ``path`` atomically; their (height, width) [N, 2] and the sha256
+    of the file (hashed as it is written)."""
     sizes = np.zeros((len(paths), 2), dtype=np.int32)
+    digest = hashlib.sha256()
     with artifacts.atomic_path(path) as tmp, open(tmp, "wb") as f:
         for i, pixels in enumerate(map_images(prepare, paths, workers)):
             sizes[i] = pixels.shape[:2]
-            f.write(pixels.tobytes())
+            row = pixels.tobytes()
+            digest.update(row)
+            f.write(row)
             if progress is not None and ((i + 1) % 256 == 0 or i + 1 == len(paths)):
                 progress(view, i + 1, len(paths))
         f.flush()
-    return sizes
+    return sizes, digest.hexdigest()
 
 
 def map_images(prepare: PreparedImage, paths: list[str], workers: int) -> Iterator[np.ndarray]:
@@ -282,11 +303,56 @@ def load_image_cache(directory: str | os.PathLike[str], data: PreparedData, back
             f"{directory}: image cache for eval geometry {geometry.to_dict()}, but {backbone['model']} "
             f"uses {wanted.to_dict()}; build a cache for this model"
         )
+    pixels = record.get("pixels")
+    if not isinstance(pixels, dict):
+        raise SageError(f"{directory / RECORD}: records no sha256 of the pixels (an image cache of an earlier "
+                        "sage); rebuild the cache with --force")
     for name in VIEW_FILES.values():
-        if not (directory / name).is_file():
-            raise SageError(f"{directory / name}: missing; rebuild the cache with --force")
+        check_view_file(directory, name, pixels.get(name) or {})
     index = artifacts.read_table(directory, artifacts.IMAGE_INDEX).to_pandas()
     return ImageCache(directory, record, geometry, index)
+
+
+def check_view_file(directory: Path, name: str, expected: dict[str, Any]) -> None:
+    """Refuse a view file that is missing, of another size than recorded, or (hashed when its identity
+    on disk changed since its last check, see the module doc) of another sha256."""
+    path = directory / name
+    fix = f"rebuild the cache with sage cache-images --out {directory} --force"
+    if not path.is_file():
+        raise SageError(f"{path}: missing; {fix}")
+    size = path.stat().st_size
+    if size != expected.get("bytes"):
+        raise SageError(f"{path}: {size} bytes, {directory / RECORD} records {expected.get('bytes')} (truncated or "
+                        f"damaged); {fix}")
+    if _load_verified(directory).get(name) == _identity(path, expected.get("sha256")):
+        return
+    logger.info("%s: checking the sha256 of %.1f GB (once; later runs skip it while the file is unchanged)",
+                path, size / 1e9)
+    if artifacts.sha256_file(path) != expected.get("sha256"):
+        raise SageError(f"{path}: content differs from the sha256 recorded in {directory / RECORD} (damaged or "
+                        f"changed since sage cache-images wrote it); {fix}")
+    remember_verified(directory, name, expected["sha256"])
+
+
+def _identity(path: Path, sha256: str | None) -> dict[str, Any]:
+    info = path.stat()
+    return {"bytes": info.st_size, "inode": info.st_ino, "mtime_ns": info.st_mtime_ns, "ctime_ns": info.st_ctime_ns,
+            "sha256": sha256}
+
+
+def _load_verified(directory: Path) -> dict[str, Any]:
+    try:
+        verified = json.loads((directory / VERIFIED).read_text())
+    except (OSError, ValueError):
+        return {}
+    return verified if isinstance(verified, dict) else {}
+
+
+def remember_verified(directory: Path, name: str, sha256: str) -> None:
+    """Note that ``name`` has ``sha256`` as it is now on disk (skipped where the cache is read-only)."""
+    verified = {**_load_verified(directory), name: _identity(directory / name, sha256)}
+    with contextlib.suppress(OSError):
+        artifacts.write_json_atomic(directory / VERIFIED, verified)
 
 
 class CachedImageDataset(Dataset):

@@ -52,6 +52,49 @@ def compute_per_class_accuracy(predictions: np.ndarray, labels: np.ndarray, num_
         return np.where(n > 0, correct / np.maximum(n, 1), np.nan)
 
 
+def compute_macro_f1(predictions: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
+    """Mean over the classes present in ``labels`` of F1 = 2 TP / (2 TP + FP + FN).
+
+    LIFT's definition (scikit-learn's ``f1_score(average="macro", labels=np.unique(labels))``): a
+    class with no true positive scores 0; a class absent from ``labels`` is not averaged, though
+    predicting it still counts as a false positive of nothing averaged. ``NaN`` with no samples.
+    """
+    predictions, labels = np.asarray(predictions), np.asarray(labels)
+    if len(labels) == 0:
+        return float("nan")
+    tp = np.bincount(labels[predictions == labels], minlength=num_classes).astype(float)
+    predicted = np.bincount(predictions, minlength=num_classes).astype(float)  # TP + FP
+    actual = np.bincount(labels, minlength=num_classes).astype(float)  # TP + FN
+    present = actual > 0
+    return float(np.mean(2 * tp[present] / (predicted[present] + actual[present])))
+
+
+# LIFT floors a class accuracy at 0.001 % in the harmonic mean, so one class at 0 does not make it 0.
+HMEAN_FLOOR = 1e-5
+
+
+def compute_class_accuracy_summaries(per_class: np.ndarray) -> dict[str, float | None]:
+    """Worst-class, harmonic-mean and geometric-mean accuracy over the classes with samples.
+
+    LIFT's definitions (``utils/evaluator.py``): the harmonic mean floors each accuracy at
+    :data:`HMEAN_FLOOR`; the geometric mean is 0 when any class is at 0. The geometric mean is
+    computed as ``exp(mean(log a))``, equal to LIFT's ``prod(a) ** (1 / C)`` except where that
+    product underflows to 0 (thousands of classes, e.g. iNaturalist 2018's 8,142). ``None`` when
+    no class has samples.
+    """
+    accuracies = np.asarray(per_class, dtype=float)
+    accuracies = accuracies[np.isfinite(accuracies)]
+    if len(accuracies) == 0:
+        return {"worst_class_accuracy": None, "hmean_class_accuracy": None, "gmean_class_accuracy": None}
+    with np.errstate(divide="ignore"):
+        gmean = 0.0 if (accuracies == 0).any() else float(np.exp(np.mean(np.log(accuracies))))
+    return {
+        "worst_class_accuracy": float(accuracies.min()),
+        "hmean_class_accuracy": float(1.0 / np.mean(1.0 / np.maximum(accuracies, HMEAN_FLOOR))),
+        "gmean_class_accuracy": gmean,
+    }
+
+
 def compute_sample_counts(labels: np.ndarray, num_classes: int) -> np.ndarray:
     """Samples per class [C]."""
     return np.bincount(np.asarray(labels), minlength=num_classes)

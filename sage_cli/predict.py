@@ -1,9 +1,12 @@
-"""The predict stage: classify image files with a trained run (``sage predict RUN IMAGE...|DIR``).
+"""The predict stage: classify image files with a trained run or an export of one
+(``sage predict RUN|EXPORT IMAGE...|DIR``).
 
-Public API: :class:`PredictConfig`, :func:`run` -> :class:`PredictResult`. The run's classifier is
-rebuilt with :func:`sage_cli.train.load_trained_classifier`; images get open_clip's eval
-preprocessing for the run's backbone (the report's single centre crop) and go through in batches.
-Each image gets its top-k classes with softmax scores, best first (ties: lower class id first).
+Public API: :class:`PredictConfig`, :func:`run` -> :class:`PredictResult`. A run's classifier is
+rebuilt with :func:`sage_cli.train.load_trained_classifier`; an export directory (``sage export``)
+is read with :func:`sage_cli.export.load_export`, with no run, text cache or backbone download.
+Images get open_clip's eval preprocessing for the run's backbone (the report's single centre
+crop; an export records it) and go through in batches. Each image gets its top-k classes with
+softmax scores, best first (ties: lower class id first).
 """
 
 from __future__ import annotations
@@ -17,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from sage_cli.config import check_batch_size
 from sage_cli.errors import SageError
+from sage_cli.imageio import open_image
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +34,7 @@ Progress = Callable[[int, int], None]
 
 @dataclass(frozen=True)
 class PredictConfig:
-    """A run directory and the images (files or directories, searched recursively) to classify."""
+    """A run (or export) directory and the images (files or directories, searched recursively) to classify."""
 
     run: Path
     images: tuple[Path, ...]
@@ -47,8 +51,7 @@ class PredictConfig:
             raise SageError("nothing to classify: pass IMAGE files or a DIR of images after RUN_DIR")
         if self.top_k < 1:
             raise SageError(f"--top-k must be >= 1; got {self.top_k}")
-        if self.batch_size < 1:
-            raise SageError(f"--batch-size must be >= 1; got {self.batch_size}")
+        check_batch_size("--batch-size", self.batch_size)
         if self.num_workers < 0:
             raise SageError(f"--workers must be >= 0; got {self.num_workers}")
 
@@ -85,7 +88,7 @@ class _Images(Dataset):
 
     def __getitem__(self, i: int) -> torch.Tensor:
         try:
-            with Image.open(self.paths[i]) as image:
+            with open_image(self.paths[i]) as image:
                 return self.transform(image.convert("RGB"))
         except (OSError, SyntaxError) as exc:  # PIL raises both for missing, damaged or non-image files
             raise SageError(f"{self.paths[i]}: cannot read image ({exc})") from None
@@ -93,22 +96,20 @@ class _Images(Dataset):
 
 def run(config: PredictConfig, progress: Progress | None = None) -> PredictResult:
     """Top-k classes and scores for every image of ``config``, in the order found."""
-    from sage_cli.backbone import resolve_device
     from sage_cli.report.predictions import compute_ranked_scores
-    from sage_cli.report.loader import build_eval_transform
-    from sage_cli.train import load_trained_classifier
 
     paths = find_images(config.images)
-    device = resolve_device(config.device)
-    classifier, clip, _, names = load_trained_classifier(config.run, checkpoint=config.checkpoint, device=device)
-    loader = DataLoader(_Images(paths, build_eval_transform(clip.record)), batch_size=config.batch_size,
-                        shuffle=False, num_workers=config.num_workers)
+    model, transform, names, device = load_model(config)
+    loader = DataLoader(_Images(paths, transform), batch_size=config.batch_size, shuffle=False,
+                        num_workers=config.num_workers)
     predictions, done, start = [], 0, time.perf_counter()
-    # bf16 autocast on CUDA, as sage report evaluates: the same image gets the report's scores.
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    # bf16 autocast on CUDA for a run, as sage report evaluates: the same image gets the report's scores.
+    autocast = contextlib.nullcontext()
+    if device.type == "cuda" and isinstance(model, torch.nn.Module):
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16)
     with torch.inference_mode(), autocast:
         for images in loader:
-            top, scores = compute_ranked_scores(classifier(images.to(device)), config.top_k)
+            top, scores = compute_ranked_scores(model(images.to(device)), config.top_k)
             for row_top, row_scores in zip(top.tolist(), scores.tolist()):
                 predictions.append({"image": str(paths[done]), "top": [
                     {"class_id": c, "name": names[c], "score": s} for c, s in zip(row_top, row_scores)]})
@@ -116,6 +117,25 @@ def run(config: PredictConfig, progress: Progress | None = None) -> PredictResul
             if progress is not None:
                 progress(done, len(paths))
     return PredictResult(config.run, predictions, time.perf_counter() - start)
+
+
+def load_model(config: PredictConfig) -> tuple[Callable[[torch.Tensor], torch.Tensor],
+                                               Callable[[Any], torch.Tensor], tuple[str, ...], torch.device]:
+    """(images -> logits, PIL image -> tensor, class names, device) of the run or export ``config.run``."""
+    from sage_cli.backbone import resolve_device
+    from sage_cli.export import is_export, load_export
+    from sage_cli.report.loader import build_eval_transform
+    from sage_cli.train import load_trained_classifier
+
+    if is_export(config.run):
+        if config.checkpoint is not None:
+            raise SageError(f"--checkpoint applies to a run directory; {config.run} is an export (sage export "
+                            "the checkpoint instead)")
+        export = load_export(config.run, config.device)
+        return export.predict, export.transform, export.class_names, export.device
+    device = resolve_device(config.device)
+    classifier, clip, _, names = load_trained_classifier(config.run, checkpoint=config.checkpoint, device=device)
+    return classifier, build_eval_transform(clip.record), names, device
 
 
 __all__ = ["PredictConfig", "PredictResult", "find_images", "run"]

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from sage_cli.config import check_options, option, option_label
+from sage_cli.config import MAX_BATCH_SIZE, MAX_SEED, check_options, option, option_label
 from sage_cli.errors import SageError
 
 # The names of every registry, as types (tests/train/test_methods.py checks them against the registries).
@@ -32,6 +32,10 @@ HeadInitName = Literal["text", "class-mean", "k-shot", "linear-probe"]  # sage_c
 ActivationName = Literal["relu", "gelu"]
 SamplerName = Literal["uniform", "class-aware"]
 EvalSplitName = Literal["val", "test", "train"]
+
+# Block indices stop below this, whatever the tower (ViT-bigG has 48 blocks): --blocks 0-99999999
+# is refused before its range is expanded; the tower's own depth is checked when it is built.
+MAX_BLOCKS = 1024
 
 GUIDED_PEFT = ("sg-adapter",)  # the PEFT modules that take a GuidanceConfig
 COMPENSATED_LOSSES = ("la", "bs")  # the logit-adjusted family: the losses a compensation composes with
@@ -58,10 +62,18 @@ def parse_blocks(text: Any) -> tuple[int, ...] | None:
             start, stop = int(first), int(last or first)
             if stop < start:
                 raise ValueError
+            check_block_index(stop)  # before the range is expanded: 0-99999999 would fill the memory
             blocks.extend(range(start, stop + 1))
     except ValueError:
         raise SageError(f"{option_label('blocks')} must look like 0-5 or 0,2,4; got {text!r}") from None
     return tuple(blocks)
+
+
+def check_block_index(index: int) -> None:
+    """Refuse a block index no image tower has (at or above :data:`MAX_BLOCKS`)."""
+    if index >= MAX_BLOCKS:
+        raise SageError(f"{option_label('blocks')}: block {index} is beyond any image tower "
+                        f"(sage takes indices below {MAX_BLOCKS})")
 
 
 def _require(checks: list[tuple[bool, str]]) -> None:
@@ -120,6 +132,7 @@ class PeftConfig:
             object.__setattr__(self, "blocks", tuple(int(b) for b in self.blocks))
             if not self.blocks or min(self.blocks) < 0 or len(set(self.blocks)) != len(self.blocks):
                 raise SageError(f"{option_label('blocks')} must list distinct block indices >= 0; got {list(self.blocks)}")
+            check_block_index(max(self.blocks))
         check_options(self)
         if self.guidance is not None and self.module not in GUIDED_PEFT:
             raise SageError(f"{option_label('guidance')} applies to the guided PEFT modules ({', '.join(GUIDED_PEFT)}); "
@@ -229,9 +242,10 @@ class DataConfig:
                                       panel=DATA)
     feature_cache: Path | None = option(None, help="Directory of cached frozen features (linear with --no-augment): "
                                         "computed once, then read.", panel=DATA)
-    batch_size: int = option(128, help="Images per optimizer step.", panel=DATA, ge=1)
-    micro_batch_size: int | None = option(None, help="Images per forward pass (gradient accumulation).", panel=DATA,
-                                          ge=1)
+    batch_size: int = option(128, help="Images per optimizer step.", panel=DATA, ge=1, le=MAX_BATCH_SIZE,
+                             low_message="must be a positive integer")
+    micro_batch_size: int | None = option(None, help="Images per forward pass (gradient accumulation; it divides "
+                                          "--batch-size).", panel=DATA, ge=1)
     num_workers: int = option(4, help="DataLoader worker processes.", panel=DATA, ge=0)
     augment: bool = option(True, help="Random crop + flip in training.", panel=DATA)
     eval_split: EvalSplitName | None = option(None, help="Split to validate on (default: val, else test).", panel=DATA,
@@ -269,11 +283,13 @@ class RunConfig:
     """
 
     out: Path = option(help="Run directory to write.", panel=RUN, short="-o")
-    seed: int = option(0, help="Seed of the init, the data order and the augmentation.", panel=RUN, ge=0)
+    seed: int = option(0, help="Seed of the init, the data order and the augmentation.", panel=RUN, ge=0, le=MAX_SEED,
+                       message=f"must be in 0..{MAX_SEED}")
     max_steps: int | None = option(None, help="Stop after this many optimizer steps (smoke runs).", panel=RUN, ge=1)
     eval_every: int = option(1, help="Validate every N epochs (0: only at the end).", panel=RUN, ge=0)
     checkpoint_every: int = option(0, help="Also checkpoint every N steps (0: each epoch only).", panel=RUN, ge=0)
-    log_every: int = option(10, help="Write train metrics every N steps.", panel=RUN, ge=1)
+    log_every: int = option(10, help="Write train metrics (and, without a terminal, a progress line) every N steps.",
+                            panel=RUN, ge=1)
     device: str = option("auto", help="auto, cpu, cuda or cuda:N.", panel=RUN)
     force: bool = option(False, help="Overwrite another run in --out.", panel=RUN)
     resume: bool = option(False, help="Continue an interrupted run in --out from its last checkpoint.", panel=RUN)

@@ -139,3 +139,21 @@ def test_atomic_writes_honour_the_umask_not_mkstemps_private_mode(tmp_path):
         os.umask(old)
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644  # readable by a colleague, like open()'s
     assert (tmp_path / "b.json").stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize(("stage", "fix"), [
+    ("predictions", "(damaged or changed since sage report wrote it); sage report recomputes them"),
+    ("features", "(damaged or changed since sage train wrote it); delete {d} to recompute them"),
+    ("pretrain", "(damaged or changed since sage pretrain-toy wrote it); re-run sage pretrain-toy with --force"),
+    ("encode-text", "(damaged or changed since sage encode-text wrote it); re-run sage encode-text with --force"),
+])
+def test_a_damaged_file_names_a_command_that_exists(tmp_path, stage: str, fix: str) -> None:
+    """The predictions cache's hint said `re-run sage predictions with --force`: no such command."""
+    (tmp_path / "table.parquet").write_bytes(b"one")
+    record = artifacts.seal_record(tmp_path, {"stage": stage, "fingerprint": "x"}, ["table.parquet"])
+    artifacts.write_record(tmp_path, "record.json", record)
+    (tmp_path / "table.parquet").write_bytes(b"two")
+    with pytest.raises(SageError) as info:
+        artifacts.read_record(tmp_path, "record.json")
+    assert str(info.value) == (f"{tmp_path / 'table.parquet'}: content differs from the sha256 recorded in "
+                               f"{tmp_path / 'record.json'} {fix.format(d=tmp_path)}")

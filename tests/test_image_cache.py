@@ -276,3 +276,72 @@ def test_two_ddp_ranks_reading_the_cache_match_one_process(
     a, b = load_file(single.out / "adapter.safetensors"), load_file(tmp_path / "two" / "adapter.safetensors")
     for name in a:
         assert torch.allclose(a[name], b[name], atol=1e-5, rtol=0), name
+
+
+@pytest.fixture
+def copied(cached, tmp_path: Path):
+    """A copy of the module's cache (new files: their identity on disk is new), and the prepared data."""
+    import shutil
+
+    data, cache = cached
+    return data, Path(shutil.copytree(cache.directory, tmp_path / "cache", copy_function=shutil.copy))
+
+
+def test_a_zeroed_view_file_is_refused_before_anything_trains_on_it(copied, clip) -> None:
+    # red team: a zeroed train.u8 trained silently on black images
+    data, directory = copied
+    load_image_cache(directory, data, clip.record)  # the copy checks out
+    size = (directory / "train.u8").stat().st_size
+    (directory / "train.u8").write_bytes(bytes(size))
+    with pytest.raises(SageError) as info:
+        load_image_cache(directory, data, clip.record)
+    assert str(info.value) == (f"{directory / 'train.u8'}: content differs from the sha256 recorded in "
+                               f"{directory / 'image_cache.json'} (damaged or changed since sage cache-images wrote "
+                               f"it); rebuild the cache with sage cache-images --out {directory} --force")
+
+
+def test_a_truncated_view_file_or_index_is_one_line(copied, clip) -> None:
+    data, directory = copied
+    view = directory / "eval.u8"
+    size = view.stat().st_size
+    view.write_bytes(view.read_bytes()[:-5])
+    with pytest.raises(SageError) as info:
+        load_image_cache(directory, data, clip.record)
+    assert str(info.value) == (f"{view}: {size - 5} bytes, {directory / 'image_cache.json'} records {size} "
+                               f"(truncated or damaged); rebuild the cache with sage cache-images --out {directory} "
+                               "--force")
+    index = directory / "image_index.parquet"
+    index.write_bytes(index.read_bytes()[:100])
+    with pytest.raises(SageError, match=rf"^{index}: content differs from the sha256 recorded in"):
+        load_image_cache(directory, data, clip.record)
+
+
+def test_a_rewritten_index_is_refused(copied, clip) -> None:
+    # red team: a rewritten image_index.parquet (valid, other offsets) trained on the wrong images
+    data, directory = copied
+    index = artifacts.read_table(directory, artifacts.IMAGE_INDEX).to_pandas()
+    index.loc[[0, 1], "offset"] = index.loc[[1, 0], "offset"].to_numpy()
+    artifacts.write_table(directory, artifacts.IMAGE_INDEX, index)
+    with pytest.raises(SageError, match=rf"^{directory / 'image_index.parquet'}: content differs from the sha256 "
+                                        rf"recorded in {directory / 'image_cache.json'}"):
+        load_image_cache(directory, data, clip.record)
+
+
+def test_view_files_are_hashed_once_while_unchanged(copied, clip, monkeypatch) -> None:
+    import os
+
+    from sage_cli import image_cache
+
+    data, directory = copied
+    hashed: list[str] = []
+    real_sha256 = artifacts.sha256_file
+    monkeypatch.setattr(artifacts, "sha256_file", lambda path, *a: hashed.append(Path(path).name) or real_sha256(path))
+    load_image_cache(directory, data, clip.record)
+    assert sorted(n for n in hashed if n.endswith(".u8")) == ["eval.u8", "train.u8"]  # a copy: new files
+    hashed.clear()
+    load_image_cache(directory, data, clip.record)
+    assert [n for n in hashed if n.endswith(".u8")] == []  # remembered by size, inode, mtime and ctime
+    os.utime(directory / "train.u8", ns=(1, 1))  # touched: hashed again (and still good)
+    load_image_cache(directory, data, clip.record)
+    assert [n for n in hashed if n.endswith(".u8")] == ["train.u8"]
+    assert image_cache.VERIFIED == ".verified.json" and (directory / ".verified.json").is_file()

@@ -115,8 +115,8 @@ def test_a_flipped_byte_in_a_run_output_is_caught(trained: Path, tmp_path: Path,
 def test_a_flipped_byte_in_a_checkpoint_is_caught_before_a_resume(trained: Path, tmp_path: Path, name: str) -> None:
     copy = copy_tree(trained, tmp_path / "r")
     checkpoint = ckpt.find_latest_checkpoint(copy)
-    assert checkpoint is not None and checkpoint.name == "step-00000001"
-    assert ckpt.load_checkpoint_state(checkpoint)["position"]["global_step"] == 1  # intact: reads back
+    assert checkpoint is not None and checkpoint.name == "step-00000002"  # the finished state, before the final writes
+    assert ckpt.load_checkpoint_state(checkpoint)["position"]["global_step"] == 2  # intact: reads back
     flip(checkpoint / name)
     with pytest.raises(SageError, match=rf"^{checkpoint / name}: content differs from the sha256 in "
                                         rf"{checkpoint / 'checkpoint.json'}"):
@@ -128,7 +128,7 @@ def test_a_resume_over_a_flipped_checkpoint_is_refused(trained: Path, tmp_path: 
     copy = copy_tree(trained, tmp_path / "r")
     (copy / "train.json").unlink()  # as if killed before the end
     (copy / "adapter.safetensors").unlink()
-    state = copy / "checkpoints" / "step-00000001" / ckpt.STATE
+    state = copy / "checkpoints" / "step-00000002" / ckpt.STATE  # the latest: the finished state
     flip(state)
     config = build_train_config({"prepared": synthetic_prepared, "text_cache": synthetic_text_cache, "out": copy,
                                  "method": "linear", "batch_size": 16, "device": "cpu", "num_workers": 0,
@@ -172,3 +172,67 @@ def test_saved_logits_are_hashed_with_the_predictions(tmp_path: Path) -> None:
     assert load_cached_predictions(tmp_path, fingerprint) is not None
     flip(tmp_path / LOGITS, offset=(tmp_path / LOGITS).stat().st_size - 2)  # in the labels: still parses
     assert load_cached_predictions(tmp_path, fingerprint) is None  # re-evaluated, not trusted
+
+
+def test_two_reports_writing_one_predictions_cache_never_vouch_for_each_others_table(tmp_path: Path,
+                                                                                     monkeypatch) -> None:
+    # red team: two `sage report` runs of one run directory sealed a record of one with the table of the
+    # other; later reports printed the wrong run's numbers. Here report B writes its whole cache right
+    # after report A's table lands, before A writes its record.
+    import os
+
+    import numpy as np
+
+    from sage_cli.report.evaluate import Predictions, load_cached_predictions, save_predictions
+
+    def predictions(label: int) -> Predictions:
+        return Predictions(np.arange(3), np.full(3, label), np.array([[0, 1], [1, 0], [0, 1]]),
+                           np.full((3, 2), 0.5, dtype=np.float32))
+
+    real_replace, interleaved = os.replace, []
+
+    def replace(src, dst, *args, **kwargs):
+        real_replace(src, dst, *args, **kwargs)
+        if Path(dst).name == "predictions.parquet" and not interleaved:
+            interleaved.append(1)
+            save_predictions(tmp_path, predictions(1), artifacts.build_record("predictions", {"run": "B"}))
+
+    monkeypatch.setattr(os, "replace", replace)
+    save_predictions(tmp_path, predictions(0), artifacts.build_record("predictions", {"run": "A"}))
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert interleaved
+    cached_a = load_cached_predictions(tmp_path, artifacts.sha256_json({"run": "A"}))
+    assert cached_a is None or cached_a[0].labels.tolist() == [0, 0, 0]  # never B's table as A's
+    assert load_cached_predictions(tmp_path, artifacts.sha256_json({"run": "B"})) is None  # A's record is last
+
+
+def test_a_report_leaves_the_predictions_cache_of_a_run_directory_in_use_alone(tmp_path: Path, caplog,
+                                                                             monkeypatch) -> None:
+    import logging
+    import subprocess
+    import sys
+
+    from sage_cli.report import save_cache
+
+    (tmp_path / "run").mkdir()
+    hold = subprocess.Popen([sys.executable, "-c", "import sys\nfrom sage_cli.locks import lock_output_dir\n"
+                             "with lock_output_dir(sys.argv[1], 'train'):\n print('locked', flush=True)\n"
+                             " sys.stdin.read()", str(tmp_path / "run")], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert hold.stdout.readline().strip() == "locked"
+
+        class Source:
+            cache_dir = tmp_path / "run"
+
+        class Config:
+            out = tmp_path / "report"
+
+        monkeypatch.setattr(logging.getLogger("sage_cli"), "propagate", True)
+        with caplog.at_level(logging.WARNING, logger="sage_cli"):
+            save_cache(Source, Config, None, {}, "fp")  # type: ignore[arg-type]
+    finally:
+        hold.stdin.close()
+        hold.wait(timeout=30)
+    assert f"{tmp_path / 'run'}: in use by another sage process; its predictions cache is not updated" in caplog.text
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == []  # no cache, no lock file left

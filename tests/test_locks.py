@@ -145,3 +145,63 @@ def test_a_holder_caught_between_locking_and_writing_itself_is_still_named(tmp_p
     finally:
         writer.join()
         os.close(fd)
+
+
+def test_a_refused_first_run_leaves_no_directory_it_created(tmp_path: Path) -> None:
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "notes.txt").write_text("mine")
+    before = snapshot(tmp_path)
+    out = tmp_path / "runs" / "in-lt" / "s0" / "lift"  # three directories the lock has to make
+    with pytest.raises(SageError, match="refused"), locks.lock_output_dir(out, "train"):
+        assert (out / locks.LOCK_NAME).is_file()
+        raise SageError("refused")
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["notes.txt"]  # no in-lt/, no lock file
+    assert snapshot(tmp_path) == before
+    with locks.lock_output_dir(out, "train"):
+        (out.parent / "other").write_text("x")  # something else filled s0/ meanwhile: it stays
+    assert not out.exists() and (out.parent / "other").read_text() == "x"
+
+
+def test_a_lock_file_that_is_a_symlink_is_refused_and_its_target_untouched(tmp_path: Path) -> None:
+    # red team: `ln -s ~/victim OUT/.sage.lock` made every stage truncate and overwrite the victim
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    out = tmp_path / "p"
+    out.mkdir()
+    (out / locks.LOCK_NAME).symlink_to(victim)
+    result = subprocess.run([*SAGE, "-q", "prepare", "synthetic", "--out", str(out)], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip() == (f"error: {out / locks.LOCK_NAME}: is a symbolic link, not sage's lock file; "
+                                     "sage does not write through it (remove the link and re-run)")
+    assert victim.read_text() == "precious\n"
+    assert sorted(p.name for p in out.iterdir()) == [locks.LOCK_NAME]  # nothing prepared
+
+
+def test_a_dangling_symlink_lock_creates_nothing_at_its_target(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / locks.LOCK_NAME).symlink_to(tmp_path / "created-by-the-lock")
+    with pytest.raises(SageError, match="is a symbolic link, not sage's lock file"):
+        with locks.lock_output_dir(out, "report"):
+            pass
+    assert not (tmp_path / "created-by-the-lock").exists()
+
+
+def test_a_hard_linked_or_special_lock_file_is_refused_and_left_alone(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    os.link(victim, out / locks.LOCK_NAME)
+    with pytest.raises(SageError) as info:
+        with locks.lock_output_dir(out, "report"):
+            pass
+    assert str(info.value) == (f"{out / locks.LOCK_NAME}: is a file with 2 hard links, not sage's lock file; "
+                               "sage does not write to it (remove it and re-run)")
+    assert victim.read_text() == "precious\n"
+    (out / locks.LOCK_NAME).unlink()
+    os.mkfifo(out / locks.LOCK_NAME)
+    with pytest.raises(SageError, match="is not a regular file, not sage's lock file"):
+        with locks.lock_output_dir(out, "report"):
+            pass

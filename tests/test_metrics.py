@@ -129,3 +129,26 @@ def test_group_confusion_by_hand() -> None:
                 [1, 0, 0],  # medium: to many
                 [0, 1, 2]]  # few: class 2 -> 3 (few), 3 -> 3 (few), 3 -> 1 (medium)
     assert compute_group_confusion(predictions, labels, groups).tolist() == expected
+
+
+def test_macro_f1_averages_the_classes_present_as_lift_does() -> None:
+    labels = np.array([0, 0, 0, 1, 1, 2])
+    predictions = np.array([0, 0, 1, 1, 3, 2])  # class 3 has no sample: predicted once, not averaged
+    # class 0: TP 2, predicted 2, actual 3 -> 4/5; class 1: TP 1, predicted 2, actual 2 -> 2/4; class 2: 2/2
+    assert metrics.compute_macro_f1(predictions, labels, 4) == pytest.approx((0.8 + 0.5 + 1.0) / 3)
+    assert metrics.compute_macro_f1(np.array([1, 0]), np.array([0, 1]), 2) == 0.0  # no TP: F1 = 0, not NaN
+    assert math.isnan(metrics.compute_macro_f1(np.array([], dtype=int), np.array([], dtype=int), 3))
+
+
+def test_class_summaries_follow_lift_definitions() -> None:
+    summary = metrics.compute_class_accuracy_summaries(np.array([2 / 3, 1 / 2, 1.0, np.nan]))  # NaN: no sample
+    assert summary["worst_class_accuracy"] == pytest.approx(0.5)
+    assert summary["hmean_class_accuracy"] == pytest.approx(1 / ((1.5 + 2.0 + 1.0) / 3))  # = 2/3
+    assert summary["gmean_class_accuracy"] == pytest.approx((1 / 3) ** (1 / 3))
+    zero = metrics.compute_class_accuracy_summaries(np.array([0.0, 1.0]))
+    # LIFT: 100 / mean(1 / (max(acc %, 0.001) / 100)) -> a class at 0 counts as 0.001 %; gmean is 0.
+    assert zero["hmean_class_accuracy"] == pytest.approx(2 / (1e5 + 1))
+    assert zero["gmean_class_accuracy"] == 0.0 and zero["worst_class_accuracy"] == 0.0
+    many = metrics.compute_class_accuracy_summaries(np.full(8142, 0.5))  # LIFT's product underflows to 0 here
+    assert many["gmean_class_accuracy"] == pytest.approx(0.5)
+    assert metrics.compute_class_accuracy_summaries(np.array([np.nan]))["worst_class_accuracy"] is None

@@ -20,7 +20,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -74,20 +74,46 @@ def time_per_core(fn: Callable[[int], Any], first: int, count: int, n: int) -> t
     return n / (time.process_time() - cpu), n / (time.perf_counter() - wall)
 
 
-def time_loader(dataset: Any, workers: int, batch: int, images: int) -> float:
-    """Images/s of a DataLoader over the dataset (seeded sampler, as in training), after one warm-up batch."""
+def time_loader(dataset: Any, workers: int, batch: int, images: int, warmup: int = 1,
+                device: str | torch.device = "cpu") -> float:
+    """Images/s of a DataLoader over the dataset (seeded sampler, as in training), counted after
+    ``warmup`` batches, over at least ``images`` images; epochs follow each other as in training.
+
+    The warm-up must cover the workers' first round (``2 * workers`` batches are requested at once,
+    the DataLoader's prefetch): until those are consumed the rate is the workers' start, not their
+    steady output. ``device`` "cuda" pins memory as training does.
+    """
     sampler = StepBatchSampler(len(dataset), seed=0, batch_size=batch, micro_batch_size=batch)
-    loader = build_loader(dataset, batch, workers, torch.device("cpu"), batch_sampler=sampler)
-    next(iter(loader))  # workers started (persistent), one batch through
-    start, seen, epoch = time.perf_counter(), 0, 1
+    loader = build_loader(dataset, batch, workers, torch.device(device), batch_sampler=sampler)
+    batches = iterate_epochs(loader, sampler)
+    for _ in range(warmup):
+        next(batches)
+    start, seen = time.perf_counter(), 0
     while seen < images:
-        sampler.set_epoch(epoch)
-        for micro in loader:
-            seen += len(micro.labels)
-        epoch += 1
+        seen += len(next(batches).labels)
     rate = seen / (time.perf_counter() - start)
+    batches.close()
     del loader
     return rate
+
+
+def iterate_epochs(loader: Any, sampler: StepBatchSampler) -> Iterator[Any]:
+    """The loader's batches, epoch after epoch (the sampler set to each epoch in turn)."""
+    epoch = 0
+    while True:
+        sampler.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
+def build_train_datasets(data: Any, cache_dir: Path, record: dict[str, Any]) -> tuple[Any, Any]:
+    """(plain, fast): `sage train`'s training set of ``data`` through PIL decode (LIFT's pipeline)
+    and through the image cache in ``cache_dir``, for the backbone ``record``'s preprocessing."""
+    train = data.split("train")
+    plain = ManifestDataset(train, data.image_root, build_train_transform(record))
+    fast_tf, _ = build_cached_transforms(record, augment=True)
+    fast = CachedImageDataset(load_image_cache(cache_dir, data, record), train, "train", fast_tf)
+    return plain, fast
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -100,11 +126,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     start = time.perf_counter()
     build_image_cache(data, build_eval_transform(VIT_B16), geometry, work / f"cache{args.short_side}", force=True)
     cache_build = len(paths) / (time.perf_counter() - start)
-    cache = load_image_cache(work / f"cache{args.short_side}", data, VIT_B16)
-    train = data.split("train")
-    plain = ManifestDataset(train, data.image_root, build_train_transform(VIT_B16))
-    fast_tf, _ = build_cached_transforms(VIT_B16, augment=True)
-    fast = CachedImageDataset(cache, train, "train", fast_tf)
+    plain, fast = build_train_datasets(data, work / f"cache{args.short_side}", VIT_B16)
     modes = per_core_modes(paths, plain, fast)
     rounds: dict[str, list[float]] = {name: [] for name in modes}
     walls: dict[str, list[float]] = {name: [] for name in modes}

@@ -10,8 +10,8 @@ from typing import Any, TypeVar
 import typer
 
 from sage_cli.config import cli_names
-from sage_cli.console import err_console, escape
-from sage_cli.errors import SageError, describe_write_error
+from sage_cli.console import err_console, print_error
+from sage_cli.errors import SageError, describe_write_error, message_of
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -25,15 +25,14 @@ def handle_errors(fn: F) -> F:
             with cli_names():
                 return fn(*args, **kwargs)
         except SageError as exc:
-            err_console.print(f"[bold red]error:[/] {escape(exc)}", soft_wrap=True, markup=True, highlight=False)
+            print_error(message_of(exc))
             raise typer.Exit(1) from None
         except OSError as exc:  # a write the stage did not name itself: still one line, not a traceback
             reason = describe_write_error(exc)
             if reason is None:
                 raise
-            where = escape(str(exc.filename)) if exc.filename else "an output"
-            err_console.print(f"[bold red]error:[/] {where}: cannot write ({reason}); free space or fix permissions, "
-                              "then re-run", soft_wrap=True, highlight=False)
+            where = exc.filename if exc.filename else "an output"
+            print_error(f"{where}: cannot write ({reason}); free space or fix permissions, then re-run")
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/]")

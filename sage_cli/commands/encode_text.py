@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -58,12 +59,26 @@ def command(
     if as_json:
         typer.echo(json.dumps(result.record, indent=2))  # stdout, machine-readable
         return
+    if result.skipped and result.llm_fallback:
+        console.print(f"{escape(out)}: asked again for the {len(result.llm_fallback)} class(es) that fell back; "
+                      "still no usable chat answer for them, the text cache is unchanged", soft_wrap=True)
+        return
     if result.skipped:
         console.print(f"{escape(out)} already holds this text cache; nothing to do (pass --force to redo it)", soft_wrap=True)
         return
     console.print(_summary(result.record, result.fallback_classes, result.llm_requests))
+    if result.llm_fallback:
+        console.print(_fallback_line(result.llm_fallback, result.record["counts"]["classes"]), soft_wrap=True)
     counts = result.record["counts"]
     print_result(f"{out}: {counts['classes']} classes, {counts['texts']} texts, {result.record['model']}")
+
+
+def _fallback_line(fallback: dict[str, str], classes: int) -> str:
+    """"2 of 3 classes fell back to templates (no usable chat answer: an empty answer x2); ..."."""
+    reasons = Counter(fallback.values()).most_common()
+    why = "; ".join(f"{reason} x{count}" for reason, count in reasons[:3]) + ("; ..." if len(reasons) > 3 else "")
+    return (f"{len(fallback)} of {classes} classes fell back to templates (no usable chat answer: {escape(why)}); "
+            "re-run the same command to ask for them again")
 
 
 def _llm_config(out: Path, url: str | None, model: str | None, n: int, cache: Path | None, **patience: Any) -> Any:
@@ -71,8 +86,6 @@ def _llm_config(out: Path, url: str | None, model: str | None, n: int, cache: Pa
 
     if not url or not model:
         raise SageError("--generate needs --llm-url and --llm-model")
-    if patience["retries"] < 0:
-        raise SageError(f"--llm-retries {patience['retries']}: must be 0 or more")
     return LLMConfig(url=url, model=model, n=n, cache=cache or out / "llm_answers.jsonl",
                      api_key=os.environ.get("SAGE_LLM_API_KEY"), **patience)
 

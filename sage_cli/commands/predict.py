@@ -1,4 +1,4 @@
-"""`sage predict`: classify image files with a trained run; top-k class names and scores."""
+"""`sage predict`: classify image files with a trained run or its export; top-k class names and scores."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from sage_cli.console import console, escape, print_result
 
 @handle_errors
 def command(
-    run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="Run directory written by sage train.",
-                                   show_default=False),
+    run_dir: Path = typer.Argument(..., metavar="RUN_DIR|EXPORT_DIR", help="Run directory written by sage "
+                                   "train, or an export directory written by sage export.", show_default=False),
     images: list[Path] = typer.Argument(None, metavar="IMAGE...|DIR", help="Image files, or directories searched "
                                         "for images.", show_default=False),
     top_k: int = typer.Option(5, "--top-k", "-k", help="Classes to list per image."),

@@ -23,7 +23,11 @@ def command(
                                            "for runs, where their text cache now is (checked by its hashes)."),
     prepared: Path | None = typer.Option(None, "--prepared", help="Where the runs' prepared dataset now is (checked by "
                                          "its hashes; default: where train.json says, or beside the run)."),
-    tte: bool = typer.Option(False, "--tte", help="Test-time ensembling: five crops, logits averaged."),
+    tte: bool = typer.Option(False, "--tte", help="Test-time ensembling: several views, logits averaged."),
+    tte_mode: str = typer.Option("five-crop", "--tte-mode", help="Views with --tte: five-crop (LIFT's default), "
+                                 "ten-crop (and their mirrors) or flip (the centre crop and its mirror)."),
+    tte_expand: int = typer.Option(24, "--tte-expand", help="Pixels added to the image size before cropping "
+                                   "(five-crop, ten-crop; LIFT: 24 for ViT-B/16, 21 for ViT-L/14)."),
     split: Literal["test", "val"] = typer.Option("test", "--split", help="Split to evaluate."),
     checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Checkpoint to evaluate (one RUN_DIR only)."),
     batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass."),
@@ -40,6 +44,9 @@ def command(
                                     metavar="T", show_default=False),
     figures: bool = typer.Option(True, "--figures/--no-figures", help="Draw the figures (report.html's plots, "
                                  "figures/*.pdf and *.png); --no-figures: tables only, faster."),
+    frontier: bool = typer.Option(False, "--frontier", help="The head-tail frontier: sweep t in logits - t·log(prior) "
+                                  "on the val split; against --reference, few and overall at the reference's many "
+                                  "accuracy (val), and the val-chosen t applied to test, paired by seed."),
     as_json: bool = typer.Option(False, "--json", help="Print report.json to stdout instead of a table."),
 ) -> None:
     """Top-1/top-5, many/medium/few, prediction share, calibration and plots for one or more runs."""
@@ -47,9 +54,10 @@ def command(
 
     config = ReportConfig(
         out=out, runs=tuple(runs or ()), zero_shot=zero_shot, text_cache=text_cache, prepared=prepared, tte=tte,
-        split=split,
+        tte_mode=tte_mode, tte_expand=tte_expand, split=split,
         checkpoint=checkpoint, batch_size=batch_size, num_workers=workers, device=device, force=force,
         reference=reference, latex=latex, save_logits=save_logits, tau=tuple(tau or ()), figures=figures,
+        frontier=frontier,
     )
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=console, transient=True, disable=as_json) as bar:

@@ -154,9 +154,10 @@ def with_tracking(names: list[str], out: Path, config: Any, hooks: Any, main: bo
     if not names or not main:
         yield hooks
         return
-    from sage_cli.train.tracking import build_trackers, tracking_hooks
+    from sage_cli.train.tracking import check_trackers, tracking_hooks
 
-    with tracking_hooks(build_trackers(names, out, config.to_dict()), hooks) as tracked:
+    check_trackers(names)  # a missing package is refused before anything is written
+    with tracking_hooks(names, out, config.to_dict(), hooks) as tracked:
         yield tracked
 
 
@@ -212,7 +213,9 @@ def progress_bar(quiet: bool, summary: bool = True) -> Iterator[Any]:
     """TrainHooks that drive a Rich progress bar (loss, images/s) and print the start summary.
 
     One bar serves several runs in a row (the demo): each run's start resets it. ``summary`` False
-    leaves out the start summary and the eval lines, keeping only the bar.
+    leaves out the start summary and the eval lines, keeping only the bar. Without a terminal (a
+    SLURM log, ``> log``) the bar never shows, so each logging step (``--log-every``) prints a
+    plain line instead (with ``summary``).
     """
     from sage_cli.train import StepInfo, TrainHooks
 
@@ -232,10 +235,14 @@ def progress_bar(quiet: bool, summary: bool = True) -> Iterator[Any]:
         else:
             task.append(bar.add_task("train", **fields))
 
+    plain = summary and not quiet and not console.is_terminal
+
     def on_step(step: StepInfo) -> None:
         fields: dict[str, Any] = {"completed": step.step, "epoch": step.epoch + 1}
         if step.loss is not None:
             fields.update(loss=f"{step.loss:.4f}", speed=f"{step.images_per_s:.0f}")
+            if plain:
+                console.print(step_line(step), soft_wrap=True, highlight=False)
         bar.update(task[0], **fields)
 
     def on_eval(entry: dict[str, Any]) -> None:
@@ -244,6 +251,14 @@ def progress_bar(quiet: bool, summary: bool = True) -> Iterator[Any]:
 
     with bar:
         yield TrainHooks(on_start=on_start, on_step=on_step, on_eval=on_eval if summary and not quiet else None)
+
+
+def step_line(step: Any) -> str:
+    """The plain line of a logging step: ``step 20/90 (epoch 2): loss 1.2345, lr 0.00933, 412 images/s``."""
+    lr = "-" if step.lr is None else f"{step.lr:.3g}"
+    speed = "-" if step.images_per_s is None else f"{step.images_per_s:.0f}"
+    return (f"step {step.step}/{step.total_steps} (epoch {step.epoch + 1}): loss {step.loss:.4f}, lr {lr}, "
+            f"{speed} images/s")
 
 
 def start_summary(info: dict[str, Any]) -> str:

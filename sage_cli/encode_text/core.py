@@ -22,8 +22,9 @@ import torch.nn.functional as F
 from sage_cli import artifacts
 from sage_cli.artifacts import CLASS_EMBEDDINGS, ENCODE_RECORD, TEXT_CACHE
 from sage_cli.backbone import check_model_name, classify_pretrained, load_clip, resolve_device
+from sage_cli.config import check_batch_size
 from sage_cli.encode_text.descriptions import load_descriptions
-from sage_cli.encode_text.llm import PROMPT_VERSION, LLMConfig, generate_descriptions
+from sage_cli.encode_text.llm import PROMPT_VERSION, GenerationResult, LLMConfig, generate_descriptions
 from sage_cli.encode_text.templates import SINGLE, TemplateSet, load_templates
 from sage_cli.errors import SageError, explain_write_errors
 from sage_cli.locks import lock_output_dir
@@ -53,8 +54,7 @@ class EncodeTextConfig:
     force: bool = False
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise SageError(f"--batch-size {self.batch_size}: must be at least 1")
+        check_batch_size("--batch-size", self.batch_size)
         if self.templates.strip().lower() == "none" and not (self.descriptions or self.generate):
             raise SageError("--templates none: needs --descriptions or --generate, else a class has no text")
 
@@ -83,8 +83,9 @@ class EncodeTextResult:
     out: Path
     skipped: bool  # True when --out already held this exact result
     record: dict[str, Any]
-    fallback_classes: tuple[str, ...] = ()
+    fallback_classes: tuple[str, ...] = ()  # classes with no description at all (templates only)
     llm_requests: int = 0
+    llm_fallback: dict[str, str] = field(default_factory=dict)  # class name -> why its chat answer was not used
 
 
 def run(config: EncodeTextConfig, progress: Progress | None = None) -> EncodeTextResult:
@@ -99,25 +100,34 @@ def _run_locked(config: EncodeTextConfig, progress: Progress | None) -> EncodeTe
     described = load_descriptions(config.descriptions, prepared.names) if config.descriptions else {}
     inputs = build_inputs(config, prepared, templates)
     fingerprint = artifacts.sha256_json(inputs)
-    if artifacts.guard_output_dir(config.out, ENCODE_RECORD, fingerprint, OUTPUTS, config.force):
+    # A result of these inputs where some classes got no usable chat answer is retried without
+    # --force: the classes that fell back are asked again, the answers that came are reused.
+    retry = None if config.force else find_incomplete_generation(config.out, fingerprint)
+    if retry is None and artifacts.guard_output_dir(config.out, ENCODE_RECORD, fingerprint, OUTPUTS, config.force):
         logger.info("%s already holds this text cache", config.out)
         return EncodeTextResult(config.out, True, artifacts.read_record(config.out, ENCODE_RECORD))
     device = resolve_device(config.device)
     clip = load_clip(config.model, config.pretrained, device)  # fails before anything is touched
-    generated, requests = _generate(config, prepared, progress)
-    texts, fallback = collect_texts(prepared.names, templates, described, generated)
-    if not (config.descriptions or config.generate):
-        fallback = []  # templates are the only source: nothing fell back
-    if fallback:
-        logger.warning("%d class(es) have no description and use templates only: %s",
-                       len(fallback), ", ".join(fallback[:10]) + (" ..." if len(fallback) > 10 else ""))
+    generation = _generate(config, prepared, progress)
+    llm_fallback = list_generation_fallback(prepared.names, generation)
+    identity = {**inputs, "generate_fallback": sorted(generation.rejected or {})} if llm_fallback else inputs
+    if retry is not None and _holds_result(config.out, retry, artifacts.sha256_json(identity)):
+        logger.info("%s: the same %d class(es) still have no usable chat answer; the text cache is unchanged",
+                    config.out, len(llm_fallback))
+        return EncodeTextResult(config.out, True, retry, llm_requests=generation.requests,
+                                llm_fallback=_fallback_reasons(llm_fallback))
+    texts, fallback = _gather_texts(config, prepared, templates, described, generation)
     (config.out / ENCODE_RECORD).unlink(missing_ok=True)  # tables first, record last: never stale
+    with explain_write_errors(config.out, "text cache"):  # a re-run of these inputs may finish a killed one
+        artifacts.mark_pending(config.out, ENCODE_RECORD, fingerprint)
     start = time.perf_counter()
     embeddings = encode_texts(clip.model, clip.tokenizer, texts.texts, config.batch_size, device, progress)
     seconds = time.perf_counter() - start
     pooled = compute_class_embeddings(embeddings, torch.tensor(texts.class_ids), len(prepared.names))
     record = artifacts.build_record(
-        STAGE, inputs, **_record_fields(config, prepared, templates, clip.record, texts, fallback),
+        STAGE, inputs, identity=identity,
+        **_record_fields(config, prepared, templates, clip.record, texts, fallback),
+        generate_fallback={"inputs_fingerprint": fingerprint, "classes": llm_fallback} if llm_fallback else None,
         device=str(device), precision=describe_precision(device),
         seconds=round(seconds, 3), texts_per_second=round(len(texts.texts) / max(seconds, 1e-9), 1),
     )
@@ -125,7 +135,53 @@ def _run_locked(config: EncodeTextConfig, progress: Progress | None) -> EncodeTe
         write_outputs(config.out, prepared.names, texts, embeddings, pooled)
         record = artifacts.seal_record(config.out, record, OUTPUTS)
         artifacts.write_record(config.out, ENCODE_RECORD, record)
-    return EncodeTextResult(config.out, False, record, tuple(fallback), requests)
+        artifacts.clear_pending(config.out, ENCODE_RECORD)
+    return EncodeTextResult(config.out, False, record, tuple(fallback), generation.requests,
+                            _fallback_reasons(llm_fallback))
+
+
+def _gather_texts(config: EncodeTextConfig, prepared: PreparedClasses, templates: TemplateSet,
+                  described: dict[int, list[str]], generation: GenerationResult) -> tuple[ClassTexts, list[str]]:
+    """:func:`collect_texts`, with a warning naming the classes left with templates only."""
+    texts, fallback = collect_texts(prepared.names, templates, described, generation.sentences)
+    if not (config.descriptions or config.generate):
+        fallback = []  # templates are the only source: nothing fell back
+    if fallback:
+        logger.warning("%d class(es) have no description and use templates only: %s",
+                       len(fallback), ", ".join(fallback[:10]) + (" ..." if len(fallback) > 10 else ""))
+    return texts, fallback
+
+
+def find_incomplete_generation(out: Path, fingerprint: str) -> dict[str, Any] | None:
+    """The record in ``out`` when it is a result of these inputs (``fingerprint``) in which some
+    classes fell back to templates for want of a usable chat answer; else None."""
+    path = out / ENCODE_RECORD
+    if not path.is_file():
+        return None
+    try:
+        record = artifacts.parse_record(path)
+    except SageError:
+        return None  # damaged: the guard says so
+    fallback = record.get("generate_fallback")
+    if isinstance(fallback, dict) and fallback.get("inputs_fingerprint") == fingerprint and fallback.get("classes"):
+        return record
+    return None
+
+
+def list_generation_fallback(names: Sequence[str], generation: GenerationResult) -> list[dict[str, Any]]:
+    """One entry per class the chat model gave no usable answer for: id, name and why."""
+    return [{"class_id": class_id, "class_name": names[class_id], "reason": reason}
+            for class_id, reason in sorted((generation.rejected or {}).items())]
+
+
+def _fallback_reasons(entries: list[dict[str, Any]]) -> dict[str, str]:
+    return {entry["class_name"]: entry["reason"] for entry in entries}
+
+
+def _holds_result(out: Path, record: dict[str, Any], fingerprint: str) -> bool:
+    """Whether ``record`` (read from ``out``) has ``fingerprint`` and its tables are intact."""
+    return (record.get("fingerprint") == fingerprint and all((out / name).is_file() for name in OUTPUTS)
+            and artifacts.find_changed_file(out, record) is None)
 
 
 def read_prepared_classes(directory: Path) -> PreparedClasses:
@@ -163,13 +219,16 @@ def build_inputs(config: EncodeTextConfig, prepared: PreparedClasses, templates:
 
 
 def _generate(config: EncodeTextConfig, prepared: PreparedClasses, progress: Progress | None
-              ) -> tuple[dict[int, list[str]], int]:
+              ) -> GenerationResult:
     if config.generate is None:
-        return {}, 0
+        return GenerationResult({}, 0, 0, {})
     step = (lambda done, total: progress("generate", done, total)) if progress else None
     result = generate_descriptions(config.generate, prepared.names, step)
     logger.info("chat model: %d request(s), %d answer(s) from the cache", result.requests, result.cached)
-    return result.sentences, result.requests
+    if result.rejected:
+        logger.warning("%d of %d class(es) got no usable chat answer and fell back to templates; "
+                       "a re-run asks for them again", len(result.rejected), len(prepared.names))
+    return result
 
 
 def collect_texts(

@@ -2,7 +2,8 @@
 
 One chat-completions request per class asks for N short visual descriptions, one per line (as in
 CuPL). Requests run a few at a time (``concurrency``), each bounded by a deadline and a size
-limit and retried on connection faults. Only answers that pass :func:`check_answer` are cached,
+limit and retried on connection faults. Only answers that pass :func:`check_answer` (in
+``answers.py``: descriptions that name the class, no refusal) are cached,
 on disk as JSON lines keyed by a hash of the request without the URL (model + prompt + n), in
 class order whatever the concurrency, so a re-run, or the same model served elsewhere, asks
 nothing twice, and an empty or refused answer is asked again next time. Only the standard library
@@ -15,7 +16,6 @@ import hashlib
 import http.client
 import json
 import logging
-import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sage_cli.encode_text.answers import check_answer, parse_answer  # noqa: F401 (parse_answer: re-exported)
 from sage_cli.encode_text.templates import display_name
 from sage_cli.encode_text.transport import AnswerTooLarge, post
 from sage_cli.errors import SageError
@@ -38,17 +39,11 @@ PROMPT = (
 SYSTEM = "You write short, factual visual descriptions of objects for an image classifier."
 PROMPT_VERSION = 1
 _RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
-_BULLET = re.compile(r"^\s*(?:[-*\u2022]+|\d+[.)]|\(\d+\))\s*")
-# Refusals and meta-talk: an answer with such a line is not a description of the class.
-_REFUSAL = re.compile(
-    r"\b(?:i'?m sorry|i am sorry|i apologi[sz]e|as an ai\b|as a (?:large )?language model|"
-    r"i can(?:'|no)?t (?:help|assist|provide|comply|describe|do)|i cannot|i'?m (?:not able|unable)|"
-    r"i am (?:not able|unable))",
-    re.IGNORECASE,
-)
-MIN_WORDS = 3  # a plausible sentence: "A red bird." and longer
-MAX_SENTENCE_CHARS = 400
-MAX_CHARS_PER_SENTENCE_ASKED = 1000  # an answer longer than n times this is a runaway generation
+MAX_TIMEOUT = 3600.0  # seconds: one attempt's deadline; a slow CPU model writes 5 sentences well within it
+MAX_N = 100
+MAX_RETRIES = 100
+MAX_BACKOFF = 60.0  # seconds: the longest wait between two attempts
+_NAMED_WARNINGS = 10  # classes without a usable answer named one by one; the rest are counted
 
 
 @dataclass(frozen=True)
@@ -73,12 +68,19 @@ class LLMConfig:
             raise SageError("--llm-model: required with --generate")
         if self.n < 1:
             raise SageError(f"--llm-n {self.n}: must be at least 1")
-        if not self.timeout > 0:
+        if self.n > MAX_N:
+            raise SageError(f"--llm-n {self.n}: must be at most {MAX_N}")
+        if not self.timeout > 0:  # NaN too
             raise SageError(f"--llm-timeout {self.timeout:g}: must be more than 0 seconds")
+        if not self.timeout <= MAX_TIMEOUT:  # inf: a deadline that never comes
+            raise SageError(f"--llm-timeout {self.timeout:g}: must be at most {MAX_TIMEOUT:g} seconds "
+                            "(one attempt's deadline; retries add more)")
         if not 1 <= self.concurrency <= 64:
             raise SageError(f"--llm-concurrency {self.concurrency}: must be between 1 and 64")
-        if self.retries < 0 or self.backoff < 0 or self.max_bytes < 1:
-            raise SageError("llm retries/backoff must be >= 0 and max_bytes >= 1")
+        if not 0 <= self.retries <= MAX_RETRIES:
+            raise SageError(f"--llm-retries {self.retries}: must be between 0 and {MAX_RETRIES}")
+        if not 0 <= self.backoff <= MAX_BACKOFF or self.max_bytes < 1:
+            raise SageError(f"llm backoff must be 0 to {MAX_BACKOFF:g} s and max_bytes >= 1")
 
 
 @dataclass(frozen=True)
@@ -117,11 +119,11 @@ def generate_descriptions(
     problems: dict[int, str] = {}
     for class_id, key in enumerate(keys):
         answer = cache.get(key)
-        if answer is not None and check_answer(answer, config.n)[1] is None:
+        if answer is not None and check_answer(answer, config.n, class_names[class_id])[1] is None:
             answers[class_id] = answer
     cached = len(answers)
     missing = [class_id for class_id in range(len(keys)) if class_id not in answers]
-    writer = _OrderedWriter(cache, config, prompts, keys, missing)
+    writer = _OrderedWriter(cache, config, class_names, keys, missing)
     done = cached
     if progress and done:
         progress(done, len(keys))
@@ -143,14 +145,16 @@ def _collect(config: LLMConfig, class_names: Sequence[str], answers: dict[int, s
              problems: dict[int, str], cached: int, requests: int) -> GenerationResult:
     sentences: dict[int, list[str]] = {}
     for class_id, name in enumerate(class_names):
-        lines, problem = check_answer(answers.get(class_id), config.n)
+        lines, problem = check_answer(answers.get(class_id), config.n, name)
         problem = problems.get(class_id, problem)
         if problem is None:
             sentences[class_id] = lines
         else:
             problems[class_id] = problem
-            logger.warning("the chat model gave no usable description for %r (%s); using templates",
-                           name, problem)
+            # A few named here; the caller says how many in all (8,142 lines help nobody).
+            level = logging.WARNING if len(problems) <= _NAMED_WARNINGS else logging.DEBUG
+            logger.log(level, "the chat model gave no usable description for %r (%s); using templates",
+                       name, problem)
     return GenerationResult(sentences, requests, cached, dict(sorted(problems.items())))
 
 
@@ -195,9 +199,9 @@ def _ask_one(config: LLMConfig, prompt: str, stop: threading.Event) -> tuple[str
 class _OrderedWriter:
     """Caches good answers in class order, whatever order they arrive in."""
 
-    def __init__(self, cache: AnswerCache, config: LLMConfig, prompts: Sequence[str],
+    def __init__(self, cache: AnswerCache, config: LLMConfig, class_names: Sequence[str],
                  keys: Sequence[str], order: Sequence[int]) -> None:
-        self.cache, self.config, self.prompts, self.keys = cache, config, prompts, keys
+        self.cache, self.config, self.names, self.keys = cache, config, class_names, keys
         self.order = list(order)
         self.next = 0
         self.arrivals: dict[int, str | None] = {}
@@ -215,47 +219,12 @@ class _OrderedWriter:
             self._put(class_id, self.arrivals.pop(class_id))
 
     def _put(self, class_id: int, answer: str | None) -> None:
-        if answer is None or check_answer(answer, self.config.n)[1] is not None:
+        name = self.names[class_id]
+        if answer is None or check_answer(answer, self.config.n, name)[1] is not None:
             return  # never cached: a later run asks again
-        self.cache.put(self.keys[class_id], {"model": self.config.model, "prompt": self.prompts[class_id],
+        prompt = build_prompt(name, self.config.n)
+        self.cache.put(self.keys[class_id], {"model": self.config.model, "prompt": prompt,
                                              "n": self.config.n, "answer": answer})
-
-
-def check_answer(answer: Any, n: int) -> tuple[list[str], str | None]:
-    """The answer's sentences and ``None``, or ``[]`` and why the answer is not usable.
-
-    Usable: a non-empty string of bounded length, no refusal in it, and at least one plausible
-    sentence (3 words or more, mostly letters, at most 400 characters; lines ending in ":" such as
-    "Here are five sentences:" are not sentences).
-    """
-    if not isinstance(answer, str) or not answer.strip():
-        return [], "an empty answer"
-    if len(answer) > MAX_CHARS_PER_SENTENCE_ASKED * n:
-        return [], f"an answer of {len(answer):,} characters for {n} sentence(s)"
-    if _REFUSAL.search(answer):
-        return [], "a refusal, not a description"
-    lines = [line for line in parse_answer(answer, len(answer)) if is_plausible_sentence(line)]
-    if not lines:
-        return [], "no plausible sentence in the answer"
-    return lines[:n], None
-
-
-def is_plausible_sentence(line: str) -> bool:
-    """Three or more words, mostly letters, not too long, not a lead-in ending in a colon."""
-    if len(line) > MAX_SENTENCE_CHARS or line.endswith(":") or len(line.split()) < MIN_WORDS:
-        return False
-    visible = [c for c in line if not c.isspace()]
-    return sum(c.isalpha() for c in visible) >= 0.6 * len(visible)
-
-
-def parse_answer(answer: str, n: int) -> list[str]:
-    """Up to ``n`` distinct sentences, one per non-empty line, bullets and numbering removed."""
-    lines: list[str] = []
-    for raw in answer.splitlines():
-        line = " ".join(_BULLET.sub("", raw).split()).strip('"')
-        if line and line not in lines:
-            lines.append(line)
-    return lines[:n]
 
 
 def chat_url(url: str) -> str:
@@ -268,7 +237,7 @@ def ask_chat(config: LLMConfig, prompt: str, stop: threading.Event | None = None
     """POST one chat-completions request; the answer's content (``None`` when it has none).
 
     Connection faults (refused, reset, a bad status line, an incomplete body, the deadline) and
-    the statuses in ``_RETRY_STATUS`` are retried with exponential backoff; after the last
+    the statuses in ``_RETRY_STATUS`` are retried with exponential backoff (at most ``MAX_BACKOFF`` s); after the last
     attempt, or on any other HTTP error, a one-line :class:`SageError`. ``stop`` ends the retries.
     """
     body = {
@@ -280,7 +249,7 @@ def ask_chat(config: LLMConfig, prompt: str, stop: threading.Event | None = None
     stop = stop or threading.Event()
     last = "no attempt"
     for attempt in range(config.retries + 1):
-        if attempt and stop.wait(config.backoff * 2 ** (attempt - 1)):
+        if attempt and stop.wait(min(config.backoff * 2 ** (attempt - 1), MAX_BACKOFF)):
             raise SageError(f"--llm-url {url}: stopped after another request failed")
         try:
             reply = post(url, json.dumps(body).encode(), _headers(config), config.timeout, config.max_bytes)
@@ -327,7 +296,10 @@ def _extract_content(url: str, payload: Any) -> str | None:
         content = payload["choices"][0]["message"]["content"]
     except (KeyError, IndexError, TypeError):
         raise SageError(f"--llm-url {url}: not a chat-completions answer (no choices[0].message.content)") from None
-    return content if isinstance(content, str) else None
+    if not isinstance(content, str):
+        return None
+    # "\ud800" in the JSON is a lone surrogate: no file or table can hold it as UTF-8.
+    return content.encode("utf-8", "replace").decode("utf-8")
 
 
 def _error_body(raw: bytes) -> str:
@@ -335,25 +307,53 @@ def _error_body(raw: bytes) -> str:
 
 
 class AnswerCache:
-    """JSON lines of ``{"key", "model", "prompt", "n", "answer"}``; appended as answers arrive."""
+    """JSON lines of ``{"key", "model", "prompt", "n", "answer"}``; appended as answers arrive.
+
+    Only ever appended to, never rewritten: an unreadable line (torn by an interrupted run, not
+    UTF-8, not an entry) is skipped with a warning naming its line, and its request asked again.
+    A path that cannot take an append (a directory, no permission) is one error line before any
+    request is sent, so no answer is paid for and then lost.
+    """
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self.answers: dict[str, str] = {}
-        if path is not None and path.is_file():
+        if path is not None:
+            self._check_appendable(path)
             self._load(path)
 
+    @staticmethod
+    def _check_appendable(path: Path) -> None:
+        if path.exists() and not path.is_file():
+            raise SageError(f"{path}: is not a file (a directory?); the answer cache (--llm-cache) must be "
+                            "a file of JSON lines: move it away or pass another --llm-cache")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "ab"):  # creates an empty cache; appends nothing
+                pass
+        except OSError as exc:
+            raise SageError(f"{path}: cannot write the answer cache ({exc.strerror or exc}); "
+                            "fix it or pass another --llm-cache") from None
+
     def _load(self, path: Path) -> None:
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise SageError(f"{path}: cannot read the answer cache ({exc.strerror or exc})") from None
+        skipped: list[int] = []
+        for number, raw in enumerate(data.split(b"\n"), start=1):
+            if not raw.strip():
                 continue
-            try:
-                entry = json.loads(line)
-                if isinstance(entry["answer"], str):  # a null answer (an older sage) is asked again
-                    self.answers[entry["key"]] = entry["answer"]
-            except (ValueError, KeyError, TypeError, RecursionError):
-                # A torn last line from an interrupted run: that request is simply asked again.
-                logger.warning("%s:%d: unreadable cache line skipped", path, number)
+            entry = _parse_cache_line(raw)
+            if entry is None:
+                skipped.append(number)
+            elif isinstance(entry["answer"], str):  # a null answer (an older sage) is asked again
+                self.answers[entry["key"]] = entry["answer"]
+        if skipped:
+            where = ", ".join(f"{path}:{number}" for number in skipped[:3])
+            more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+            logger.warning("%s%s: unreadable answer cache line(s) skipped (torn, not UTF-8 or not an entry); "
+                           "their classes are asked again, the file is only appended to", where, more)
 
     def get(self, key: str) -> str | None:
         return self.answers.get(key)
@@ -362,11 +362,27 @@ class AnswerCache:
         self.answers[key] = entry["answer"]
         if self.path is None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         line = json.dumps({"key": key, **entry}, ensure_ascii=False) + "\n"
-        with open(self.path, "a+b") as f:
-            if f.tell() > 0:  # after a torn last line (interrupted run), start on a fresh line
-                f.seek(-1, 2)
-                if f.read(1) != b"\n":
-                    line = "\n" + line
-            f.write(line.encode("utf-8"))
+        try:
+            with open(self.path, "a+b") as f:
+                if f.tell() > 0:  # after a torn last line (interrupted run), start on a fresh line
+                    f.seek(-1, 2)
+                    if f.read(1) != b"\n":
+                        line = "\n" + line
+                f.write(line.encode("utf-8"))
+        except OSError as exc:
+            raise SageError(f"{self.path}: cannot append to the answer cache ({exc.strerror or exc}); "
+                            "the answers cached before this one are kept") from None
+
+
+def _parse_cache_line(raw: bytes) -> dict[str, Any] | None:
+    """The entry on one cache line, or None when it is not one (not UTF-8, not JSON, no key)."""
+    try:
+        entry = json.loads(raw.decode("utf-8"))
+        if isinstance(entry, dict) and isinstance(entry["key"], str) and "answer" in entry:
+            if isinstance(entry["answer"], str):
+                entry["answer"].encode("utf-8")  # a lone surrogate ("\\ud800") is no text
+            return entry
+    except (ValueError, KeyError, RecursionError):  # UnicodeDecodeError is a ValueError
+        pass
+    return None

@@ -81,7 +81,8 @@ class GuidanceBank(nn.Module):
         """
         scores = F.normalize(frozen_features.float(), dim=-1) @ self.tokens.t()  # [B, M]
         top = scores.topk(self.top_k, dim=-1).indices  # [B, k]
-        return torch.zeros_like(scores, dtype=torch.bool).scatter_(1, top, True)
+        # a tensor source, not the scalar True: torch.jit.trace has no scatter_ for a bool scalar
+        return torch.zeros_like(scores, dtype=torch.bool).scatter_(1, top, torch.ones_like(top, dtype=torch.bool))
 
     def compute_gate(self, frozen_features: torch.Tensor) -> torch.Tensor:
         """[B, M]: log p0(m|x) = log_softmax(gate * cos(f0(x), T_m)), the frozen zero-shot posterior."""

@@ -92,6 +92,11 @@ def inject_adapters(
     return injected
 
 
+def tower_width(visual: nn.Module) -> int:
+    """The width of the image tower's residual stream (its first block's)."""
+    return _block_width(get_vision_blocks(visual)[0])
+
+
 def _block_width(block: nn.Module) -> int:
     shape = getattr(block.ln_2, "normalized_shape", None)
     if shape:

@@ -5,13 +5,15 @@ benchmarks ``imagenet-lt``, ``places-lt`` and ``inat2018`` (:mod:`.splits`); ``c
 the official pickles (:mod:`.cifar`); and user data as ``folder`` or ``csv`` (:mod:`.folder`).
 Generated sets and CIFAR write PNGs under ``OUT/images`` (``image_root`` is OUT); the others keep
 paths relative to ``--root`` (``image_root`` is ROOT), after checking every listed image exists
-(:mod:`.check`). Everything is written into a temporary sibling of OUT and moved into OUT at the
-end, so a failure changes nothing in OUT. Benchmarks are compared with their recipe in ``data_manifests/`` (:mod:`.recipes`).
+(:mod:`.check`). Everything is written into a temporary directory inside OUT (so that the moves
+stay within OUT's file system, also when OUT is a mount point) and moved into place at the end,
+so a failure changes nothing in OUT. An ``OUT/images`` that sage did not write is never replaced. Benchmarks are compared with their recipe in ``data_manifests/`` (:mod:`.recipes`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import os
 import shutil
@@ -40,6 +42,9 @@ WITH_CLASSNAMES = ("imagenet-lt", "places-lt", "inat2018", "folder", "csv")
 OUTPUTS = (artifacts.MANIFEST.filename, artifacts.CLASSES.filename, check.DROPPED)
 WRITE_FIX = "free space or fix permissions, then re-run (nothing in it changed)"
 REQUIRED = (artifacts.MANIFEST.filename, artifacts.CLASSES.filename)
+IMAGES = "images"  # OUT/images: the PNGs of the sources that write them
+WRITES_IMAGES = (*GENERATED, "cifar100-lt")
+IMAGES_MARK = ".sage-prepare"  # in OUT/images: sage prepare wrote this folder (and --force may replace it)
 
 
 @dataclass(frozen=True)
@@ -166,11 +171,14 @@ def _run_locked(config: PrepareConfig, progress: check.Progress | None) -> Prepa
     hashes = source.input_hashes(config) if source.input_hashes else None
     inputs = _fingerprint_inputs(config, hashes)
     fingerprint = artifacts.sha256_json(inputs)
+    if config.dataset in WRITES_IMAGES:
+        check_images_are_ours(config.out)
     if artifacts.guard_output_dir(config.out, artifacts.PREPARE_RECORD, fingerprint, OUTPUTS, config.force,
                                   required=REQUIRED):
         return PrepareResult(config.out, artifacts.read_record(config.out, artifacts.PREPARE_RECORD), True)
     with explain_write_errors(config.out, "preparation", fix=WRITE_FIX):
-        staging = Path(tempfile.mkdtemp(prefix=f".{config.out.name}.", suffix=".prepare.tmp", dir=config.out.parent))
+        # inside OUT: the final renames stay within OUT's file system (OUT may be a mount point)
+        staging = Path(tempfile.mkdtemp(prefix=".prepare.", suffix=".tmp", dir=config.out))
         try:
             staging.chmod(0o777 & ~artifacts.current_umask())  # mkdtemp makes it private
             record = artifacts.seal_record(staging, _prepare_into(staging, config, source, inputs, hashes, progress),
@@ -186,6 +194,9 @@ def _prepare_into(staging: Path, config: PrepareConfig, source: Source, inputs: 
                   hashes: dict[str, str] | None, progress: check.Progress | None) -> dict[str, Any]:
     """Load, check and write the tables into ``staging``; returns the record (not yet written)."""
     data = source.load(dataclasses.replace(config, out=staging))  # generated sets write their PNGs here
+    if (staging / IMAGES).is_dir():
+        (staging / IMAGES / IMAGES_MARK).write_text("written by sage prepare; sage prepare --force replaces this "
+                                                    "folder\n")
     data.names, cleaned = class_names.clean_names(data.names)
     data.warnings = [*data.warnings, *cleaned]
     manifest = data.manifest
@@ -205,6 +216,27 @@ def _prepare_into(staging: Path, config: PrepareConfig, source: Source, inputs: 
     return _build_record(config, inputs, hashes, data, image_root, manifest, classes, len(dropped))
 
 
+def check_images_are_ours(out: Path) -> None:
+    """Refuse an ``OUT/images`` that sage prepare did not write: publishing would replace it, and
+    sage never deletes what it did not create, not even with ``--force``."""
+    images = out / IMAGES
+    if not images.exists() and not images.is_symlink():
+        return
+    if images.is_dir() and not images.is_symlink() and ((images / IMAGES_MARK).is_file() or _recorded_images(out)):
+        return
+    raise SageError(f"{images}: exists and was not written by sage prepare (no {IMAGES_MARK} in it); sage will "
+                    "not replace it, even with --force: move it away or choose another --out")
+
+
+def _recorded_images(out: Path) -> bool:
+    """Whether ``out``'s prepare.json is of a source that writes OUT/images (so they are sage's)."""
+    try:
+        record = artifacts.parse_record(out / artifacts.PREPARE_RECORD)
+    except (SageError, OSError):
+        return False
+    return record.get("dataset") in WRITES_IMAGES and record.get("image_root") == "."
+
+
 def publish(staging: Path, out: Path) -> None:
     """Move what ``staging`` holds into ``out``: the old record goes first, the new one last.
 
@@ -217,10 +249,16 @@ def publish(staging: Path, out: Path) -> None:
     entries = sorted(staging.iterdir(), key=lambda p: (p.name == artifacts.PREPARE_RECORD, p.name))
     for entry in entries:
         target = out / entry.name
-        if target.is_dir() and not target.is_symlink():
-            artifacts.replace_directory(entry, target)
-        else:
-            os.replace(entry, target)
+        try:
+            if target.is_dir() and not target.is_symlink():
+                artifacts.replace_directory(entry, target)
+            else:
+                os.replace(entry, target)
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.EBUSY):
+                raise
+            raise SageError(f"{target}: cannot be replaced by a rename ({exc.strerror}; is it a mount point?); "
+                            "prepare into another --out") from None
 
 
 def _fingerprint_inputs(config: PrepareConfig, hashes: dict[str, str] | None) -> dict[str, Any]:

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from sage_cli import artifacts
 from sage_cli.errors import SageError
+from sage_cli.imageio import open_image
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +61,10 @@ def _decode_chunk(paths: Sequence[str], root_prefix: str) -> list[str | None]:
         if reasons[i] is not None:
             continue
         try:
-            with Image.open(path) as image:
+            with open_image(path) as image:
                 image.load()
+        except SageError:  # over PIL's decompression-bomb limit
+            reasons[i] = "undecodable (too large)"
         except Exception as exc:  # Pillow raises many types for corrupt files
             reasons[i] = f"undecodable ({exc.__class__.__name__})"
     return reasons

@@ -19,6 +19,7 @@ from sage_cli import artifacts
 from sage_cli.errors import SageError
 from sage_cli.prepare.names import read_names_file
 from sage_cli.prepare.source import SourceData
+from sage_cli.textsafe import is_utf8
 
 logger = logging.getLogger(__name__)
 
@@ -33,14 +34,23 @@ def list_folder(root: Path) -> pd.DataFrame:
         if not split_dir.is_dir():
             continue
         for cls in sorted(e.name for e in os.scandir(split_dir) if e.is_dir() and not e.name.startswith(".")):
+            _require_utf8(split_dir / cls)
             for entry in sorted(os.scandir(split_dir / cls), key=lambda e: e.name):
                 if entry.is_file() and Path(entry.name).suffix.lower() in IMAGE_SUFFIXES:
+                    _require_utf8(split_dir / cls / entry.name)
                     rows.append((f"{split}/{cls}/{entry.name}", cls, split))
     listing = pd.DataFrame(rows, columns=["path", "class_folder", "split"])
     if not (listing["split"] == "train").any():
         raise SageError(f"{root}: no images in {root / 'train'}/<class>/; the folder source expects "
                         "ROOT/<split>/<class>/<image>")
     return listing
+
+
+def _require_utf8(path: Path) -> None:
+    """Refuse a file or folder name that is not UTF-8: manifests and class names are UTF-8 text."""
+    if not is_utf8(path.name):
+        raise SageError(f"{path}: the name is not valid UTF-8; rename it (manifest paths and class names are "
+                        "UTF-8 text)")
 
 
 def folder_inputs(root: Path) -> dict[str, str]:
@@ -92,7 +102,7 @@ def load_csv(root: Path, classnames: Path | None = None) -> SourceData:
     try:
         table = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
     except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise SageError(f"{path}: not a readable CSV file ({exc})") from None
+        raise SageError(f"{path}: not a readable CSV file ({str(exc).strip()})") from None
     missing = [c for c in ("path", "label") if c not in table.columns]
     if missing:
         raise SageError(f"{path}: needs columns path,label[,split]; missing {', '.join(missing)}")
@@ -100,10 +110,28 @@ def load_csv(root: Path, classnames: Path | None = None) -> SourceData:
     _check_rows(path, table["path"] == "", "an empty path")
     _check_rows(path, ~split.isin(artifacts.SPLITS), "split must be train, val or test", split)
     labels, names = _csv_labels(path, table["label"].str.strip(), split, classnames)
-    _check_rows(path, pd.Series((labels < 0) | (labels >= len(names))),
-                f"label is outside 0..{len(names) - 1}", table["label"])
     manifest = pd.DataFrame({"path": table["path"], "label": labels, "split": split})
     return SourceData(manifest, names, path.parent)
+
+
+def _class_ids(path: Path, labels: pd.Series, split: pd.Series, num_classes: int | None) -> np.ndarray:
+    """Integer labels as ids, checked before any per-class list is built: ``num_classes`` when
+    --classnames gives it, else the train rows' ids, which must number the classes 0..C-1 without a
+    gap (a class without a train row could not train); so C never exceeds the number of train rows."""
+    digits = labels.str.lstrip("-").str.lstrip("0").str.len()
+    _check_rows(path, digits > 18, "label is too large to be a class id", labels)  # int64 holds 18 digits
+    ids = labels.astype(np.int64).to_numpy()
+    train = ids[split.to_numpy() == "train"]
+    count = num_classes if num_classes is not None else int(train.max(initial=0)) + 1
+    _check_rows(path, pd.Series((ids < 0) | (ids >= count)), f"label is outside 0..{count - 1}", labels)
+    present = np.unique(train)
+    gap = np.flatnonzero(present != np.arange(len(present)))
+    if num_classes is None and len(gap):
+        value = present[gap[0]]
+        _check_rows(path, pd.Series(ids == value) & (split == "train"),
+                    f"label {value} skips class id {gap[0]}, which has no train row; integer labels must "
+                    "number the classes 0..C-1, each with train rows")
+    return ids
 
 
 def _check_rows(path: Path, bad: pd.Series, what: str, values: pd.Series | None = None) -> None:
@@ -118,11 +146,10 @@ def _csv_labels(path: Path, labels: pd.Series, split: pd.Series,
     """Integer labels and class names; labels may be ids or names."""
     given = read_names_file(classnames)[0] if classnames is not None else None
     if labels.str.fullmatch(r"-?\d+").all():
-        ids = labels.astype(np.int64).to_numpy()
-        names = given or [f"class {i}" for i in range(int(ids[split.to_numpy() == "train"].max(initial=0)) + 1)]
+        ids = _class_ids(path, labels, split, None if given is None else len(given))
         if given is None:
             logger.warning("%s: integer labels and no --classnames: classes are named 'class <id>'", path)
-        return ids, names
+        return ids, given or [f"class {i}" for i in range(int(ids[split.to_numpy() == "train"].max(initial=0)) + 1)]
     names = given or sorted(labels[split == "train"].unique())
     ids = {name: i for i, name in enumerate(names)}
     _check_rows(path, ~labels.isin(ids), "label is not a class name " +

@@ -27,8 +27,11 @@ _WNID = re.compile(r"^n\d{8}$")
 def read_names_file(path: Path) -> tuple[list[str], dict[str, str]]:
     """Names in file order and, for ``<wnid> <name>`` / ``<name> <id>`` files, a key -> name map.
 
-    Three formats: ``n01440764 tench, Tinca tinca`` (first comma-separated name kept);
-    ``/a/airfield 0`` (Places365 categories file: the id orders the list); one name per line.
+    Four formats: ``n01440764 tench, Tinca tinca`` (first comma-separated name kept; LIFT's
+    ImageNet-LT ``classnames.txt`` is this format); ``/a/airfield 0`` (Places365 categories file:
+    the id orders the list); ``apartment_building-outdoor apartment_building-outdoor`` (LIFT's
+    Places-LT ``classnames.txt``: folder and name, ``_`` read as a space as LIFT's prompts do); one
+    name per line.
     """
     try:
         lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
@@ -41,6 +44,8 @@ def read_names_file(path: Path) -> tuple[list[str], dict[str, str]]:
     if all(len(p) == 2 and _WNID.match(p[0]) for p in first):
         mapping = {key: rest.split(",")[0].strip() for key, rest in first}
         return list(mapping.values()), mapping
+    if all(len(p) == 2 and " " not in p[1] and p[0] == p[1] for p in first):  # LIFT's Places-LT classnames.txt
+        return [rest.replace("_", " ") for _, rest in first], {}
     last = [line.rsplit(maxsplit=1) for line in lines]
     if all(len(p) == 2 and p[0].startswith("/") and p[1].isdigit() for p in last):
         ordered = sorted(((int(i), name_from_folders(n.strip("/").split("/"))) for n, i in last))

@@ -18,13 +18,20 @@ import torch
 
 from sage_cli import artifacts
 from sage_cli.artifacts import PER_CLASS, REPORT_RECORD
+from sage_cli.config import check_batch_size
 from sage_cli.errors import SageError, explain_write_errors
-from sage_cli.locks import lock_output_dir
-from sage_cli.report import build, html, markdown, seeds, tex
+from sage_cli.locks import lock_output_dir, try_lock_output_dir
+from sage_cli.report import build, frontier, html, markdown, seeds, tex
 from sage_cli.report.evaluate import evaluate_classifier, load_cached_predictions, save_predictions
 from sage_cli.report.figures import render_figures
 from sage_cli.report.loader import build_eval_loader, build_eval_transform
-from sage_cli.report.logits import compute_adjusted_predictions, compute_class_prior, load_logits, save_logits
+from sage_cli.report.logits import (
+    LOGITS,
+    compute_adjusted_predictions,
+    compute_class_prior,
+    load_logits,
+    save_logits,
+)
 from sage_cli.report.predictions import Predictions
 from sage_cli.report.sources import (
     ZERO_SHOT,
@@ -33,7 +40,7 @@ from sage_cli.report.sources import (
     load_run_source,
     load_zero_shot_source,
 )
-from sage_cli.report.tte import build_five_crop_transform
+from sage_cli.report.tte import TTE_MARGIN, TTE_MODES, build_tte_transform
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +61,8 @@ class ReportConfig:
     text_cache: Path | None = None  # the zero-shot head's text cache; for runs, where theirs now is
     prepared: Path | None = None  # where the runs' prepared dataset now is (found by its hashes otherwise)
     tte: bool = False
+    tte_mode: str = "five-crop"  # one of TTE_MODES (with tte)
+    tte_expand: int = TTE_MARGIN  # px added before cropping (five-crop, ten-crop), LIFT's ``expand``
     split: str = "test"
     checkpoint: Path | None = None  # instead of RUN_DIR/adapter.safetensors (one run only)
     batch_size: int = 64
@@ -65,6 +74,7 @@ class ReportConfig:
     save_logits: bool = False  # keep every logit (float16) in RUN_DIR/logits.safetensors
     tau: tuple[float, ...] = ()  # post-hoc logit adjustment: one extra row per run and tau (needs logits)
     figures: bool = True  # False: tables only (no figures/ folder, no plots in the page)
+    frontier: bool = False  # the head-tail frontier: a post-hoc sweep on val logits (report/frontier.py)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "runs", tuple(Path(r) for r in self.runs))
@@ -74,12 +84,15 @@ class ReportConfig:
             raise SageError("--zero-shot PREPARED_DIR and --text-cache TEXT_DIR go together")
         if self.text_cache is not None and self.zero_shot is None and not self.runs:
             raise SageError("--text-cache needs --zero-shot PREPARED_DIR or RUN_DIR(s)")
+        if self.tte_mode not in TTE_MODES:
+            raise SageError(f"--tte-mode must be one of {', '.join(TTE_MODES)}; got {self.tte_mode!r}")
+        if not 0 <= self.tte_expand <= 1024:
+            raise SageError(f"--tte-expand must be between 0 and 1024 px; got {self.tte_expand}")
         if self.split not in ("test", "val"):
             raise SageError(f"--split must be test or val; got {self.split!r}")
         if self.checkpoint is not None and len(self.runs) != 1:
             raise SageError(f"--checkpoint applies to exactly one RUN_DIR; got {len(self.runs)}")
-        if self.batch_size < 1:
-            raise SageError(f"--batch-size must be a positive integer; got {self.batch_size}")
+        check_batch_size("--batch-size", self.batch_size)
         if self.num_workers < 0:
             raise SageError(f"--workers must be >= 0; got {self.num_workers}")
         object.__setattr__(self, "tau", tuple(float(t) for t in self.tau))
@@ -87,8 +100,17 @@ class ReportConfig:
             raise SageError(f"--tau values must differ; got {', '.join(f'{t:g}' for t in self.tau)}")
 
     @property
+    def tte_protocol(self) -> dict[str, Any]:
+        """What decides the test-time views, as recorded: ``tte`` and, off LIFT's default protocol
+        (five crops, 24 px), the mode and expand (so caches written before the modes stay valid)."""
+        protocol: dict[str, Any] = {"tte": self.tte}
+        if self.tte and (self.tte_mode, self.tte_expand) != ("five-crop", TTE_MARGIN):
+            protocol.update(tte_mode=self.tte_mode, tte_expand=self.tte_expand)
+        return protocol
+
+    @property
     def needs_logits(self) -> bool:
-        return self.save_logits or bool(self.tau)
+        return self.save_logits or bool(self.tau) or self.frontier
 
 
 @dataclass(frozen=True)
@@ -109,7 +131,7 @@ def _run_locked(config: ReportConfig, progress: Progress | None) -> ReportResult
     sources = load_sources(config)
     check_same_test_set(sources)
     inputs = {"sources": [{"name": s.name, **s.identity} for s in sources],
-              "split": config.split, "tte": config.tte, **_output_options(config)}
+              "split": config.split, **config.tte_protocol, **_output_options(config)}
     fingerprint = artifacts.sha256_json(inputs)
     out = Path(config.out)
     check_reference(config.reference, sources, config.tau)
@@ -120,14 +142,19 @@ def _run_locked(config: ReportConfig, progress: Progress | None) -> ReportResult
         return ReportResult(out, True, artifacts.read_record(out, REPORT_RECORD))
     from sage_cli.backbone import resolve_device
 
-    entries, evaluated = evaluate_sources(sources, config, resolve_device(config.device), progress)
+    device = resolve_device(config.device)
+    entries, evaluated, predictions = evaluate_sources(sources, config, device, progress)
     groups = seeds.assign_groups(entries)
+    extra = {}
+    if config.frontier:
+        extra["frontier"] = build_frontier(sources, predictions, entries, groups, config, device, progress)
     report = artifacts.build_record(
-        STAGE, inputs, split=config.split, tte=config.tte,
+        STAGE, inputs, split=config.split, **config.tte_protocol,
         dataset=build.build_dataset_entry(sources[0].test_set),
         runs=entries, deltas=build.compute_deltas(entries),
         groups=seeds.compute_group_rows(groups, entries), reference=config.reference,
         paired=seeds.compute_paired_rows(groups, entries, config.reference) if config.reference else [],
+        **extra,
     )
     with explain_write_errors(out, "report"):
         report = write_outputs(out, report, latex=config.latex, figures=config.figures)
@@ -137,10 +164,12 @@ def _run_locked(config: ReportConfig, progress: Progress | None) -> ReportResult
 def evaluate_sources(
     sources: list[Source], config: ReportConfig, device: torch.device, progress: Progress | None
 ) -> tuple[list[dict[str, Any]], list[str]]:
-    """Each source's report entry (and, with ``--tau``, one post-hoc adjusted entry per tau after it)."""
-    entries, evaluated = [], []
+    """Each source's report entry (and, with ``--tau``, one post-hoc adjusted entry per tau after it),
+    the names evaluated now, and each source's predictions by name."""
+    entries, evaluated, by_name = [], [], {}
     for source in sources:
         predictions, evaluation = predict(source, config, device, progress)
+        by_name[source.name] = predictions
         if not evaluation["cached"]:
             evaluated.append(source.name)
         build.check_predictions_fit(predictions, source.test_set, source.name)
@@ -154,7 +183,42 @@ def evaluate_sources(
                 replace(source, name=f"{source.name} τ={tau:g}"),
                 build.compute_run_metrics(adjusted, source.test_set),
                 {**evaluation, "posthoc_tau": tau}, tau=tau))
-    return entries, evaluated
+    return entries, evaluated, by_name
+
+
+VAL_CACHE = "predictions-val"  # beside a source's cache: its val predictions for the frontier
+
+
+def build_frontier(
+    sources: list[Source], predictions: dict[str, Predictions], entries: list[dict[str, Any]],
+    groups: list[dict[str, Any]], config: ReportConfig, device: torch.device, progress: Progress | None,
+) -> dict[str, Any]:
+    """report.json's ``frontier``: each source's val logits (evaluated, or from their own cache in
+    ``VAL_CACHE``) and, for a test report, its test logits; see :mod:`sage_cli.report.frontier`."""
+    val_config = replace(config, split="val")
+    try:
+        val_sources = {s.name: s for s in load_sources(val_config)} if config.split != "val" else {}
+    except SageError as exc:
+        raise SageError(f"--frontier sweeps the val split: {exc}") from None
+    logits: dict[str, dict[str, Any]] = {}
+    for source in sources:
+        test = predictions[source.name]
+        if config.split == "val":
+            val = test
+        else:
+            val_source = val_sources[source.name]
+            val, _ = predict(replace(val_source, cache_dir=Path(val_source.cache_dir) / VAL_CACHE), val_config,
+                             device, progress)
+            build.check_predictions_fit(val, val_source.test_set, source.name)
+        logits[source.name] = {
+            "val": {"logits": val.logits, "labels": val.labels},
+            "test": None if config.split == "val" else {"logits": test.logits, "labels": test.labels},
+        }
+    classes = sources[0].test_set.classes
+    reference = seeds.find_reference(groups, config.reference) if config.reference else None
+    return frontier.build_frontier_section(entries, groups, logits,
+                                           compute_class_prior(classes["train_count"].to_numpy()),
+                                           classes["group"].tolist(), reference)
 
 
 def check_reference(reference: str | None, sources: list[Source], taus: tuple[float, ...] = ()) -> None:
@@ -171,7 +235,7 @@ def check_reference(reference: str | None, sources: list[Source], taus: tuple[fl
 def _output_options(config: ReportConfig) -> dict[str, Any]:
     """The options that change what is written (part of the report's fingerprint when set)."""
     options = {"reference": config.reference, "latex": config.latex or None, "tau": list(config.tau) or None,
-               "figures": None if config.figures else False}
+               "figures": None if config.figures else False, "frontier": config.frontier or None}
     return {k: v for k, v in options.items() if v is not None}
 
 
@@ -204,7 +268,7 @@ def predict(
     source: Source, config: ReportConfig, device: torch.device, progress: Progress | None
 ) -> tuple[Predictions, dict[str, Any]]:
     """The source's predictions: from its cache when the fingerprint matches, else evaluated now."""
-    cache_inputs = {**source.identity, "split": config.split, "tte": config.tte}
+    cache_inputs = {**source.identity, "split": config.split, **config.tte_protocol}
     fingerprint = artifacts.sha256_json(cache_inputs)
     cached = load_cached_predictions(source.cache_dir, fingerprint)
     saved = load_logits(source.cache_dir, fingerprint) if cached is not None and config.needs_logits else None
@@ -215,19 +279,34 @@ def predict(
             predictions = replace(predictions, logits=saved[0])
         return predictions, {**record.get("evaluation", {}), "cached": True}
     classifier, backbone = source.build(device)
-    transform = build_five_crop_transform(backbone) if config.tte else build_eval_transform(backbone)
+    transform = (build_tte_transform(backbone, config.tte_mode, config.tte_expand) if config.tte
+                 else build_eval_transform(backbone))
     loader = build_eval_loader(source.test_set, transform, config.batch_size, config.num_workers, device)
     predictions, stats = evaluate_classifier(classifier, loader, device, len(source.test_set.samples), progress,
                                              keep_logits=config.needs_logits)
     evaluation = {"seconds": round(stats.seconds, 3), "images_per_second": round(stats.images_per_second, 1),
                   "device": stats.device, "precision": stats.precision, "batch_size": config.batch_size,
-                  "tte": config.tte, "image_size": backbone.get("image_size")}
-    with explain_write_errors(source.cache_dir, "predictions cache"):
-        if predictions.logits is not None:  # before the record: a record never vouches for missing logits
-            save_logits(source.cache_dir, predictions.logits, predictions, fingerprint)
-        save_predictions(source.cache_dir, predictions, artifacts.build_record("predictions", cache_inputs,
-                                                                                 evaluation=evaluation))
+                  **config.tte_protocol, "image_size": backbone.get("image_size")}
+    record = artifacts.build_record("predictions", cache_inputs, evaluation=evaluation)
+    save_cache(source, config, predictions, record, fingerprint)
     return predictions, {**evaluation, "cached": False}
+
+
+def save_cache(source: Source, config: ReportConfig, predictions: Predictions, record: dict[str, Any],
+               fingerprint: str) -> None:
+    """Write the source's predictions cache while holding its directory's lock (one writer at a
+    time; a directory in use, by training or another report, is left alone: nothing is cached)."""
+    cache_dir = source.cache_dir
+    held = cache_dir.resolve() == Path(config.out).resolve()  # the report's own --out: locked already
+    with try_lock_output_dir(cache_dir, STAGE, already_held=held) as locked:
+        if not locked:
+            logger.warning("%s: in use by another sage process; its predictions cache is not updated", cache_dir)
+            return
+        with explain_write_errors(cache_dir, "predictions cache"):
+            also = None
+            if predictions.logits is not None:  # before the record: a record never vouches for missing logits
+                also = {LOGITS: save_logits(cache_dir, predictions.logits, predictions, fingerprint)}
+            save_predictions(cache_dir, predictions, record, also)
 
 
 def write_outputs(out: Path, report: dict[str, Any], latex: bool = False, figures: bool = True) -> dict[str, Any]:

@@ -38,7 +38,8 @@ def _clean(value: float | None) -> float | None:
 
 
 def compute_run_metrics(predictions: Predictions, test_set: TestSet) -> dict[str, Any]:
-    """Overall top-1/top-5, group top-1, per-class accuracy, prediction share, ECE, confusions."""
+    """Overall top-1/top-5, group top-1, per-class accuracy and LIFT's class summaries (worst, harmonic and
+    geometric mean, macro-F1), prediction share, ECE, confusions."""
     labels, top1 = predictions.labels, predictions.top1
     classes = test_set.classes
     num_classes, groups = len(classes), classes["group"].tolist()
@@ -51,6 +52,8 @@ def compute_run_metrics(predictions: Predictions, test_set: TestSet) -> dict[str
         "top5": metrics.compute_topk_accuracy(predictions.top_classes, labels, k),
         **metrics.compute_group_accuracy(top1, labels, groups),
         "mean_class_accuracy": _clean(float(np.nanmean(per_class)) if np.isfinite(per_class).any() else None),
+        **metrics.compute_class_accuracy_summaries(per_class),
+        "macro_f1": _clean(metrics.compute_macro_f1(top1, labels, num_classes)),
         "ece": _clean(metrics.compute_ece(predictions.confidence, top1 == labels)),
         "prediction_share": metrics.compute_prediction_share(top1, labels, groups),
         "never_predicted": int(num_classes - len(np.unique(top1))),

@@ -8,6 +8,7 @@ the cache only when that fingerprint matches; anything else is evaluated again.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -75,31 +76,45 @@ def evaluate_classifier(
     return predictions, EvalStats(seconds, done / max(seconds, 1e-9), str(device), describe_precision(device))
 
 
-def save_predictions(directory: Path, predictions: Predictions, record: dict[str, Any]) -> None:
-    """Write the cache: the table first, the record last (a table without record is never reused)."""
+def save_predictions(directory: Path, predictions: Predictions, record: dict[str, Any],
+                     also: dict[str, str] | None = None) -> None:
+    """Write the cache: the table first, the record last (a table without record is never reused).
+
+    The record holds the sha256 of the very bytes written here (and ``also``: file name -> sha256
+    of other files written with them, the logits; by default those found), never of what is on disk by then: a second
+    report writing the same cache at the same moment cannot get its table vouched for by this record.
+    """
     (directory / PREDICTIONS_RECORD).unlink(missing_ok=True)
-    artifacts.write_table(directory, PREDICTIONS, {
+    data = artifacts.serialize_table(artifacts.build_table(PREDICTIONS, {
         "sample_id": predictions.sample_ids,
         "label": predictions.labels,
         "top_classes": [row.tolist() for row in predictions.top_classes],
         "top_scores": [row.tolist() for row in predictions.top_scores],
-    })
-
-    files = [PREDICTIONS.filename, LOGITS]  # the logits (--save-logits) when there are some
-    artifacts.write_record(directory, PREDICTIONS_RECORD, artifacts.seal_record(directory, record, files))
+    }))
+    artifacts.write_bytes_atomic(directory / PREDICTIONS.filename, data)
+    if also is None:  # logits an earlier --save-logits left: sealed as found (their metadata name their predictions)
+        also = artifacts.seal_record(directory, {}, [LOGITS])[artifacts.FILES]
+    hashes = {PREDICTIONS.filename: hashlib.sha256(data).hexdigest(), **also}
+    artifacts.write_record(directory, PREDICTIONS_RECORD, artifacts.seal_record_hashes(record, hashes))
 
 
 def load_cached_predictions(directory: Path, fingerprint: str) -> tuple[Predictions, dict[str, Any]] | None:
-    """The cached predictions in ``directory`` if their record has ``fingerprint``, else None."""
+    """The cached predictions in ``directory`` if their record has ``fingerprint``, else None.
+
+    The table is read once and parsed from the bytes whose sha256 was checked against the record."""
     record_path = directory / PREDICTIONS_RECORD
-    if not record_path.is_file() or not (directory / PREDICTIONS.filename).is_file():
+    path = directory / PREDICTIONS.filename
+    if not record_path.is_file() or not path.is_file():
         return None
     try:
         record = artifacts.read_record(directory, PREDICTIONS_RECORD)
         if record.get("fingerprint") != fingerprint:
             return None
-        table = artifacts.read_table(directory, PREDICTIONS)
-    except SageError as exc:
+        data = path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != (record.get(artifacts.FILES) or {}).get(PREDICTIONS.filename):
+            raise SageError(f"{path}: changed since {record_path} was written")
+        table = artifacts.parse_table(data, PREDICTIONS, path)
+    except (SageError, OSError) as exc:
         logger.warning("ignoring the predictions cache in %s: %s", directory, exc)
         return None
     top = np.asarray(table.column("top_classes").to_pylist(), dtype=np.int64)

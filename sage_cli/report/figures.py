@@ -30,6 +30,7 @@ from matplotlib.figure import Figure
 
 from sage_cli import artifacts
 from sage_cli.artifacts import GROUPS
+from sage_cli.report.frontier import plot_frontier
 
 matplotlib.use("Agg")  # no display; also what savefig picks for a bare Figure
 
@@ -400,7 +401,9 @@ def plot_predicted_counts(report: dict[str, Any]) -> Figure:
 
 
 def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower() or "run"
+    """``text`` as a file-name part: letters and digits joined by dashes, at most 64 characters (a
+    run named with 255 characters gave figure names over the file system's limit)."""
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()[:64].strip("-") or "run"
 
 
 def reference_index(report: dict[str, Any]) -> int:
@@ -429,6 +432,9 @@ def build_figures(report: dict[str, Any]) -> dict[str, tuple[Figure, str]]:
         ("curves", lambda: plot_curves(report), "Training loss and validation top-1 from each run's metrics.jsonl."),
         ("delta", lambda: plot_delta(report, ref),
          f"Per-class change against {report['runs'][ref]['name']}, against training images."),
+        ("frontier", lambda: plot_frontier(report, run_colour),
+         "Many against few top-1 on val as each run's logits are adjusted post hoc by t·log(prior): a run whose "
+         "curve lies above the reference's gains on the tail without the head paying."),
         ("predicted-count", lambda: plot_predicted_counts(report),
          "Test images predicted as each class against its true count: a long-tailed model over-predicts the head."),
     ]

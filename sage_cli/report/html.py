@@ -15,8 +15,13 @@ from typing import Any
 from sage_cli.artifacts import GROUPS
 from sage_cli.report.figures import render_figures, run_colour
 from sage_cli.report.markdown import (
+    CLASS_HEADER,
     COLUMNS,
+    FRONTIER_HEADER,
+    class_rows,
     delta_rows,
+    describe_tte,
+    frontier_rows,
     format_percent,
     group_rows,
     paired_rows,
@@ -78,7 +83,7 @@ def _figure(svg_text: str, caption: str) -> str:
 def _header(report: dict[str, Any]) -> str:
     data = report["dataset"]
     groups = data["groups"]
-    tte = "five-crop test-time ensembling" if report["tte"] else "single centre crop"
+    tte = f"test-time ensembling {describe_tte(report)}" if report["tte"] else "single centre crop"
     return (
         f"<h1>Sage report: {escape(str(data['dataset']))}</h1>"
         f'<p class="meta">{escape(report["split"])} split · {data["num_samples"]} images · '
@@ -104,6 +109,12 @@ def _accuracy_section(report: dict[str, Any]) -> str:
                          signed=True),
                   '<p class="note">Percentage points: mean of the per-seed differences [95% Student-t interval]; '
                   "n seeds paired.</p>"]
+    if (report.get("frontier") or {}).get("paired"):
+        parts += [f"<h2>Head-tail frontier against {escape(report['frontier']['reference'])}</h2>",
+                  _table("frontier", list(FRONTIER_HEADER), frontier_rows(report), swatches=False, signed=True),
+                  '<p class="note">Each run swept along t in z − t·log(prior) on val and read where its many '
+                  "accuracy equals the reference's (the reference read on its own curve); the same t applied to "
+                  "test. Percentage points, mean over seeds [95% interval]. Above 0: a gain, not a trade.</p>"]
     if len(report["runs"]) > 1:
         first = report["runs"][0]["name"]
         parts += [f"<h2>Change against {escape(first)}</h2>",
@@ -121,6 +132,7 @@ FIGURE_SECTIONS = (  # (figure name or name prefix, heading) in page order
     ("reliability", "Calibration"),
     ("confusion-groups", "Where each group's images go"),
     ("curves", "Training and validation curves"),
+    ("frontier", "Head-tail frontier (val)"),
 )
 
 
@@ -144,12 +156,10 @@ def _plots_section(report: dict[str, Any], figures: dict[str, tuple[str, str]]) 
 
 
 def _class_section(report: dict[str, Any]) -> str:
-    """Mean class accuracy and the classes never predicted, per run."""
-    total = report["dataset"]["num_classes"]
-    rows = [[run["name"], format_percent(run["metrics"].get("mean_class_accuracy")),
-             f"{run['metrics'].get('never_predicted', 0)} of {total}"] for run in report["runs"]]
-    return ("<h2>Classes</h2>" + _table("classes", ["Run", "Mean class accuracy", "Classes never predicted"], rows)
-            + '<p class="note">Mean class accuracy: the mean of per-class top-1 (%), each class counting once. '
+    """Class-level summaries (mean, worst, harmonic and geometric mean, macro-F1) and the classes never predicted."""
+    return ("<h2>Classes</h2>" + _table("classes", list(CLASS_HEADER), class_rows(report))
+            + '<p class="note">Each class counts once: the mean, lowest, harmonic and geometric mean of per-class '
+            "top-1 (%, LIFT's definitions) and the mean of per-class F1. "
             "Never predicted: classes that no test image is assigned to.</p>")
 
 

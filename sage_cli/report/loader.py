@@ -6,10 +6,10 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from sage_cli.errors import SageError
+from sage_cli.imageio import open_image
 from sage_cli.report.sources import TestSet
 
 
@@ -27,7 +27,7 @@ class _SplitImages(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
         try:
-            with Image.open(self.paths[i]) as image:
+            with open_image(self.paths[i]) as image:
                 tensor = self.transform(image.convert("RGB"))
         except (OSError, SyntaxError) as exc:  # PIL raises both for missing or damaged files
             raise SageError(f"{self.paths[i]}: cannot read image ({exc})") from None

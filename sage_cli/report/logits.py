@@ -9,6 +9,7 @@ share of the training images, and ranks again.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 
@@ -24,8 +25,9 @@ logger = logging.getLogger(__name__)
 LOGITS = "logits.safetensors"
 
 
-def save_logits(directory: Path, logits: np.ndarray, predictions: Predictions, fingerprint: str) -> Path:
-    """Write ``logits`` [N, C] as float16 with the predictions' sample ids and labels, atomically."""
+def save_logits(directory: Path, logits: np.ndarray, predictions: Predictions, fingerprint: str) -> str:
+    """Write ``logits`` [N, C] as float16 with the predictions' sample ids and labels, atomically;
+    returns the sha256 of the bytes written (for the predictions record)."""
     from sage_cli.train.checkpoint import serialize_weights  # same bytes every time; a full disk is an OSError
 
     tensors = {
@@ -33,9 +35,9 @@ def save_logits(directory: Path, logits: np.ndarray, predictions: Predictions, f
         "sample_id": torch.from_numpy(np.ascontiguousarray(predictions.sample_ids, dtype=np.int64)),
         "label": torch.from_numpy(np.ascontiguousarray(predictions.labels, dtype=np.int64)),
     }
-    path = Path(directory) / LOGITS
-    artifacts.write_bytes_atomic(path, serialize_weights(tensors, {"fingerprint": fingerprint, "dtype": "float16"}))
-    return path
+    data = serialize_weights(tensors, {"fingerprint": fingerprint, "dtype": "float16"})
+    artifacts.write_bytes_atomic(Path(directory) / LOGITS, data)
+    return hashlib.sha256(data).hexdigest()
 
 
 def load_logits(directory: Path, fingerprint: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:

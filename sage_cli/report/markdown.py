@@ -22,6 +22,15 @@ _MD_SPECIAL = re.compile(r"([\\`*{}\[\]|#!~]|(?<![0-9A-Za-z])_|_(?![0-9A-Za-z]))
 COLUMNS = (("top1", "Top-1"), ("top5", "Top-5"), ("many", "Many"), ("medium", "Medium"), ("few", "Few"))
 
 
+def describe_tte(report: dict[str, Any]) -> str:
+    """``off``, or the views a report's test-time ensembling averaged (``on (five crops, +24 px)``)."""
+    if not report["tte"]:
+        return "off"
+    mode, expand = report.get("tte_mode", "five-crop"), report.get("tte_expand", 24)
+    views = {"five-crop": "five crops", "ten-crop": "ten crops: five and their mirrors", "flip": "centre crop and mirror"}
+    return f"on ({views[mode]}" + ("" if mode == "flip" else f", +{expand} px") + ")"
+
+
 def escape_md(text: object) -> str:
     """``text`` as one line of literal Markdown: no newlines, no HTML, metacharacters escaped.
 
@@ -100,6 +109,34 @@ def share_rows(report: dict[str, Any]) -> list[list[str]]:
             for run in report["runs"]]
 
 
+# Each class counting once: the mean, LIFT's worst-class, harmonic and geometric means, and macro-F1.
+CLASS_COLUMNS = (("mean_class_accuracy", "Mean class"), ("worst_class_accuracy", "Worst class"),
+                 ("hmean_class_accuracy", "Harmonic mean"), ("gmean_class_accuracy", "Geometric mean"),
+                 ("macro_f1", "Macro-F1"))
+CLASS_HEADER = ("Run", *(title for _, title in CLASS_COLUMNS), "Classes never predicted")
+
+
+def class_rows(report: dict[str, Any]) -> list[list[str]]:
+    """Per run: the class-level summaries (%) and how many classes no test image is assigned to.
+
+    Reports written before these summaries existed show a dash for them."""
+    total = report["dataset"]["num_classes"]
+    return [[run["name"], *(format_percent(run["metrics"].get(key)) for key, _ in CLASS_COLUMNS),
+             f"{run['metrics'].get('never_predicted', 0)} of {total}"] for run in report["runs"]]
+
+
+def frontier_rows(report: dict[str, Any]) -> list[list[str]]:
+    """Per group against the reference: few and overall at the reference's many (val), and the
+    val-chosen t on test (few, overall, many differences), mean [95% interval] in points."""
+    section = report.get("frontier") or {}
+    keys = ("val_few_at_matched_many", "val_overall_at_matched_many", "test_few", "test_overall", "test_many")
+    return [[p["group"], str(p["n"]), *(format_interval(p[key]) for key in keys)] for p in section.get("paired", [])]
+
+
+FRONTIER_HEADER = ("Group", "n", "Few at matched many (val)", "Overall at matched many (val)", "Few (test)",
+                   "Overall (test)", "Many (test)")
+
+
 def true_shares(report: dict[str, Any]) -> dict[str, float | None]:
     share = report["runs"][0]["metrics"]["prediction_share"]
     return {g: share[g]["true"] for g in GROUPS}
@@ -113,7 +150,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         f"{data['num_samples']} images, {data['num_classes']} classes "
         f"(many {groups['many']}, medium {groups['medium']}, few {groups['few']}); "
-        f"test-time ensembling {'on (five crops)' if report['tte'] else 'off'}. Top-1 accuracy in % "
+        f"test-time ensembling {describe_tte(report)}. Top-1 accuracy in % "
         "unless noted; group accuracy is over the images of the group's classes.",
         "",
         "## Accuracy",
@@ -131,13 +168,17 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += ["", f"## Against {escape_md(report['paired'][0]['reference'])}, paired by seed "
                   "(percentage points: mean difference [95% t-interval])", "",
                   *_table(["Group", "n", *(title for _, title in COLUMNS)], paired_rows(report))]
+    if report.get("frontier", {}).get("paired"):
+        lines += ["", f"## Head-tail frontier against {escape_md(report['frontier']['reference'])} "
+                  "(percentage points: mean difference [95% t-interval] over seeds)", "",
+                  "Each run swept along t in z - t·log(prior) on val and read where its many accuracy equals the "
+                  "reference's; the same t applied to test. Above 0: a gain, not a trade.", "",
+                  *_table(list(FRONTIER_HEADER), frontier_rows(report))]
     truth = true_shares(report)
     lines += ["", "## Prediction share by group (% of predictions; true share in the header)", "",
               *_table(["Run", *(f"{g.capitalize()} (true {format_percent(truth[g])})" for g in GROUPS)],
                       share_rows(report))]
-    lines += ["", "## Classes", "", *_table(["Run", "Mean class accuracy", "Classes never predicted"], [
-        [run["name"], format_percent(run["metrics"].get("mean_class_accuracy")),
-         f"{run['metrics'].get('never_predicted', 0)} of {data['num_classes']}"] for run in report["runs"]])]
+    lines += ["", "## Classes", "", *_table(list(CLASS_HEADER), class_rows(report))]
     lines += ["", "## Most confused pairs", ""]
     for run in report["runs"]:
         pairs = run["metrics"]["confused_pairs"]  # the same list as report.json and report.html

@@ -20,7 +20,8 @@ from sage_cli.errors import SageError
 
 logger = logging.getLogger(__name__)
 
-FIGURES = ("top1", "top5", "many", "medium", "few", "mean_class_accuracy", "ece")
+FIGURES = ("top1", "top5", "many", "medium", "few", "mean_class_accuracy", "worst_class_accuracy",
+           "hmean_class_accuracy", "gmean_class_accuracy", "macro_f1", "ece")
 
 
 def compute_configuration_key(source_config: dict[str, Any], kind: str, tau: float | None = None) -> str:

@@ -2,8 +2,10 @@
 
 Outputs in ``RUN_DIR``: ``metrics.jsonl`` (appended as the run goes), ``checkpoints/``,
 ``adapter.safetensors`` (the final adapter + head weights) and, last, ``train.json``. A directory
-with outputs but no train.json is an interrupted run: ``--resume`` continues it, ``--force``
-starts over. Under torchrun only rank 0 writes.
+with outputs but no train.json is an interrupted run: ``--resume`` continues it from its latest
+checkpoint (from step 0 when it was stopped before its first one), ``--force`` starts over. The
+finished state is checkpointed before the final writes, so a run that fails there (a full disk)
+resumes without losing a step. Under torchrun only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ logger = logging.getLogger(__name__)
 STAGE = "train"
 ADAPTER = "adapter.safetensors"
 OUTPUTS = (ADAPTER, METRICS, ckpt.CHECKPOINT_DIR)
+TRACKED_OUTPUTS = ("metrics.csv", "tensorboard")  # written by `--log csv|tensorboard` from the metrics
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,8 @@ def train_locked(
     if hooks is not None and hooks.on_start is not None and dist_ctx.is_main:
         hooks.on_start(start_info(trainer, preprocessing, inputs, resume_from))
     final_eval = trainer.fit()
+    if trainer.saved_step != trainer.position.global_step:
+        trainer.save_checkpoint()  # the finished state: a failed final write below resumes from here
     record = artifacts.build_record(
         STAGE, record_inputs, identity=identity,
         **summarise(config, trainer, clip_record, preprocessing, inputs, device),
@@ -194,9 +199,12 @@ def find_resume_checkpoint(out: Path, fingerprint: str) -> Path | None:
         raise SageError(f"{out}: the run is already complete ({TRAIN_RECORD}); nothing to resume")
     checkpoint = ckpt.find_latest_checkpoint(out)
     if checkpoint is None:
-        if any((out / o).exists() for o in OUTPUTS):
-            raise SageError(f"{out}: holds outputs but no checkpoint; pass --force to start over")
-        logger.warning("%s: no checkpoint to resume from; starting from step 0", out)
+        if (out / ADAPTER).exists():  # final weights without a checkpoint: not a run this sage stopped
+            raise SageError(f"{out}: holds {ADAPTER} but no checkpoint and no {TRAIN_RECORD}; pass --force to "
+                            "start over")
+        stopped = any((out / o).exists() for o in OUTPUTS)
+        logger.warning("%s: no checkpoint to resume from (%s); starting from step 0", out,
+                       "stopped before its first checkpoint" if stopped else "nothing trained here yet")
         return None
     state = ckpt.load_checkpoint_state(checkpoint)
     ckpt.warn_if_threads_differ(state, checkpoint)
@@ -214,6 +222,12 @@ def clear_outputs(out: Path) -> None:
     (out / ADAPTER).unlink(missing_ok=True)
     (out / METRICS).unlink(missing_ok=True)
     shutil.rmtree(out / ckpt.CHECKPOINT_DIR, ignore_errors=True)
+    for tracked in TRACKED_OUTPUTS:  # the --log trackers' copies of the old metrics (W&B's own files stay)
+        path = out / tracked
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def save_final_weights(path: Path, trainer: Trainer, clip_record: dict[str, Any]) -> None:

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 import torch
 
 from sage_cli import artifacts
-from sage_cli.backbone import LoadedClip
+from sage_cli.backbone import LoadedClip, build_backbone
 from sage_cli.encode_text import check_text_cache_matches, load_text_cache
 from sage_cli.errors import SageError
 from sage_cli.model import SageClassifier, build_classifier
@@ -28,7 +28,6 @@ from sage_cli.schema import ModelConfig
 from sage_cli.train import checkpoint as ckpt
 from sage_cli.train.config import read_config
 from sage_cli.train.core import ADAPTER
-from sage_cli.backbone import build_backbone
 
 
 class TrainedRun(NamedTuple):
@@ -95,16 +94,32 @@ def resolve_weights_path(run_dir: Path, checkpoint: str | os.PathLike[str] | Non
 
 
 def check_weights_belong(path: Path, record: dict[str, Any], run_dir: Path) -> None:
-    """Refuse weights written by another run (their metadata fingerprint is not the run's)."""
-    if not path.is_file() or path.suffix != ".safetensors":
+    """Refuse weights that are not provably this run's: the run's own ``adapter.safetensors`` (its
+    sha256 in train.json), or weights whose metadata carry the run's fingerprint. Weights of another
+    run, or stripped of their metadata, would report other numbers under this run's name."""
+    if not path.is_file():
         return  # a missing file is reported by the loader
     ckpt.verify_checkpoint_file(path)
+    if is_recorded_adapter(path, record, run_dir):
+        return
     fingerprint = ckpt.read_weights_metadata(path).get("fingerprint")
-    if fingerprint is not None and fingerprint != record.get("fingerprint"):
+    if fingerprint is None:
+        raise SageError(
+            f"{path}: its metadata name no run (no fingerprint), so they cannot be shown to be weights of "
+            f"{run_dir}; pass that run's adapter.safetensors or one of its checkpoints"
+        )
+    if fingerprint != record.get("fingerprint"):
         raise SageError(
             f"{path}: weights of another run (fingerprint {fingerprint[:12]}, {run_dir / artifacts.TRAIN_RECORD} "
             f"has {str(record.get('fingerprint'))[:12]}); restore this run's own file"
         )
+
+
+def is_recorded_adapter(path: Path, record: dict[str, Any], run_dir: Path) -> bool:
+    """Whether ``path`` is the run's own final weights, with the sha256 its train.json records."""
+    expected = (record.get(artifacts.FILES) or {}).get(ADAPTER)
+    return (expected is not None and path.resolve() == (run_dir / ADAPTER).resolve()
+            and artifacts.sha256_file(path) == expected)
 
 
 def build_model_config(record: dict[str, Any], run_dir: Path) -> ModelConfig:

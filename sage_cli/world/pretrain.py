@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from sage_cli.artifacts import build_record, guard_output_dir, sha256_file, write_bytes_atomic, write_record
+from sage_cli.config import check_batch_size, check_seed
 from sage_cli.errors import SageError
 from sage_cli.world.shapes import (
     DOMAINS,
@@ -83,8 +84,8 @@ class PretrainConfig:
             raise SageError(f"--checkpoint-every must be >= 0, got {self.checkpoint_every}")
         if self.steps < 1:
             raise SageError(f"--steps must be at least 1, got {self.steps}")
-        if self.batch_size < 2:
-            raise SageError(f"--batch-size must be at least 2 (contrastive pairs), got {self.batch_size}")
+        check_batch_size("--batch-size", self.batch_size, minimum=2)  # contrastive pairs
+        check_seed("--seed", self.seed)
         if self.lr <= 0:
             raise SageError(f"--lr must be positive, got {self.lr}")
         if self.eval_per_class < 0:

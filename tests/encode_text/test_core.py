@@ -253,3 +253,31 @@ def test_cache_refused_for_another_backbone(prepared: Path, tmp_path: Path, weig
 def test_missing_cache_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(SageError, match=r"encode\.json: missing"):
         load_text_cache(tmp_path)
+
+
+def test_a_run_killed_between_its_two_table_writes_is_finished_without_force(
+        prepared: Path, tmp_path: Path, weights: Path, monkeypatch) -> None:
+    # red team: encode-text killed between text_cache.parquet and class_embeddings.parquet needed --force
+    whole = run(_config(prepared, tmp_path / "whole", weights))
+    out = tmp_path / "text"
+    real_write = artifacts.write_table
+
+    def killed_at_the_second_table(directory, schema, *args, **kwargs):
+        if schema is artifacts.CLASS_EMBEDDINGS:
+            raise KeyboardInterrupt  # as abrupt as a kill: nothing after this line runs
+        return real_write(directory, schema, *args, **kwargs)
+
+    monkeypatch.setattr(artifacts, "write_table", killed_at_the_second_table)
+    with pytest.raises(KeyboardInterrupt):
+        run(_config(prepared, out, weights))
+    monkeypatch.setattr(artifacts, "write_table", real_write)
+    assert (out / "text_cache.parquet").is_file() and not (out / "class_embeddings.parquet").exists()
+    with pytest.raises(SageError, match="holds text_cache.parquet without encode.json .*pass --force"):
+        run(_config(prepared, out, weights, templates="single"))  # other inputs: still refused
+    finished = run(_config(prepared, out, weights))
+    assert not finished.skipped and finished.record["fingerprint"] == whole.record["fingerprint"]
+    for name in ("text_cache.parquet", "class_embeddings.parquet"):
+        assert artifacts.read_table(out / name, artifacts.TEXT_CACHE if name.startswith("text") else
+                                    artifacts.CLASS_EMBEDDINGS) == artifacts.read_table(
+            tmp_path / "whole" / name, artifacts.TEXT_CACHE if name.startswith("text") else artifacts.CLASS_EMBEDDINGS)
+    assert sorted(p.name for p in out.iterdir()) == ["class_embeddings.parquet", "encode.json", "text_cache.parquet"]

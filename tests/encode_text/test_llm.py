@@ -281,12 +281,12 @@ def test_refusals_are_not_descriptions(tmp_path: Path, refusal: str) -> None:
 
 def test_check_answer_keeps_plausible_sentences_only() -> None:
     answer = "Here are two sentences:\n1. A cat with pointed ears.\n2. ok\n3. 1234 5678 9012 !!!\n- A cat, curled up."
-    assert check_answer(answer, 5) == (["A cat with pointed ears.", "A cat, curled up."], None)
-    assert check_answer("ok\n:-)\nyes", 2) == ([], "no plausible sentence in the answer")
-    assert check_answer("   \n", 2) == ([], "an empty answer")
-    assert check_answer(None, 2) == ([], "an empty answer")
-    assert check_answer("A cat with fur. " * 200, 2) == ([], "an answer of 3,200 characters for 2 sentence(s)")
-    assert check_answer("A long " + "word " * 100 + "sentence.", 2) == ([], "no plausible sentence in the answer")
+    assert check_answer(answer, 5, "cat") == (["A cat with pointed ears.", "A cat, curled up."], None)
+    assert check_answer("ok\n:-)\nyes", 2, "cat") == ([], "no plausible sentence in the answer")
+    assert check_answer("   \n", 2, "cat") == ([], "an empty answer")
+    assert check_answer(None, 2, "cat") == ([], "an empty answer")
+    assert check_answer("A cat with fur. " * 200, 2, "cat") == ([], "an answer of 3,200 characters for 2 sentence(s)")
+    assert check_answer("A long " + "word " * 100 + "sentence.", 2, "cat") == ([], "no plausible sentence in the answer")
 
 
 def test_an_oversize_answer_is_cut_off_and_not_cached(tmp_path: Path) -> None:

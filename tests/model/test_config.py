@@ -58,3 +58,24 @@ def test_bad_config_names_the_flag(kwargs: dict, flag: str) -> None:
     with pytest.raises(SageError, match=flag) as info:
         model_config(**kwargs)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("method", ["lift", "lora", "adapter"])
+def test_bottleneck_above_the_tower_width_is_one_line_before_any_weight(tiny_clip, class_embeddings,
+                                                                         method: str) -> None:
+    """--bottleneck 100000000 asked for 25.6 GB of adapter weights (a traceback from the allocator)."""
+    from sage_cli.model import build_classifier
+
+    with pytest.raises(SageError) as info:
+        build_classifier(tiny_clip, class_embeddings, model_config(method, bottleneck=100_000_000))
+    assert str(info.value) == ("--bottleneck 100000000 exceeds the image tower's width (64); choose 1..64 "
+                               "(default: LIFT's rule)")
+    assert getattr(tiny_clip.visual, "sage_peft", None) is None  # nothing was injected
+    build_classifier(tiny_clip, class_embeddings, model_config(method, bottleneck=64))  # the width itself is fine
+
+
+def test_blocks_beyond_any_tower_are_refused_by_the_config() -> None:
+    with pytest.raises(SageError, match=r"^--blocks: block 1024 is beyond any image tower \(sage takes indices "
+                                        r"below 1024\)$"):
+        model_config("lift", blocks=(0, 1024))
+    assert model_config("lift", blocks=(1023,)).peft.blocks == (1023,)

@@ -54,14 +54,16 @@ def test_tower_at_init_is_the_frozen_one(tiny_clip, class_embeddings, images, me
     with torch.no_grad():
         expected = F.normalize(reference.encode_image(images), dim=-1)
         if method.startswith("lora"):
-            # LoRA runs attention through F.multi_head_attention_forward, the function
-            # nn.MultiheadAttention calls outside its fused inference kernel; compare like with like.
-            with torch.enable_grad():
-                slow = copy.deepcopy(reference).requires_grad_(True)
-                expected = F.normalize(slow.encode_image(images), dim=-1).detach()
-            assert torch.equal(classifier.encode(images), expected)
+            # LoRA's attention runs through F.multi_head_attention_forward, another computation path than
+            # nn.MultiheadAttention's (fused or not), which rounds differently on some CPUs. What is exact is
+            # the update: B = 0, so the packed in-projection weight is the frozen one bit for bit, and the
+            # tower is the frozen one within float32 rounding of unit-norm features.
+            for module in classifier.visual.modules():
+                if isinstance(module, AdapterModule):
+                    assert torch.equal(module.delta_weight(), torch.zeros_like(module.delta_weight()))
+            torch.testing.assert_close(classifier.encode(images), expected, rtol=0, atol=1e-6)
         else:
-            assert torch.equal(classifier.encode(images), expected)
+            assert torch.equal(classifier.encode(images), expected)  # the same kernels; zero-init modules add exact zeros
     _perturb(classifier)
     with torch.no_grad():
         changed = (classifier.encode(images) - expected).abs().max()

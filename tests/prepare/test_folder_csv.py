@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -109,6 +110,12 @@ def test_csv_with_integer_labels_and_classnames(tmp_path: Path) -> None:
     ("path,label\nimg/a.png,1\nimg/b.png,-1\n", r"labels.csv:3: label is outside 0..1 \(got '-1'\)"),
     ("path,label,split\nimg/a.png,cat,train\nimg/b.png,dog,test\n", r"labels.csv:3: label is not a class name of any train row \(got 'dog'\)"),
     ("file,label\nimg/a.png,0\n", r"labels.csv: needs columns path,label\[,split\]; missing path"),
+    # Issue 19: 2000000000 built 2e9 class names (4.7 GB, then MemoryError); 20 digits overflowed int64.
+    ("path,label\nimg/a.png,0\nimg/b.png,2000000000\n",
+     r"labels.csv:3: label 2000000000 skips class id 1, which has no train row; integer labels must number the "
+     r"classes 0..C-1, each with train rows$"),
+    ("path,label\nimg/a.png,0\nimg/b.png,99999999999999999999\n",
+     r"labels.csv:3: label is too large to be a class id \(got '99999999999999999999'\)$"),
 ])
 def test_csv_errors_name_file_and_line(tmp_path: Path, text: str, message: str) -> None:
     root = _csv(tmp_path, text, ["img/a.png", "img/b.png"])
@@ -118,3 +125,32 @@ def test_csv_errors_name_file_and_line(tmp_path: Path, text: str, message: str) 
     with pytest.raises(SageError, match=message):
         run(PrepareConfig("csv", out, root=root, force=True))
     assert snapshot(out) == before
+
+
+def test_csv_integer_labels_number_the_classes_from_the_train_rows(tmp_path: Path) -> None:
+    root = _csv(tmp_path, "path,label,split\nimg/a.png,1,train\nimg/b.png,0,train\nimg/c.png,1,test\n",
+                ["img/a.png", "img/b.png", "img/c.png"])
+    run(PrepareConfig("csv", tmp_path / "out", root=root))
+    classes = artifacts.read_table(tmp_path / "out", artifacts.CLASSES).to_pandas()
+    assert classes["name"].tolist() == ["class 0", "class 1"] and classes["train_count"].tolist() == [1, 1]
+
+
+def test_non_utf8_image_and_class_folder_names_are_one_line(folder_root: Path, tmp_path: Path) -> None:
+    """Names os.fsdecode turns into surrogates reached pyarrow: a UnicodeEncodeError traceback."""
+    from typer.testing import CliRunner
+
+    from sage_cli.cli import app
+
+    image = folder_root / "train" / "cat" / os.fsdecode(b"\xfe.jpg")
+    image.touch()
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["prepare", "folder", "--root", str(folder_root), "--out", str(out)])
+    assert result.exit_code == 1, result.output
+    assert result.output.strip() == (f"error: {folder_root}/train/cat/\\xfe.jpg: the name is not valid UTF-8; "
+                                     "rename it (manifest paths and class names are UTF-8 text)")
+    assert not out.exists()
+    image.unlink()
+    (folder_root / "train" / os.fsdecode(b"caf\xe9")).mkdir()  # a Latin-1 folder name
+    with pytest.raises(SageError, match=r"train/caf\udce9: the name is not valid UTF-8"):
+        run(PrepareConfig("folder", out, root=folder_root))
+    assert not out.exists()

@@ -93,6 +93,20 @@ def test_places365_categories_file_is_read(tmp_path: Path) -> None:
     assert read_names_file(path) == (["airfield", "apartment building outdoor"], {})
 
 
+def test_lift_classnames_files_are_read_as_lift_reads_them(tmp_path: Path) -> None:
+    places = tmp_path / "places_classnames.txt"  # LIFT's datasets/Places_LT/classnames.txt: folder, then name
+    places.write_text("airfield airfield\napartment_building-outdoor apartment_building-outdoor\n")
+    assert read_names_file(places) == (["airfield", "apartment building-outdoor"], {})
+    imagenet = tmp_path / "imagenet_classnames.txt"  # LIFT's datasets/ImageNet_LT/classnames.txt
+    imagenet.write_text("n01440764 tench\nn02012849 crane bird\nn03126707 construction crane\n")
+    assert read_names_file(imagenet) == (["tench", "crane bird", "construction crane"],
+                                         {"n01440764": "tench", "n02012849": "crane bird",
+                                          "n03126707": "construction crane"})
+    plain = tmp_path / "plain.txt"  # one name per line: two words that differ stay one name
+    plain.write_text("great shark\nhen hen\n")
+    assert read_names_file(plain) == (["great shark", "hen hen"], {})
+
+
 def test_duplicate_names_are_made_distinct_with_the_wnid(imagenet_root: Path, tmp_path: Path) -> None:
     mapping = "".join(f"{w} {n}\n" for w, n in zip(WNIDS, ["crane", "missile", "crane", "missile", "hen"]))
     (imagenet_root / "LOC_synset_mapping.txt").write_text(mapping)

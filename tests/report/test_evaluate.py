@@ -12,7 +12,7 @@ from PIL import Image
 from sage_cli import artifacts, metrics
 from sage_cli.report.evaluate import evaluate_classifier, load_cached_predictions, save_predictions
 from sage_cli.report.predictions import Predictions, compute_ranked_scores
-from sage_cli.report.tte import build_five_crop_transform, compute_ensembled_logits
+from sage_cli.report.tte import build_five_crop_transform, build_tte_transform, compute_ensembled_logits
 
 RECORD = {"image_size": [4, 4], "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0], "interpolation": "nearest"}
 
@@ -35,6 +35,36 @@ def test_five_crop_transform_shapes_and_corners() -> None:
     assert crops[0].min() == 1.0  # top-left
     assert crops[1].max() == 0.0 and crops[2].max() == 0.0 and crops[3].max() == 0.0
     assert crops[4].mean().item() == pytest.approx(128 / 255)
+
+
+def test_ten_crop_adds_the_mirrors_and_expand_sets_the_resize() -> None:
+    # 28 x 28 image, expand 24: the five 4 x 4 crops, then the five crops of the mirrored image (torchvision's
+    # and LIFT's TenCrop): the mirrored image's top-left crop is the mirror of the top-right one, and so on.
+    pixels = np.zeros((28, 28, 3), dtype=np.uint8)
+    pixels[:4, :2] = 255  # the left half of the top-left corner
+    views = build_tte_transform(RECORD, "ten-crop", 24)(Image.fromarray(pixels))
+    assert views.shape == (10, 3, 4, 4)
+    assert views[0, :, :, :2].min() == 1.0 and views[0, :, :, 2:].max() == 0.0  # top-left: left half white
+    assert views[6, :, :, 2:].min() == 1.0 and views[6, :, :, :2].max() == 0.0  # its mirror: right half white
+    assert views[5].max() == 0.0
+    assert torch.equal(views[5:], views[[1, 0, 3, 2, 4]].flip(-1))  # a mirror is a pure permutation of pixels
+    # expand 0 on a 4 x 4 image: no resize, every crop is the image itself.
+    small = np.arange(4 * 4 * 3, dtype=np.uint8).reshape(4, 4, 3)
+    same = build_tte_transform(RECORD, "five-crop", 0)(Image.fromarray(small))
+    assert all(torch.equal(view, same[0]) for view in same)
+    # expand 4 on a 28 x 28 image: resize to 8 x 8 (nearest), crops of 4 from the corners of that.
+    assert build_tte_transform(RECORD, "five-crop", 4)(Image.fromarray(pixels))[0].max() == 1.0
+
+
+def test_flip_is_the_centre_crop_and_its_mirror() -> None:
+    pixels = np.zeros((4, 6, 3), dtype=np.uint8)  # 4 high, 6 wide: resize keeps it, the centre 4 x 4 crop
+    pixels[:, 1] = 255  # column 1: the crop's column 0
+    views = build_tte_transform(RECORD, "flip")(Image.fromarray(pixels))
+    assert views.shape == (2, 3, 4, 4)
+    assert views[0, :, :, 0].min() == 1.0 and views[0, :, :, 1:].max() == 0.0
+    assert views[1, :, :, 3].min() == 1.0 and views[1, :, :, :3].max() == 0.0
+    with pytest.raises(ValueError, match="unknown test-time ensembling mode 'six-crop'"):
+        build_tte_transform(RECORD, "six-crop")
 
 
 def test_ensembled_logits_average_the_crops() -> None:

@@ -135,6 +135,27 @@ def test_report_refuses_a_foreign_or_flipped_adapter(copy: Path, tmp_path: Path)
         report(copy, tmp_path / "out")
 
 
+def test_report_refuses_weights_stripped_of_their_metadata(copy: Path, tmp_path: Path) -> None:
+    # red team: another run's weights without metadata passed --checkpoint as this run's own
+    from safetensors.torch import load_file, save_file
+
+    stripped = tmp_path / "stripped.safetensors"
+    save_file(load_file(str(copy / "other" / "adapter.safetensors")), str(stripped))
+    result = runner.invoke(app, ["report", str(copy / "run"), "--checkpoint", str(stripped), "--out",
+                                 str(tmp_path / "out"), "--device", "cpu", "--workers", "0"])
+    assert result.exit_code == 1, result.output
+    assert result.output.replace("\n", "") == (
+        f"error: {stripped}: its metadata name no run (no fingerprint), so they cannot be shown to be weights of "
+        f"{copy / 'run'}; pass that run's adapter.safetensors or one of its checkpoints")
+    renamed = tmp_path / "other.bin"  # not named .safetensors: checked all the same
+    shutil.copy(copy / "other" / "adapter.safetensors", renamed)
+    with pytest.raises(SageError, match=rf"^{renamed}: weights of another run"):
+        report(copy, tmp_path / "out", checkpoint=renamed)
+    assert not (tmp_path / "out").exists()
+    own = report(copy, tmp_path / "own", checkpoint=copy / "run" / "checkpoints" / "step-00000002" / "adapter.safetensors")
+    assert metrics(own) == metrics(report(copy, tmp_path / "final"))
+
+
 def test_report_refuses_an_edited_classes_table(copy: Path, tmp_path: Path) -> None:
     classes = artifacts.read_table(copy / "prepared", artifacts.CLASSES).to_pandas()
     classes.loc[[1, 2], "name"] = classes.loc[[2, 1], "name"].to_numpy()  # two names swapped

@@ -172,9 +172,13 @@ def test_class_level_figures_shown(two_row_report) -> None:
     page.feed((out / "report.html").read_text())
     classes = page.tables["classes"]
     m = report["runs"][0]["metrics"]
-    assert classes[1] == ["zero-shot", format_percent(m["mean_class_accuracy"]), f"{m['never_predicted']} of 4"]
+    summaries = [format_percent(m[k]) for k in ("mean_class_accuracy", "worst_class_accuracy", "hmean_class_accuracy",
+                                                "gmean_class_accuracy", "macro_f1")]
+    assert classes[0] == ["Run", "Mean class", "Worst class", "Harmonic mean", "Geometric mean", "Macro-F1",
+                          "Classes never predicted"]
+    assert classes[1] == ["zero-shot", *summaries, f"{m['never_predicted']} of 4"]
     md = (out / "report.md").read_text()
-    assert f"| zero-shot | {format_percent(m['mean_class_accuracy'])} | {m['never_predicted']} of 4 |" in md
+    assert f"| zero-shot | {' | '.join(summaries)} | {m['never_predicted']} of 4 |" in md
     # One count of confused pairs everywhere: report.json's list, whole, in both pages.
     pairs = report["runs"][0]["metrics"]["confused_pairs"]
     html_text = (out / "report.html").read_text()
@@ -203,7 +207,7 @@ def test_names_are_written_safely_in_markdown_and_html(two_row_report, tmp_path:
             in md.splitlines())
     rows = [line for line in md.splitlines() if line.startswith("| a\\|b")]
     # cells per row (summary, deltas, share, classes), split on unescaped "|": the name is one cell
-    assert [len(re.split(r"(?<!\\)\|", line)) - 2 for line in rows] == [7, 6, 4, 3]
+    assert [len(re.split(r"(?<!\\)\|", line)) - 2 for line in rows] == [7, 6, 4, 7]
     html_text = (tmp_path / "report.html").read_text()
     assert "<script>" not in html_text
     page = _Page()
@@ -211,3 +215,16 @@ def test_names_are_written_safely_in_markdown_and_html(two_row_report, tmp_path:
     assert "script" not in page.tags
     assert page.tables["summary"][2][0] == HOSTILE  # the parser reads back the name as written
     assert page.tables["deltas"][1][0] == HOSTILE
+
+
+@pytest.mark.filterwarnings("ignore:constrained_layout not applied")  # a 255-character legend entry squeezes the axes
+def test_a_run_named_with_255_characters_gets_figure_files(two_row_report, tmp_path: Path) -> None:
+    """Figure files carry the run's name: `confusion-<255 characters>-1.png` was over NAME_MAX (an OSError)."""
+    from sage_cli.report import write_outputs
+
+    _, report = two_row_report
+    report = json.loads(json.dumps(report))
+    report["runs"][1]["name"] = "r" * 255
+    write_outputs(tmp_path, report)
+    names = sorted(p.name for p in (tmp_path / "figures").iterdir() if p.name.startswith("confusion-r"))
+    assert names == [f"confusion-{'r' * 64}-1.pdf", f"confusion-{'r' * 64}-1.png"]

@@ -6,6 +6,7 @@ Lives beside the report tests: predict shares the report's evaluation path and i
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -114,3 +115,55 @@ def test_predict_errors_are_one_line(trained_run: Path, tmp_path: Path) -> None:
         PredictConfig(run=trained_run, images=())
     result = runner.invoke(app, ["predict", str(tmp_path), str(bad)])
     assert result.exit_code == 1 and "train.json: missing" in result.output
+
+
+def write_png_header(path: Path, width: int, height: int) -> Path:
+    """A PNG of a 1-bit ``width`` x ``height`` image with no pixel data: PIL reads its size, not its pixels."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
+    return path
+
+
+def test_predict_on_an_image_over_the_bomb_limit_is_one_line(trained_run: Path, tmp_path: Path) -> None:
+    """A >178 Mpx PNG raised PIL's DecompressionBombError through the command: a traceback."""
+    huge = write_png_header(tmp_path / "huge.png", 20_000, 10_000)  # 200 Mpx
+    result = runner.invoke(app, ["predict", str(trained_run), str(huge), "--device", "cpu"])
+    assert result.exit_code == 1, result.output
+    assert result.output.strip() == (f"error: {huge}: cannot read image (Image size (200000000 pixels) exceeds limit "
+                                     "of 178956970 pixels, could be decompression bomb DOS attack.)")
+
+
+def test_an_image_over_the_warning_size_gets_one_warning_naming_it(tmp_path: Path) -> None:
+    """89-178 Mpx: PIL's raw `DecompressionBombWarning` / `warnings.warn(` lines, with no file name."""
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    root = tmp_path / "data"
+    (root / "train" / "cat").mkdir(parents=True)
+    Image.new("RGB", (4, 4)).save(root / "train" / "cat" / "a.png")
+    big = write_png_header(root / "train" / "cat" / "big.png", 10_000, 10_000)  # 100 Mpx, no pixels: dropped
+    result = subprocess.run([sys.executable, "-m", "sage_cli", "prepare", "folder", "--root", str(root), "--out",
+                             str(tmp_path / "out"), "--verify", "decode", "--skip-bad"],
+                            capture_output=True, text=True, env={**os.environ, "COLUMNS": "80"})
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert lines.count(f"WARNING  {big}: a 10000x10000 image (100 Mpx), over PIL's decompression-bomb warning size "
+                       "(89 Mpx); read all the same") == 1
+    assert "DecompressionBombWarning" not in result.stderr and "warnings.warn" not in result.stderr
+
+
+def test_an_error_in_a_dataloader_worker_is_its_own_one_line(trained_run: Path, tmp_path: Path) -> None:
+    """torch re-raises a worker's SageError with the worker's traceback as its message: many lines."""
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    result = runner.invoke(app, ["predict", str(trained_run), str(bad), "--device", "cpu", "--workers", "1"])
+    assert result.exit_code == 1, result.output
+    assert result.output.strip() == f"error: {bad}: cannot read image (cannot identify image file '{bad}')"

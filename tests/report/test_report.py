@@ -47,6 +47,12 @@ def test_zero_shot_report_writes_every_output_consistently(tiny_data, tmp_path: 
     m = report["runs"][0]["metrics"]
     assert m["top1"] == pytest.approx((top[:, 0] == labels).mean())
     assert m["top5"] == 1.0  # 4 classes: the label is always in the top 4
+    per_class_top1 = np.array([(top[labels == c, 0] == c).mean() for c in range(4)])
+    assert m["worst_class_accuracy"] == pytest.approx(per_class_top1.min())
+    assert m["gmean_class_accuracy"] == pytest.approx(np.prod(per_class_top1) ** 0.25)
+    tp = np.array([((top[:, 0] == c) & (labels == c)).sum() for c in range(4)])
+    f1 = 2 * tp / (np.bincount(top[:, 0], minlength=4) + 3)  # 3 test images per class
+    assert m["macro_f1"] == pytest.approx(f1.mean())
     many = labels == 0
     assert m["many"] == pytest.approx((top[many, 0] == 0).mean())
     scores = np.stack(cached["top_scores"].to_numpy())
@@ -73,6 +79,21 @@ def test_predictions_cache_reused_and_invalidated_by_tte(tiny_data, tmp_path: Pa
     assert tte.evaluated == ("zero-shot",) and tte.report["tte"] is True
     record = artifacts.read_record(out / "zero-shot", artifacts.PREDICTIONS_RECORD)
     assert record["inputs"]["tte"] is True and record["inputs"]["split"] == "test"
+    assert "tte_mode" not in record["inputs"]  # LIFT's default protocol: caches written before the modes still hold
+    ten = run(_config(tiny_data, out, tte=True, tte_mode="ten-crop", force=True))
+    assert ten.evaluated == ("zero-shot",) and ten.report["tte_mode"] == "ten-crop" and ten.report["tte_expand"] == 24
+    assert "ten crops" in (out / "report.md").read_text()
+    record = artifacts.read_record(out / "zero-shot", artifacts.PREDICTIONS_RECORD)
+    assert record["inputs"]["tte_mode"] == "ten-crop"
+    assert run(_config(tiny_data, out, tte=True, tte_mode="ten-crop", tte_expand=8, force=True)).evaluated
+
+
+def test_bad_tte_options_are_one_line_errors(tiny_data, tmp_path: Path) -> None:
+    with pytest.raises(SageError, match="--tte-mode must be one of five-crop, ten-crop, flip; got 'six'"):
+        _config(tiny_data, tmp_path / "out", tte=True, tte_mode="six")
+    with pytest.raises(SageError, match="--tte-expand must be between 0 and 1024 px; got -1"):
+        _config(tiny_data, tmp_path / "out", tte=True, tte_expand=-1)
+    assert not (tmp_path / "out").exists()
 
 
 def test_same_report_is_skipped_and_other_inputs_refused(tiny_data, tmp_path: Path) -> None:

@@ -113,3 +113,43 @@ def test_report_groups_seeds_with_reference_and_latex(tiny_data, trained, tmp_pa
     refused = runner.invoke(app, [*args[:-3], "--reference", "nope", "--force"])
     assert refused.exit_code == 1 and "--reference nope: names no run" in refused.output
     assert json.loads((out / "report.json").read_text()) == report  # nothing overwritten
+
+
+def test_frontier_against_a_reference_follows_from_the_cached_logits(tiny_data, trained, tmp_path: Path) -> None:
+    import numpy as np
+
+    from sage_cli.report import VAL_CACHE
+    from sage_cli.report.frontier import FRONTIER_GRID, compute_frontier_comparison
+    from sage_cli.report.logits import load_logits
+
+    prepared, _ = tiny_data
+    out = tmp_path / "out"
+    result = run(ReportConfig(out=out, runs=trained, device="cpu", reference="lift", frontier=True))
+    section = result.report["frontier"]
+    assert section["reference"] == "lift" and section["grid"] == list(FRONTIER_GRID)
+    rows = {r["name"]: r for r in section["runs"]}
+    assert set(rows) == {"linear", "lift"} and rows["linear"]["reference_run"] == "lift" and "val" not in rows["lift"]
+
+    def cached(directory: Path) -> dict:
+        record = artifacts.read_record(directory, artifacts.PREDICTIONS_RECORD)
+        logits, _, labels = load_logits(directory, record["fingerprint"])
+        return {"logits": logits, "labels": labels}
+
+    classes = artifacts.read_table(prepared, artifacts.CLASSES).to_pandas()
+    prior = np.maximum(classes["train_count"].to_numpy(float), 1) / classes["train_count"].sum()
+    linear, lift = ({"val": cached(r / VAL_CACHE), "test": cached(r)} for r in trained)
+    assert len(linear["val"]["labels"]) == 4 and len(linear["test"]["labels"]) == 12  # val and test, each its own
+    expected = compute_frontier_comparison(linear, lift, prior, classes["group"].tolist())
+    assert rows["linear"]["curve"] == expected["curve"]
+    assert rows["linear"]["val"] == expected["val"] and rows["linear"]["test"] == expected["test"]
+    (paired,) = section["paired"]
+    assert (paired["group"], paired["reference"], paired["n"]) == ("linear", "lift", 1)
+    few = rows["linear"]["val"]["few_at_matched_many"]
+    assert (paired["val_few_at_matched_many"] or {}).get("mean") == few
+    assert "## Head-tail frontier against lift" in (out / "report.md").read_text()
+    assert (out / "figures" / "frontier.png").is_file()
+    assert 'class="plot plot-frontier"' in (out / "report.html").read_text()
+    stamps = [(r / VAL_CACHE / "predictions.parquet").stat().st_mtime_ns for r in trained]
+    again = run(ReportConfig(out=out, runs=trained, device="cpu", reference="lift", frontier=True, force=True))
+    assert again.evaluated == () and again.report["frontier"] == json.loads(json.dumps(section))
+    assert [(r / VAL_CACHE / "predictions.parquet").stat().st_mtime_ns for r in trained] == stamps  # val reused

@@ -34,6 +34,29 @@ def test_parse_blocks() -> None:
         parse_blocks("a,b")
 
 
+def test_a_huge_blocks_range_is_refused_before_it_is_expanded() -> None:
+    """0-99999999 once built a list of 10^8 ints (12 GB in 60 s) before any check."""
+    with pytest.raises(SageError) as info:
+        parse_blocks("0-99999999")
+    assert str(info.value) == "--blocks: block 99999999 is beyond any image tower (sage takes indices below 1024)"
+    with pytest.raises(SageError, match="block 100000000000000000000 is beyond"):
+        parse_blocks("3,0-100000000000000000000")
+    assert len(parse_blocks("0-1023")) == 1024
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"micro_batch_size": 0}, "--micro-batch-size must be >= 1; got 0"),  # was a ZeroDivisionError
+    ({"seed": 10**20}, "--seed must be in 0..9223372036854775807; got 100000000000000000000"),  # torch overflow
+    ({"seed": -1}, "--seed must be in 0..9223372036854775807; got -1"),
+    ({"batch_size": 10**20}, "--batch-size must be at most 16777216; got 100000000000000000000"),  # islice
+    ({"batch_size": 0}, "--batch-size must be a positive integer; got 0"),
+])
+def test_out_of_range_values_are_one_line_naming_the_value(options: dict, message: str) -> None:
+    with pytest.raises(SageError) as info:
+        build_train_config({**REQUIRED, **options})
+    assert str(info.value) == message
+
+
 @pytest.mark.parametrize(
     ("options", "flag"),
     [

@@ -95,7 +95,8 @@ def test_two_gloo_processes_match_one_process(synthetic_prepared: Path, syntheti
         assert torch.allclose(a[name], b[name], atol=1e-5, rtol=0), (name, float((a[name] - b[name]).abs().max()))
     initial = load_file(str(single.out / "checkpoints" / "step-00000006" / "adapter.safetensors"))
     assert float((a["head.weight"] - initial["head.weight"]).abs().max()) > 1e-4  # step 7 moved the weights
-    assert record["final_eval"]["top1"] == single.record["final_eval"]["top1"]
+    # Weights within 1e-5 (gradients summed in another order): 8 val predictions may differ only on a near-tie.
+    assert abs(record["final_eval"]["top1"] - single.record["final_eval"]["top1"]) <= 1 / 8 + 1e-9
     assert record["final_eval"]["samples"] == 8
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     train = [e for e in lines if e["kind"] == "train"]

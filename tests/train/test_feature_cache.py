@@ -62,7 +62,8 @@ def test_linear_trains_from_cached_features_as_from_images(synthetic_prepared: P
     a, b = load_file(plain.out / "adapter.safetensors"), load_file(cached.out / "adapter.safetensors")
     assert a.keys() == b.keys() == {"head.weight"}
     torch.testing.assert_close(b["head.weight"], a["head.weight"], rtol=0, atol=1e-6)
-    assert cached.record["final_eval"]["top1"] == plain.record["final_eval"]["top1"]
+    # Weights within 1e-6 (another computation path): the 8 val predictions may differ only on a near-tie.
+    assert abs(cached.record["final_eval"]["top1"] - plain.record["final_eval"]["top1"]) <= 1 / 8 + 1e-9
     assert cached.record["steps"] == plain.record["steps"] == 18
     assert cached.record["preprocessing"]["input"].startswith("cached frozen features")
     (key_dir,) = (tmp_path / "features").iterdir()

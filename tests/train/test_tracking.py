@@ -69,10 +69,16 @@ def test_tensorboard_and_csv_hold_the_metrics_jsonl_records(synthetic_prepared: 
 def test_missing_extra_is_one_line(synthetic_prepared: Path, synthetic_text_cache: Path, tmp_path: Path,
                                    monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb raises ImportError
-    result = _train(synthetic_prepared, synthetic_text_cache, tmp_path / "run", "--log", "wandb")
+    result = _train(synthetic_prepared, synthetic_text_cache, tmp_path / "runs" / "s0" / "lift", "--log", "wandb")
     assert result.exit_code == 1
     assert result.output.strip() == "error: --log wandb needs the wandb package: pip install 'sage-lt[wandb]'"
-    assert not (tmp_path / "run" / "adapter.safetensors").exists()
+    assert list(tmp_path.iterdir()) == []  # refused before it started: no --out, no parents, no lock file
+    existing = tmp_path / "run"
+    (existing / "notes.txt").parent.mkdir()
+    (existing / "notes.txt").write_text("mine")
+    result = _train(synthetic_prepared, synthetic_text_cache, existing, "--log", "csv", "--log", "wandb")
+    assert result.exit_code == 1
+    assert sorted(p.name for p in existing.iterdir()) == ["notes.txt"]  # a directory that was there stays as it was
 
 
 def test_step_values_carry_the_compensation_summary() -> None:
@@ -112,3 +118,19 @@ def test_no_compensation_logs_no_summary(synthetic_prepared: Path, synthetic_tex
     assert result.exit_code == 0, result.output
     train = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r for r in train if r["kind"] == "train"] and all("compensation" not in r for r in train)
+
+
+def test_trackers_open_only_for_a_run_that_trains_and_force_clears_their_files(
+    synthetic_prepared: Path, synthetic_text_cache: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    first = _train(synthetic_prepared, synthetic_text_cache, out, "--log", "csv", "--log", "tensorboard")
+    assert first.exit_code == 0, first.output
+    events = sorted((out / "tensorboard").iterdir())
+    table = (out / "metrics.csv").read_bytes()
+    again = _train(synthetic_prepared, synthetic_text_cache, out, "--log", "csv", "--log", "tensorboard")
+    assert again.exit_code == 0 and "nothing to do" in again.output
+    assert sorted((out / "tensorboard").iterdir()) == events and (out / "metrics.csv").read_bytes() == table
+    other = _train(synthetic_prepared, synthetic_text_cache, out, "--lr", "0.02", "--force")
+    assert other.exit_code == 0, other.output
+    assert not (out / "metrics.csv").exists() and not (out / "tensorboard").exists()  # not the new run's metrics

@@ -19,7 +19,7 @@ from torch import nn
 
 from sage_cli.config import option_label
 from sage_cli.errors import SageError
-from sage_cli.model.surgery import get_vision_blocks
+from sage_cli.model.surgery import get_vision_blocks, tower_width
 
 if TYPE_CHECKING:
     from sage_cli.schema import PeftConfig
@@ -62,11 +62,21 @@ def select_blocks(visual: nn.Module, blocks: tuple[int, ...] | None) -> list[int
     return indices
 
 
+def check_bottleneck(visual: nn.Module, bottleneck: int | None) -> None:
+    """Refuse a --bottleneck (adapter width, LoRA rank) above the tower's width, before any weight is
+    made: past it nothing is compressed, and --bottleneck 100000000 asks for gigabytes a block."""
+    width = tower_width(visual)
+    if bottleneck is not None and bottleneck > width:
+        raise SageError(f"{option_label('bottleneck')} {bottleneck} exceeds the image tower's width ({width}); "
+                        f"choose 1..{width} (default: LIFT's rule)")
+
+
 def inject_peft(name: str, visual: nn.Module, context: PeftContext) -> list[str]:
     """Apply PEFT module ``name`` to ``visual`` in place; the trainable parameter names under ``visual``."""
     if name not in PEFT_MODULES:
         raise SageError(f"unknown PEFT module {name!r}; known: {', '.join(PEFT_MODULES)}")
     blocks = select_blocks(visual, context.config.blocks)
+    check_bottleneck(visual, context.config.bottleneck)
     if getattr(visual, "sage_peft", None) is not None:
         raise SageError(f"this model already carries adapters (PEFT module {visual.sage_peft}); load a fresh backbone "
                         "before building a classifier")
