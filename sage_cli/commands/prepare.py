@@ -35,18 +35,24 @@ def command(
     workers: int | None = typer.Option(None, "--workers", help="Threads for image checks and PNG writes (default: automatic)."),
     allow_outside_root: bool = typer.Option(False, "--allow-outside-root", help="Accept listed image paths that "
                                             "resolve outside the root (.., absolute paths, symlinks out)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the generated images."),
+    val_fraction: float | None = typer.Option(None, "--val-fraction", help="folder/csv without splits: val images per class, as a fraction (default 0.1; at least 1 where the class can spare it).", show_default=False),
+    test_fraction: float | None = typer.Option(None, "--test-fraction", help="folder/csv without splits: test images per class, as a fraction (default 0.2).", show_default=False),
+    val_per_class: int | None = typer.Option(None, "--val-per-class", help="folder/csv without splits: val images per class, as a count (instead of --val-fraction).", show_default=False),
+    test_per_class: int | None = typer.Option(None, "--test-per-class", help="folder/csv without splits: test images per class, as a count (instead of --test-fraction).", show_default=False),
+    seed: int = typer.Option(0, "--seed", help="Seed of the generated images and of the split of a folder/csv without splits."),
     force: bool = typer.Option(False, "--force", help="Overwrite a preparation of other inputs in --out."),
     as_json: bool = typer.Option(False, "--json", help="Print prepare.json to stdout instead of a summary."),
 ) -> None:
     """Write the manifest, class table (counts, priors, many/medium/few) and record of a dataset."""
     from sage_cli.prepare import PrepareConfig, run
+    from sage_cli.prepare.stratify import SplitSpec
 
     config = PrepareConfig(dataset=dataset, out=out, root=root, seed=seed, imbalance_ratio=imbalance_ratio,
                            many_threshold=many_threshold, few_threshold=few_threshold, force=force,
                            classnames=classnames, verify=verify, skip_bad=skip_bad, groups_from=groups_from,
                            workers=workers, max_count=max_count, variant=variant, domain=domain,
-                           allow_outside_root=allow_outside_root)
+                           allow_outside_root=allow_outside_root,
+                           split=SplitSpec(val_fraction, test_fraction, val_per_class, test_per_class))
     with _progress(f"checking images ({verify})", quiet=as_json) as progress:
         result = run(config, progress=progress)
     if as_json:
@@ -56,6 +62,8 @@ def command(
         console.print(f"{escape(out)} already holds this preparation; nothing to do", soft_wrap=True)
     console.print(_summary(result.record))
     record = result.record
+    if record.get("layout"):
+        console.print(escape(_describe_layout(record)), soft_wrap=True)
     print_result(f"{out}: {record['num_classes']} classes, " + " / ".join(
         f"{record['counts'][s]} {s}" for s in ("train", "val", "test")) + " images")
 
@@ -66,6 +74,15 @@ def _progress(label: str, quiet: bool) -> Iterator[Any]:
     with Progress(console=console, transient=True, disable=quiet or console.quiet or not console.is_terminal) as bar:
         task = bar.add_task(label, total=None)
         yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
+def _describe_layout(record: dict[str, Any]) -> str:
+    """``layout: ROOT/<class>/<image>; split here: stratified, seed 0, val_fraction 0.1, ...``."""
+    split = record.get("split")
+    if not split:
+        return f"layout: {record['layout']} (its own splits)"
+    return f"layout: {record['layout']}; split here: stratified, " + ", ".join(
+        f"{k.replace('_', ' ')} {v}" for k, v in split.items())
 
 
 def _summary(record: dict[str, Any]) -> Table:

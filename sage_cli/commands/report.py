@@ -47,6 +47,11 @@ def command(
     frontier: bool = typer.Option(False, "--frontier", help="The head-tail frontier: sweep t in logits - t·log(prior) "
                                   "on the val split; against --reference, few and overall at the reference's many "
                                   "accuracy (val), and the val-chosen t applied to test, paired by seed."),
+    label: list[str] = typer.Option([], "--label", help="Name of a run in tables and figures (repeatable: one per "
+                                    "RUN_DIR, in order; default: the directory names).", metavar="NAME",
+                                    show_default=False),
+    title: str | None = typer.Option(None, "--title", help="Title of report.md/.html (default: 'Sage report: "
+                                     "DATASET').", metavar="TEXT", show_default=False),
     as_json: bool = typer.Option(False, "--json", help="Print report.json to stdout instead of a table."),
 ) -> None:
     """Top-1/top-5, many/medium/few, prediction share, calibration and plots for one or more runs."""
@@ -57,7 +62,7 @@ def command(
         tte_mode=tte_mode, tte_expand=tte_expand, split=split,
         checkpoint=checkpoint, batch_size=batch_size, num_workers=workers, device=device, force=force,
         reference=reference, latex=latex, save_logits=save_logits, tau=tuple(tau or ()), figures=figures,
-        frontier=frontier,
+        frontier=frontier, labels=tuple(label or ()), title=title,
     )
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=console, transient=True, disable=as_json) as bar:
@@ -87,7 +92,7 @@ def summary_table(report: dict[str, Any]) -> Table:
     from sage_cli.report.markdown import format_percent
 
     data = report["dataset"]
-    title = f"{escape(data['dataset'])} {escape(report['split'])} ({data['num_samples']} images){' · TTE' if report['tte'] else ''}"
+    title = f"{escape(report.get('title') or data['dataset'])} {escape(report['split'])} ({data['num_samples']} images){' · TTE' if report['tte'] else ''}"
     table = Table(title=title)
     table.add_column("run")
     for heading in ("overall", "many", "medium", "few", "top-5", "ECE"):

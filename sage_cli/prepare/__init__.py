@@ -32,6 +32,7 @@ from sage_cli.locks import lock_output_dir
 from sage_cli.prepare import check, recipes
 from sage_cli.prepare import names as class_names
 from sage_cli.prepare.source import SourceData
+from sage_cli.prepare.stratify import SplitSpec, split_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ class PrepareConfig:
     variant: int = 0  # shapes-lt: world variant, the seed of the class order (apart from --seed)
     domain: str | None = None  # shapes-lt: fine or moderate (world v2) or hard (world v1); None: DEFAULT_DOMAIN
     allow_outside_root: bool = False  # accept listed paths that resolve outside the root
+    split: SplitSpec = SplitSpec()  # folder/csv without splits: val/test per class (.stratify)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out", Path(self.out))
@@ -91,6 +93,9 @@ class PrepareConfig:
             raise SageError("--groups-from applies to cifar100-lt only")
         if self.groups_from not in (None, "ir100", "own"):
             raise SageError(f"--groups-from must be ir100 or own; got {self.groups_from!r}")
+        if self.split.given and self.dataset not in ("folder", "csv"):
+            raise SageError(f"--val-fraction/--test-fraction/--val-per-class/--test-per-class apply to folder "
+                            f"and csv only, not {self.dataset}")
         if self.classnames is not None and self.dataset not in WITH_CLASSNAMES:
             raise SageError(f"--classnames does not apply to {self.dataset} (its names come with it)")
         if self.dataset in GENERATED:
@@ -206,6 +211,7 @@ def _prepare_into(staging: Path, config: PrepareConfig, source: Source, inputs: 
     if not data.generated:
         manifest, dropped = check.apply_checks(manifest, data.image_root, config.verify, config.skip_bad,
                                                config.workers, progress, config.allow_outside_root)
+    manifest = _split_if_unsplit(config, data, manifest)
     train = manifest.loc[manifest["split"] == "train", "label"].to_numpy()
     classes = compute_class_table(data.names, train, config.many_threshold, config.few_threshold,
                                   data.group_counts)
@@ -235,6 +241,24 @@ def _recorded_images(out: Path) -> bool:
     except (SageError, OSError):
         return False
     return record.get("dataset") in WRITES_IMAGES and record.get("image_root") == "."
+
+
+def _split_if_unsplit(config: PrepareConfig, data: SourceData, manifest: pd.DataFrame) -> pd.DataFrame:
+    """A stratified split of data that came without one; a split option on data with splits is refused."""
+    if not data.unsplit:
+        if config.split.given:
+            raise SageError(f"{config.root}: has its own splits ({data.notes.get('layout')}); --val-fraction, "
+                            "--test-fraction, --val-per-class and --test-per-class apply to a flat "
+                            "ROOT/<class>/<image> folder or a CSV without a split column")
+        return manifest
+    manifest, warnings = split_manifest(manifest, data.names, config.split, config.seed)
+    for warning in warnings:
+        logger.warning("%s", warning)
+    data.warnings = [*data.warnings, *warnings]
+    data.notes["split"] = {"seed": config.seed, **config.split.describe()}
+    logger.info("%s: %s without splits: stratified split (seed %d, %s)", config.root, data.notes.get("layout"),
+                config.seed, ", ".join(f"{k} {v}" for k, v in config.split.describe().items()))
+    return manifest
 
 
 def publish(staging: Path, out: Path) -> None:
@@ -316,14 +340,21 @@ def _source_table() -> dict[str, Source]:
                                              c.workers),
             lambda c: _hash_files(cifar.input_files(c.root))),
         "folder": Source(lambda c: folder.load_folder(c.root, c.classnames),
-                         lambda c: {**folder.folder_inputs(c.root), **_hash_classnames(c)}),
+                         lambda c: {**folder.folder_inputs(c.root), **_hash_classnames(c),
+                                    **_hash_split(c, folder.detect_layout(c.root) == "flat")}),
         "csv": Source(lambda c: folder.load_csv(c.root, c.classnames),
-                      lambda c: _hash_files({"csv": folder.find_csv(c.root)}) | _hash_classnames(c)),
+                      lambda c: _hash_files({"csv": folder.find_csv(c.root)}) | _hash_classnames(c)
+                      | _hash_split(c, not folder.csv_has_split(c.root))),
     }
 
 
 def _hash_files(files: dict[str, Path]) -> dict[str, str]:
     return {name: artifacts.sha256_file(path) for name, path in files.items()}
+
+
+def _hash_split(config: PrepareConfig, unsplit: bool) -> dict[str, str]:
+    """The split made of data without one (a preparation with other fractions is other inputs)."""
+    return {"split": artifacts.sha256_json(config.split.describe())} if unsplit else {}
 
 
 def _hash_classnames(config: PrepareConfig) -> dict[str, str]:

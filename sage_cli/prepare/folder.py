@@ -1,7 +1,9 @@
 """User datasets: an image-folder tree (``folder``) or a CSV of ``path,label[,split]`` (``csv``).
 
-``folder``: ``ROOT/<split>/<class>/<image>``; class ids follow the sorted class folders of train,
-names are the folder names with underscores as spaces. ``csv``: ``--root`` is the CSV file or a
+``folder``: ``ROOT/<split>/<class>/<image>`` (split layout: a ``train``, ``val`` or ``test`` folder in
+ROOT) or ``ROOT/<class>/<image>`` (flat layout, split by prepare: :mod:`.stratify`); class ids
+follow the sorted class folders of train, names are the folder names with underscores as spaces.
+A CSV without a ``split`` column is split the same way. ``csv``: ``--root`` is the CSV file or a
 folder holding one; paths are relative to the CSV's folder; a label is an integer id or a class
 name (ids then follow the ``--classnames`` order, else the sorted names of the train rows).
 """
@@ -23,26 +25,38 @@ from sage_cli.textsafe import is_utf8
 
 logger = logging.getLogger(__name__)
 
+LAYOUTS = {"split": "ROOT/<split>/<class>/<image>", "flat": "ROOT/<class>/<image>"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
+def detect_layout(root: Path) -> str:
+    """``split`` when ROOT holds a ``train``, ``val`` or ``test`` folder, else ``flat``."""
+    return "split" if any((root / split).is_dir() for split in artifacts.SPLITS) else "flat"
+
+
 def list_folder(root: Path) -> pd.DataFrame:
-    """Rows ``path`` (relative to root), ``class_folder``, ``split`` of every image, sorted."""
+    """Rows ``path`` (relative to root), ``class_folder``, ``split`` of every image, sorted.
+
+    In the flat layout every image is listed as train (prepare splits them afterwards).
+    """
+    flat = detect_layout(root) == "flat"
     rows = []
-    for split in artifacts.SPLITS:
-        split_dir = root / split
+    for split in (("train",) if flat else artifacts.SPLITS):
+        split_dir = root if flat else root / split
         if not split_dir.is_dir():
             continue
+        prefix = "" if flat else f"{split}/"
         for cls in sorted(e.name for e in os.scandir(split_dir) if e.is_dir() and not e.name.startswith(".")):
             _require_utf8(split_dir / cls)
             for entry in sorted(os.scandir(split_dir / cls), key=lambda e: e.name):
                 if entry.is_file() and Path(entry.name).suffix.lower() in IMAGE_SUFFIXES:
                     _require_utf8(split_dir / cls / entry.name)
-                    rows.append((f"{split}/{cls}/{entry.name}", cls, split))
+                    rows.append((f"{prefix}{cls}/{entry.name}", cls, split))
     listing = pd.DataFrame(rows, columns=["path", "class_folder", "split"])
     if not (listing["split"] == "train").any():
-        raise SageError(f"{root}: no images in {root / 'train'}/<class>/; the folder source expects "
-                        "ROOT/<split>/<class>/<image>")
+        where = f"{root}/<class>/" if flat else f"{root / 'train'}/<class>/"
+        raise SageError(f"{root}: no images in {where}; the folder source expects ROOT/<class>/<image> "
+                        "or ROOT/<split>/<class>/<image>")
     return listing
 
 
@@ -73,7 +87,8 @@ def load_folder(root: Path, classnames: Path | None = None) -> SourceData:
         names = _names_for(classnames, folders)
     labels = listing["class_folder"].map(ids).astype(np.int64)
     manifest = pd.DataFrame({"path": listing["path"], "label": labels, "split": listing["split"]})
-    return SourceData(manifest, names, root)
+    layout = detect_layout(root)
+    return SourceData(manifest, names, root, unsplit=layout == "flat", notes={"layout": LAYOUTS[layout]})
 
 
 def _names_for(path: Path, folders: list[str]) -> list[str]:
@@ -83,6 +98,15 @@ def _names_for(path: Path, folders: list[str]) -> list[str]:
     if len(ordered) != len(folders):
         raise SageError(f"{path}: lists {len(ordered)} class names; the dataset has {len(folders)} classes")
     return ordered
+
+
+def csv_has_split(root: Path) -> bool:
+    """Whether the CSV of ``root`` has a ``split`` column (its header only is read)."""
+    try:
+        columns = pd.read_csv(find_csv(root), nrows=0, skipinitialspace=True).columns
+    except (ValueError, pd.errors.ParserError, UnicodeDecodeError):
+        return True  # unreadable: load_csv names the fault
+    return "split" in [str(c).strip() for c in columns]
 
 
 def find_csv(root: Path) -> Path:
@@ -111,7 +135,9 @@ def load_csv(root: Path, classnames: Path | None = None) -> SourceData:
     _check_rows(path, ~split.isin(artifacts.SPLITS), "split must be train, val or test", split)
     labels, names = _csv_labels(path, table["label"].str.strip(), split, classnames)
     manifest = pd.DataFrame({"path": table["path"], "label": labels, "split": split})
-    return SourceData(manifest, names, path.parent)
+    unsplit = "split" not in table.columns
+    return SourceData(manifest, names, path.parent, unsplit=unsplit,
+                      notes={"layout": "CSV without a split column" if unsplit else "CSV with a split column"})
 
 
 def _class_ids(path: Path, labels: pd.Series, split: pd.Series, num_classes: int | None) -> np.ndarray:

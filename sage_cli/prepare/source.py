@@ -19,6 +19,7 @@ class SourceData:
     image_root: Path
     generated: bool = False  # images written by prepare itself: no existence check needed
     group_counts: np.ndarray | None = None  # counts that define many/medium/few (default: train counts)
+    unsplit: bool = False  # user data without splits: prepare makes a stratified one (.stratify)
     notes: dict[str, Any] = field(default_factory=dict)  # extra prepare.json fields
     warnings: list[str] = field(default_factory=list)
 

@@ -75,6 +75,8 @@ class ReportConfig:
     tau: tuple[float, ...] = ()  # post-hoc logit adjustment: one extra row per run and tau (needs logits)
     figures: bool = True  # False: tables only (no figures/ folder, no plots in the page)
     frontier: bool = False  # the head-tail frontier: a post-hoc sweep on val logits (report/frontier.py)
+    labels: tuple[str, ...] = ()  # names of the runs in tables and figures, one per run in order (default: dir names)
+    title: str | None = None  # the pages' title (default: "Sage report: DATASET")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "runs", tuple(Path(r) for r in self.runs))
@@ -95,9 +97,24 @@ class ReportConfig:
         check_batch_size("--batch-size", self.batch_size)
         if self.num_workers < 0:
             raise SageError(f"--workers must be >= 0; got {self.num_workers}")
+        self._check_labels()
         object.__setattr__(self, "tau", tuple(float(t) for t in self.tau))
         if len(set(self.tau)) != len(self.tau):
             raise SageError(f"--tau values must differ; got {', '.join(f'{t:g}' for t in self.tau)}")
+
+    def _check_labels(self) -> None:
+        object.__setattr__(self, "labels", tuple(str(label).strip() for label in self.labels))
+        if self.labels and len(self.labels) != len(self.runs):
+            raise SageError(f"--label: got {len(self.labels)} for {len(self.runs)} RUN_DIR(s); give one per "
+                            "RUN_DIR, in order")
+        if any(not label for label in self.labels):
+            raise SageError("--label: a label is empty")
+        taken = [*self.labels, *(("zero-shot",) if self.zero_shot is not None else ())]
+        twice = sorted({label for label in taken if taken.count(label) > 1})
+        if twice:
+            raise SageError(f"--label: {twice[0]!r} names two rows; labels must differ (and differ from zero-shot)")
+        if self.title is not None and not self.title.strip():
+            raise SageError("--title is empty")
 
     @property
     def tte_protocol(self) -> dict[str, Any]:
@@ -154,7 +171,7 @@ def _run_locked(config: ReportConfig, progress: Progress | None) -> ReportResult
         runs=entries, deltas=build.compute_deltas(entries),
         groups=seeds.compute_group_rows(groups, entries), reference=config.reference,
         paired=seeds.compute_paired_rows(groups, entries, config.reference) if config.reference else [],
-        **extra,
+        title=config.title, **extra,
     )
     with explain_write_errors(out, "report"):
         report = write_outputs(out, report, latex=config.latex, figures=config.figures)
@@ -235,7 +252,8 @@ def check_reference(reference: str | None, sources: list[Source], taus: tuple[fl
 def _output_options(config: ReportConfig) -> dict[str, Any]:
     """The options that change what is written (part of the report's fingerprint when set)."""
     options = {"reference": config.reference, "latex": config.latex or None, "tau": list(config.tau) or None,
-               "figures": None if config.figures else False, "frontier": config.frontier or None}
+               "figures": None if config.figures else False, "frontier": config.frontier or None,
+               "title": config.title}
     return {k: v for k, v in options.items() if v is not None}
 
 
@@ -245,9 +263,11 @@ def load_sources(config: ReportConfig) -> list[Source]:
     if config.zero_shot is not None:
         cache_dir = Path(config.out) / ZERO_SHOT
         sources.append(load_zero_shot_source(Path(config.zero_shot), Path(config.text_cache), config.split, cache_dir))
-    sources += [load_run_source(r, config.split, config.checkpoint, config.prepared, config.text_cache)
-                for r in config.runs]
-    return _with_unique_names(sources)
+    runs = [load_run_source(r, config.split, config.checkpoint, config.prepared, config.text_cache)
+            for r in config.runs]
+    if config.labels:  # checked distinct: they are the names
+        return sources + [replace(source, name=label) for source, label in zip(runs, config.labels)]
+    return _with_unique_names(sources + runs)
 
 
 def _with_unique_names(sources: list[Source]) -> list[Source]:

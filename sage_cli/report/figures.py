@@ -30,6 +30,7 @@ from matplotlib.figure import Figure
 
 from sage_cli import artifacts
 from sage_cli.artifacts import GROUPS
+from sage_cli.report.curves import plot_curves
 from sage_cli.report.frontier import plot_frontier
 
 matplotlib.use("Agg")  # no display; also what savefig picks for a bare Figure
@@ -100,25 +101,45 @@ def compute_binned_means(counts: np.ndarray, values: np.ndarray, bins: int = 8) 
     return out
 
 
-def compute_group_bands(counts: Sequence[int], groups: Sequence[str]) -> dict[str, tuple[float, float]]:
-    """Count range of each non-empty group, widened to meet its neighbours at geometric midpoints."""
+def compute_group_bands(counts: Sequence[int], groups: Sequence[str],
+                        thresholds: dict[str, Any] | None = None) -> dict[str, tuple[float, float]]:
+    """Count range of each non-empty group, widened to meet its neighbours.
+
+    Neighbours meet at the dataset's thresholds (``{"many": M, "few": F}``: many has more than M
+    training images, few fewer than F) when the groups follow them; otherwise (no thresholds, or
+    groups set from other counts, as CIFAR-100-LT's IR-100 groups) at geometric midpoints of the
+    nearest counts.
+    """
     spans = {}
     for g in GROUPS:
         member = [max(c, 1) for c, grp in zip(counts, groups) if grp == g]
         if member:
             spans[g] = [float(min(member)), float(max(member))]
     ordered = sorted(spans, key=lambda g: spans[g][0])
+    edges = _threshold_edges(counts, groups, thresholds)
     for low, high in zip(ordered, ordered[1:]):
-        edge = math.sqrt(spans[low][1] * spans[high][0])
+        edge = edges.get((low, high), math.sqrt(spans[low][1] * spans[high][0]))
         spans[low][1] = spans[high][0] = edge
     return {g: (lo, hi) for g, (lo, hi) in spans.items()}
 
 
-def _shade_groups(ax: Any, counts: np.ndarray, groups: Sequence[str]) -> None:
+def _threshold_edges(counts: Sequence[int], groups: Sequence[str],
+                     thresholds: dict[str, Any] | None) -> dict[tuple[str, str], float]:
+    """(lower group, upper group) -> edge at the thresholds, if every class's group follows them."""
+    if not thresholds or thresholds.get("many") is None or thresholds.get("few") is None:
+        return {}
+    many, few = float(thresholds["many"]), float(thresholds["few"])
+    follows = all(g == ("many" if c > many else "few" if c < few else "medium") for c, g in zip(counts, groups))
+    if not follows:
+        return {}
+    return {("few", "medium"): few, ("medium", "many"): many, ("few", "many"): math.sqrt(few * many)}
+
+
+def _shade_groups(ax: Any, counts: np.ndarray, groups: Sequence[str], thresholds: dict[str, Any] | None = None) -> None:
     lo, hi = counts.min() / 1.3, counts.max() * 1.3
-    for group, (a, b) in compute_group_bands(counts.tolist(), groups).items():
+    for group, (a, b) in compute_group_bands(counts.tolist(), groups, thresholds).items():
         a, b = (lo if a == counts.min() else a), (hi if b == counts.max() else b)
-        ax.axvspan(a, b, color=BAND_FILL[group], zorder=0, lw=0)
+        ax.axvspan(a, b, color=BAND_FILL[group], zorder=0, lw=0, gid=f"band-{group}")
         ax.text(math.sqrt(a * b), 1.0, group, transform=ax.get_xaxis_transform(), ha="center", va="bottom",
                 color=MUTED, fontsize=8.5)
     ax.set_xscale("log")
@@ -144,7 +165,7 @@ def plot_per_class(report: dict[str, Any]) -> Figure:
     runs = report["runs"]
     fig = Figure(figsize=(7.2, 3.9), layout="constrained")
     ax = fig.add_subplot()
-    _shade_groups(ax, counts, classes["group"])
+    _shade_groups(ax, counts, classes["group"], report["dataset"].get("group_thresholds"))
     alpha = max(0.12, min(0.5, 6 / max(len(counts), 1) ** 0.5 / max(len(runs), 1) ** 0.5))
     for i, run in enumerate(runs):
         acc = np.array([_percent(a) for a in run["metrics"]["per_class_accuracy"]])
@@ -167,22 +188,39 @@ def plot_per_class(report: dict[str, Any]) -> Figure:
 # Bars
 
 
-def _grouped_bars(ax: Any, categories: Sequence[str], values: np.ndarray, labels: bool = True) -> None:
-    """values[run, category] in percent (NaN: no bar, a dash)."""
+def _grouped_bars(ax: Any, categories: Sequence[str], values: np.ndarray, labels: bool = True,
+                  clear_of: Sequence[float] | None = None) -> None:
+    """values[run, category] in percent (NaN: no bar, a dash).
+
+    Value labels sit above their bar, and above ``clear_of[category]`` (a line drawn across the
+    category) where the bar ends near it; from four runs on they stand upright so that neighbours
+    do not touch. They have a white ground, so grid lines do not cross them.
+    """
     runs = values.shape[0]
     width = min(0.8 / max(runs, 1), 0.28)
     x = np.arange(len(categories))
+    upright = runs >= 4
     for r in range(runs):
         xs = x + (r - (runs - 1) / 2) * width
         heights = np.nan_to_num(values[r], nan=0.0)
         ax.bar(xs, heights, width * 0.92, color=run_colour(r), zorder=2)
-        for xv, v in zip(xs, values[r]):
+        for c, (xv, v) in enumerate(zip(xs, values[r])):
             if math.isnan(v):
                 ax.text(xv, 0.5, "–", ha="center", va="bottom", color=MUTED)
             elif labels and runs <= 6:
-                ax.text(xv, v, f"{v:.1f}", ha="center", va="bottom", fontsize=7.5 if runs > 3 else 8)
+                line = clear_of[c] if clear_of is not None else math.nan
+                base = max(v, line) if not math.isnan(line) else v
+                ax.annotate(f"{v:.1f}", (xv, base), xytext=(0, 3 if base > v else 1.5), textcoords="offset points",
+                            ha="center", va="bottom", rotation=90 if upright else 0, fontsize=7.5 if runs > 3 else 8,
+                            zorder=4, gid="value-label",
+                            bbox={"boxstyle": "square,pad=0.1", "fc": "white", "ec": "none"})
     ax.set_xticks(x, categories)
     ax.grid(axis="y", color="#e3e6ea", lw=0.7, zorder=0)
+
+
+def _label_headroom(runs: int) -> float:
+    """How much above the tallest bar the axis must reach for the value labels (a factor)."""
+    return 1.22 if runs >= 4 else 1.0
 
 
 def plot_groups(report: dict[str, Any]) -> Figure:
@@ -191,7 +229,8 @@ def plot_groups(report: dict[str, Any]) -> Figure:
     fig = Figure(figsize=(7.2, 3.3), layout="constrained")
     ax = fig.add_subplot()
     _grouped_bars(ax, ["overall", "many", "medium", "few", "mean class"], values)
-    ax.set_ylim(0, _nice_top(float(np.nanmax(values)) if np.isfinite(values).any() else 10.0))
+    peak = float(np.nanmax(values)) if np.isfinite(values).any() else 10.0
+    ax.set_ylim(0, _nice_top(peak * _label_headroom(len(values)), cap=110.0 if len(values) >= 4 else 100.0))
     ax.set_ylabel("top-1 accuracy (%)")
     _legend_below(ax, [(i, r["name"]) for i, r in enumerate(report["runs"])])
     return fig
@@ -203,13 +242,14 @@ def plot_share(report: dict[str, Any]) -> Figure:
     truth = np.array([_percent(runs[0]["metrics"]["prediction_share"][g]["true"]) for g in GROUPS])
     fig = Figure(figsize=(7.2, 3.3), layout="constrained")
     ax = fig.add_subplot()
-    _grouped_bars(ax, [f"{g} (true {t:.1f})" if not math.isnan(t) else g for g, t in zip(GROUPS, truth)], shares)
+    _grouped_bars(ax, [f"{g} (true {t:.1f})" if not math.isnan(t) else g for g, t in zip(GROUPS, truth)], shares,
+                  clear_of=truth)
     line = None
     for c, t in enumerate(truth):
         if not math.isnan(t):
             (line,) = ax.plot([c - 0.45, c + 0.45], [t, t], color="#333", lw=1.4, ls=(0, (5, 3)), zorder=3)
     peak = np.nanmax(np.concatenate([shares.ravel(), truth])) if np.isfinite(shares).any() else 10.0
-    ax.set_ylim(0, _nice_top(float(peak)))
+    ax.set_ylim(0, _nice_top(float(peak) * _label_headroom(len(runs)) + 3))
     ax.set_ylabel("share of predictions (%)")
     extra = [matplotlib.lines.Line2D([], [], color="#333", lw=1.4, ls=(0, (5, 3)), label="true share")] if line else []
     _legend_below(ax, [(i, r["name"]) for i, r in enumerate(runs)], extra)
@@ -317,32 +357,6 @@ def _group_edges(ax: Any, ordered_groups: Sequence[str]) -> None:
 # Curves, deltas and predicted counts
 
 
-def plot_curves(report: dict[str, Any]) -> Figure | None:
-    runs = [(i, r) for i, r in enumerate(report["runs"]) if r.get("history")]
-    if not runs:
-        return None
-    fig = Figure(figsize=(7.2, 3.3), layout="constrained")
-    loss_ax, val_ax = fig.subplots(1, 2)
-    for i, run in runs:
-        train, evals = run["history"]["train"], run["history"]["eval"]
-        if train:
-            loss_ax.plot([t["step"] for t in train], [t["loss"] for t in train], color=run_colour(i), lw=1.4,
-                         label=run["name"])
-        points = [e for e in evals if e.get("top1") is not None]
-        if points:
-            val_ax.plot([e["step"] for e in points], [100 * e["top1"] for e in points], color=run_colour(i), lw=1.6,
-                        marker="o", ms=3.5, label=run["name"])
-            few = [e for e in points if e.get("few") is not None]
-            if few:
-                val_ax.plot([e["step"] for e in few], [100 * e["few"] for e in few], color=run_colour(i), lw=1.1,
-                            ls=":", marker="^", ms=3)
-    loss_ax.set(xlabel="step", ylabel="training loss", title="Training loss")
-    split = next((e.get("split") for _, r in runs for e in r["history"]["eval"] if e.get("split")), "val")
-    val_ax.set(xlabel="step", ylabel="top-1 (%)", title=f"{split} top-1 (solid) and few (dotted)")
-    loss_ax.legend(fontsize=8)
-    return fig
-
-
 def plot_delta(report: dict[str, Any], reference_index: int) -> Figure | None:
     runs = report["runs"]
     if len(runs) < 2:
@@ -352,7 +366,7 @@ def plot_delta(report: dict[str, Any], reference_index: int) -> Figure | None:
     ref = np.array([_percent(a) for a in runs[reference_index]["metrics"]["per_class_accuracy"]])
     fig = Figure(figsize=(7.2, 3.7), layout="constrained")
     ax = fig.add_subplot()
-    _shade_groups(ax, counts, classes["group"])
+    _shade_groups(ax, counts, classes["group"], report["dataset"].get("group_thresholds"))
     ax.axhline(0, color="#333", lw=1)
     others = [(i, r) for i, r in enumerate(runs) if i != reference_index]
     for k, (i, run) in enumerate(others):
@@ -429,7 +443,8 @@ def build_figures(report: dict[str, Any]) -> dict[str, tuple[Figure, str]]:
          "Accuracy against confidence in 15 equal-width bins; the diagonal is perfect calibration."),
         ("confusion-groups", lambda: plot_group_confusion(report),
          "Where each group's images go: rows are the true group, columns the predicted group (% of the row)."),
-        ("curves", lambda: plot_curves(report), "Training loss and validation top-1 from each run's metrics.jsonl."),
+        ("curves", lambda: plot_curves(report, run_colour),
+         "Training loss and validation top-1 from each run's metrics.jsonl."),
         ("delta", lambda: plot_delta(report, ref),
          f"Per-class change against {report['runs'][ref]['name']}, against training images."),
         ("frontier", lambda: plot_frontier(report, run_colour),

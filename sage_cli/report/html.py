@@ -23,6 +23,7 @@ from sage_cli.report.markdown import (
     describe_tte,
     frontier_rows,
     format_percent,
+    report_title,
     group_rows,
     paired_rows,
     share_rows,
@@ -85,7 +86,7 @@ def _header(report: dict[str, Any]) -> str:
     groups = data["groups"]
     tte = f"test-time ensembling {describe_tte(report)}" if report["tte"] else "single centre crop"
     return (
-        f"<h1>Sage report: {escape(str(data['dataset']))}</h1>"
+        f"<h1>{escape(report_title(report))}</h1>"
         f'<p class="meta">{escape(report["split"])} split · {data["num_samples"]} images · '
         f'{data["num_classes"]} classes (many {groups["many"]}, medium {groups["medium"]}, few {groups["few"]}) · '
         f"{tte}</p>"
@@ -186,7 +187,7 @@ def _config_section(report: dict[str, Any]) -> str:
 def render_html(report: dict[str, Any], figures: dict[str, tuple[str, str]] | None = None) -> str:
     """The page; ``figures`` (name -> (inline SVG, caption)) are rendered here when not given."""
     figures = render_figures(report) if figures is None else figures
-    title = f"Sage report: {report['dataset']['dataset']}"
+    title = report_title(report)
     footer = (f"<footer>Written by sage {escape(report['versions'].get('sage', '?'))} on "
               f"{escape(report['created'])}. Every figure is in report.json; per-class figures in "
               "per_class.parquet.</footer>")

@@ -142,11 +142,16 @@ def true_shares(report: dict[str, Any]) -> dict[str, float | None]:
     return {g: share[g]["true"] for g in GROUPS}
 
 
+def report_title(report: dict[str, Any]) -> str:
+    """``--title``, else "Sage report: DATASET"."""
+    return report.get("title") or f"Sage report: {report['dataset']['dataset']}"
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     data = report["dataset"]
     groups = data["groups"]
     lines = [
-        f"# Sage report: {escape_md(data['dataset'])} ({escape_md(report['split'])} split)",
+        f"# {escape_md(report_title(report))} ({escape_md(report['split'])} split)",
         "",
         f"{data['num_samples']} images, {data['num_classes']} classes "
         f"(many {groups['many']}, medium {groups['medium']}, few {groups['few']}); "

@@ -41,7 +41,8 @@ def _table(caption: str, label: str, header: Sequence[str], rows: Sequence[Seque
 def render_latex(report: dict[str, Any]) -> str:
     data = report["dataset"]
     titles = [title for _, title in COLUMNS]
-    where = f"{data['dataset']}, {report['split']} split, {data['num_samples']} images"
+    name = report.get("title") or data["dataset"]  # _table escapes the caption
+    where = f"{name}, {report['split']} split, {data['num_samples']} images"
     lines = [f"% Written by sage {report['versions'].get('sage', '?')} on {report['created']}; needs \\usepackage{{booktabs}}.",
              ""]
     lines += _table(f"Top-1 accuracy (%) on {where}; many / medium / few: top-1 over each group's images.",

@@ -94,7 +94,9 @@ def choose_eval_split(data: PreparedData, config: TrainConfig) -> str | None:
     for split in ("val", "test"):
         if data.has_split(split):
             return split
-    logger.warning("%s has neither a val nor a test split; the run is not evaluated", data.directory)
+    logger.warning("%s has neither a val nor a test split: the run is not evaluated and sage report cannot "
+                   "score it; sage prepare splits a flat ROOT/<class>/ folder or a CSV without a split column "
+                   "(--val-fraction, --test-fraction; docs/datasets.md)", data.directory)
     return None
 
 

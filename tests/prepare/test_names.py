@@ -37,7 +37,7 @@ def test_prepare_strips_control_characters_from_names(tmp_path: Path, caplog: py
     (root / "img").mkdir(parents=True)
     for name in ("a", "b", "c"):
         (root / "img" / f"{name}.png").touch()
-    (root / "labels.csv").write_text("path,label\nimg/a.png,0\nimg/b.png,1\nimg/c.png,2\n")
+    (root / "labels.csv").write_text("path,label,split\nimg/a.png,0,train\nimg/b.png,1,train\nimg/c.png,2,train\n")
     names = tmp_path / "names.txt"
     names.write_text(f"\x1b[31mred\x1b[0m\n{LINK}\n[/bold]\n", encoding="utf-8")
     with caplog.at_level(logging.WARNING, logger="sage_cli"):

@@ -153,3 +153,32 @@ def test_frontier_against_a_reference_follows_from_the_cached_logits(tiny_data, 
     again = run(ReportConfig(out=out, runs=trained, device="cpu", reference="lift", frontier=True, force=True))
     assert again.evaluated == () and again.report["frontier"] == json.loads(json.dumps(section))
     assert [(r / VAL_CACHE / "predictions.parquet").stat().st_mtime_ns for r in trained] == stamps  # val reused
+
+
+def test_labels_and_title_name_rows_figures_and_pages(tiny_data, trained, tmp_path: Path) -> None:
+    prepared, text = tiny_data
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["report", *map(str, trained), "--zero-shot", str(prepared), "--text-cache", str(text),
+                                 "--label", "Linear probe", "--label", "LIFT (ours)", "--title", "Birds of Lisbon",
+                                 "--device", "cpu", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert [r["name"] for r in report["runs"]] == ["zero-shot", "Linear probe", "LIFT (ours)"]
+    md, page = (out / "report.md").read_text(), (out / "report.html").read_text()
+    assert md.startswith("# Birds of Lisbon (test split)\n")
+    assert "| Linear probe | " in md and "| LIFT (ours) | " in md
+    assert "<title>Birds of Lisbon</title>" in page and "<h1>Birds of Lisbon</h1>" in page
+    groups_svg = page[page.index('<svg class="plot plot-groups"'):]
+    assert ">LIFT (ours)<" in groups_svg[:groups_svg.index("</svg>")]  # the legend of the groups figure
+    assert "Birds of Lisbon test" in result.output  # the summary table's title
+
+
+@pytest.mark.parametrize(("labels", "message"), [
+    (("one",), r"--label: got 1 for 2 RUN_DIR\(s\); give one per RUN_DIR, in order"),
+    (("same", "same"), "--label: 'same' names two rows"),
+    (("zero-shot", "b"), "--label: 'zero-shot' names two rows"),
+])
+def test_bad_labels_are_refused(tiny_data, trained, tmp_path: Path, labels: tuple[str, ...], message: str) -> None:
+    prepared, text = tiny_data
+    with pytest.raises(SageError, match=message):
+        ReportConfig(out=tmp_path / "out", runs=trained, zero_shot=prepared, text_cache=text, labels=labels)
