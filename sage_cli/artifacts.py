@@ -33,7 +33,7 @@ from sage_cli.outdir import check_output_dir
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: train.json's config in the one schema (sage_cli.schema); 1: the AdapterConfig layout
 _META_TABLE = b"sage.table"
 _META_VERSION = b"sage.schema_version"
 
@@ -326,6 +326,18 @@ def strip_locations(inputs: Mapping[str, Any]) -> dict[str, Any]:
             for k, value in inputs.items()}
 
 
+def describe_difference(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """The keys (dotted paths) whose values differ between two JSON-like trees, sorted."""
+    out: list[str] = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            out += describe_difference(a, b, f"{prefix}{key}.")
+        elif json.dumps(a, sort_keys=True, default=_json_default) != json.dumps(b, sort_keys=True, default=_json_default):
+            out.append(f"{prefix}{key}")
+    return out
+
+
 def software_versions() -> dict[str, str]:
     """Versions of sage, Python and the libraries behind the artifacts (read from package metadata,
     so recording them does not import torch)."""
@@ -480,6 +492,7 @@ def guard_output_dir(
     outputs: tuple[str, ...],
     force: bool,
     required: tuple[str, ...] | None = None,
+    identity: Mapping[str, Any] | None = None,
 ) -> bool:
     """Decide whether a stage may write into ``directory``.
 
@@ -488,7 +501,8 @@ def guard_output_dir(
     Returns True when the directory already holds this exact result (same fingerprint): the stage
     can skip its work. Returns False when the directory is free (or ``force``). Raises
     :class:`SageError` when it holds outputs of other inputs, or of an interrupted run, and
-    ``force`` is not set: an existing artifact is never overwritten silently.
+    ``force`` is not set: an existing artifact is never overwritten silently; given the new result's
+    ``identity`` (its inputs without locations), that refusal names the keys that differ.
     """
     directory = Path(directory)
     check_output_dir(directory)
@@ -513,9 +527,11 @@ def guard_output_dir(
             what = f"{missing[0]} is missing" if missing else f"{changed[0]} is {changed[1]} (sha256)"
             raise SageError(f"{directory}: holds this {stage} result but {what}; pass --force to redo it")
         if not force:
+            differ = describe_difference(strip_locations(record.get("inputs", {})), identity) if identity else []
             raise SageError(
                 f"{directory}: holds a {stage} result of other inputs; "
                 "choose another --out or pass --force to overwrite it"
+                + (f" (they differ in {', '.join(differ[:6])}{' ...' if len(differ) > 6 else ''})" if differ else "")
             )
         return False
     present = [o for o in outputs if (directory / o).exists()]

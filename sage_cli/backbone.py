@@ -72,6 +72,26 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return resolved
 
 
+# Random-init backbones ("none": tests and smoke runs) are built from this torch seed in every
+# stage (train, report's zero-shot baseline), so they are the same network everywhere.
+BACKBONE_INIT_SEED = 0
+
+
+def build_backbone(model: str, pretrained: str, device: str | torch.device) -> LoadedClip:
+    """:func:`load_clip` with random init drawn from :data:`BACKBONE_INIT_SEED`; global RNG untouched."""
+    with seeded(BACKBONE_INIT_SEED):
+        return load_clip(model, pretrained, device)
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Run the body with torch's generators (CPU and every CUDA device) seeded to ``seed``, restored after."""
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
 def load_clip(model: str, pretrained: str, device: str | torch.device = "cpu") -> LoadedClip:
     """Build open_clip ``model`` with ``pretrained`` weights: a tag, a checkpoint file or "none".
 

@@ -1,11 +1,22 @@
-"""Helpers shared by the stages' frozen config dataclasses: YAML presets, flag precedence, value types."""
+"""Helpers shared by the stages' frozen config dataclasses: field metadata, YAML presets, value types.
+
+A config field declared with :func:`option` carries its :class:`Option` metadata (help, panel,
+choices, bounds): :func:`check_options` validates a dataclass from it, the command layer makes its
+Typer options from it and the preset loader coerces values to its type, so each option and its
+default is written once. Errors name a field by its flat key (``attn_heads``); inside
+:func:`cli_names` (the commands) by its flag (``--attn-heads``), through :func:`option_label`.
+"""
 
 from __future__ import annotations
 
+import contextvars
+import dataclasses
 import os
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +43,101 @@ def check_seed(flag: str, value: int) -> None:
     """Refuse a seed outside 0..:data:`MAX_SEED`, naming ``flag``."""
     if not 0 <= value <= MAX_SEED:
         raise SageError(f"{flag} must be in 0..{MAX_SEED}; got {value}")
+
+
+_CLI_NAMES: contextvars.ContextVar[bool] = contextvars.ContextVar("sage_cli_names", default=False)
+
+
+@contextmanager
+def cli_names() -> Iterator[None]:
+    """Inside the block, :func:`option_label` names options by their flag (the commands use this)."""
+    token = _CLI_NAMES.set(True)
+    try:
+        yield
+    finally:
+        _CLI_NAMES.reset(token)
+
+
+def option_label(key: str) -> str:
+    """How an error names the option ``key``: ``--key-name`` under :func:`cli_names`, else ``key``."""
+    return "--" + key.replace("_", "-") if _CLI_NAMES.get() else key
+
+
+@dataclass(frozen=True)
+class Option:
+    """What a config field is as an option: its help and panel, and the values it takes.
+
+    ``key``: its flat name (``sage train --KEY``, a preset's key) when it is not the field's name;
+    ``choices``: the names it takes; ``ge`` / ``gt`` / ``le`` / ``lt``: bounds of a number
+    (None passes when the field allows None); ``parse``: text (a flag, a preset) to value;
+    ``cli`` False: a field that presets set and no flag offers; ``aliases``: more flags;
+    ``message``: what a value out of bounds is told ("must be in 0..N") in place of the bound broken;
+    ``low_message``: the same, for a value below the lower bound only.
+    """
+
+    help: str
+    panel: str
+    key: str | None = None
+    choices: tuple[str, ...] | None = None
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    parse: Callable[[Any], Any] | None = None
+    cli: bool = True
+    short: str | None = None
+    aliases: tuple[str, ...] = ()
+    metavar: str | None = None
+    message: str | None = None
+    low_message: str | None = None
+
+
+def option(default: Any = dataclasses.MISSING, *, help: str, panel: str, **meta: Any) -> Any:
+    """A dataclass field with :class:`Option` metadata (``default`` MISSING: required)."""
+    return dataclasses.field(default=default, metadata={"option": Option(help=help, panel=panel, **meta)})
+
+
+def option_of(f: dataclasses.Field) -> Option | None:
+    return f.metadata.get("option")
+
+
+def key_of(f: dataclasses.Field) -> str:
+    """A field's flat key: its Option's ``key`` or its name."""
+    meta = option_of(f)
+    return meta.key if meta is not None and meta.key else f.name
+
+
+def check_options(config: Any) -> None:
+    """Each :func:`option` field of ``config`` within its choices and bounds; a SageError naming it otherwise."""
+    for f in dataclasses.fields(config):
+        meta, value = option_of(f), getattr(config, f.name)
+        if meta is None or value is None:
+            continue
+        message = describe_violation(meta, value)
+        if message:
+            raise SageError(f"{option_label(key_of(f))} {message}; got {value!r}")
+
+
+def describe_violation(meta: Option, value: Any) -> str | None:
+    """What ``value`` breaks of ``meta``'s choices and bounds ("must be >= 1"), None when it fits."""
+    if meta.choices is not None:
+        return None if value in meta.choices else f"must be one of {', '.join(meta.choices)}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if value != value:
+        return "must be a number, not NaN"
+    too_low = (meta.ge is not None and value < meta.ge) or (meta.gt is not None and value <= meta.gt)
+    too_high = (meta.le is not None and value > meta.le) or (meta.lt is not None and value >= meta.lt)
+    if not (too_low or too_high):
+        return None
+    if meta.message or (too_low and meta.low_message):
+        return meta.message or meta.low_message
+    if meta.lt is not None:  # a half-open range such as a momentum's [0, 1)
+        low = meta.ge if meta.ge is not None else meta.gt
+        return f"must be in {'[' if meta.ge is not None else '('}{low:g}, {meta.lt:g})"
+    if too_high:
+        return f"must be at most {meta.le}"  # a guard against typos (2**24 images a batch): the exact figure
+    return f"must be >= {meta.ge:g}" if meta.ge is not None else f"must be > {meta.gt:g}"
 
 
 def load_yaml_mapping(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -146,7 +252,7 @@ def coerce_value(value: Any, annotation: Any) -> Any:
         except (TypeError, ValueError):
             raise ValueError("expected a number") from None
     if annotation in (str, Path):
-        if isinstance(value, (str, int)):
+        if isinstance(value, (str, int)) or (annotation is Path and isinstance(value, os.PathLike)):
             return annotation(str(value)) if annotation is Path else str(value)
         raise ValueError(f"expected {_describe(annotation)}")
     return value

@@ -66,9 +66,9 @@ def run(config: DemoConfig, on_stage: StageCallback | None = None, hooks: Any = 
     prepared = config.out / "prepared"
     text = config.out / "text"
     notify("prepare", "Shapes-LT: long-tailed, fine domain (world v2)")
-    _prepare(prepared, config)
+    prepare_world(prepared, config)
     notify("encode-text", "toy CLIP text tower")
-    _encode(prepared, text, config)
+    encode_world(prepared, text, config)
     runs = []
     for method in config.methods:
         notify("train", method)
@@ -79,14 +79,16 @@ def run(config: DemoConfig, on_stage: StageCallback | None = None, hooks: Any = 
     return DemoResult(out=config.out, report_dir=report_dir, report=report)
 
 
-def _prepare(out: Path, config: DemoConfig) -> None:
+def prepare_world(out: Path, config: DemoConfig) -> None:
+    """Shapes-LT (world v2) prepared into ``out`` with the demo's seed (skipped when it is there)."""
     from sage_cli.prepare import PrepareConfig
     from sage_cli.prepare import run as prepare
 
     prepare(PrepareConfig(dataset="shapes-lt", out=out, seed=config.seed, force=config.force))
 
 
-def _encode(prepared: Path, out: Path, config: DemoConfig) -> None:
+def encode_world(prepared: Path, out: Path, config: DemoConfig) -> None:
+    """The toy CLIP's text cache of ``prepared`` in ``out`` (the 18-template ensemble)."""
     from sage_cli.encode_text import EncodeTextConfig
     from sage_cli.encode_text import run as encode
     from sage_cli.world import TOY_MODEL, TOY_WEIGHTS

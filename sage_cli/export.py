@@ -141,7 +141,7 @@ def build_export_record(config: ExportConfig, inputs: dict[str, Any], classifier
     return artifacts.build_record(
         "export", inputs, format=config.format, model_file=MODEL_FILES[config.format],
         run={"path": artifacts.relative_path(config.run, config.out), "fingerprint": run_record.get("fingerprint"),
-             "method": classifier.config.method, "peft": classifier.config.spec.peft, "model": model["model"],
+             "method": run_record.get("method"), "peft": classifier.summary()["peft"], "model": model["model"],
              "pretrained": model["pretrained"], "checkpoint": str(config.checkpoint) if config.checkpoint else None},
         class_names=list(names),
         preprocessing={**preprocessing, "crop": "center",
@@ -211,7 +211,7 @@ def write_open_clip(classifier: nn.Module, clip: Any, directory: Path) -> dict[s
     return {"open_clip": {
         "model": clip.record["model"], "quick_gelu": quick_gelu,
         "merged": getattr(classifier.visual, "sage_peft", None),
-        "head": {"file": HEAD_FILE, "kind": classifier.config.head, "scale": float(getattr(head, "scale", 1.0)),
+        "head": {"file": HEAD_FILE, "kind": classifier.config.head.kind, "scale": float(getattr(head, "scale", 1.0)),
                  "input": "normalized" if head.normalized_input else "raw"},
     }}
 

@@ -49,6 +49,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from sage_cli import artifacts
+from sage_cli.backbone import build_backbone
 from sage_cli.data import Key, PreparedData, cpu_seeded, load_image
 from sage_cli.errors import SageError
 from sage_cli.locks import lock_output_dir
@@ -426,7 +427,6 @@ class CacheImagesConfig:
 def run(config: CacheImagesConfig, progress: Callable[[str, int, int], None] | None = None) -> CacheResult:
     """Build (or find up to date) the image cache of ``config.prepared`` in ``config.out``."""
     from sage_cli.data import load_prepared_data
-    from sage_cli.train.inputs import build_backbone
 
     data = load_prepared_data(config.prepared)
     clip = build_backbone(config.model, config.pretrained, "cpu")

@@ -96,7 +96,7 @@ class _Images(Dataset):
 
 def run(config: PredictConfig, progress: Progress | None = None) -> PredictResult:
     """Top-k classes and scores for every image of ``config``, in the order found."""
-    from sage_cli.report.evaluate import compute_ranked_scores
+    from sage_cli.report.predictions import compute_ranked_scores
 
     paths = find_images(config.images)
     model, transform, names, device = load_model(config)

@@ -17,9 +17,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from sage_cli.losses import LossConfig, build_loss
-from sage_cli.model import AdapterConfig, SageClassifier, build_classifier
+from sage_cli.losses import build_loss
+from sage_cli.model import SageClassifier, build_classifier
 from sage_cli.precision import autocast
+from sage_cli.schema import LossConfig, ModelConfig
 
 
 class ClassificationTask(nn.Module):
@@ -70,15 +71,14 @@ class ClassificationTask(nn.Module):
 
 def build_task(
     clip_model: nn.Module, class_embeddings: torch.Tensor, class_counts: torch.Tensor,
-    adapter: AdapterConfig, loss: LossConfig, device: torch.device, head_vectors: torch.Tensor | None = None,
+    model: ModelConfig, loss: LossConfig, device: torch.device, head_vectors: torch.Tensor | None = None,
     zero_shot_features: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> ClassificationTask:
-    """The classifier of ``adapter`` on ``clip_model`` (changed in place) and the resolved ``loss``.
+    """The classifier of ``model`` on ``clip_model`` (changed in place) and the ``loss``.
 
     ``zero_shot_features``: the frozen tower's (features, labels) of the training split, for a
-    compensation estimator fitted from them (``--compensation zero-shot``).
+    compensation estimator fitted from them (``compensation="zero-shot"``).
     """
-    classifier = build_classifier(clip_model, class_embeddings, adapter, head_vectors)
-    loss_fn = build_loss(loss.resolve(adapter.method), class_counts, class_embeddings, adapter.logit_scale,
-                         zero_shot_features).to(device)
+    classifier = build_classifier(clip_model, class_embeddings, model, head_vectors)
+    loss_fn = build_loss(loss, class_counts, class_embeddings, model.head.scale, zero_shot_features).to(device)
     return ClassificationTask(classifier, loss_fn, device)

@@ -13,17 +13,11 @@ from sage_cli.commands.train import option_types
 from sage_cli.config import coerce_preset
 from sage_cli.errors import SageError
 from sage_cli.losses import ESTIMATORS, LOSSES
-from sage_cli.methods import (
-    TRAIN_METHODS,
-    CompensationName,
-    HeadInitName,
-    HeadName,
-    LossName,
-    MethodName,
-)
+from sage_cli.methods import TRAIN_METHODS, MethodName
 from sage_cli.model.head import HEAD_INITS, HEADS
 from sage_cli.model.peft import PEFT_MODULES
 from sage_cli.methods import METHODS
+from sage_cli.schema import CompensationName, HeadInitName, HeadName, LossName
 
 runner = CliRunner()
 
@@ -34,7 +28,7 @@ def test_type_names_match_the_registries() -> None:
     assert set(get_args(HeadName)) == set(HEADS)
     assert tuple(get_args(HeadInitName)) == HEAD_INITS
     assert tuple(get_args(MethodName)) == TRAIN_METHODS
-    assert {spec.peft for spec in METHODS.values() if spec.peft} == set(PEFT_MODULES)
+    assert {m.model.peft.module for m in METHODS.values() if m.model.peft} == set(PEFT_MODULES)
 
 
 def test_values_are_coerced_by_type(tmp_path: Path) -> None:

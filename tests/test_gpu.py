@@ -13,9 +13,10 @@ import torch
 import torch.nn.functional as F
 
 from sage_cli.losses import LossConfig, build_loss
-from sage_cli.model import AdapterConfig, build_classifier
+from sage_cli.model import build_classifier
 from sage_cli.model.adapters import GuidanceBank, SGAdapter
-from sage_cli.train.inputs import build_backbone
+from sage_cli.backbone import build_backbone
+from sage_cli.methods import model_config
 
 pytestmark = pytest.mark.gpu
 CUDA = torch.device("cuda")
@@ -24,7 +25,7 @@ CUDA = torch.device("cuda")
 def test_bf16_autocast_step_is_finite_and_close_to_fp32() -> None:
     clip = build_backbone("sage-tiny", "none", CUDA)
     embeddings = F.normalize(torch.randn(6, clip.record["embedding_dim"], generator=torch.Generator().manual_seed(0)), dim=-1)
-    classifier = build_classifier(clip.model, embeddings.to(CUDA), AdapterConfig(method="sage")).train()
+    classifier = build_classifier(clip.model, embeddings.to(CUDA), model_config("sage")).train()
     loss_fn = build_loss(LossConfig(loss="la", compensation="semantic"), torch.arange(1, 7).float(), embeddings).to(CUDA)
     images = torch.randn(8, 3, *clip.record["image_size"], generator=torch.Generator().manual_seed(1)).to(CUDA)
     labels = torch.arange(8, device=CUDA) % 6

@@ -21,7 +21,7 @@ from sage_cli.image_cache import (
     load_image_cache,
     run,
 )
-from sage_cli.train.inputs import build_backbone
+from sage_cli.backbone import build_backbone
 from sage_cli.train.transforms import build_cached_transforms, build_train_transform
 
 # (width, height) of the images: larger and smaller than the train view's short side 40, and square

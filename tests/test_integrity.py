@@ -140,7 +140,8 @@ def test_a_resume_over_a_flipped_checkpoint_is_refused(trained: Path, tmp_path: 
 def test_the_predictions_cache_is_recomputed_when_damaged(tmp_path: Path) -> None:
     import numpy as np
 
-    from sage_cli.report.evaluate import Predictions, load_cached_predictions, save_predictions
+    from sage_cli.report.evaluate import load_cached_predictions, save_predictions
+    from sage_cli.report.predictions import Predictions
 
     predictions = Predictions(np.arange(3), np.array([0, 1, 1]), np.array([[0, 1], [1, 0], [0, 1]]),
                               np.full((3, 2), 0.5, dtype=np.float32))
@@ -154,7 +155,8 @@ def test_the_predictions_cache_is_recomputed_when_damaged(tmp_path: Path) -> Non
 def test_saved_logits_are_hashed_with_the_predictions(tmp_path: Path) -> None:
     import numpy as np
 
-    from sage_cli.report.evaluate import Predictions, load_cached_predictions, save_predictions
+    from sage_cli.report.evaluate import load_cached_predictions, save_predictions
+    from sage_cli.report.predictions import Predictions
     from sage_cli.report.logits import LOGITS, load_logits, save_logits
 
     logits = np.array([[2.0, 1.0], [0.5, 3.0]], dtype=np.float16)

@@ -9,6 +9,7 @@ import torch
 import torch.distributed as dist
 
 from sage_cli.errors import SageError
+from sage_cli.config import cli_names
 from sage_cli.losses import (
     ESTIMATORS,
     CountCompensation,
@@ -20,6 +21,13 @@ from sage_cli.losses import (
     build_loss,
     compute_zero_shot_prior,
 )
+
+
+@pytest.fixture(autouse=True)
+def errors_name_flags():
+    """These tests read the losses' errors as `sage train` shows them: options named by their flags."""
+    with cli_names():
+        yield
 
 AXES = torch.eye(3)  # text vectors t_y = e_y
 

@@ -311,8 +311,9 @@ def measure_model_step(ctx: Context, method: str, num_classes: int) -> dict[str,
     import torch
     import torch.nn.functional as F
 
-    from sage_cli.losses import LossConfig, build_loss
-    from sage_cli.model import AdapterConfig, build_classifier
+    from sage_cli.losses import build_loss
+    from sage_cli.methods import METHODS, model_config
+    from sage_cli.model import build_classifier
 
     plan, device = ctx.plan, torch.device(ctx.plan.device)
     clip = load_backbone(plan.model, device)
@@ -320,9 +321,8 @@ def measure_model_step(ctx: Context, method: str, num_classes: int) -> dict[str,
     embeddings = F.normalize(torch.randn(num_classes, clip.record["embedding_dim"], generator=generator), dim=-1)
     counts = torch.randint(2, 1000, (num_classes,), generator=generator).float()
     tokens = {"guidance_tokens": plan.guidance_tokens_for(num_classes)} if method == "sage" else {}
-    classifier = build_classifier(clip.model, embeddings.to(device), AdapterConfig(method=method, **tokens)).train()
-    compensation = "semantic" if method == "sage" else "none"
-    loss_fn = build_loss(LossConfig(compensation=compensation).resolve(method), counts, embeddings).to(device).train()
+    classifier = build_classifier(clip.model, embeddings.to(device), model_config(method, **tokens)).train()
+    loss_fn = build_loss(METHODS[method].loss, counts, embeddings).to(device).train()
     images = torch.randn(plan.batch, 3, *clip.record["image_size"], generator=generator).to(device)
     labels = torch.randint(0, num_classes, (plan.batch,), generator=generator).to(device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -442,14 +442,15 @@ def measure_report(plan: Plan, tte: bool) -> dict[str, Any]:
     import torch
     import torch.nn.functional as F
 
-    from sage_cli.model import AdapterConfig, build_classifier
+    from sage_cli.methods import model_config
+    from sage_cli.model import build_classifier
     from sage_cli.report.evaluate import evaluate_classifier
 
     device = torch.device(plan.device)
     clip = load_backbone(plan.model, device)
     classes = plan.classes[0]
     text = F.normalize(torch.randn(classes, clip.record["embedding_dim"]), dim=-1).to(device)
-    classifier = build_classifier(clip.model, text, AdapterConfig("zeroshot")).eval()
+    classifier = build_classifier(clip.model, text, model_config("zeroshot")).eval()
     size = clip.record["image_size"]
     shape = (plan.eval_batch, 5, 3, *size) if tte else (plan.eval_batch, 3, *size)
     batch = (torch.randn(shape), torch.zeros(plan.eval_batch, dtype=torch.long), torch.arange(plan.eval_batch))

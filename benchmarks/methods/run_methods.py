@@ -24,12 +24,13 @@ from pathlib import Path
 import torch
 
 from sage_cli.demo import DemoConfig
-from sage_cli.demo import _encode as encode
-from sage_cli.demo import _prepare as prepare
+from sage_cli.demo import encode_world as encode
+from sage_cli.demo import prepare_world as prepare
 from sage_cli.stats import summarise as summarise_values
 from sage_cli.stats import summarise_paired
 
-# name -> (method, extra options): the four methods, then the ablations of Sage's two pieces.
+# name -> (method, options put over it): each a preset, resolved by sage_cli.train.resolve as `sage train
+# --method METHOD --OPTION VALUE` would be (text: which text cache); the four methods, then the ablations.
 VARIANTS = {
     "linear": ("linear", {}),
     "lift": ("lift", {}),
@@ -65,7 +66,7 @@ HERE = Path(__file__).resolve().parent
 
 def train_variant(name: str, seed: int, out: Path, base: DemoConfig) -> Path:
     """Train ``name`` at ``seed`` under ``out`` (a finished run is reused: one training, every split)."""
-    from sage_cli.train import build_train_config
+    from sage_cli.train import resolve
     from sage_cli.train import run as train
 
     method, extra = VARIANTS[name]
@@ -76,13 +77,13 @@ def train_variant(name: str, seed: int, out: Path, base: DemoConfig) -> Path:
         return run_dir
     options = {
         "prepared": out / "prepared", "text_cache": out / ("text" if text is None else f"text-{text}"),
-        "out": run_dir, "method": method,
+        "out": run_dir,
         "epochs": base.epochs, "batch_size": base.batch_size, "lr": base.lr, "augment": base.augment, "seed": seed,
         "device": base.device, "num_workers": 0, "eval_every": 0, **extra,
         # A run cut off by a killed benchmark is redone.
         "force": run_dir.exists(),
     }
-    train(build_train_config(options))
+    train(resolve(method, options))
     return run_dir
 
 

@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from sage_cli.methods import METHODS
-from sage_cli.model import AdapterConfig, build_classifier
+from sage_cli.methods import model_config
+from sage_cli.model import build_classifier
 
 NUM_CLASSES = 1000
 MODEL = "ViT-B-16"
@@ -30,7 +31,7 @@ def count(method: str, template: torch.nn.Module, embeddings: torch.Tensor) -> t
     import copy
 
     model = copy.deepcopy(template)
-    classifier = build_classifier(model, embeddings, AdapterConfig(method=method))
+    classifier = build_classifier(model, embeddings, model_config(method))
     tower = sum(p.numel() for p in model.visual.parameters())
     return classifier.num_trainable, tower
 

@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from sage_cli.backbone import load_clip
-from sage_cli.model import AdapterConfig, build_classifier
+from sage_cli.methods import model_config
+from sage_cli.model import build_classifier
 from sage_cli.report.evaluate import evaluate_classifier
 
 
@@ -43,7 +44,7 @@ def measure(model_name: str, method: str, tte: bool, args: argparse.Namespace) -
     clip = load_clip(model_name, "none", device)
     size = clip.record["image_size"]
     text = F.normalize(torch.randn(args.classes, clip.record["embedding_dim"]), dim=-1)
-    classifier = build_classifier(clip.model, text, AdapterConfig(method)).eval()
+    classifier = build_classifier(clip.model, text, model_config(method)).eval()
     shape = (args.batch, 5, 3, *size) if tte else (args.batch, 3, *size)
     batch = (torch.randn(shape), torch.zeros(args.batch, dtype=torch.long), torch.arange(args.batch))
     evaluate_classifier(classifier, [batch], device, args.batch)  # warm-up

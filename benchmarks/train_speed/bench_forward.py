@@ -23,8 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sage_cli.losses import LossConfig, build_loss
-from sage_cli.model import AdapterConfig, build_classifier
+from sage_cli.losses import build_loss
+from sage_cli.methods import METHODS, model_config
+from sage_cli.model import build_classifier
 
 
 def parse_args() -> argparse.Namespace:
@@ -93,13 +94,13 @@ def bench_classes(visual: nn.Module, num_classes: int, args: argparse.Namespace)
         with torch.no_grad(), autocast():
             frozen.visual(images)
 
-    variants = {"lift": AdapterConfig(method="lift"), "sage": AdapterConfig(method="sage")}
+    variants = {"lift": model_config("lift"), "sage": model_config("sage")}
     if args.sage_tokens and args.sage_tokens < num_classes:
-        variants[f"sage_m{args.sage_tokens}"] = AdapterConfig(method="sage", guidance_tokens=args.sage_tokens)
+        variants[f"sage_m{args.sage_tokens}"] = model_config("sage", guidance_tokens=args.sage_tokens)
     steps = {"frozen": frozen_step}
     for name, cfg in variants.items():
         classifier = build_classifier(build_tower_holder(visual).to(device), embeddings, cfg)
-        loss = build_loss(LossConfig().resolve("sage"), counts, embeddings).to(device).train()
+        loss = build_loss(METHODS["sage"].loss, counts, embeddings).to(device).train()
         steps[name] = make_train_step(classifier.train(), loss, images, labels, autocast)
     seconds = time_steps(steps, args.warmup, args.steps, sync)
     result = {f"{name}_images_per_s": args.batch / s for name, s in seconds.items()}

@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 import typer
 
+from sage_cli.config import cli_names
 from sage_cli.console import err_console, print_error
 from sage_cli.errors import SageError, describe_write_error, message_of
 
@@ -16,12 +17,13 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def handle_errors(fn: F) -> F:
-    """Turn a :class:`SageError` into one red line on stderr and exit code 1."""
+    """Turn a :class:`SageError` into one red line on stderr and exit code 1; errors name options by their flags."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            with cli_names():
+                return fn(*args, **kwargs)
         except SageError as exc:
             print_error(message_of(exc))
             raise typer.Exit(1) from None

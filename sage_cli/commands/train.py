@@ -2,98 +2,49 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import os
 import shlex
 import sys
+import types
+import typing
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal, get_type_hints
+from typing import Any, Literal
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from sage_cli.commands._common import explicit_params, handle_errors
-from sage_cli.config import coerce_preset, load_yaml_mapping, merge_with_preset
+from sage_cli.config import Option
 from sage_cli.console import console, err_console, escape, print_result
-from sage_cli.methods import ActivationName as Activation
-from sage_cli.methods import CompensationName, HeadInitName, HeadName, LossName, MethodName
+from sage_cli.methods import METHODS, TRAIN_METHODS, load_preset
+from sage_cli.schema import ADAPTER, METHOD, RUN, Leaf, flat_fields, flatten
 
-# Options a preset may not set: where outputs go and how this invocation behaves.
-NOT_IN_PRESETS = ("config", "out", "force", "resume", "as_json", "log")
-
-EvalSplit = Literal["val", "test", "train"]
-SamplerName = Literal["uniform", "class-aware"]
-
-METHOD, LOSS, ADAPTER, OPTIM, DATA, RUN = "Method", "Loss", "Adapter", "Optimiser", "Data", "Run"
+# Options of this command that are no train option: they say how to run it, not what trains.
+NOT_IN_PRESETS = ("config", "from_run", "print_config", "out", "force", "resume", "as_json", "log")
+GUIDANCE = Option(help="Text guidance in the SG-Adapters (the guided methods: sage, sage-*).", panel=ADAPTER,
+                  key="guidance")
 
 
-@handle_errors
-def command(
+def train(
     ctx: typer.Context,
-    method: MethodName = typer.Option(..., "--method", help="What trains (docs/methods.md).", rich_help_panel=METHOD),
-    model: str | None = typer.Option(None, "--model", "-m", help="open_clip model (default: the text cache's).", rich_help_panel=METHOD),
-    pretrained: str | None = typer.Option(None, "--pretrained", help="Tag, checkpoint file or none (default: the text cache's).", rich_help_panel=METHOD),
-    head: HeadName | None = typer.Option(None, "--head", help="Classifier head (default: the method's, cosine).", rich_help_panel=METHOD),
-    head_init: HeadInitName | None = typer.Option(None, "--head-init", help="Initial head weights (default: the method's, text).", rich_help_panel=METHOD),
-    head_init_shots: int = typer.Option(10, "--head-init-shots", help="Images per class for --head-init k-shot.", rich_help_panel=METHOD),
-    logit_scale: float = typer.Option(25.0, "--logit-scale", help="s of the cosine head (and LDAM's margin scale).", rich_help_panel=METHOD),
-    loss: LossName | None = typer.Option(None, "--loss", help="Training loss (default: the method's, la).", rich_help_panel=LOSS),
-    compensation: CompensationName | None = typer.Option(None, "--compensation", help="Compensation of the LA family (default: the method's: semantic for sage, none otherwise).", rich_help_panel=LOSS),
-    tau: float = typer.Option(1.0, "--tau", help="Scale of log(prior) in the logit adjustment.", rich_help_panel=LOSS),
-    lam: float = typer.Option(0.25, "--lam", help="lambda: scale of the compensation factor.", rich_help_panel=LOSS),
-    kappa: float = typer.Option(16.0, "--kappa", help="Pseudo-count of the text anchor.", rich_help_panel=LOSS),
-    delta_max: float = typer.Option(5.0, "--delta-max", help="Upper clamp of the compensation factor.", rich_help_panel=LOSS),
-    ema: float = typer.Option(0.9, "--ema", help="Momentum of the compensation statistics (class means, spread).", rich_help_panel=LOSS),
-    focal_gamma: float = typer.Option(2.0, "--focal-gamma", help="gamma of the focal loss.", rich_help_panel=LOSS),
-    ldam_margin: float = typer.Option(0.5, "--ldam-margin", help="Largest LDAM margin (on the cosine).", rich_help_panel=LOSS),
-    cb_beta: float = typer.Option(0.9999, "--cb-beta", help="beta of the class-balanced loss.", rich_help_panel=LOSS),
-    lade_weight: float = typer.Option(0.1, "--lade-weight", help="Weight of LADE's estimator term.", rich_help_panel=LOSS),
-    lade_lambda: float = typer.Option(0.1, "--lade-lambda", help="LADE's ReMINE regulariser.", rich_help_panel=LOSS),
-    text_align: float = typer.Option(0.0, "--text-align", help="beta of the text-alignment term: the adjusted CE of the frozen text classifier on the image features (LA family; 0: none).", rich_help_panel=LOSS),
-    blocks: str | None = typer.Option(None, "--blocks", "--adapter-blocks", help="Vision blocks the PEFT module tunes, e.g. 0-5 or 0,2,4 (default: all).", rich_help_panel=ADAPTER),
-    bottleneck: int | None = typer.Option(None, "--bottleneck", help="Adapter width / LoRA rank (default: LIFT's rule).", rich_help_panel=ADAPTER),
-    prompt_tokens: int = typer.Option(10, "--prompt-tokens", help="Prompts per prompted block (VPT).", rich_help_panel=ADAPTER),
-    guidance: bool | None = typer.Option(None, "--guidance/--no-guidance", help="Text guidance in the SG-Adapters (sage only; default on).", rich_help_panel=ADAPTER, metavar=""),
-    guidance_tokens: int | None = typer.Option(None, "--guidance-tokens", help="Guidance tokens M (default: one per class).", rich_help_panel=ADAPTER),
-    guidance_topk: int | None = typer.Option(None, "--guidance-topk", help="Route each image's guidance to its top-k tokens of the frozen zero-shot prediction (default: the method's: 5 for sage-topk, all otherwise; 0: all).", rich_help_panel=ADAPTER),
-    guidance_gate: float | None = typer.Option(None, "--guidance-gate", help="Bias the guidance attention by each image's frozen zero-shot log-posterior at this scale (default: the method's: 25 for sage-gate, off otherwise; 0: off).", rich_help_panel=ADAPTER),
-    activation: Activation = typer.Option("relu", "--activation", help="Adapter activation (sage, lift).", rich_help_panel=ADAPTER),
-    attn_heads: int = typer.Option(1, "--attn-heads", help="Heads of the guidance attention (must divide --bottleneck).", rich_help_panel=ADAPTER),
-    epochs: int = typer.Option(10, "--epochs", help="Training epochs.", rich_help_panel=OPTIM),
-    lr: float = typer.Option(0.01, "--lr", help="Peak learning rate (SGD).", rich_help_panel=OPTIM),
-    momentum: float = typer.Option(0.9, "--momentum", help="SGD momentum.", rich_help_panel=OPTIM),
-    weight_decay: float = typer.Option(5e-4, "--weight-decay", help="SGD weight decay.", rich_help_panel=OPTIM),
-    warmup_epochs: float = typer.Option(1.0, "--warmup-epochs", help="Linear warm-up length in epochs.", rich_help_panel=OPTIM),
-    warmup_steps: int | None = typer.Option(None, "--warmup-steps", help="Warm-up length in steps (wins over --warmup-epochs).", rich_help_panel=OPTIM),
-    prepared: Path = typer.Option(..., "--prepared", "-p", help="Prepared dataset directory (sage prepare).", rich_help_panel=DATA),
-    text_cache: Path = typer.Option(..., "--text-cache", "-t", help="Text cache directory (sage encode-text).", rich_help_panel=DATA),
-    image_cache: Path | None = typer.Option(None, "--image-cache", help="Decoded-image cache (sage cache-images): the fast input path.", rich_help_panel=DATA),
-    feature_cache: Path | None = typer.Option(None, "--feature-cache", help="Directory of cached frozen features (linear with --no-augment): computed once, then read.", rich_help_panel=DATA),
-    batch_size: int = typer.Option(128, "--batch-size", help="Images per optimizer step.", rich_help_panel=DATA),
-    micro_batch_size: int | None = typer.Option(None, "--micro-batch-size", help="Images per forward pass (gradient accumulation).", rich_help_panel=DATA),
-    num_workers: int = typer.Option(4, "--num-workers", help="DataLoader worker processes.", rich_help_panel=DATA),
-    sampler: SamplerName = typer.Option("uniform", "--sampler", help="Training order: uniform (shuffled) or class-aware (balanced).", rich_help_panel=DATA),
-    augment: bool = typer.Option(True, "--augment/--no-augment", help="Random crop + flip in training.", rich_help_panel=DATA, metavar=""),
-    eval_split: EvalSplit | None = typer.Option(None, "--eval-split", help="Split to validate on (default: val, else test).", rich_help_panel=DATA),
-    skip_bad: bool = typer.Option(False, "--skip-bad/--no-skip-bad", help="Skip unreadable images (listed in train.json) instead of stopping.", rich_help_panel=DATA, metavar=""),
-    out: Path = typer.Option(..., "--out", "-o", help="Run directory to write.", rich_help_panel=RUN),
-    config: Path | None = typer.Option(None, "--config", help="Preset YAML supplying defaults; explicit flags win.", rich_help_panel=RUN),
-    seed: int = typer.Option(0, "--seed", help="Seed of the init, the data order and the augmentation.", rich_help_panel=RUN),
-    max_steps: int | None = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps (smoke runs).", rich_help_panel=RUN),
-    eval_every: int = typer.Option(1, "--eval-every", help="Validate every N epochs (0: only at the end).", rich_help_panel=RUN),
-    checkpoint_every: int = typer.Option(0, "--checkpoint-every", help="Also checkpoint every N steps (0: each epoch only).", rich_help_panel=RUN),
-    log_every: int = typer.Option(10, "--log-every", help="Write train metrics (and, without a terminal, a progress line) every N steps.", rich_help_panel=RUN),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N.", rich_help_panel=RUN),
-    force: bool = typer.Option(False, "--force", help="Overwrite another run in --out.", rich_help_panel=RUN, metavar=""),
-    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out from its last checkpoint.", rich_help_panel=RUN, metavar=""),
+    config: str | None = typer.Option(None, "--config", help="Preset supplying values (a shipped one by name, e.g. "
+                                      "imagenet-lt, or a YAML file); explicit flags win.", rich_help_panel=RUN),
+    from_run: Path | None = typer.Option(None, "--from", help="Relaunch the run in this directory with its own "
+                                         "config; flags given change it.", rich_help_panel=RUN),
+    print_config: bool = typer.Option(False, "--print-config", help="Print the resolved config (train.json's "
+                                      "schema) and exit.", rich_help_panel=RUN, metavar=""),
     log: list[str] = typer.Option([], "--log", help="Also log the metrics to tensorboard, wandb or csv "
                                   "(repeatable; tensorboard and wandb are optional extras).", show_default=False,
                                   rich_help_panel=RUN),
-    as_json: bool = typer.Option(False, "--json", help="Print train.json to stdout instead of a summary.", rich_help_panel=RUN, metavar=""),
+    as_json: bool = typer.Option(False, "--json", help="Print train.json to stdout instead of a summary.",
+                                 rich_help_panel=RUN, metavar=""),
+    **options: Any,
 ) -> None:
     """Train a PEFT method (LIFT's table: sage, lift, lora, vpt, adapter, ssf, bitfit, ...) on a frozen CLIP.
 
@@ -104,8 +55,11 @@ def command(
     from sage_cli.train.distributed import is_main_process
     from sage_cli.train.faults import TrainingInterrupted
 
-    options = resolve_options(ctx, config)
-    train_config = build_train_config(options)
+    train_config = build_train_config(resolve_options(ctx, config, from_run))
+    if print_config:
+        typer.echo(json.dumps(train_config.to_dict(), indent=2))
+        return
+    out = train_config.run.out
     main = is_main_process()
     try:
         with progress_bar(quiet=as_json or not main) as bar, with_tracking(log, out, train_config, bar, main) as hooks:
@@ -127,6 +81,73 @@ def command(
         print_result(result_line(out, result.record))
 
 
+# --------------------------------------------------------------------------------------------
+# The train options, made from the schema's field metadata
+
+
+def method_values(key: str) -> set[Any]:
+    """The values the trainable methods give option ``key`` (empty when none of them has it)."""
+    values = set()
+    for name in TRAIN_METHODS:
+        flat = flatten(METHODS[name].model) | flatten(METHODS[name].loss)
+        if key in flat:
+            values.add(repr(flat[key]))
+    return values
+
+
+def cli_type(leaf: Leaf | None, meta: Option) -> Any:
+    """The type ``sage train`` parses an option's text to (``Literal`` for choices, ``str`` for a parsed field)."""
+    if meta.choices is not None:
+        return Literal[meta.choices]  # type: ignore[valid-type]
+    if meta.parse is not None:
+        return str
+    annotation = bool if leaf is None else leaf.annotation
+    inner = [a for a in typing.get_args(annotation) if a is not type(None)]
+    return inner[0] if inner and typing.get_origin(annotation) in (typing.Union, types.UnionType) else annotation
+
+
+def option_parameter(key: str, leaf: Leaf | None, meta: Option) -> inspect.Parameter:
+    """One ``sage train`` option: its flags, help and panel from ``meta``; its default if every method shares it."""
+    kind = cli_type(leaf, meta)
+    flag = "--" + key.replace("_", "-")
+    decls = [f"{flag}/--no-{flag[2:]}" if kind is bool and key not in ("force", "resume") else flag, *meta.aliases]
+    decls += [meta.short] if meta.short else []
+    default = None if leaf is None else leaf.field.default
+    per_method = len(method_values(key)) > 1 or leaf is None
+    if per_method or default is dataclasses.MISSING:
+        default = None
+    help_text = meta.help + (" Default: the method's (docs/methods.md)." if per_method else "")
+    info = typer.Option(default, *decls, help=help_text, rich_help_panel=meta.panel,
+                        metavar="" if kind is bool else meta.metavar, show_default=not per_method)
+    annotation = kind | None if default is None else kind
+    return inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=annotation)
+
+
+def train_parameters() -> list[inspect.Parameter]:
+    """Every option of the schema that the command line offers, in panel order, ``--method`` first."""
+    method = inspect.Parameter("method", inspect.Parameter.KEYWORD_ONLY, annotation=Literal[TRAIN_METHODS] | None,
+                               default=typer.Option(None, "--method", help="What trains (docs/methods.md).",
+                                                    rich_help_panel=METHOD))
+    params = [method]
+    for key, leaf in flat_fields().items():
+        if leaf.option.cli:
+            params.append(option_parameter(key, leaf, leaf.option))
+        if key == "prompt_tokens":
+            params.append(option_parameter("guidance", None, GUIDANCE))
+    return params
+
+
+def _command_signature() -> inspect.Signature:
+    ctx, *fixed = [p for name, p in inspect.signature(train).parameters.items() if name != "options"]
+    keyword = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in fixed]
+    return inspect.Signature([ctx, *train_parameters(), *keyword], return_annotation=None)
+
+
+train.__signature__ = _command_signature()  # type: ignore[attr-defined]
+train.__annotations__ = {p.name: p.annotation for p in train.__signature__.parameters.values()}  # type: ignore[attr-defined]
+command = handle_errors(train)
+
+
 @contextmanager
 def with_tracking(names: list[str], out: Path, config: Any, hooks: Any, main: bool) -> Iterator[Any]:
     """``hooks`` that also feed the ``--log`` trackers (rank 0 only; none asked for: ``hooks`` as they are)."""
@@ -140,17 +161,26 @@ def with_tracking(names: list[str], out: Path, config: Any, hooks: Any, main: bo
         yield tracked
 
 
-def resolve_options(ctx: typer.Context, preset_path: Path | None) -> dict[str, Any]:
-    """Explicit flags over the preset over the built-in defaults."""
-    explicit = {name: ctx.params[name] for name in explicit_params(ctx)}
-    defaults = {k: v for k, v in ctx.params.items() if k not in NOT_IN_PRESETS}
-    preset = load_yaml_mapping(preset_path) if preset_path is not None else None
+def resolve_options(ctx: typer.Context, preset: str | None, from_run: Path | None) -> dict[str, Any]:
+    """The run's flat options: explicit flags over the preset over the run relaunched (``--from``).
+
+    What is given nowhere is the method's (:func:`sage_cli.methods.resolve`).
+    """
+    options: dict[str, Any] = {}
+    if from_run is not None:
+        from sage_cli import artifacts
+        from sage_cli.train import read_config
+
+        record = artifacts.read_record(from_run, artifacts.TRAIN_RECORD)
+        options = {k: v for k, v in read_config(record, from_run / artifacts.TRAIN_RECORD).flat().items()
+                   if k not in ("force", "resume")}
     if preset is not None:
-        preset = coerce_preset(preset, option_types(), preset_path)
-    merged = merge_with_preset(explicit, defaults, preset, preset_path)
+        options.update(load_preset(preset))
+    options.update({name: ctx.params[name] for name in explicit_params(ctx) if name not in NOT_IN_PRESETS})
     for name in ("out", "force", "resume"):
-        merged[name] = ctx.params[name]
-    return merged
+        if name in explicit_params(ctx):
+            options[name] = ctx.params[name]
+    return options
 
 
 def resume_command(argv: Sequence[str], under_torchrun: bool | None = None) -> str:
@@ -169,18 +199,13 @@ def resume_command(argv: Sequence[str], under_torchrun: bool | None = None) -> s
 
 
 def option_types() -> dict[str, Any]:
-    """Every option's type (``int``, ``float | None``, ``Literal[...]``), from this command's signature."""
-    return {name: hint for name, hint in get_type_hints(command).items() if name not in ("ctx", "return")}
+    """Every train option's type on the command line (``int``, ``float | None``, ``Literal[...]``)."""
+    return {p.name: p.annotation for p in train_parameters()}
 
 
 def option_defaults() -> dict[str, Any]:
-    """Every option's built-in default (None for required ones), from this command's signature."""
-    defaults = {}
-    for name, param in inspect.signature(command).parameters.items():
-        info = param.default
-        if isinstance(info, typer.models.OptionInfo):
-            defaults[name] = None if info.default is ... else info.default
-    return defaults
+    """Every train option's default on the command line (None: required, or the method's)."""
+    return {p.name: p.default.default for p in train_parameters()}
 
 
 @contextmanager

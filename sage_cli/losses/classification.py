@@ -31,9 +31,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from sage_cli.losses.compensation import CompensationEstimator, NoCompensation
+from sage_cli.schema import COMPENSATED_LOSSES
 
 if TYPE_CHECKING:
-    from sage_cli.losses import LossConfig
+    from sage_cli.schema import LossConfig
 
 
 class ClassificationLoss(nn.Module):
@@ -188,7 +189,6 @@ class LADELoss(ClassificationLoss):
         return ce - self.cfg.lade_weight * (bound * prior).sum()
 
 
-COMPENSATED_LOSSES = ("la", "bs")  # the logit-adjusted family: compensation composes with these
 LOSSES: dict[str, type[ClassificationLoss]] = {
     "ce": CrossEntropy,
     "la": CompensatedLALoss,

@@ -16,10 +16,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from sage_cli.config import option_label
 from sage_cli.errors import SageError
 
 if TYPE_CHECKING:
-    from sage_cli.losses import LossConfig
+    from sage_cli.schema import LossConfig
 
 
 class CompensationEstimator(nn.Module):
@@ -164,7 +165,7 @@ def compute_zero_shot_prior(
     counts = torch.bincount(labels, minlength=num_classes).float()  # [C]
     if bool((counts == 0).any()):
         missing = torch.nonzero(counts == 0).flatten().tolist()
-        raise SageError(f"--compensation zero-shot: classes {missing[:5]} have no training images to estimate from")
+        raise SageError(f"{option_label('compensation')} zero-shot: classes {missing[:5]} have no training images to estimate from")
     per_class = torch.zeros(num_classes, num_classes, device=probs.device).index_add_(0, labels, probs)  # [C, C]
     return (per_class / counts[:, None]).mean(0)  # [C], sums to 1
 
@@ -192,7 +193,7 @@ ESTIMATORS: dict[str, type[CompensationEstimator]] = {
 
 
 def _unknown_estimator(name: str) -> str:
-    return f"--compensation must be one of {', '.join(ESTIMATORS)}; got {name!r}"
+    return f"{option_label('compensation')} must be one of {', '.join(ESTIMATORS)}; got {name!r}"
 
 
 def build_estimator(

@@ -1,6 +1,6 @@
 """Model surgery and the classifier: a PEFT module in open_clip's image tower plus a head.
 
-Public API: :class:`AdapterConfig`, :func:`build_classifier`, :class:`SageClassifier`,
+Public API: :func:`build_classifier` (of a :class:`~sage_cli.schema.ModelConfig`), :class:`SageClassifier`,
 :func:`compute_default_bottleneck`. The PEFT modules live in :mod:`sage_cli.model.peft`
 (:data:`PEFT_MODULES`), the heads in :mod:`sage_cli.model.head` (:data:`HEADS`), the one
 trainable-parameter protocol in :mod:`sage_cli.model.protocol`. The pieces (:class:`SGAdapter`,
@@ -10,8 +10,7 @@ reuse and tests.
 
 from sage_cli.model.adapters import GuidanceBank, SGAdapter
 from sage_cli.model.classifier import SageClassifier, build_classifier
-from sage_cli.methods import METHODS
-from sage_cli.model.config import AdapterConfig, compute_default_bottleneck
+from sage_cli.model.config import compute_default_bottleneck
 from sage_cli.model.guidance import build_guidance_tokens, compute_kmeans_centroids
 from sage_cli.model.head import HEADS, CosineHead
 from sage_cli.model.peft import PEFT_MODULES
@@ -20,9 +19,7 @@ from sage_cli.model.surgery import ParallelAdapterMLP, inject_adapters, iter_ada
 
 __all__ = [
     "HEADS",
-    "METHODS",
     "PEFT_MODULES",
-    "AdapterConfig",
     "AdapterModule",
     "CosineHead",
     "GuidanceBank",

@@ -12,10 +12,10 @@ The attention is per token against the same M keys for every image, so tokens ar
 one query sequence and fed to ``scaled_dot_product_attention`` with the [M, r] keys/values as is:
 no per-image copy of K, V and no [B, N, M] tensor outside the fused kernel.
 
-Routed guidance (``GuidanceBank(top_k=k)``, ``--method sage-topk``): while the classifier runs an
+Routed guidance (``GuidanceBank(top_k=k)``, the ``guidance.topk`` option): while the classifier runs an
 image batch it sets the bank's per-image token mask [B, M] (the k guidance tokens closest to the
 image's frozen zero-shot feature, :meth:`GuidanceBank.routed`), and each token of an image attends
-to those k only. Gated guidance (``GuidanceBank(gate=s0)``, ``--method sage-gate``) adds each
+to those k only. Gated guidance (``GuidanceBank(gate=s0)``, the ``guidance.gate`` option) adds each
 image's frozen zero-shot log-posterior over the tokens, log_softmax(s0 cos(f0(x), T)) [B, M], to
 the attention logits: the image's likely classes are attended more before anything is learned.
 With ``record_attention`` an adapter computes the attention explicitly and keeps

@@ -1,4 +1,4 @@
-"""SageClassifier: a frozen CLIP image tower (tuned by the method's PEFT module) plus a head."""
+"""SageClassifier: a frozen CLIP image tower (tuned by a PEFT module) plus a head."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from torch import nn
 
 from sage_cli.errors import SageError
 from sage_cli.model.adapters import SGAdapter
-from sage_cli.model.config import AdapterConfig
 from sage_cli.model.head import build_head
 from sage_cli.model.peft import PeftContext, inject_peft
 from sage_cli.model.protocol import AdapterModule, mark_only_trainable
+from sage_cli.schema import ModelConfig
 
 logger = logging.getLogger(__name__)
 
@@ -33,12 +33,12 @@ class SageClassifier(nn.Module):
     then the tuned tower under that routing.
     """
 
-    def __init__(self, visual: nn.Module, head: nn.Module, config: AdapterConfig, tuned: Sequence[str] = ()) -> None:
+    def __init__(self, visual: nn.Module, head: nn.Module, config: ModelConfig, tuned: Sequence[str] = ()) -> None:
         super().__init__()
         self.visual = visual
         self.head = head
         self.config = config
-        head_names = [f"head.{name}" for name, _ in head.named_parameters()] if config.spec.train_head else []
+        head_names = [f"head.{name}" for name, _ in head.named_parameters()] if config.head.train else []
         self.trainable_names: tuple[str, ...] = tuple(f"visual.{name}" for name in tuned) + tuple(head_names)
         mark_only_trainable(self, self.trainable_names)
         banks = {id(a.guidance): a.guidance for a in self.adapters()
@@ -99,14 +99,13 @@ class SageClassifier(nn.Module):
         return [params[name] for name in self.trainable_names]
 
     def summary(self) -> dict[str, object]:
-        """Resolved settings for run records: method, PEFT module, head, bottleneck, blocks, counts."""
+        """Resolved settings for run records: PEFT module, head, bottleneck, blocks, counts."""
         adapters = self.adapters()
         guidance = adapters[0].guidance if adapters else None
         return {
-            "method": self.config.method,
-            "peft": self.config.spec.peft,
-            "head": self.config.head,
-            "head_init": self.config.head_init,
+            "peft": self.config.peft.module if self.config.peft is not None else None,
+            "head": self.config.head.kind,
+            "head_init": self.config.head.init,
             "bottleneck": adapters[0].bottleneck if adapters else None,
             "adapter_blocks": len(adapters),
             "guidance_tokens": guidance.num_tokens if guidance is not None else None,
@@ -132,7 +131,7 @@ class SageClassifier(nn.Module):
         missing, unexpected = sorted(expected - set(state_dict)), sorted(set(state_dict) - expected)
         if missing or unexpected:
             raise SageError(
-                f"adapter checkpoint does not fit this model (method {self.config.method}): "
+                f"adapter checkpoint does not fit this model (PEFT module {self.summary()['peft']}): "
                 f"missing {_preview(missing)}, unexpected {_preview(unexpected)}"
             )
         for name in sorted(expected):
@@ -154,27 +153,28 @@ def _preview(names: list[str], limit: int = 3) -> str:
 
 
 def build_classifier(
-    clip_model: nn.Module, class_embeddings: torch.Tensor, cfg: AdapterConfig,
+    clip_model: nn.Module, class_embeddings: torch.Tensor, cfg: ModelConfig,
     head_vectors: torch.Tensor | None = None,
 ) -> SageClassifier:
-    """Freeze ``clip_model``, apply the method's PEFT module to its image tower in place, add the head.
+    """Freeze ``clip_model``, apply ``cfg.peft`` (if any) to its image tower in place, add ``cfg.head``.
 
     ``class_embeddings`` [C, E]: the L2-normalised class vectors of the text cache; they are the
-    guidance tokens (sage) and the head's initial weight unless ``head_vectors`` [C, E] (another
-    ``--head-init``) is given.
+    guidance tokens and the head's initial weight unless ``head_vectors`` [C, E] (another
+    ``head.init``) is given.
     """
     device = next(clip_model.parameters()).device
     class_embeddings = _check_class_embeddings(clip_model, class_embeddings).to(device)
     clip_model.requires_grad_(False)
     visual = clip_model.visual
     tuned: list[str] = []
-    if cfg.spec.peft is not None:
-        tuned = inject_peft(cfg.spec.peft, visual, PeftContext(cfg, class_embeddings))
+    if cfg.peft is not None:
+        tuned = inject_peft(cfg.peft.module, visual, PeftContext(cfg.peft, class_embeddings))
     vectors = class_embeddings if head_vectors is None else head_vectors.detach().float().to(device)
-    head = build_head(cfg.head, vectors, cfg.logit_scale).to(device)
+    head = build_head(cfg.head.kind, vectors, cfg.head.scale).to(device)
     classifier = SageClassifier(visual, head, cfg, tuned)
     classifier.train(clip_model.training)
-    logger.info("classifier %s: %d trainable parameters", cfg.method, classifier.num_trainable)
+    logger.info("classifier (%s): %d trainable parameters", cfg.peft.module if cfg.peft else "head only",
+                classifier.num_trainable)
     return classifier
 
 

@@ -7,6 +7,7 @@ import logging
 import torch
 import torch.nn.functional as F
 
+from sage_cli.config import option_label
 from sage_cli.errors import SageError
 
 logger = logging.getLogger(__name__)
@@ -25,7 +26,7 @@ def build_guidance_tokens(class_embeddings: torch.Tensor, num_tokens: int | None
     if num_tokens is None or num_tokens == num_classes:
         return tokens
     if num_tokens > num_classes:
-        raise SageError(f"--guidance-tokens {num_tokens} exceeds the number of classes ({num_classes})")
+        raise SageError(f"{option_label('guidance_tokens')} {num_tokens} exceeds the number of classes ({num_classes})")
     centroids = compute_kmeans_centroids(tokens.cpu(), num_tokens)
     logger.info("guidance: %d k-means centroids of %d class vectors", num_tokens, num_classes)
     return centroids.to(class_embeddings.device)

@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sage_cli.methods import HeadInitName, literal_names
+from sage_cli.schema import HeadInitName, names
 
-HEAD_INITS = literal_names(HeadInitName)
+HEAD_INITS = names(HeadInitName)
 
 
 class CosineHead(nn.Module):

@@ -1,4 +1,4 @@
-"""Initial head weights [C, E] from image features (``--head-init``; "text" needs none of this).
+"""Initial head weights [C, E] from image features (``head.init``; "text" needs none of this).
 
 - ``class-mean``: the normalised mean of each class's (L2-normalised) frozen image features;
 - ``k-shot``: the same over each class's first ``shots`` training images (manifest order), LIFT's
@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from sage_cli.config import option_label
 from sage_cli.errors import SageError
 
 RIDGE_LAMBDA = 1.0
@@ -28,7 +29,7 @@ def compute_head_vectors(
     features, labels = features.float(), labels.long()
     missing = sorted(set(range(num_classes)) - set(labels.tolist()))
     if missing:
-        raise SageError(f"--head-init {init}: classes {missing[:5]} have no training features")
+        raise SageError(f"{option_label('head_init')} {init}: classes {missing[:5]} have no training features")
     if init == "class-mean":
         return F.normalize(compute_class_means(features, labels, num_classes), dim=-1)
     if init == "k-shot":
@@ -36,7 +37,7 @@ def compute_head_vectors(
         return F.normalize(compute_class_means(features[keep], labels[keep], num_classes), dim=-1)
     if init == "linear-probe":
         return F.normalize(fit_ridge_probe(features, labels, num_classes), dim=-1)
-    raise SageError(f"--head-init {init!r} is not computed from image features")
+    raise SageError(f"{option_label('head_init')} {init!r} is not computed from image features")
 
 
 def compute_class_means(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 from torch import nn
 
+from sage_cli.config import option_label
 from sage_cli.errors import SageError
 from sage_cli.model.adapters import SGAdapter
 
@@ -49,7 +50,7 @@ def get_vision_blocks(visual: nn.Module) -> nn.ModuleList:
     if not isinstance(blocks, nn.ModuleList) or not all(_is_plain_block(b) for b in blocks):
         raise SageError(
             f"adapters need an open_clip VisionTransformer image tower (transformer.resblocks with "
-            f"ln_2 and mlp); this model's is a {type(visual).__name__} — use --method linear"
+            f"ln_2 and mlp); this model's is a {type(visual).__name__} — use {option_label('method')} linear"
         )
     return blocks
 
@@ -74,7 +75,7 @@ def inject_adapters(
     bad = [i for i in indices if not 0 <= i < len(resblocks)]
     if bad:
         raise SageError(
-            f"--blocks {bad} out of range: the image tower has {len(resblocks)} blocks "
+            f"{option_label('blocks')} {bad} out of range: the image tower has {len(resblocks)} blocks "
             f"(0..{len(resblocks) - 1})"
         )
     if any(isinstance(b.mlp, ParallelAdapterMLP) for b in resblocks):

@@ -22,12 +22,7 @@ from sage_cli.config import check_batch_size
 from sage_cli.errors import SageError, explain_write_errors
 from sage_cli.locks import lock_output_dir, try_lock_output_dir
 from sage_cli.report import build, frontier, html, markdown, seeds, tex
-from sage_cli.report.evaluate import (
-    Predictions,
-    evaluate_classifier,
-    load_cached_predictions,
-    save_predictions,
-)
+from sage_cli.report.evaluate import evaluate_classifier, load_cached_predictions, save_predictions
 from sage_cli.report.figures import render_figures
 from sage_cli.report.loader import build_eval_loader, build_eval_transform
 from sage_cli.report.logits import (
@@ -37,6 +32,7 @@ from sage_cli.report.logits import (
     load_logits,
     save_logits,
 )
+from sage_cli.report.predictions import Predictions
 from sage_cli.report.sources import (
     ZERO_SHOT,
     Source,

@@ -19,7 +19,7 @@ import pandas as pd
 from sage_cli import metrics
 from sage_cli.artifacts import GROUPS
 from sage_cli.report import seeds
-from sage_cli.report.evaluate import Predictions
+from sage_cli.report.predictions import Predictions
 from sage_cli.report.sources import Source, TestSet
 
 logger = logging.getLogger(__name__)

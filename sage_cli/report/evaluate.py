@@ -23,35 +23,13 @@ from sage_cli import artifacts
 from sage_cli.artifacts import PREDICTIONS, PREDICTIONS_RECORD
 from sage_cli.errors import SageError
 from sage_cli.precision import autocast, describe_precision
+from sage_cli.report.logits import LOGITS
+from sage_cli.report.predictions import TOP_K, Predictions, compute_ranked_scores
 from sage_cli.report.tte import compute_ensembled_logits
 
 logger = logging.getLogger(__name__)
 
-TOP_K = 5
 Progress = Callable[[str, int, int], None]
-
-
-@dataclass(frozen=True)
-class Predictions:
-    """Ranked predictions of one classifier on one split, in sample order."""
-
-    sample_ids: np.ndarray  # [N] int64
-    labels: np.ndarray  # [N] int64
-    top_classes: np.ndarray  # [N, k] int64, best first (ties: lower class id first)
-    top_scores: np.ndarray  # [N, k] float32 softmax probabilities
-    logits: np.ndarray | None = None  # [N, C] float16, only when asked for (--save-logits)
-
-    @property
-    def top1(self) -> np.ndarray:
-        return self.top_classes[:, 0]
-
-    @property
-    def confidence(self) -> np.ndarray:
-        """Max softmax probability per sample [N]."""
-        return self.top_scores[:, 0]
-
-    def __len__(self) -> int:
-        return len(self.labels)
 
 
 @dataclass(frozen=True)
@@ -60,14 +38,6 @@ class EvalStats:
     images_per_second: float
     device: str
     precision: str
-
-
-def compute_ranked_scores(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-``k`` classes and softmax scores of ``logits`` [B, C]; equal scores rank by class id."""
-    probs = logits.float().softmax(dim=-1)
-    scores, order = torch.sort(probs, dim=-1, descending=True, stable=True)
-    k = min(k, logits.shape[-1])
-    return order[:, :k], scores[:, :k]
 
 
 def evaluate_classifier(
@@ -123,8 +93,6 @@ def save_predictions(directory: Path, predictions: Predictions, record: dict[str
     }))
     artifacts.write_bytes_atomic(directory / PREDICTIONS.filename, data)
     if also is None:  # logits an earlier --save-logits left: sealed as found (their metadata name their predictions)
-        from sage_cli.report.logits import LOGITS  # (imports this module)
-
         also = artifacts.seal_record(directory, {}, [LOGITS])[artifacts.FILES]
     hashes = {PREDICTIONS.filename: hashlib.sha256(data).hexdigest(), **also}
     artifacts.write_record(directory, PREDICTIONS_RECORD, artifacts.seal_record_hashes(record, hashes))

@@ -18,7 +18,7 @@ import torch
 
 from sage_cli import artifacts
 from sage_cli.errors import SageError
-from sage_cli.report.evaluate import TOP_K, Predictions, compute_ranked_scores
+from sage_cli.report.predictions import TOP_K, Predictions, compute_ranked_scores
 
 logger = logging.getLogger(__name__)
 

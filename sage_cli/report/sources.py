@@ -7,6 +7,7 @@ how to build its classifier; the classifier is built only when the cache cannot 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -203,17 +204,18 @@ def load_zero_shot_source(prepared: Path, text_dir: Path, split: str, cache_dir:
 
 def build_zero_shot_classifier(cache: Any, device: torch.device) -> tuple[torch.nn.Module, dict[str, Any]]:
     """CLIP's own zero-shot classifier: cosine head = class embeddings, CLIP's learned logit scale."""
-    from sage_cli.backbone import load_clip
+    from sage_cli.backbone import build_backbone
     from sage_cli.encode_text import check_text_cache_matches
-    from sage_cli.model import AdapterConfig, build_classifier
+    from sage_cli.methods import METHODS
+    from sage_cli.model import build_classifier
 
     record = cache.record
-    # Random-init weights ("none", tests and smoke runs) come from a fixed seed, so the baseline is
-    # reproducible and its cached predictions stay valid; the global RNG is left as it was.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        clip = load_clip(record["model"], record["pretrained"], device)
+    # Random-init weights ("none", tests and smoke runs) come from the backbones' fixed seed, so the
+    # baseline is reproducible and its cached predictions stay valid.
+    clip = build_backbone(record["model"], record["pretrained"], device)
     check_text_cache_matches(cache, clip.record)
     scale = float(clip.model.logit_scale.exp()) if hasattr(clip.model, "logit_scale") else 100.0
-    classifier = build_classifier(clip.model, cache.class_embeddings, AdapterConfig("zeroshot", logit_scale=scale))
+    zeroshot = METHODS["zeroshot"].model
+    model = dataclasses.replace(zeroshot, head=dataclasses.replace(zeroshot.head, scale=scale))
+    classifier = build_classifier(clip.model, cache.class_embeddings, model)
     return classifier.eval(), clip.record

@@ -15,7 +15,6 @@ or the new checkpoint complete. Older checkpoints beyond ``keep`` are pruned aft
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import logging
@@ -88,13 +87,13 @@ def serialize_weights(tensors: dict[str, torch.Tensor], metadata: dict[str, str]
     return len(text).to_bytes(8, "little") + text + raw[8 + size:]
 
 
-def describe_adapter_config(classifier: torch.nn.Module) -> dict[str, Any]:
-    """The classifier's adapter config as built: the bottleneck, blocks, guidance switch and token
-    count that ``None`` left to their defaults, resolved (for the weights' metadata)."""
+def describe_adapter_config(classifier: torch.nn.Module, method: str) -> dict[str, Any]:
+    """The classifier's options as built, by flat key (for the weights' metadata): the bottleneck,
+    blocks and token count that None left to their rules, resolved."""
     from sage_cli.model.surgery import ParallelAdapterMLP, get_vision_blocks
+    from sage_cli.schema import flatten, jsonable
 
-    config = classifier.config  # the AdapterConfig it was built from
-    resolved = dataclasses.asdict(config)
+    resolved = {"method": method, **jsonable(flatten(classifier.config))}  # the ModelConfig it was built from
     summary = classifier.summary()
     blocks = [i for i, block in enumerate(get_vision_blocks(classifier.visual))
               if isinstance(getattr(block, "mlp", None), ParallelAdapterMLP)] if summary.get("adapter_blocks") else []

@@ -25,7 +25,7 @@ import torch
 
 from sage_cli import artifacts
 from sage_cli.artifacts import TRAIN_RECORD
-from sage_cli.backbone import LoadedClip
+from sage_cli.backbone import BACKBONE_INIT_SEED, LoadedClip, build_backbone
 from sage_cli.data import ManifestDataset, build_loader
 from sage_cli.encode_text import check_text_cache_matches
 from sage_cli.model.head_init import compute_head_vectors
@@ -37,16 +37,11 @@ from sage_cli.losses import ESTIMATORS
 from sage_cli.model import SageClassifier
 from sage_cli.precision import describe_precision
 from sage_cli.train import checkpoint as ckpt
-from sage_cli.train.config import TrainConfig
+from sage_cli.train.config import TrainConfig, identity_of
 from sage_cli.train.datasets import build_datasets, describe_input, use_cached_features
 from sage_cli.train.distributed import DistContext, distributed_session
 from sage_cli.train.faults import explain_write_errors
-from sage_cli.train.inputs import (
-    BACKBONE_INIT_SEED,
-    TrainInputs,
-    build_backbone,
-    resolve_inputs,
-)
+from sage_cli.train.inputs import TrainInputs, resolve_inputs
 from sage_cli.train.loop import METRICS, Trainer, TrainHooks
 from sage_cli.task import build_task
 from sage_cli.train.transforms import describe_preprocessing
@@ -99,12 +94,12 @@ def train_locked(
 ) -> TrainResult:
     """:func:`run_on` while holding the run directory's lock (rank 0)."""
     out = config.run.out
-    record_inputs = {**inputs.record(out), "config": config.result_dict()}
+    record_inputs = {**inputs.record(out), "config": identity_of(config)}
     identity = artifacts.strip_locations(record_inputs)  # paths move with a copied run; the content decides
     fingerprint = artifacts.sha256_json(identity)
     resume_from = find_resume_checkpoint(out, fingerprint) if config.run.resume else None
-    if not config.run.resume and artifacts.guard_output_dir(out, TRAIN_RECORD, fingerprint, OUTPUTS,
-                                                            config.run.force, required=(ADAPTER,)):
+    if not config.run.resume and artifacts.guard_output_dir(out, TRAIN_RECORD, fingerprint, OUTPUTS, config.run.force,
+                                                            required=(ADAPTER,), identity=identity):
         return TrainResult(out, artifacts.read_record(out, TRAIN_RECORD), skipped=True)
     seed_everything(config.run.seed)
     trainer, clip_record = build_trainer(config, inputs, device, hooks, fingerprint, dist_ctx)
@@ -156,7 +151,7 @@ def build_trainer(
     frozen = compute_frozen_train_features(config, inputs, clip, device)
     head_vectors = compute_initial_head(config, frozen, len(inputs.data.classes))
     zero_shot = frozen if ESTIMATORS[config.loss.compensation].needs_zero_shot else None
-    task = build_task(clip.model, embeddings, counts, config.model.adapter, config.loss, device, head_vectors,
+    task = build_task(clip.model, embeddings, counts, config.model, config.loss, device, head_vectors,
                       zero_shot)
     train_set, eval_set = build_datasets(config, inputs, clip)
     if config.data.feature_cache is not None:
@@ -177,7 +172,7 @@ def compute_frozen_train_features(
     """The frozen tower's (features [N, E], labels [N]) of the training split under the eval transform,
     before any PEFT module, when something needs them (a ``--head-init`` other than text, or the
     zero-shot compensation); None otherwise. One pass serves both."""
-    needed = config.model.adapter.head_init != "text" or ESTIMATORS[config.loss.compensation].needs_zero_shot
+    needed = config.model.head.init != "text" or ESTIMATORS[config.loss.compensation].needs_zero_shot
     if not needed:
         return None
     data = inputs.data
@@ -193,12 +188,12 @@ def compute_initial_head(
 ) -> torch.Tensor | None:
     """The head's initial rows [C, E] for a ``--head-init`` other than text (None for text), from
     :func:`compute_frozen_train_features`."""
-    adapter = config.model.adapter
-    if adapter.head_init == "text":
+    head = config.model.head
+    if head.init == "text":
         return None
     features, labels = frozen
-    logger.info("head init %s from %d training images", adapter.head_init, len(labels))
-    return compute_head_vectors(adapter.head_init, features, labels, num_classes, adapter.head_init_shots)
+    logger.info("head init %s from %d training images", head.init, len(labels))
+    return compute_head_vectors(head.init, features, labels, num_classes, head.init_shots)
 
 
 def find_resume_checkpoint(out: Path, fingerprint: str) -> Path | None:
@@ -242,7 +237,7 @@ def save_final_weights(path: Path, trainer: Trainer, clip_record: dict[str, Any]
     metadata = {
         "format": "sage-adapter",
         "method": trainer.config.method,
-        "adapter_config": ckpt.describe_adapter_config(trainer.task.classifier),
+        "adapter_config": ckpt.describe_adapter_config(trainer.task.classifier, trainer.config.method),
         "model": clip_record["model"],
         "pretrained": clip_record["pretrained"],
         "global_step": trainer.position.global_step,
@@ -259,7 +254,7 @@ def start_info(
     return {
         "trainable_params": trainer.task.num_trainable,
         "total_params": sum(p.numel() for p in trainer.task.classifier.parameters()),
-        "classifier": trainer.task.summary(),
+        "classifier": {"method": trainer.config.method, **trainer.task.summary()},
         "preprocessing": preprocessing,
         "total_steps": trainer.total_steps,
         "start_step": trainer.position.global_step,
@@ -279,12 +274,12 @@ def summarise(
     counters = trainer.counters
     return {
         "method": config.method,
-        "config": config.to_dict(),
+        "config": config.to_dict(),  # schema artifacts.SCHEMA_VERSION (sage_cli.train.config.read_config reads it)
         "prepared": artifacts.relative_path(inputs.data.directory, config.run.out),
         "text_cache": artifacts.relative_path(inputs.cache.directory, config.run.out),
         "model": clip_record,
         "backbone_init_seed": BACKBONE_INIT_SEED,
-        "classifier": trainer.task.summary(),
+        "classifier": {"method": config.method, **trainer.task.summary()},
         "compensation_estimate": describe_compensation(trainer),
         "trainable_params": trainer.task.num_trainable,
         "preprocessing": preprocessing,

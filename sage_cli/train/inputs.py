@@ -6,17 +6,14 @@ class set, prepared dataset or backbone before a model is built or a file writte
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 
 from sage_cli import artifacts
-from sage_cli.backbone import LoadedClip, backbone_identity, check_model_name, classify_pretrained, load_clip
+from sage_cli.backbone import backbone_identity, check_model_name, classify_pretrained
 from sage_cli.data import PreparedData, load_prepared_data
 from sage_cli.encode_text import TextCache, check_text_cache_matches, load_text_cache
 from sage_cli.errors import SageError
@@ -24,11 +21,6 @@ from sage_cli.image_cache import check_image_cache_source
 from sage_cli.train.config import TrainConfig
 
 logger = logging.getLogger(__name__)
-
-# Random-init backbones ("none": tests and smoke runs) are built from this torch seed in every
-# stage (train, report's zero-shot baseline), so they are the same network everywhere.
-BACKBONE_INIT_SEED = 0
-
 
 @dataclass(frozen=True)
 class TrainInputs:
@@ -86,7 +78,7 @@ def check_feature_cache_options(config: TrainConfig) -> None:
     """Cached features are the frozen tower's output for un-augmented images: head-only, no augmentation."""
     if config.data.feature_cache is None:
         return
-    if config.method != "linear":
+    if config.model.peft is not None or not config.model.head.train:
         raise SageError(f"--feature-cache: only --method linear trains on cached frozen features; got {config.method}")
     if config.data.augment:
         raise SageError("--feature-cache needs --no-augment: the cached features are of the un-augmented eval crops")
@@ -117,17 +109,3 @@ def describe_backbone(model: str, pretrained: str) -> dict[str, Any]:
         "pretrained": "none" if kind == "none" else weights,
         "pretrained_sha256": artifacts.sha256_file(weights) if kind == "file" else None,
     }
-
-
-def build_backbone(model: str, pretrained: str, device: str | torch.device) -> LoadedClip:
-    """:func:`load_clip` with random init drawn from :data:`BACKBONE_INIT_SEED`; global RNG untouched."""
-    with seeded(BACKBONE_INIT_SEED):
-        return load_clip(model, pretrained, device)
-
-
-@contextlib.contextmanager
-def seeded(seed: int) -> Iterator[None]:
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield

@@ -20,13 +20,14 @@ from typing import Any, NamedTuple
 import torch
 
 from sage_cli import artifacts
-from sage_cli.backbone import LoadedClip
+from sage_cli.backbone import LoadedClip, build_backbone
 from sage_cli.encode_text import check_text_cache_matches, load_text_cache
 from sage_cli.errors import SageError
-from sage_cli.model import AdapterConfig, SageClassifier, build_classifier
+from sage_cli.model import SageClassifier, build_classifier
+from sage_cli.schema import ModelConfig
 from sage_cli.train import checkpoint as ckpt
+from sage_cli.train.config import read_config
 from sage_cli.train.core import ADAPTER
-from sage_cli.train.inputs import build_backbone
 
 
 class TrainedRun(NamedTuple):
@@ -77,8 +78,7 @@ def load_trained_classifier(
     model = record.get("model", {})
     clip = build_backbone(model["model"], model["pretrained"], device)
     check_text_cache_matches(cache, clip.record)
-    adapter = build_adapter_config(record, run_dir)
-    classifier = build_classifier(clip.model, cache.class_embeddings, adapter)
+    classifier = build_classifier(clip.model, cache.class_embeddings, build_model_config(record, run_dir))
     try:
         classifier.load_trainable_state_dict(weights)
     except SageError as exc:
@@ -122,15 +122,9 @@ def is_recorded_adapter(path: Path, record: dict[str, Any], run_dir: Path) -> bo
             and artifacts.sha256_file(path) == expected)
 
 
-def build_adapter_config(record: dict[str, Any], run_dir: Path) -> AdapterConfig:
-    """The AdapterConfig a run was trained with, from train.json's resolved config."""
-    try:
-        fields = dict(record["config"]["model"]["adapter"])
-    except (KeyError, TypeError):
-        raise SageError(f"{run_dir / artifacts.TRAIN_RECORD}: has no adapter config; was it written by sage train?") from None
-    if fields.get("blocks") is not None:
-        fields["blocks"] = tuple(fields["blocks"])
-    return AdapterConfig(**fields)
+def build_model_config(record: dict[str, Any], run_dir: Path) -> ModelConfig:
+    """The ModelConfig a run was trained with, from train.json's config (either schema)."""
+    return read_config(record, run_dir / artifacts.TRAIN_RECORD).model
 
 
 # --------------------------------------------------------------------------------------------

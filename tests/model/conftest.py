@@ -8,6 +8,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from sage_cli.backbone import load_clip
+from sage_cli.config import cli_names
+
+@pytest.fixture(autouse=True)
+def errors_name_flags():
+    """These tests read the model's errors as `sage train` shows them: options named by their flags."""
+    with cli_names():
+        yield
+
 
 NUM_CLASSES = 10
 EMBED_DIM = 64

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from sage_cli.errors import SageError
-from sage_cli.model import AdapterConfig, CosineHead, GuidanceBank, SGAdapter, build_classifier
+from sage_cli.model import CosineHead, GuidanceBank, SGAdapter, build_classifier
+from sage_cli.methods import model_config
 
 
 def test_cosine_head_hand_values() -> None:
@@ -21,7 +22,7 @@ def test_cosine_head_hand_values() -> None:
 
 def test_zeroshot_logits_are_scaled_text_cosines(tiny_clip, class_embeddings, images) -> None:
     features = F.normalize(copy.deepcopy(tiny_clip).encode_image(images), dim=-1)
-    classifier = build_classifier(tiny_clip, class_embeddings, AdapterConfig(method="zeroshot"))
+    classifier = build_classifier(tiny_clip, class_embeddings, model_config("zeroshot"))
     with torch.no_grad():
         logits = classifier(images)
     torch.testing.assert_close(logits, 25.0 * features @ class_embeddings.t(), rtol=0, atol=1e-5)
@@ -30,7 +31,7 @@ def test_zeroshot_logits_are_scaled_text_cosines(tiny_clip, class_embeddings, im
 
 
 def test_forward_with_features_is_one_pass_of_both(tiny_clip, class_embeddings, images) -> None:
-    classifier = build_classifier(tiny_clip, class_embeddings, AdapterConfig(method="sage"))
+    classifier = build_classifier(tiny_clip, class_embeddings, model_config("sage"))
     with torch.no_grad():
         logits, features = classifier.forward_with_features(images)
         assert torch.equal(features, classifier.encode(images))
@@ -66,7 +67,7 @@ def test_lift_adapter_has_no_guidance_branch() -> None:
 
 
 def test_trainable_state_dict_round_trips_without_backbone(tiny_clip, class_embeddings, images) -> None:
-    source = build_classifier(copy.deepcopy(tiny_clip), class_embeddings, AdapterConfig(method="sage"))
+    source = build_classifier(copy.deepcopy(tiny_clip), class_embeddings, model_config("sage"))
     with torch.no_grad():
         for param in source.parameters():
             if param.requires_grad:
@@ -74,18 +75,18 @@ def test_trainable_state_dict_round_trips_without_backbone(tiny_clip, class_embe
     state = source.trainable_state_dict()
     assert sum(t.numel() for t in state.values()) == source.num_trainable == 2054
     assert all(".adapter." in key or key.startswith("head.") for key in state)
-    target = build_classifier(tiny_clip, class_embeddings, AdapterConfig(method="sage"))
+    target = build_classifier(tiny_clip, class_embeddings, model_config("sage"))
     target.load_trainable_state_dict(state)
     with torch.no_grad():
         assert torch.equal(target(images), source(images))
 
 
 def test_mismatched_checkpoint_is_refused_and_model_untouched(tiny_clip, class_embeddings) -> None:
-    lift_state = build_classifier(copy.deepcopy(tiny_clip), class_embeddings, AdapterConfig(method="lift"))
-    sage = build_classifier(tiny_clip, class_embeddings, AdapterConfig(method="sage"))
+    lift_state = build_classifier(copy.deepcopy(tiny_clip), class_embeddings, model_config("lift"))
+    sage = build_classifier(tiny_clip, class_embeddings, model_config("sage"))
     before = {k: v.clone() for k, v in sage.trainable_state_dict().items()}
     state = {k: v + 1 for k, v in lift_state.trainable_state_dict().items()}
-    with pytest.raises(SageError, match="does not fit this model \\(method sage\\): missing .*key.weight") as info:
+    with pytest.raises(SageError, match="does not fit this model \\(PEFT module sg-adapter\\): missing .*key.weight") as info:
         sage.load_trainable_state_dict(state)
     assert "\n" not in str(info.value)
     state = {k: v.clone() for k, v in before.items()}
@@ -98,23 +99,23 @@ def test_mismatched_checkpoint_is_refused_and_model_untouched(tiny_clip, class_e
 
 def test_heads_must_divide_bottleneck(tiny_clip, class_embeddings) -> None:
     with pytest.raises(SageError, match="--attn-heads 3 must divide the bottleneck size 2"):
-        build_classifier(tiny_clip, class_embeddings, AdapterConfig(method="sage", attn_heads=3))
+        build_classifier(tiny_clip, class_embeddings, model_config("sage", attn_heads=3))
 
 
 def test_embeddings_from_another_model_are_refused(tiny_clip) -> None:
     with pytest.raises(SageError, match="dimension 32 but the model's image features have 64"):
-        build_classifier(tiny_clip, torch.randn(10, 32), AdapterConfig(method="linear"))
+        build_classifier(tiny_clip, torch.randn(10, 32), model_config("linear"))
 
 
 def test_train_mode_keeps_backbone_in_eval(tiny_clip, class_embeddings) -> None:
-    classifier = build_classifier(tiny_clip, class_embeddings, AdapterConfig(method="sage")).train()
+    classifier = build_classifier(tiny_clip, class_embeddings, model_config("sage")).train()
     assert classifier.training and classifier.head.training
     assert all(adapter.training for adapter in classifier.adapters())
     assert not tiny_clip.visual.transformer.resblocks[0].attn.training
 
 
 def test_guidance_keys_values_computed_once_per_forward(tiny_clip, class_embeddings, images) -> None:
-    classifier = build_classifier(tiny_clip, class_embeddings, AdapterConfig(method="sage"))
+    classifier = build_classifier(tiny_clip, class_embeddings, model_config("sage"))
     calls = []
     for adapter in classifier.adapters():
         for proj in (adapter.key, adapter.value):
@@ -124,9 +125,9 @@ def test_guidance_keys_values_computed_once_per_forward(tiny_clip, class_embeddi
 
 
 def test_summary_reports_resolved_settings(tiny_clip, class_embeddings) -> None:
-    classifier = build_classifier(tiny_clip, class_embeddings, AdapterConfig(method="sage", guidance_tokens=4))
+    classifier = build_classifier(tiny_clip, class_embeddings, model_config("sage", guidance_tokens=4))
     assert classifier.summary() == {
-        "method": "sage", "peft": "sg-adapter", "head": "cosine", "head_init": "text",
+        "peft": "sg-adapter", "head": "cosine", "head_init": "text",  # the method names the run, not the model
         "bottleneck": 2, "adapter_blocks": 2, "guidance_tokens": 4, "guidance_topk": None, "guidance_gate": None,
         "num_classes": 10, "trainable_params": 2054,
     }

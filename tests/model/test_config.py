@@ -1,11 +1,12 @@
-"""AdapterConfig validation and LIFT's bottleneck rule."""
+"""Model config validation (through the method presets) and LIFT's bottleneck rule."""
 
 from __future__ import annotations
 
 import pytest
 
 from sage_cli.errors import SageError
-from sage_cli.model import AdapterConfig, compute_default_bottleneck
+from sage_cli.model import compute_default_bottleneck
+from sage_cli.methods import model_config
 
 
 @pytest.mark.parametrize(
@@ -27,15 +28,15 @@ def test_default_bottleneck_follows_lift_rule(num_classes: int, num_layers: int,
 
 
 def test_guidance_resolves_per_method() -> None:
-    assert AdapterConfig(method="sage").use_guidance is True
-    assert AdapterConfig(method="sage", guidance=False).use_guidance is False
-    assert AdapterConfig(method="lift").use_guidance is False
-    assert AdapterConfig(method="linear").use_adapters is False
-    assert AdapterConfig(method="zeroshot").use_adapters is False
+    assert (model_config("sage").guidance is not None) is True
+    assert (model_config("sage", guidance=False).guidance is not None) is False
+    assert (model_config("lift").guidance is not None) is False
+    assert (model_config("linear").peft is not None) is False
+    assert (model_config("zeroshot").peft is not None) is False
 
 
 def test_blocks_list_is_normalised_to_tuple() -> None:
-    assert AdapterConfig(blocks=[0, 1]).blocks == (0, 1)
+    assert model_config(blocks=[0, 1]).peft.blocks == (0, 1)
 
 
 @pytest.mark.parametrize(
@@ -55,7 +56,7 @@ def test_blocks_list_is_normalised_to_tuple() -> None:
 )
 def test_bad_config_names_the_flag(kwargs: dict, flag: str) -> None:
     with pytest.raises(SageError, match=flag) as info:
-        AdapterConfig(**kwargs)
+        model_config(**kwargs)
     assert "\n" not in str(info.value)
 
 
@@ -66,15 +67,15 @@ def test_bottleneck_above_the_tower_width_is_one_line_before_any_weight(tiny_cli
     from sage_cli.model import build_classifier
 
     with pytest.raises(SageError) as info:
-        build_classifier(tiny_clip, class_embeddings, AdapterConfig(method=method, bottleneck=100_000_000))
+        build_classifier(tiny_clip, class_embeddings, model_config(method, bottleneck=100_000_000))
     assert str(info.value) == ("--bottleneck 100000000 exceeds the image tower's width (64); choose 1..64 "
                                "(default: LIFT's rule)")
     assert getattr(tiny_clip.visual, "sage_peft", None) is None  # nothing was injected
-    build_classifier(tiny_clip, class_embeddings, AdapterConfig(method=method, bottleneck=64))  # the width itself is fine
+    build_classifier(tiny_clip, class_embeddings, model_config(method, bottleneck=64))  # the width itself is fine
 
 
 def test_blocks_beyond_any_tower_are_refused_by_the_config() -> None:
     with pytest.raises(SageError, match=r"^--blocks: block 1024 is beyond any image tower \(sage takes indices "
                                         r"below 1024\)$"):
-        AdapterConfig(method="lift", blocks=(0, 1024))
-    assert AdapterConfig(method="lift", blocks=(1023,)).blocks == (1023,)
+        model_config("lift", blocks=(0, 1024))
+    assert model_config("lift", blocks=(1023,)).peft.blocks == (1023,)

@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from sage_cli.errors import SageError
-from sage_cli.model import AdapterConfig, build_classifier
+from sage_cli.model import build_classifier
 from sage_cli.model.adapters import GuidanceBank, SGAdapter
+from sage_cli.methods import model_config
 
 
 def test_gate_is_the_log_softmax_of_the_scaled_frozen_cosines() -> None:
@@ -64,12 +65,12 @@ def test_gate_and_route_compose_renormalising_over_the_route() -> None:
 
 def test_sage_gate_at_init_is_the_frozen_tower_and_the_gate_changes_a_tuned_one(tiny_clip, class_embeddings, images) -> None:
     reference = copy.deepcopy(tiny_clip)
-    gated = build_classifier(tiny_clip, class_embeddings, AdapterConfig(method="sage-gate"))
+    gated = build_classifier(tiny_clip, class_embeddings, model_config("sage-gate"))
     assert gated.adapters()[0].guidance.gate == 25.0 and gated.adapters()[0].guidance.top_k is None
     assert gated.summary()["guidance_gate"] == 25.0
     with torch.no_grad():
         assert torch.equal(gated.encode(images), F.normalize(reference.encode_image(images), dim=-1))
-    plain = build_classifier(reference, class_embeddings, AdapterConfig(method="sage"))
+    plain = build_classifier(reference, class_embeddings, model_config("sage"))
     generator = torch.Generator().manual_seed(3)
     with torch.no_grad():
         for adapter in gated.adapters():
@@ -90,12 +91,12 @@ def test_sage_gate_at_init_is_the_frozen_tower_and_the_gate_changes_a_tuned_one(
 )
 def test_bad_gate_options_name_the_flag(options: dict, message: str) -> None:
     with pytest.raises(SageError, match=message):
-        AdapterConfig(**options)
+        model_config(**options)
 
 
 def test_gate_resolution() -> None:
-    assert AdapterConfig(method="sage-gate").gate_scale == 25.0
-    assert AdapterConfig(method="sage-gate", guidance_gate=0).gate_scale is None  # 0: off
-    assert AdapterConfig(method="sage", guidance_gate=10.0).gate_scale == 10.0
-    assert AdapterConfig(method="sage").gate_scale is None
-    assert AdapterConfig(method="sage-gate", guidance=False).guidance_gate is None
+    assert model_config("sage-gate").guidance.gate == 25.0
+    assert (model_config("sage-gate", guidance_gate=0).guidance.gate or None) is None  # 0: off
+    assert model_config("sage", guidance_gate=10.0).guidance.gate == 10.0
+    assert (model_config("sage").guidance.gate or None) is None
+    assert model_config("sage-gate", guidance=False).guidance is None

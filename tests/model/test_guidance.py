@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from sage_cli.errors import SageError
-from sage_cli.model import AdapterConfig, build_classifier, build_guidance_tokens, compute_kmeans_centroids
+from sage_cli.model import build_classifier, build_guidance_tokens, compute_kmeans_centroids
+from sage_cli.methods import model_config
 
 
 def test_default_tokens_are_the_normalised_class_vectors() -> None:
@@ -44,7 +45,7 @@ def test_more_tokens_than_classes_is_refused() -> None:
 
 
 def test_sage_with_fewer_tokens_than_classes_runs(tiny_clip, class_embeddings, images) -> None:
-    classifier = build_classifier(tiny_clip, class_embeddings, AdapterConfig(method="sage", guidance_tokens=4))
+    classifier = build_classifier(tiny_clip, class_embeddings, model_config("sage", guidance_tokens=4))
     adapter = classifier.adapters()[0]
     assert adapter.guidance.tokens.shape == (4, 64)
     assert adapter.guidance is classifier.adapters()[1].guidance  # one bank shared by all blocks

@@ -7,9 +7,10 @@ import torch
 import torch.nn.functional as F
 
 from sage_cli.errors import SageError
-from sage_cli.model import AdapterConfig, build_classifier
+from sage_cli.model import build_classifier
 from sage_cli.model.head import CosineHead, L2NormedHead, LinearHead
 from sage_cli.model.head_init import compute_head_vectors
+from sage_cli.methods import model_config
 
 # Two classes in 2-D: class 0 at (1, 0) and (0, 1); class 1 at (-1, 0), listed first.
 FEATURES = torch.tensor([[-1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
@@ -49,7 +50,7 @@ def test_head_logits_hand_values() -> None:
 
 @pytest.mark.parametrize("head", ["linear", "l2"])
 def test_raw_feature_heads_read_the_unnormalised_feature(tiny_clip, class_embeddings, images, head) -> None:
-    classifier = build_classifier(tiny_clip, class_embeddings, AdapterConfig(method="linear", head=head))
+    classifier = build_classifier(tiny_clip, class_embeddings, model_config("linear", head=head))
     with torch.no_grad():
         raw = classifier.encode_raw(images)
         expected = raw @ (class_embeddings.t() if head == "linear" else F.normalize(class_embeddings, dim=-1).t())
@@ -59,6 +60,6 @@ def test_raw_feature_heads_read_the_unnormalised_feature(tiny_clip, class_embedd
 
 def test_head_vectors_replace_the_text_init(tiny_clip, class_embeddings) -> None:
     vectors = F.normalize(torch.ones(10, 64), dim=-1)
-    classifier = build_classifier(tiny_clip, class_embeddings, AdapterConfig(method="linear", head_init="class-mean"),
+    classifier = build_classifier(tiny_clip, class_embeddings, model_config("linear", head_init="class-mean"),
                                   head_vectors=vectors)
     assert torch.equal(classifier.head.weight.detach(), vectors)

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from sage_cli.errors import SageError
-from sage_cli.model import AdapterConfig, build_classifier
+from sage_cli.methods import model_config
+from sage_cli.model import build_classifier
 from sage_cli.model.merge import MERGEABLE, build_merged_tower, fold_scale_shift
 
 # Merging is another computation path (W + BA computed once; nn.MultiheadAttention's own pass
@@ -21,7 +22,7 @@ TRAINED = {"lora": "lora", "lora-mlp": "lora-mlp", "ssf": "ssf", "bitfit": "bitf
 
 def _trained_classifier(tiny_clip, class_embeddings, method: str, seed: int = 3):
     """A classifier whose every trainable tensor moved from its init (LoRA's B is zero there)."""
-    classifier = build_classifier(tiny_clip, class_embeddings, AdapterConfig(method=method))
+    classifier = build_classifier(tiny_clip, class_embeddings, model_config(method))
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for param in classifier.trainable_parameters():
@@ -52,7 +53,7 @@ def test_mergeable_list_is_what_the_tests_cover() -> None:
 @pytest.mark.parametrize(("method", "module"), [("lift", "adaptformer"), ("sage", "sg-adapter"),
                                                 ("adapter", "adapter"), ("vpt-deep", "vpt-deep")])
 def test_modules_with_their_own_layers_are_refused(tiny_clip, class_embeddings, method, module) -> None:
-    classifier = build_classifier(tiny_clip, class_embeddings, AdapterConfig(method=method))
+    classifier = build_classifier(tiny_clip, class_embeddings, model_config(method))
     with pytest.raises(SageError) as info:
         build_merged_tower(classifier.visual)
     message = str(info.value)

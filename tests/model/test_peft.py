@@ -10,10 +10,11 @@ import torch.nn.functional as F
 
 from sage_cli.errors import SageError
 from sage_cli.methods import METHODS
-from sage_cli.model import AdapterConfig, AdapterModule, build_classifier
+from sage_cli.model import AdapterModule, build_classifier
 from sage_cli.train import checkpoint as ckpt
+from sage_cli.methods import model_config
 
-PEFT_METHODS = [name for name, spec in METHODS.items() if spec.peft is not None]
+PEFT_METHODS = [name for name, method in METHODS.items() if method.model.peft is not None]
 # Zero-initialised or nothing inserted: the tower at init is the frozen one, bit for bit.
 EXACT_AT_INIT = ["sage", "sage-topk", "sage-zs", "lift", "adapter", "ssf", "bitfit", "ln-tuning", "full-ft", "lora", "lora-mlp"]
 # Prompts are attended to by every token: at init they change the features (tested against a hand-built pass).
@@ -34,7 +35,7 @@ HAND_COUNTS = {
 
 
 def _build(tiny_clip, class_embeddings, method: str, **options):
-    return build_classifier(tiny_clip, class_embeddings, AdapterConfig(method=method, **options))
+    return build_classifier(tiny_clip, class_embeddings, model_config(method, **options))
 
 
 def _perturb(classifier, seed: int = 3) -> None:

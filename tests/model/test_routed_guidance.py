@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from sage_cli.errors import SageError
-from sage_cli.model import AdapterConfig, build_classifier
+from sage_cli.model import build_classifier
 from sage_cli.model.adapters import GuidanceBank, SGAdapter
+from sage_cli.methods import model_config
 
 
 def _perturb(classifier, seed: int = 3) -> None:
@@ -102,7 +103,7 @@ def test_tokens_first_layout_gives_the_same_attention() -> None:
 
 def test_sage_topk_at_init_is_the_frozen_tower(tiny_clip, class_embeddings, images) -> None:
     reference = copy.deepcopy(tiny_clip)
-    classifier = build_classifier(tiny_clip, class_embeddings, AdapterConfig(method="sage-topk"))
+    classifier = build_classifier(tiny_clip, class_embeddings, model_config("sage-topk"))
     assert classifier.adapters()[0].guidance.top_k == 5
     with torch.no_grad():
         assert torch.equal(classifier.encode(images), F.normalize(reference.encode_image(images), dim=-1))
@@ -114,8 +115,8 @@ def test_sage_topk_at_init_is_the_frozen_tower(tiny_clip, class_embeddings, imag
 
 
 def test_routing_to_every_token_equals_unrouted_guidance(tiny_clip, class_embeddings, images) -> None:
-    routed = build_classifier(copy.deepcopy(tiny_clip), class_embeddings, AdapterConfig(method="sage", guidance_topk=10))
-    plain = build_classifier(tiny_clip, class_embeddings, AdapterConfig(method="sage"))
+    routed = build_classifier(copy.deepcopy(tiny_clip), class_embeddings, model_config("sage", guidance_topk=10))
+    plain = build_classifier(tiny_clip, class_embeddings, model_config("sage"))
     _perturb(routed)
     plain.load_trainable_state_dict(routed.trainable_state_dict())  # the same weights
     with torch.no_grad():
@@ -125,7 +126,7 @@ def test_routing_to_every_token_equals_unrouted_guidance(tiny_clip, class_embedd
 
 def test_a_token_outside_every_route_does_not_change_the_output(tiny_clip, class_embeddings, images) -> None:
     """Class-selective by construction: with k = 1 only each image's zero-shot top class is read."""
-    classifier = build_classifier(tiny_clip, class_embeddings, AdapterConfig(method="sage", guidance_topk=1))
+    classifier = build_classifier(tiny_clip, class_embeddings, model_config("sage", guidance_topk=1))
     _perturb(classifier)
     bank = classifier.adapters()[0].guidance
     with torch.no_grad(), bank.bypassed():
@@ -150,7 +151,7 @@ def test_a_token_outside_every_route_does_not_change_the_output(tiny_clip, class
 
 
 def test_routed_guidance_trains_its_keys_and_values(tiny_clip, class_embeddings, images) -> None:
-    classifier = build_classifier(tiny_clip, class_embeddings, AdapterConfig(method="sage-topk"))
+    classifier = build_classifier(tiny_clip, class_embeddings, model_config("sage-topk"))
     _perturb(classifier)
     classifier.train()
     classifier(images).logsumexp(-1).sum().backward()
@@ -169,20 +170,20 @@ def test_routed_guidance_trains_its_keys_and_values(tiny_clip, class_embeddings,
 )
 def test_bad_routing_options_name_the_flag(options: dict, message: str) -> None:
     with pytest.raises(SageError, match=message):
-        AdapterConfig(**options)
+        model_config(**options)
 
 
 def test_routing_resolution() -> None:
-    assert AdapterConfig(method="sage-topk").routing_topk == 5
-    assert AdapterConfig(method="sage-topk", guidance_topk=0).guidance_topk == 0  # off, and stays off on reload
-    assert AdapterConfig(method="sage-topk", guidance_topk=0).routing_topk is None
-    assert AdapterConfig(method="sage-topk", guidance=False).guidance_topk is None
-    assert AdapterConfig(method="sage").routing_topk is None
+    assert model_config("sage-topk").guidance.topk == 5
+    assert model_config("sage-topk", guidance_topk=0).guidance.topk == 0  # off, and stays off on reload
+    assert (model_config("sage-topk", guidance_topk=0).guidance.topk or None) is None
+    assert model_config("sage-topk", guidance=False).guidance is None
+    assert (model_config("sage").guidance.topk or None) is None
 
 
 def test_top_k_above_the_guidance_tokens_is_one_line(tiny_clip, class_embeddings) -> None:
     with pytest.raises(SageError, match=r"--guidance-topk 11 exceeds the guidance tokens \(10\)"):
-        build_classifier(tiny_clip, class_embeddings, AdapterConfig(method="sage", guidance_topk=11))
+        build_classifier(tiny_clip, class_embeddings, model_config("sage", guidance_topk=11))
     # the method's own default (5) on fewer classes routes to every token instead
-    few = build_classifier(copy.deepcopy(tiny_clip), class_embeddings[:4], AdapterConfig(method="sage-topk"))
+    few = build_classifier(copy.deepcopy(tiny_clip), class_embeddings[:4], model_config("sage-topk"))
     assert few.adapters()[0].guidance.top_k == 4

@@ -11,14 +11,15 @@ from open_clip.transformer import Transformer
 from torch import nn
 
 from sage_cli.errors import SageError
-from sage_cli.model import AdapterConfig, GuidanceBank, SGAdapter, build_classifier, inject_adapters
+from sage_cli.model import GuidanceBank, SGAdapter, build_classifier, inject_adapters
 from sage_cli.model.surgery import ParallelAdapterMLP
+from sage_cli.methods import model_config
 
 
 @pytest.mark.parametrize("method", ["sage", "lift"])
 def test_zero_init_adapters_leave_features_unchanged(tiny_clip, class_embeddings, images, method) -> None:
     reference = copy.deepcopy(tiny_clip)
-    classifier = build_classifier(tiny_clip, class_embeddings, AdapterConfig(method=method))
+    classifier = build_classifier(tiny_clip, class_embeddings, model_config(method))
     expected = F.normalize(reference.encode_image(images), dim=-1)
     with torch.no_grad():
         assert torch.equal(classifier.encode(images), expected)
@@ -31,7 +32,7 @@ def test_zero_init_adapters_leave_features_unchanged(tiny_clip, class_embeddings
 
 def test_nonzero_up_projection_changes_features(tiny_clip, class_embeddings, images) -> None:
     reference = F.normalize(copy.deepcopy(tiny_clip).encode_image(images), dim=-1)
-    classifier = build_classifier(tiny_clip, class_embeddings, AdapterConfig(method="sage"))
+    classifier = build_classifier(tiny_clip, class_embeddings, model_config("sage"))
     with torch.no_grad():
         for adapter in classifier.adapters():
             adapter.up.weight.normal_(std=0.5)
@@ -51,7 +52,7 @@ def sage_tiny_trainable_count(method: str, num_classes: int = 10) -> int:
 
 @pytest.mark.parametrize(("method", "expected"), [("sage", 2054), ("lift", 1542), ("linear", 640), ("zeroshot", 0)])
 def test_num_trainable_matches_hand_count(tiny_clip, class_embeddings, method, expected) -> None:
-    classifier = build_classifier(tiny_clip, class_embeddings, AdapterConfig(method=method))
+    classifier = build_classifier(tiny_clip, class_embeddings, model_config(method))
     if method in ("sage", "lift", "linear"):
         assert expected == (sage_tiny_trainable_count(method) if method != "linear" else 640)
     assert classifier.num_trainable == expected
@@ -59,7 +60,7 @@ def test_num_trainable_matches_hand_count(tiny_clip, class_embeddings, method, e
 
 @pytest.mark.parametrize("method", ["sage", "lift", "linear"])
 def test_gradients_reach_only_adapters_and_head(tiny_clip, class_embeddings, images, method) -> None:
-    classifier = build_classifier(tiny_clip, class_embeddings, AdapterConfig(method=method)).train()
+    classifier = build_classifier(tiny_clip, class_embeddings, model_config(method)).train()
     with torch.no_grad():  # make every adapter parameter take part in the output
         for adapter in classifier.adapters():
             adapter.up.weight.normal_(std=0.1)
@@ -76,7 +77,7 @@ def test_gradients_reach_only_adapters_and_head(tiny_clip, class_embeddings, ima
 
 
 def test_blocks_subset_gets_adapters_only_there(tiny_clip, class_embeddings) -> None:
-    classifier = build_classifier(tiny_clip, class_embeddings, AdapterConfig(method="lift", blocks=(1,)))
+    classifier = build_classifier(tiny_clip, class_embeddings, model_config("lift", blocks=(1,)))
     blocks = tiny_clip.visual.transformer.resblocks
     assert not isinstance(blocks[0].mlp, ParallelAdapterMLP)
     assert isinstance(blocks[1].mlp, ParallelAdapterMLP)
@@ -85,14 +86,14 @@ def test_blocks_subset_gets_adapters_only_there(tiny_clip, class_embeddings) -> 
 
 def test_block_out_of_range_is_refused(tiny_clip, class_embeddings) -> None:
     with pytest.raises(SageError, match=r"--blocks \[5\] out of range: the image tower has 2 blocks"):
-        build_classifier(tiny_clip, class_embeddings, AdapterConfig(method="lift", blocks=(0, 5)))
+        build_classifier(tiny_clip, class_embeddings, model_config("lift", blocks=(0, 5)))
     assert not any(isinstance(b.mlp, ParallelAdapterMLP) for b in tiny_clip.visual.transformer.resblocks)
 
 
 def test_second_injection_is_refused(tiny_clip, class_embeddings) -> None:
-    build_classifier(tiny_clip, class_embeddings, AdapterConfig(method="lift"))
+    build_classifier(tiny_clip, class_embeddings, model_config("lift"))
     with pytest.raises(SageError, match="already carries adapters"):
-        build_classifier(tiny_clip, class_embeddings, AdapterConfig(method="lift"))
+        build_classifier(tiny_clip, class_embeddings, model_config("lift"))
 
 
 def test_non_vit_image_tower_is_refused(class_embeddings) -> None:
@@ -100,11 +101,11 @@ def test_non_vit_image_tower_is_refused(class_embeddings) -> None:
     model.visual = nn.Linear(4, 64)
     model.visual.output_dim = 64
     with pytest.raises(SageError, match="open_clip VisionTransformer.*--method linear"):
-        build_classifier(model, class_embeddings, AdapterConfig(method="sage"))
+        build_classifier(model, class_embeddings, model_config("sage"))
 
 
 def test_wrapped_mlp_keeps_open_clip_attribute_lookups(tiny_clip, class_embeddings) -> None:
-    build_classifier(tiny_clip, class_embeddings, AdapterConfig(method="sage"))
+    build_classifier(tiny_clip, class_embeddings, model_config("sage"))
     block = tiny_clip.visual.transformer.resblocks[0]
     assert block.get_weight_dtype() == torch.float32  # reads block.mlp.c_fc.weight
     assert isinstance(block.ln_2, nn.Identity)
@@ -138,7 +139,7 @@ def test_adapters_act_per_token_in_either_layout() -> None:
 
 
 def test_adapted_model_survives_deepcopy(tiny_clip, class_embeddings, images) -> None:
-    classifier = build_classifier(tiny_clip, class_embeddings, AdapterConfig(method="sage"))
+    classifier = build_classifier(tiny_clip, class_embeddings, model_config("sage"))
     with torch.no_grad():
         classifier.adapters()[0].up.weight.normal_()
         twin = copy.deepcopy(classifier)

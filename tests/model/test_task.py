@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from sage_cli.losses import LossConfig, build_loss
-from sage_cli.model import AdapterConfig
 from sage_cli.task import build_task
+from sage_cli.methods import METHODS, model_config
 
 COUNTS = torch.tensor([5.0, 3.0, 2.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0])
 
@@ -23,8 +23,9 @@ def test_trainer_imports_neither_the_model_nor_the_losses() -> None:
 
 @pytest.mark.parametrize("method", ["sage", "lora"])
 def test_forward_gives_the_loss_of_the_classifier_logits(tiny_clip, class_embeddings, images, method: str) -> None:
-    task = build_task(tiny_clip, class_embeddings, COUNTS, AdapterConfig(method), LossConfig(), torch.device("cpu"))
-    reference = build_loss(LossConfig().resolve(method), COUNTS, class_embeddings).train()
+    loss = METHODS[method].loss  # the method's complete loss config
+    task = build_task(tiny_clip, class_embeddings, COUNTS, model_config(method), loss, torch.device("cpu"))
+    reference = build_loss(loss, COUNTS, class_embeddings).train()
     labels = torch.tensor([0, 3, 7])
     task.train()
     out = task((images, labels))
@@ -35,7 +36,8 @@ def test_forward_gives_the_loss_of_the_classifier_logits(tiny_clip, class_embedd
 
 
 def test_an_empty_micro_batch_reaches_the_statistics_and_changes_nothing(tiny_clip, class_embeddings) -> None:
-    task = build_task(tiny_clip, class_embeddings, COUNTS, AdapterConfig("sage"), LossConfig(), torch.device("cpu"))
+    task = build_task(tiny_clip, class_embeddings, COUNTS, model_config("sage"), METHODS["sage"].loss,
+                      torch.device("cpu"))
     task.train()
     before = {k: v.clone() for k, v in task.loss.state_dict().items()}
     out = task((None, torch.zeros(0, dtype=torch.long)))
@@ -45,7 +47,7 @@ def test_an_empty_micro_batch_reaches_the_statistics_and_changes_nothing(tiny_cl
 
 
 def test_trainable_parameters_are_exactly_the_saved_tensors(tiny_clip, class_embeddings) -> None:
-    task = build_task(tiny_clip, class_embeddings, COUNTS, AdapterConfig("vpt-deep"), LossConfig(),
+    task = build_task(tiny_clip, class_embeddings, COUNTS, model_config("vpt-deep"), LossConfig(),
                       torch.device("cpu"))
     params = dict(task.classifier.named_parameters())
     saved = task.trainable_state_dict()

@@ -10,13 +10,8 @@ import torch
 from PIL import Image
 
 from sage_cli import artifacts, metrics
-from sage_cli.report.evaluate import (
-    Predictions,
-    compute_ranked_scores,
-    evaluate_classifier,
-    load_cached_predictions,
-    save_predictions,
-)
+from sage_cli.report.evaluate import evaluate_classifier, load_cached_predictions, save_predictions
+from sage_cli.report.predictions import Predictions, compute_ranked_scores
 from sage_cli.report.tte import build_five_crop_transform, build_tte_transform, compute_ensembled_logits
 
 RECORD = {"image_size": [4, 4], "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0], "interpolation": "nearest"}

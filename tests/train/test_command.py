@@ -50,7 +50,7 @@ def test_shipped_preset_keeps_the_per_method_loss(synthetic_prepared: Path, synt
     assert runs["linear"]["loss"]["compensation"] == "none"  # LA for the baselines
     assert runs["sage"]["loss"]["compensation"] == "semantic" and runs["sage"]["loss"]["ema"] == 0.5
     assert runs["lift"]["loss"]["compensation"] == "count"  # explicit flag wins
-    adapter = runs["sage"]["model"]["adapter"]
+    adapter = runs["sage"]["model"]["peft"]  # train.json schema 2: the PEFT part of the model
     assert adapter["blocks"] == [1] and adapter["activation"] == "gelu"
     assert runs["sage"]["data"]["batch_size"] == 32  # from the preset
 

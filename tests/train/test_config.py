@@ -7,13 +7,20 @@ from pathlib import Path
 import pytest
 
 from sage_cli.commands.train import NOT_IN_PRESETS, option_defaults
-from sage_cli.config import load_yaml_mapping, merge_with_preset
+from sage_cli.config import cli_names, load_yaml_mapping, merge_with_preset
 from sage_cli.errors import SageError
-from sage_cli.train import TrainConfig, build_train_config, parse_blocks
-from sage_cli.train.config import DataConfig, ModelConfig, OptimConfig, RunConfig
+from sage_cli.train import build_train_config, parse_blocks, resolve
+from sage_cli.train.config import identity_of
 
 PRESETS = sorted((Path(__file__).resolve().parents[2] / "sage_cli" / "presets").glob("*.yaml"))
 REQUIRED = {"prepared": "p", "text_cache": "t", "out": "o", "method": "sage"}
+
+
+@pytest.fixture(autouse=True)
+def errors_name_flags():
+    """These tests read the errors as `sage train` shows them: options named by their flags."""
+    with cli_names():
+        yield
 
 
 def test_parse_blocks() -> None:
@@ -82,22 +89,18 @@ def test_build_config_groups_options() -> None:
     config = build_train_config({**REQUIRED, "method": "lift", "batch_size": 16, "micro_batch_size": 4, "lr": 0.1,
                                  "blocks": "0-1", "compensation": "count", "seed": 3})
     assert config.data.accumulation_steps == 4 and config.data.micro_batch == 4
-    assert config.model.adapter.blocks == (0, 1) and config.model.adapter.method == "lift"
+    assert config.model.peft.blocks == (0, 1) and config.method == "lift"
     assert config.loss.compensation == "count" and config.optim.lr == 0.1 and config.run.seed == 3
     assert config.to_dict()["run"]["out"] == "o"
-    assert "out" not in config.result_dict()["run"] and "prepared" not in config.result_dict()["data"]
+    assert "out" not in identity_of(config)["run"] and "prepared" not in identity_of(config)["data"]
 
 
 def test_command_defaults_match_dataclass_defaults() -> None:
     """The CLI's defaults and the dataclasses' must agree (two places, one test)."""
     defaults = option_defaults()
     built = build_train_config({**defaults, **REQUIRED})
-    from sage_cli.losses import LossConfig
-    from sage_cli.model import AdapterConfig
-
-    # The Python API (dataclass defaults, method defaults resolved by TrainConfig) builds what the CLI does.
-    plain = TrainConfig(DataConfig("p", "t"), ModelConfig(adapter=AdapterConfig("sage")), LossConfig(),
-                        OptimConfig(), RunConfig("o"))
+    # The Python API (the method's complete config, from resolve) builds what the CLI does.
+    plain = resolve("sage", {"prepared": "p", "text_cache": "t", "out": "o"})
     assert built.data == plain.data and built.optim == plain.optim and built.run == plain.run
     assert built.model == plain.model and built.loss == plain.loss
     assert built.loss.loss == "la" and built.loss.compensation == "semantic"

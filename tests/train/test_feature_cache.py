@@ -15,9 +15,10 @@ from sage_cli.data import ManifestDataset, build_loader, load_prepared_data
 from sage_cli.encode_text import load_text_cache
 from sage_cli.errors import SageError
 from sage_cli.feature_cache import compute_key_inputs, feature_dir, load_or_compute_features
-from sage_cli.model import AdapterConfig, build_classifier
+from sage_cli.model import build_classifier
 from sage_cli.train import build_train_config, run
-from sage_cli.train.inputs import build_backbone
+from sage_cli.backbone import build_backbone
+from sage_cli.methods import model_config
 
 CPU = torch.device("cpu")
 
@@ -33,7 +34,7 @@ def test_cached_features_give_the_uncached_logits(synthetic_prepared: Path, synt
     data = load_prepared_data(synthetic_prepared)
     clip = build_backbone("sage-tiny", "none", CPU)
     embeddings = load_text_cache(synthetic_text_cache).class_embeddings
-    classifier = build_classifier(clip.model, embeddings, AdapterConfig(method="linear")).eval()
+    classifier = build_classifier(clip.model, embeddings, model_config("linear")).eval()
     rows = data.split("val")
     dataset = ManifestDataset(rows, data.image_root, clip.preprocess_eval)
     batch = next(iter(build_loader(dataset, len(dataset), 0, CPU)))

@@ -72,7 +72,8 @@ def test_feature_head_init_uses_the_frozen_features_of_the_training_split(synthe
     from sage_cli.data import ManifestDataset
     from sage_cli.train import build_train_config
     from sage_cli.train.core import compute_frozen_train_features, compute_initial_head
-    from sage_cli.train.inputs import build_backbone, resolve_inputs
+    from sage_cli.backbone import build_backbone
+    from sage_cli.train.inputs import resolve_inputs
 
     config = build_train_config({"prepared": synthetic_prepared, "text_cache": synthetic_text_cache, "out": "o",
                                  "method": "lora", "head_init": "class-mean", "num_workers": 0, "batch_size": 8})
@@ -100,7 +101,8 @@ def test_zero_shot_compensation_is_fitted_on_the_frozen_training_features_and_re
     from sage_cli.losses import compute_zero_shot_prior
     from sage_cli.train import build_train_config
     from sage_cli.train.core import compute_frozen_train_features
-    from sage_cli.train.inputs import build_backbone, resolve_inputs
+    from sage_cli.backbone import build_backbone
+    from sage_cli.train.inputs import resolve_inputs
 
     record = _train(synthetic_prepared, synthetic_text_cache, tmp_path / "zs", "sage-zs", "--lam", "1")
     assert record["config"]["loss"]["compensation"] == "zero-shot"

@@ -17,18 +17,19 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from sage_cli.config import option_label
 from sage_cli.errors import SageError
 from sage_cli.model.surgery import get_vision_blocks, tower_width
 
 if TYPE_CHECKING:
-    from sage_cli.model.config import AdapterConfig
+    from sage_cli.schema import PeftConfig
 
 
 @dataclass(frozen=True)
 class PeftContext:
-    """What an ``inject`` may read: the resolved adapter config and the class text vectors [C, E]."""
+    """What an ``inject`` may read: its PEFT config and the class text vectors [C, E]."""
 
-    config: AdapterConfig
+    config: PeftConfig
     class_embeddings: torch.Tensor
 
     @property
@@ -57,7 +58,7 @@ def select_blocks(visual: nn.Module, blocks: tuple[int, ...] | None) -> list[int
     bad = [i for i in indices if not 0 <= i < count]
     if bad:
         shown = str(bad) if len(bad) <= 4 else f"[{bad[0]}, {bad[1]}, ..., {bad[-1]}] ({len(bad)} indices)"
-        raise SageError(f"--blocks {shown} out of range: the image tower has {count} blocks (0..{count - 1})")
+        raise SageError(f"{option_label('blocks')} {shown} out of range: the image tower has {count} blocks (0..{count - 1})")
     return indices
 
 
@@ -66,7 +67,7 @@ def check_bottleneck(visual: nn.Module, bottleneck: int | None) -> None:
     made: past it nothing is compressed, and --bottleneck 100000000 asks for gigabytes a block."""
     width = tower_width(visual)
     if bottleneck is not None and bottleneck > width:
-        raise SageError(f"--bottleneck {bottleneck} exceeds the image tower's width ({width}); "
+        raise SageError(f"{option_label('bottleneck')} {bottleneck} exceeds the image tower's width ({width}); "
                         f"choose 1..{width} (default: LIFT's rule)")
 
 

@@ -6,6 +6,7 @@ import logging
 
 from torch import nn
 
+from sage_cli.config import option_label
 from sage_cli.errors import SageError
 from sage_cli.model.adapters import GuidanceBank, SGAdapter
 from sage_cli.model.config import compute_default_bottleneck
@@ -19,14 +20,16 @@ logger = logging.getLogger(__name__)
 
 def inject_bottleneck_adapters(visual: nn.Module, blocks: list[int], context: PeftContext, guided: bool) -> list[str]:
     cfg = context.config
+    guidance = cfg.guidance if guided else None
+    heads = guidance.heads if guidance is not None else 1
     bottleneck = cfg.bottleneck or compute_default_bottleneck(context.num_classes, len(get_vision_blocks(visual)))
-    if bottleneck % cfg.attn_heads:
-        raise SageError(f"--attn-heads {cfg.attn_heads} must divide the bottleneck size {bottleneck}")
-    bank = build_bank(visual, context) if guided else None
+    if bottleneck % heads:
+        raise SageError(f"{option_label('attn_heads')} {heads} must divide the bottleneck size {bottleneck}")
+    bank = build_bank(visual, context) if guidance is not None else None
     device = context.class_embeddings.device
 
     def make_adapter(width: int) -> SGAdapter:
-        return SGAdapter(width, bottleneck, bank, cfg.attn_heads, cfg.activation).to(device)
+        return SGAdapter(width, bottleneck, bank, heads, cfg.activation).to(device)
 
     injected = inject_adapters(visual, make_adapter, blocks)
     routing = f", routed to each image's top {bank.top_k}" if bank is not None and bank.top_k else ""
@@ -37,23 +40,23 @@ def inject_bottleneck_adapters(visual: nn.Module, blocks: list[int], context: Pe
 
 
 def build_bank(visual: nn.Module, context: PeftContext) -> GuidanceBank:
-    """The guidance tokens shared by every adapter, with the config's top-k routing (if any)."""
-    cfg = context.config
-    tokens = build_guidance_tokens(context.class_embeddings, cfg.guidance_tokens)
-    top_k = cfg.routing_topk
+    """The guidance tokens shared by every adapter, with the config's top-k routing and gate (if any)."""
+    guidance = context.config.guidance
+    tokens = build_guidance_tokens(context.class_embeddings, guidance.tokens)
+    top_k = guidance.topk or None
     if top_k is not None and top_k > tokens.shape[0]:
-        if top_k != cfg.spec.guidance_topk:
-            raise SageError(f"--guidance-topk {top_k} exceeds the guidance tokens ({tokens.shape[0]})")
-        logger.info("guidance routing: the method's top-%d is all %d tokens here", top_k, tokens.shape[0])
-        top_k = tokens.shape[0]  # the method's default on a dataset with fewer classes: every token
+        if not guidance.topk_or_all:
+            raise SageError(f"{option_label('guidance_topk')} {top_k} exceeds the guidance tokens ({tokens.shape[0]})")
+        logger.info("guidance routing: top-%d is all %d tokens here", top_k, tokens.shape[0])
+        top_k = tokens.shape[0]
     batch_first = bool(getattr(getattr(visual, "transformer", None), "batch_first", True))
-    return GuidanceBank(tokens, top_k, batch_first, gate=cfg.gate_scale)
+    return GuidanceBank(tokens, top_k, batch_first, gate=guidance.gate or None)
 
 
 @register_peft("sg-adapter")
 def inject_sg_adapters(visual: nn.Module, blocks: list[int], context: PeftContext) -> list[str]:
-    """SG-Adapters (text guidance as the config resolves it) parallel to each chosen block's MLP."""
-    return inject_bottleneck_adapters(visual, blocks, context, guided=bool(context.config.guidance))
+    """SG-Adapters (with the config's text guidance, if any) parallel to each chosen block's MLP."""
+    return inject_bottleneck_adapters(visual, blocks, context, guided=context.config.guidance is not None)
 
 
 @register_peft("adaptformer")
