@@ -100,17 +100,23 @@ def compare_with_reference(curve: dict[str, list[float | None]], reference_curve
 
 def compute_frontier_comparison(
     run: dict[str, Any], reference: dict[str, Any], prior: np.ndarray, groups: Sequence[str],
-    grid: Sequence[float] = FRONTIER_GRID,
+    grid: Sequence[float] = FRONTIER_GRID, curves: dict[int, dict[str, list[float | None]]] | None = None,
 ) -> dict[str, Any]:
     """One run against the reference: the comparison on val, and the val-chosen t's applied to test.
 
     ``run`` / ``reference``: ``{"val": {"logits", "labels"}, "test": {"logits", "labels"} or None}``.
-    Returns ``{"curve": the run's val curve, "val": compare_with_reference(...), "test": the test
-    differences run(t) - reference(reference_t) per figure, or None}``.
+    ``curves``: val curves already computed, by ``id`` of the split dict (filled in as computed, so a
+    reference shared by many runs is swept once). Returns ``{"curve": the run's val curve, "val":
+    compare_with_reference(...), "test": the test differences run(t) - reference(reference_t) per
+    figure, or None}``.
     """
-    curve = compute_frontier(run["val"]["logits"], run["val"]["labels"], groups, prior, grid)
-    reference_curve = compute_frontier(reference["val"]["logits"], reference["val"]["labels"], groups, prior, grid)
-    reference_many = compute_point(reference["val"]["logits"], reference["val"]["labels"], groups, prior, 0.0)["many"]
+    curves = {} if curves is None else curves
+    for side in (run, reference):
+        if id(side["val"]) not in curves:
+            curves[id(side["val"])] = compute_frontier(side["val"]["logits"], side["val"]["labels"], groups, prior, grid)
+    curve, reference_curve = curves[id(run["val"])], curves[id(reference["val"])]
+    reference_many = (reference_curve["many"][list(grid).index(0.0)] if 0.0 in grid else
+                      compute_point(reference["val"]["logits"], reference["val"]["labels"], groups, prior, 0.0)["many"])
     val = compare_with_reference(curve, reference_curve, reference_many)
     test = None
     if val["t"] is not None and run.get("test") is not None and reference.get("test") is not None:
@@ -143,17 +149,20 @@ def build_frontier_section(
     by_seed: dict[Any, str] = {}
     if reference is not None:
         by_seed = {e["seed"]: e["name"] for e in runs if e["group"] == reference["name"]}
-    out_runs = []
+    out_runs, curves = [], {}
     for entry in runs:
         data = logits[entry["name"]]
         row: dict[str, Any] = {"name": entry["name"], "group": entry["group"], "seed": entry["seed"]}
         partner = by_seed.get(entry["seed"], by_seed.get(None)) if by_seed else None
         if partner is not None and entry["group"] != reference["name"]:
-            comparison = compute_frontier_comparison(data, logits[partner], prior, class_groups, grid)
+            comparison = compute_frontier_comparison(data, logits[partner], prior, class_groups, grid, curves)
             row.update(curve=comparison["curve"], reference_run=partner, val=comparison["val"],
                        test=comparison["test"])
         else:
-            row["curve"] = compute_frontier(data["val"]["logits"], data["val"]["labels"], class_groups, prior, grid)
+            if id(data["val"]) not in curves:
+                curves[id(data["val"])] = compute_frontier(data["val"]["logits"], data["val"]["labels"], class_groups,
+                                                           prior, grid)
+            row["curve"] = curves[id(data["val"])]
         out_runs.append(row)
     paired = []
     for group in groups:
