@@ -366,8 +366,7 @@ class Trainer:
         self._window_loss.fill_(window["loss"] if self.dist.is_main else 0.0)  # summed over ranks on log steps
         self._window_steps, self._window_images = window["steps"], window["images"]
         self.skipped = set(json.loads(state.get("skipped", "[]"))) if self.dist.is_main else set()
-        ranks = state.get("rng_ranks") or []
-        ckpt.restore_rng_state(ranks[self.dist.rank] if len(ranks) == self.dist.world_size else state["rng"])
+        ckpt.restore_rng_state(ckpt.select_rank_rng_state(state, self.dist.rank, self.dist.world_size))
         self.saved_step = self.position.global_step
         if self.dist.is_main:
             with explain_write_errors(self.out / METRICS, "metrics"):
