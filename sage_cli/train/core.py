@@ -29,7 +29,7 @@ from sage_cli.backbone import BACKBONE_INIT_SEED, LoadedClip, build_backbone
 from sage_cli.data import ManifestDataset, build_loader
 from sage_cli.encode_text import check_text_cache_matches
 from sage_cli.model.head_init import compute_head_vectors
-from sage_cli.train.advice import warn_short_schedule
+from sage_cli.train.advice import warn_launch_bound, warn_short_schedule
 from sage_cli.train.evaluate import compute_image_features
 from sage_cli.errors import SageError
 from sage_cli.locks import lock_output_dir
@@ -163,6 +163,7 @@ def build_trainer(
                       eval_split=inputs.eval_split, fingerprint=fingerprint, dist_ctx=dist_ctx)
     if dist_ctx is None or dist_ctx.is_main:
         warn_short_schedule(trainer.num_samples, config.data.batch_size, config.optim.epochs, config.run.max_steps)
+        warn_launch_bound(config.data.micro_batch, trainer.dist.world_size, device.type)
     return trainer, clip.record
 
 
