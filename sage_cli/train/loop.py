@@ -7,7 +7,8 @@ micro-batch. Nothing is synchronised with the GPU per step except on logging and
 
 Under torchrun each rank takes a disjoint strided slice of every micro-batch of the same seeded
 order (:class:`~sage_cli.data.StepBatchSampler`), weights its losses by its share of the *global*
-step, and the gradients are summed over ranks; rank 0 alone writes. A NaN / inf loss stops the
+step, and DDP sums the gradients over ranks in the backward of the step's last micro-batch (the
+earlier ones accumulate locally); rank 0 alone writes. A NaN / inf loss stops the
 run before anything is logged or checkpointed; SIGINT / SIGTERM stop it at the next step
 boundary with a checkpoint (see :mod:`sage_cli.train.faults`).
 """
@@ -113,6 +114,7 @@ class Trainer:
         self.total_steps = min(planned, config.run.max_steps or planned)
         self.warmup_steps = compute_warmup_steps(config.optim, self.steps_per_epoch, self.total_steps)
         self.trainable = task.trainable_parameters()
+        self.model = self.dist.wrap(task)  # the task under DDP (the task itself in one process)
         self.optimizer = build_optimizer(self.trainable, config.optim)
         self.scheduler = build_scheduler(self.optimizer, self.warmup_steps, self.total_steps)
         self.position = ckpt.Position(epoch=0, step_in_epoch=0, global_step=0)
@@ -145,7 +147,6 @@ class Trainer:
         finished step) and a SageError naming the step of a NaN / inf loss.
         """
         self.task.train()
-        self.dist.broadcast_params(self.trainable)
         with MetricsLog(self.out / METRICS, self.dist.is_main) as metrics, self.signals:
             while self.position.global_step < self.total_steps:
                 finished_epoch = self.train_epoch(metrics)
@@ -196,20 +197,26 @@ class Trainer:
             return None
         step = self.position.global_step + 1
         self.optimizer.zero_grad(set_to_none=True)
-        for batch in micro_batches:
-            self.train_micro_batch(batch, total, step)
-        self.dist.all_reduce_grads(self.trainable)
+        last = len(micro_batches) - 1  # the same on every rank: each takes part in every micro-batch
+        for index, batch in enumerate(micro_batches):
+            with self.dist.gradient_sync(self.model, sync=index == last):  # DDP all-reduces on the last one
+                self.train_micro_batch(batch, total, step)
         self._step_lr = self.optimizer.param_groups[0]["lr"]  # the lr this step used (a float)
-        self.optimizer.step()
+        if total:  # a step without one readable image (on any rank) changes no weight
+            self.optimizer.step()
         self.scheduler.step()
         return total
 
     def train_micro_batch(self, batch: MicroBatch, total: int, step: int) -> None:
-        """Forward and backward of one micro-batch, its loss weighted by its share of the step's ``total`` images."""
-        out = self.task(batch)
-        if out["loss"] is None:  # nothing readable here (the task still met the other ranks)
-            return
+        """Forward and backward of one micro-batch, its loss weighted by its share of the step's ``total`` images.
+
+        A micro-batch without images still runs its (zero) backward: under DDP every rank must.
+        """
+        out = self.model(batch)
         loss = out["loss"]
+        if not out["samples"]:  # nothing readable here: a zero that reaches every trainable parameter
+            loss.backward()
+            return
         self.watch.observe(loss, step)
         weighted = loss * (out["samples"] / total)
         weighted.backward()

@@ -41,9 +41,11 @@ def test_an_empty_micro_batch_reaches_the_statistics_and_changes_nothing(tiny_cl
     task.train()
     before = {k: v.clone() for k, v in task.loss.state_dict().items()}
     out = task((None, torch.zeros(0, dtype=torch.long)))
-    assert out["loss"] is None and out["samples"] == 0
+    assert out["samples"] == 0 and out["logits"] is None and float(out["loss"].detach()) == 0.0
     after = task.loss.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+    out["loss"].backward()  # reaches every trainable parameter (DDP's all-reduce needs them all), with zeros
+    assert all(p.grad is not None and not p.grad.any() for p in task.trainable_parameters())
 
 
 def test_trainable_parameters_are_exactly_the_saved_tensors(tiny_clip, class_embeddings) -> None:
