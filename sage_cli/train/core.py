@@ -26,11 +26,11 @@ import torch
 from sage_cli import artifacts
 from sage_cli.artifacts import TRAIN_RECORD
 from sage_cli.backbone import BACKBONE_INIT_SEED, LoadedClip, build_backbone
-from sage_cli.data import ManifestDataset, build_loader
+from sage_cli.data import ManifestDataset
 from sage_cli.encode_text import check_text_cache_matches
 from sage_cli.model.head_init import compute_head_vectors
 from sage_cli.train.advice import warn_launch_bound, warn_short_schedule
-from sage_cli.train.evaluate import compute_image_features
+from sage_cli.train.evaluate import compute_sharded_image_features
 from sage_cli.errors import SageError
 from sage_cli.locks import lock_output_dir
 from sage_cli.losses import ESTIMATORS
@@ -148,7 +148,7 @@ def build_trainer(
     check_text_cache_matches(inputs.cache, clip.record)
     embeddings = inputs.cache.class_embeddings
     counts = torch.tensor(inputs.data.classes["train_count"].to_numpy(), dtype=torch.float32)
-    frozen = compute_frozen_train_features(config, inputs, clip, device)
+    frozen = compute_frozen_train_features(config, inputs, clip, device, dist_ctx or DistContext())
     head_vectors = compute_initial_head(config, frozen, len(inputs.data.classes))
     zero_shot = frozen if ESTIMATORS[config.loss.compensation].needs_zero_shot else None
     task = build_task(clip.model, embeddings, counts, config.model, config.loss, device, head_vectors,
@@ -168,18 +168,19 @@ def build_trainer(
 
 
 def compute_frozen_train_features(
-    config: TrainConfig, inputs: TrainInputs, clip: LoadedClip, device: torch.device
+    config: TrainConfig, inputs: TrainInputs, clip: LoadedClip, device: torch.device, dist_ctx: DistContext,
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The frozen tower's (features [N, E], labels [N]) of the training split under the eval transform,
     before any PEFT module, when something needs them (a ``--head-init`` other than text, or the
-    zero-shot compensation); None otherwise. One pass serves both."""
+    zero-shot compensation); None otherwise. One pass serves both; under torchrun each rank encodes
+    its share and every rank gets the whole."""
     needed = config.model.head.init != "text" or ESTIMATORS[config.loss.compensation].needs_zero_shot
     if not needed:
         return None
     data = inputs.data
     dataset = ManifestDataset(data.split("train"), data.image_root, clip.preprocess_eval, skip_bad=config.data.skip_bad)
-    loader = build_loader(dataset, config.data.micro_batch, config.data.num_workers, device)
-    features, labels = compute_image_features(clip.model.visual, loader, device)
+    features, labels = compute_sharded_image_features(clip.model.visual, dataset, config.data.micro_batch,
+                                                      config.data.num_workers, device, dist_ctx)
     logger.info("frozen features of %d training images", len(labels))
     return features, labels
 

@@ -31,6 +31,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from sage_cli.backbone import resolve_device
+from sage_cli.collectives import host_group
 from sage_cli.errors import SageError
 
 logger = logging.getLogger(__name__)
@@ -90,6 +91,11 @@ class DistContext:
         out: list[Any] = [None] * self.world_size
         dist.all_gather_object(out, obj, group=self.control_group)
         return out
+
+    def shard(self, count: int) -> range:
+        """This rank's contiguous block of ``count`` items (all of them in one process); in rank order
+        the blocks are ``range(count)``."""
+        return range(count * self.rank // self.world_size, count * (self.rank + 1) // self.world_size)
 
     def wrap(self, module: nn.Module) -> nn.Module:
         """``module`` under DDP, its gradients summed over ranks (``module`` itself outside torchrun).
@@ -188,5 +194,4 @@ def current_context() -> DistContext:
     if world <= 1:
         return DistContext(dist.get_rank(), 1, local_rank)
     backend = str(dist.get_backend())
-    control = None if backend == "gloo" else dist.new_group(backend="gloo")  # collective: every rank calls it
-    return DistContext(dist.get_rank(), world, local_rank, backend, control)
+    return DistContext(dist.get_rank(), world, local_rank, backend, host_group())  # collective: every rank calls it

@@ -8,11 +8,12 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from sage_cli.artifacts import GROUPS
-from sage_cli.data import iterate_batches
+from sage_cli.data import build_loader, iterate_batches
 from sage_cli.precision import autocast
+from sage_cli.train.distributed import DistContext
 
 
 def compute_group_top1(
@@ -71,6 +72,26 @@ def compute_image_features(visual: nn.Module, loader: DataLoader, device: torch.
     if not labels:
         return torch.zeros(0, 0), torch.zeros(0, dtype=torch.long)
     return torch.cat(features), torch.cat(labels)
+
+
+def compute_sharded_image_features(
+    visual: nn.Module, dataset: Dataset, batch_size: int, num_workers: int | None, device: torch.device,
+    dist_ctx: DistContext,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`compute_image_features` of ``visual`` over ``dataset``, the work split over the ranks.
+
+    Each rank encodes its contiguous block (:meth:`DistContext.shard`) and the blocks are gathered
+    in rank order, so every rank returns what one process encoding it all would (in dataset order,
+    unreadable images left out).
+    """
+    loader = build_loader(dataset, batch_size, num_workers, device, sampler=dist_ctx.shard(len(dataset)))
+    features, labels = compute_image_features(visual, loader, device)
+    if not dist_ctx.enabled:
+        return features, labels
+    blocks = [(f, y) for f, y in dist_ctx.gather_objects((features, labels)) if len(y)]  # a rank may have none
+    if not blocks:
+        return features, labels
+    return torch.cat([f for f, _ in blocks]), torch.cat([y for _, y in blocks])
 
 
 def summarise_predictions(predictions: np.ndarray, labels: np.ndarray, groups: Sequence[str]) -> dict[str, Any]:
