@@ -148,7 +148,7 @@ def build_trainer(
     check_text_cache_matches(inputs.cache, clip.record)
     embeddings = inputs.cache.class_embeddings
     counts = torch.tensor(inputs.data.classes["train_count"].to_numpy(), dtype=torch.float32)
-    frozen = compute_frozen_train_features(config, inputs, clip, device, dist_ctx or DistContext())
+    frozen = compute_frozen_train_features(config, inputs, clip, device, dist_ctx)
     head_vectors = compute_initial_head(config, frozen, len(inputs.data.classes))
     zero_shot = frozen if ESTIMATORS[config.loss.compensation].needs_zero_shot else None
     task = build_task(clip.model, embeddings, counts, config.model, config.loss, device, head_vectors,
@@ -168,7 +168,8 @@ def build_trainer(
 
 
 def compute_frozen_train_features(
-    config: TrainConfig, inputs: TrainInputs, clip: LoadedClip, device: torch.device, dist_ctx: DistContext,
+    config: TrainConfig, inputs: TrainInputs, clip: LoadedClip, device: torch.device,
+    dist_ctx: DistContext | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The frozen tower's (features [N, E], labels [N]) of the training split under the eval transform,
     before any PEFT module, when something needs them (a ``--head-init`` other than text, or the
@@ -180,7 +181,7 @@ def compute_frozen_train_features(
     data = inputs.data
     dataset = ManifestDataset(data.split("train"), data.image_root, clip.preprocess_eval, skip_bad=config.data.skip_bad)
     features, labels = compute_sharded_image_features(clip.model.visual, dataset, config.data.micro_batch,
-                                                      config.data.num_workers, device, dist_ctx)
+                                                      config.data.num_workers, device, dist_ctx or DistContext())
     logger.info("frozen features of %d training images", len(labels))
     return features, labels
 
