@@ -163,7 +163,8 @@ def build_trainer(
                       eval_split=inputs.eval_split, fingerprint=fingerprint, dist_ctx=dist_ctx)
     if dist_ctx is None or dist_ctx.is_main:
         warn_short_schedule(trainer.num_samples, config.data.batch_size, config.optim.epochs, config.run.max_steps)
-        warn_launch_bound(config.data.micro_batch, trainer.dist.world_size, device.type)
+        if config.data.feature_cache is None:  # a head on cached features is launch-bound at any batch
+            warn_launch_bound(config.data.micro_batch, trainer.dist.world_size, device.type)
     return trainer, clip.record
 
 

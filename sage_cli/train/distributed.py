@@ -109,7 +109,9 @@ class DistContext:
         ignored = [name for name, p in module.named_parameters() if not p.requires_grad]
         ignored += [name for name, _ in module.named_buffers()]
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, ignored)
-        model = DistributedDataParallel(module)  # no device_ids: the module moves its own inputs
+        # no device_ids: the module moves its own inputs; no find_unused_parameters: every trainable
+        # parameter takes part in every forward (tests/model/test_task.py checks each method)
+        model = DistributedDataParallel(module)
         model.register_comm_hook(None, sum_gradients)
         return model
 

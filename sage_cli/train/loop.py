@@ -286,7 +286,7 @@ class Trainer:
         """The loss's compensation factor delta [C] in a few numbers: its mean, spread and extremes over
         all classes and its mean over each many / medium / few group; None without a compensation.
 
-        Every rank holds the same delta (its statistics are all-reduced), so no collective is needed.
+        Every rank holds the same delta (its statistics fold in the gathered global batch), so no collective is needed.
         """
         delta = self.task.loss.compensation()
         if delta is None:
