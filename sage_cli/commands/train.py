@@ -25,6 +25,7 @@ from sage_cli.console import console, err_console, escape, print_result
 from sage_cli.methods import METHODS, TRAIN_METHODS, load_preset
 from sage_cli.schema import ADAPTER, METHOD, RUN, Leaf, flat_fields, flatten
 
+TRACKERS = ("tensorboard", "wandb", "csv")  # sage_cli.train.tracking.TRACKERS (a test checks them)
 # Options of this command that are no train option: they say how to run it, not what trains.
 NOT_IN_PRESETS = ("config", "from_run", "print_config", "out", "force", "resume", "as_json", "log")
 GUIDANCE = Option(help="Text guidance in the SG-Adapters (the guided methods: sage, sage-*).", panel=ADAPTER,
@@ -41,7 +42,7 @@ def train(
                                       "schema) and exit.", rich_help_panel=RUN, metavar=""),
     log: list[str] = typer.Option([], "--log", help="Also log the metrics to tensorboard, wandb or csv "
                                   "(repeatable; tensorboard and wandb are optional extras).", show_default=False,
-                                  rich_help_panel=RUN),
+                                  metavar=f"<{'|'.join(TRACKERS)}>", rich_help_panel=RUN),
     as_json: bool = typer.Option(False, "--json", help="Print train.json to stdout instead of a summary.",
                                  rich_help_panel=RUN, metavar=""),
     **options: Any,
