@@ -6,7 +6,7 @@ command's own ``typer.Option``) reads like the others:
 
 - a flag shows no placeholder (``--force``, not ``--force <bool>``);
 - a fixed set of values shows as ``<a|b|c>``; a set too long for the narrow type column shows as
-  ``<name>``, its values listed in the help (a column folds ``<a|b|...>`` mid-word);
+  ``<choice>``, its values listed in the help (a column folds ``<a|b|...>`` mid-word);
 - a list shows its element (``<path>``), an argument its upper-case name (``RUN_DIR...``) and the
   usage line ``RUN_DIR`` / ``[RUN_DIR...]``, without Typer's ``{RUN_DIR}`` braces;
 - help prints as written: an RST literal (double backticks) becomes `x`, and ``[...]`` is never
@@ -34,9 +34,9 @@ except ImportError:  # pragma: no cover - older typer on the click package
 
 from sage_cli.config import choice_message
 
-# The widest ``<a|b|c>`` the type column shows whole; a longer set is ``<name>`` + the help's list.
+# The widest ``<a|b|c>`` the type column shows whole; a longer set is ``<choice>`` + the help's list.
 INLINE_CHOICES = 24
-CHOICES_METAVAR = "<name>"
+CHOICES_METAVAR = "<choice>"
 HELP_NAMES = ["-h", "--help"]
 
 
@@ -141,6 +141,15 @@ class Polished:
                 polish(param, self.markup)
                 param._sage_polished = True
         return params
+
+    def get_help_option(self, ctx: Any) -> Any:
+        """The help option, in the last panel when every other option has one (not alone in its own)."""
+        option = super().get_help_option(ctx)  # type: ignore[misc]
+        panels = [getattr(p, "rich_help_panel", None) for p in self.params
+                  if p.param_type_name == "option" and not p.hidden]
+        if option is not None and panels and all(panels):
+            option.rich_help_panel = panels[-1]
+        return option
 
     def collect_usage_pieces(self, ctx: Any) -> list[str]:
         pieces = [self.options_metavar] if getattr(self, "options_metavar", None) else []  # type: ignore[attr-defined]
