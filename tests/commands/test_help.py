@@ -102,7 +102,9 @@ def test_short_choice_sets_are_the_placeholder(command: str, flag: str, shown: s
 def test_the_method_choices_are_listed_whole(width: int) -> None:
     from sage_cli.methods import TRAIN_METHODS
 
-    method = row(help_of("train", width=width), "--method")
+    text = help_of("train", width=width)
+    assert "─ Options " not in text  # --help sits in the last panel, not alone in its own
+    method = row(text, "--method")
     assert method.startswith(f"--method {CHOICES_METAVAR} What trains")
     assert f"One of: {', '.join(TRAIN_METHODS)}." in method  # not folded mid-word
 
@@ -215,3 +217,16 @@ def test_verbose_after_the_command(loud_again: None) -> None:
     result = runner.invoke(app, ["report", "-o", "o", "-v", "--split", "nope"])
     assert result.exit_code == 2  # parsed up to the bad value: -v was applied on the way
     assert logging.getLogger("sage_cli").level == logging.DEBUG
+
+
+def test_the_docs_show_the_help_as_printed() -> None:
+    """docs/cli.md's usage lines and its --method typo are what sage prints."""
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "cli.md").read_text()
+    usages = re.findall(r"^Usage: sage (\S+) .*$", docs, flags=re.MULTILINE)
+    assert usages
+    for line in re.findall(r"^Usage: sage .*$", docs, flags=re.MULTILINE):
+        assert line in flat(help_of(line.split()[2])), line
+    typo = re.search(r"^error: --method .*$", docs, flags=re.MULTILINE)
+    assert typo is not None
+    result = runner.invoke(app, ["train", "-p", "p", "-t", "t", "-o", "o", "--method", "lfit"])
+    assert result.output.strip() == typo.group(0)
