@@ -12,7 +12,8 @@ command's own ``typer.Option``) reads like the others:
 - help prints as written: an RST literal (double backticks) becomes `x`, and ``[...]`` is never
   read as Rich markup (``{class: [sentences]}`` once printed as ``{class: }``);
 - a value outside the choices is one line naming the option, the choices and the closest one:
-  ``--method must be one of linear, lift, ...; got 'lfit' (did you mean 'lift'?)``.
+  ``--method must be one of linear, lift, ...; got 'lfit' (did you mean 'lift'?)``; a number
+  that is none: ``--epochs must be an integer; got 'ten'``.
 """
 
 from __future__ import annotations
@@ -166,26 +167,51 @@ class Polished:
         try:
             return super().parse_args(ctx, args)  # type: ignore[misc]
         except click_exceptions.BadParameter as exc:
-            error = choice_error(self, ctx, given, exc)
+            error = value_error(self, ctx, given, exc)
             if error is None:
                 raise
             raise error from None
 
 
-def choice_error(command: Any, ctx: Any, given: Sequence[str], exc: Any) -> Exception | None:
-    """A usage error naming the option, its choices and the closest one, for a value outside a
-    parameter's choices (Typer's own says ``Value error, 'x' is not one of ...``); else None."""
+NUMBERS = {int: "an integer", float: "a number"}
+
+
+def value_error(command: Any, ctx: Any, given: Sequence[str], exc: Any) -> Exception | None:
+    """A usage error in the style of a SageError for a value outside a parameter's choices (with
+    the closest one) or not a number: ``--epochs must be an integer; got 'ten'``. Typer's own say
+    ``Value error, 'x' is not one of ...`` / ``Input should be a valid integer, unable to parse
+    string as an integer``. None for any other bad value (its message stays Typer's)."""
     param = getattr(exc, "param", None)
-    choices = choices_of(param) if param is not None else None
-    if not choices:
+    if param is None:
+        return None
+    choices, number = choices_of(param), NUMBERS.get(element_type(param))
+    if not choices and not number:
         return None
     opts, _, _ = command.make_parser(ctx).parse_args(args=list(given))  # the words as typed
     raw = opts.get(param.name)
-    values = raw if isinstance(raw, (list, tuple)) else [raw]
-    bad = next((v for v in values if v is not None and str(v) not in choices), None)
-    if bad is None:
-        return None
-    return click_exceptions.UsageError(choice_message(flag_name(param), bad, choices), ctx=ctx)
+    values = [v for v in (raw if isinstance(raw, (list, tuple)) else [raw]) if v is not None]
+    if choices:
+        bad = next((v for v in values if str(v) not in choices), None)
+        message = None if bad is None else choice_message(flag_name(param), bad, choices)
+    else:
+        bad = next((v for v in values if not parses_as(v, element_type(param))), None)
+        message = None if bad is None else f"{flag_name(param)} must be {number}; got {bad!r}"
+    return None if message is None else click_exceptions.UsageError(message, ctx=ctx)
+
+
+def element_type(param: Any) -> Any:
+    """The type one value of ``param`` is parsed to: ``int`` for ``int``, ``int | None``, ``list[int]``."""
+    annotation = getattr(getattr(param, "type_descriptor", None), "annotation", None)
+    inner = [a for a in typing.get_args(annotation) if a is not type(None)]
+    return inner[0] if len(inner) == 1 else annotation
+
+
+def parses_as(text: Any, kind: Any) -> bool:
+    try:
+        kind(text)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 class SageCommand(Polished, TyperCommand):

@@ -180,6 +180,18 @@ def test_a_value_outside_the_choices_is_one_line_with_a_guess(args: list[str], m
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize(("args", "message"), [
+    (["train", "-p", "p", "-t", "t", "-o", "o", "--epochs", "ten"], "--epochs must be an integer; got 'ten'"),
+    (["train", "-p", "p", "-t", "t", "-o", "o", "--warmup-steps", "1.5"], "--warmup-steps must be an integer; got '1.5'"),
+    (["train", "-p", "p", "-t", "t", "-o", "o", "--lr", "1e-3x"], "--lr must be a number; got '1e-3x'"),
+    (["report", "-o", "o", "--tau", "1", "--tau", "x"], "--tau must be a number; got 'x'"),
+])
+def test_a_value_that_is_no_number_is_one_line(args: list[str], message: str) -> None:
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    assert result.output == f"error: {message} (see 'sage {args[0]} --help')\n"
+
+
 def test_an_unknown_dataset_gets_a_guess(tmp_path: Path) -> None:
     result = runner.invoke(app, ["prepare", "synthtic", "--out", str(tmp_path / "o")])
     assert result.exit_code == 1 and result.output.count("\n") == 1
