@@ -99,7 +99,8 @@ def _version(value: bool) -> None:
 def main(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only errors and final results (before or after "
                                "the command's name)."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show debug logs (before or after the command's name)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show debug logs (before or after the command's "
+                                 "name)."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show version."),
 ) -> None:
     configure_output(quiet=quiet, verbose=verbose)

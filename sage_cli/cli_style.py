@@ -70,6 +70,11 @@ def element_label(param: Any) -> str:
     return "path" if inner is Path else getattr(inner, "__name__", "str")
 
 
+def names_word(text: str, word: str) -> bool:
+    """Whether ``text`` holds ``word`` whole (``zero-shot`` does not hold ``zero``)."""
+    return re.search(rf"(?<![\w-]){re.escape(word)}(?![\w-])", text) is not None
+
+
 def flag_name(param: Any) -> str:
     """How an error names a parameter: its long flag (``--method``), or an argument's metavar."""
     if param.param_type_name == "argument":
@@ -93,8 +98,7 @@ def polish(param: Any, markup: bool) -> None:
     if choices:
         inline = f"<{'|'.join(choices)}>"
         param.metavar = inline if len(inline) <= INLINE_CHOICES else CHOICES_METAVAR
-        if param.metavar == CHOICES_METAVAR and not all(re.search(rf"\b{re.escape(c)}\b", param.help or "")
-                                                        for c in choices):
+        if param.metavar == CHOICES_METAVAR and not all(names_word(param.help or "", c) for c in choices):
             param.help = f"{param.help or ''} One of: {', '.join(choices)}.".strip()
     elif is_list(param):
         param.metavar = f"<{element_label(param)}>"
