@@ -70,12 +70,15 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("method", [{"method": "sage", "compensation": "semantic"}, {"method": "lift", "loss": "cb"}],
+                         ids=["sage-semantic", "lift-cb"])
 def test_two_gloo_processes_match_one_process(synthetic_prepared: Path, synthetic_text_cache: Path,
-                                              tmp_path: Path) -> None:
+                                              tmp_path: Path, method: dict) -> None:
     # 7 steps cross the epoch end (step 6 holds 5 images: micro-batches of 4 and 1, so rank 1 gets an
-    # empty one) and the sharded eval; semantic compensation exercises the all-reduced statistics.
-    options = {"method": "sage", "batch_size": 8, "micro_batch_size": 4, "max_steps": 7, "lr": 0.05,
-               "compensation": "semantic", "log_every": 1, "num_workers": 0, "device": "cpu", "seed": 0}
+    # empty one) and the sharded eval; semantic compensation exercises the all-reduced statistics,
+    # cb a step normaliser (the class weights) summed over ranks.
+    options = {**method, "batch_size": 8, "micro_batch_size": 4, "max_steps": 7, "lr": 0.05,
+               "log_every": 1, "num_workers": 0, "device": "cpu", "seed": 0}
     single = run(build_train_config({"prepared": synthetic_prepared, "text_cache": synthetic_text_cache,
                                      "out": tmp_path / "one", **options}))
     out = tmp_path / "two"
