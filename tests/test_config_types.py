@@ -78,7 +78,7 @@ def test_help_shows_choices_panels_and_plain_flags() -> None:
     for panel in ("Method", "Loss", "Adapter", "Optimiser", "Data", "Run"):
         assert f"─ {panel} " in text, panel
     assert "linear|lift|sage|lora" in text  # the registry's methods, as choices
-    assert "ce|la|bs|focal|ldam|cb|lade" in text and "cosine|linear|l2" in text
+    assert "ce|la|bs|focal|ldam|cb|grw|lade" in text and "cosine|linear|l2" in text
     assert "--skip-bad" in text and "--no-skip-bad" in text and "--no-augment" in text
     # no option of ours shows a <bool> metavar (Typer's own --help row still does)
     assert [line for line in text.splitlines() if "<bool>" in line and "--help" not in line] == []

@@ -56,6 +56,7 @@ def test_single_process_context_is_a_no_op(monkeypatch: pytest.MonkeyPatch) -> N
     assert read_torchrun_env() is None
     context = DistContext()
     assert not context.enabled and context.is_main and context.sum_host([3, 1]) == [3, 1]
+    assert context.sum_host_floats([3, 0, 2.5]) == [3.0, 0.0, 2.5]
     assert context.gather_objects({"a"}) == [{"a"}] and context.all_true(False) is False
     monkeypatch.setenv("WORLD_SIZE", "4")
     monkeypatch.setenv("RANK", "2")
