@@ -13,7 +13,8 @@ from typing import Any
 
 
 from sage_cli import artifacts
-from sage_cli.backbone import backbone_identity, check_model_name, classify_pretrained
+from sage_cli.backbone import (backbone_identity, check_model_name, classify_pretrained,
+                               compute_weights_sha256)
 from sage_cli.data import PreparedData, load_prepared_data
 from sage_cli.encode_text import TextCache, check_text_cache_matches, load_text_cache
 from sage_cli.errors import SageError
@@ -107,5 +108,5 @@ def describe_backbone(model: str, pretrained: str) -> dict[str, Any]:
     return {
         "model": name,
         "pretrained": "none" if kind == "none" else weights,
-        "pretrained_sha256": artifacts.sha256_file(weights) if kind == "file" else None,
+        "pretrained_sha256": compute_weights_sha256(name, kind, weights),
     }
