@@ -72,7 +72,11 @@ def resolve_inputs(config: TrainConfig) -> TrainInputs:
     if config.data.image_cache is not None:
         record = check_image_cache_source(config.data.image_cache, data)
         image_cache = {"path": str(config.data.image_cache.resolve()), "fingerprint": record["fingerprint"]}
-    return TrainInputs(data, cache, check_model_name(model), pretrained, choose_eval_split(data, config), image_cache)
+    eval_split = choose_eval_split(data, config)
+    if eval_split is None and (config.run.keep == "best" or config.run.patience):
+        raise SageError(f"--keep best and --patience follow evaluations: {data.directory} has neither a val nor a test "
+                        "split (sage prepare --val-fraction makes one)")
+    return TrainInputs(data, cache, check_model_name(model), pretrained, eval_split, image_cache)
 
 
 def check_feature_cache_options(config: TrainConfig) -> None:

@@ -162,6 +162,26 @@ def test_report_predict_and_export_use_and_name_the_kept_weights(synthetic_prepa
     assert predict(PredictConfig(run=out, images=(image,), device="cpu", checkpoint=picked)).weights == {
         "keep": "checkpoint", "file": str(picked), "step": 24}
 
+    from typer.testing import CliRunner
+
+    from sage_cli.cli import app
+
+    shown = CliRunner().invoke(app, ["predict", str(out), str(image), "--device", "cpu"])
+    assert shown.exit_code == 0, shown.output
+    assert f"weights: {line}" in shown.output
+    shown = CliRunner().invoke(app, ["report", str(out), "--out", str(tmp_path / "report"), "--device", "cpu",
+                                     "--no-figures", "--force"], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0, shown.output
+    assert f"run: {line}" in shown.output  # under the terminal's table
+
     exported = export.run(ExportConfig(run=out, out=tmp_path / "export", format="torchscript"))
     assert exported.record["weights"] == entry["weights"]
     assert predict(PredictConfig(run=tmp_path / "export", images=(image,), device="cpu")).weights == entry["weights"]
+
+
+def test_keep_best_without_an_eval_split_is_refused_before_any_work(train_only_prepared, tmp_path: Path) -> None:
+    prepared, text = train_only_prepared
+    with pytest.raises(SageError, match=r"^--keep best and --patience follow evaluations: .*prepared has neither a "
+                                        r"val nor a test split \(sage prepare --val-fraction makes one\)$"):
+        run(_config(prepared, text, tmp_path / "run", keep="best"))
+    assert not (tmp_path / "run").exists()
