@@ -5,8 +5,8 @@ an open_clip pretrained tag (fetched through open_clip's own cache, only because
 it), a local checkpoint file (always works offline), or ``"none"`` (random init, for tests and
 smoke runs). A model named ``hf-hub:ORG/NAME`` is a Hugging Face repository of open_clip
 (:mod:`sage_cli.hf_hub`): its config and, with ``--pretrained hub``, its weights come from the
-Hugging Face cache (a local ``HF_HUB_CACHE`` works offline). The returned model is frozen: eval mode, no parameter requires grad. Stages adapt
-it afterwards (see ``sage_cli.model``).
+Hugging Face cache (a local ``HF_HUB_CACHE`` works offline). The returned model is frozen: eval
+mode, no parameter requires grad. Stages adapt it afterwards (see ``sage_cli.model``).
 
 Importing this module registers the package's own small configs (``sage_cli/model_configs``,
 e.g. ``sage-tiny``) with open_clip, so ``open_clip.create_model("sage-tiny")`` works too.

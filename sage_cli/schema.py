@@ -163,7 +163,8 @@ class HeadConfig:
 class ModelConfig:
     """The backbone (None: the text cache's model / weights) and the classifier built on it (no PEFT: head only)."""
 
-    model: str | None = option(None, help="open_clip model (default: the text cache's).", panel=METHOD, short="-m")
+    model: str | None = option(None, help="open_clip model, or hf-hub:ORG/NAME (default: the text cache's).",
+                                panel=METHOD, short="-m")
     pretrained: str | None = option(None, help="Tag, checkpoint file or none (default: the text cache's).",
                                     panel=METHOD)
     peft: PeftConfig | None = None

@@ -74,7 +74,8 @@ def identity_of(config: TrainConfig) -> dict[str, Any]:
     full = config.to_dict()
     data = {k: full["data"][k] for k in SCHEMA_1_DATA}
     identity = {"data": data, "model": {"model": model.model, "pretrained": model.pretrained, "adapter": adapter},
-                "loss": {k: full["loss"][k] for k in SCHEMA_1_LOSS}, "optim": {k: full["optim"][k] for k in SCHEMA_1_OPTIM},
+                "loss": {k: full["loss"][k] for k in SCHEMA_1_LOSS},
+                "optim": {k: full["optim"][k] for k in SCHEMA_1_OPTIM},
                 "run": {k: full["run"][k] for k in SCHEMA_1_RUN}}
     added = added_options(config)
     return {**identity, "options": added} if added else identity

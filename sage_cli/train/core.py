@@ -255,7 +255,8 @@ def save_final_weights(out: Path, trainer: Trainer, clip_record: dict[str, Any])
     if best.weights is None:
         return (ADAPTER,)
     with explain_write_errors(out / BEST, "best weights"):
-        ckpt.save_weights(out / BEST, best.weights, {**metadata, "global_step": best.best["step"], "selected": best.best})
+        ckpt.save_weights(out / BEST, best.weights,
+                          {**metadata, "global_step": best.best["step"], "selected": best.best})
     return ADAPTER, BEST
 
 

@@ -78,7 +78,8 @@ def inject_resnet_peft(name: str, visual: nn.Module, blocks: tuple[int, ...] | N
                         f"which takes {', '.join(RESNET_PEFT)} (as LIFT tunes ResNets) or {option_label('method')} "
                         "linear")
     if blocks is not None:
-        raise SageError(f"{option_label('blocks')}: {name} tunes a {kind} tower whole; leave {option_label('blocks')} out")
+        flag = option_label("blocks")
+        raise SageError(f"{flag}: {name} tunes a {kind} tower whole; leave {flag} out")
     return RESNET_PEFT[name](visual)
 
 
