@@ -145,6 +145,16 @@ def test_report_predict_and_export_use_and_name_the_kept_weights(synthetic_prepa
     from sage_cli.report import run as report
 
     out = run(_config(synthetic_prepared, synthetic_text_cache, tmp_path / "run", keep="best", patience=2)).out
+    from rich.console import Console
+
+    from sage_cli.commands.train import summary_table
+
+    console = Console(width=200)
+    with console.capture() as captured:
+        console.print(summary_table(artifacts.read_record(out, artifacts.TRAIN_RECORD)))
+    table = " ".join(captured.get().split())
+    assert "stopped early │ step 24 of 36 (patience 2)" in table
+    assert "best.safetensors: best top1 on val, step 12 (epoch 1): 75.0%" in table
     written = report(ReportConfig(out=tmp_path / "report", runs=(out,), device="cpu", figures=False)).report
     entry = written["runs"][0]
     assert entry["weights"] == {"keep": "best", "file": "best.safetensors", "step": 12, "epoch": 1, "split": "val",
