@@ -5,7 +5,8 @@ classifier and the loss; ``forward(batch)`` returns ``{"loss", "logits", "featur
 feeding the loss the image features when it needs them (the semantic compensation's statistics),
 passing an empty micro-batch (every image unreadable) to the loss so its collective statistics
 still meet the other ranks' (its loss a zero that reaches every trainable parameter, so that its
-backward meets the other ranks' gradient all-reduce under DDP), and running under the one autocast rule (:mod:`sage_cli.precision`).
+backward meets the other ranks' gradient all-reduce under DDP), and running under the one autocast
+rule (:mod:`sage_cli.precision`).
 The trainable parameters and their state dict come from the classifier's one adapter protocol
 (:mod:`sage_cli.model.protocol`), so what trains is what is saved. The Trainer sees only this.
 """
@@ -57,12 +58,20 @@ class ClassificationTask(nn.Module):
         """
         return torch.stack([p.sum() for p in self.trainable_parameters()]).sum() * 0.0
 
+    def normaliser(self, batch: Sequence[Any]) -> float:
+        """The loss's denominator on ``batch``'s labels (host; 0 for an empty batch): what the loop
+        sums over a step's micro-batches and ranks to weight each one's loss."""
+        return self.loss.normaliser(batch[1])
+
     @property
     def feature_dim(self) -> int:
         return int(self.classifier.head.weight.shape[1])
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return self.classifier.trainable_parameters()
+
+    def named_trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        return self.classifier.named_trainable_parameters()
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         return self.classifier.trainable_state_dict()
