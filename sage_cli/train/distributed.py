@@ -8,7 +8,7 @@ Gradients are synchronised by :class:`~torch.nn.parallel.DistributedDataParallel
 (:meth:`DistContext.wrap`): bucketed all-reduces that overlap the backward pass, on the trainable
 parameters only (the frozen tower and every buffer are left out: they are identical on every rank
 by construction). Its hook sums the gradients instead of averaging them: each rank's loss is
-already weighted by its share of the *global* step, so the sum is the mean over the global batch.
+already weighted by its share of the *global* step's normaliser, so the sum is the loss of the global batch.
 Within a step of several micro-batches only the last one's backward all-reduces
 (:meth:`DistContext.gradient_sync`); every rank runs that backward, an empty micro-batch through
 a zero loss (:meth:`~sage_cli.task.ClassificationTask.empty_loss`). Outside torchrun every method
