@@ -29,8 +29,8 @@ def _train(prepared: Path, text: Path, out: Path, method: str = "sage", **option
 
 def _assert_trained_alike(eager: dict[str, torch.Tensor], compiled: dict[str, torch.Tensor]) -> None:
     assert set(compiled) == set(eager)
-    ups = [name for name in eager if name.endswith("up.weight")]
-    assert ups and all(float(eager[name].abs().max()) > 1e-4 for name in ups)  # zero at init: the steps trained
+    ups = [name for name in eager if name.endswith("up.bias")]
+    assert ups and all(float(eager[name].abs().max()) > 1e-3 for name in ups)  # zero at init: the steps trained
     for name in sorted(eager):
         torch.testing.assert_close(compiled[name], eager[name], rtol=0, atol=1e-5, msg=name)
 
