@@ -69,6 +69,8 @@ def model_table(records: dict[str, Any], plan: dict[str, Any]) -> list[str]:
 
     rows.append(row("model step, images/s (MFU)", lambda m, c: f"model_{m}_c{c}",
                     lambda r: f"{rate(r['images_per_s'])} ({100 * r['mfu']:.1f}%)"))
+    rows.append(row("model step, `--compile`, images/s (MFU); warm-up s", lambda m, c: f"model_{m}_c{c}_compile",
+                    lambda r: f"{rate(r['images_per_s'])} ({100 * r['mfu']:.1f}%); {r['warmup_s']:.0f} s"))
     rows.append(row("`sage train`, plain input, images/s", lambda m, c: f"train_{m}_c{c}_plain",
                     lambda r: rate(r["images_per_s"])))
     rows.append(row("`sage train`, `--image-cache`, images/s", lambda m, c: f"train_{m}_c{c}_fast",
