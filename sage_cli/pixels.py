@@ -39,7 +39,7 @@ class Normalize:
             self._on[pixels.device] = (self.mean.to(pixels.device), self.std.to(pixels.device))
         mean, std = self._on[pixels.device]
         # ToTensor: float, / 255; Normalize: sub_(mean), div_(std). The same ops in the same order.
-        return pixels.to(torch.float32).div(255).sub_(mean).div_(std)
+        return pixels.to(torch.float32).div_(255).sub_(mean).div_(std)  # one float32 allocation
 
 
 def keep_pixels(pixels: torch.Tensor) -> torch.Tensor:
