@@ -71,7 +71,9 @@ def measure_batches(repeats: int) -> dict[str, Any]:
                                "float32": 1e3 * median_s(lambda: buffers[1].copy_(batch_f32), repeats)},
         "worker_float_pass_us_per_image": {
             "PILToTensor (uint8 path)": 1e6 * median_s(lambda: T.PILToTensor()(pil), 20 * repeats),
-            "ToTensor + Normalize (float path)": 1e6 * median_s(lambda: to_float(pil), 20 * repeats)},
+            "ToTensor + Normalize (float path)": 1e6 * median_s(lambda: to_float(pil), 20 * repeats),
+            "to float + normalise of a cached uint8 crop (the cached path's float pass)":
+                1e6 * median_s(lambda: normalize(crops[0]), 20 * repeats)},
         "normalise_batch_on_cpu_ms": 1e3 * median_s(lambda: normalize(batch_u8), repeats),
         "flip_uint8_crop_us": 1e6 * median_s(lambda: crops[0].flip(-1), 20 * repeats),
     }
