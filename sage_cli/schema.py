@@ -25,13 +25,17 @@ from sage_cli.config import MAX_BATCH_SIZE, MAX_SEED, check_options, option, opt
 from sage_cli.errors import SageError
 
 # The names of every registry, as types (tests/train/test_methods.py checks them against the registries).
-LossName = Literal["ce", "la", "bs", "focal", "ldam", "cb", "lade"]  # sage_cli.losses.LOSSES
+LossName = Literal["ce", "la", "bs", "focal", "ldam", "cb", "grw", "lade"]  # sage_cli.losses.LOSSES
 CompensationName = Literal["semantic", "count", "zero-shot", "none"]  # sage_cli.losses.ESTIMATORS
+ReweightNormName = Literal["weights", "samples"]  # how cb / grw normalise a batch (sage_cli.losses.classification)
 HeadName = Literal["cosine", "linear", "l2"]  # sage_cli.model.head.HEADS
 HeadInitName = Literal["text", "class-mean", "k-shot", "linear-probe"]  # sage_cli.model.head_init
 ActivationName = Literal["relu", "gelu"]
 SamplerName = Literal["uniform", "class-aware"]
 EvalSplitName = Literal["val", "test", "train"]
+OptimizerName = Literal["sgd", "adamw"]
+KeepName = Literal["last", "best"]
+SelectMetricName = Literal["top1", "few", "mean-groups"]  # sage_cli.train.selection.compute_selection_value
 
 # Block indices stop below this, whatever the tower (ViT-bigG has 48 blocks): --blocks 0-99999999
 # is refused before its range is expanded; the tower's own depth is checked when it is built.
@@ -39,6 +43,7 @@ MAX_BLOCKS = 1024
 
 GUIDED_PEFT = ("sg-adapter",)  # the PEFT modules that take a GuidanceConfig
 COMPENSATED_LOSSES = ("la", "bs")  # the logit-adjusted family: the losses a compensation composes with
+REWEIGHTED_LOSSES = ("cb", "grw")  # the class-reweighted CEs: the losses --reweight-norm applies to
 DEVICES = ("auto", "cpu", "cuda")
 
 METHOD, LOSS, ADAPTER, OPTIM, DATA, RUN = "Method", "Loss", "Adapter", "Optimiser", "Data", "Run"
@@ -160,7 +165,8 @@ class HeadConfig:
 class ModelConfig:
     """The backbone (None: the text cache's model / weights) and the classifier built on it (no PEFT: head only)."""
 
-    model: str | None = option(None, help="open_clip model (default: the text cache's).", panel=METHOD, short="-m")
+    model: str | None = option(None, help="open_clip model, or hf-hub:ORG/NAME (default: the text cache's).",
+                                panel=METHOD, short="-m")
     pretrained: str | None = option(None, help="Tag, checkpoint file or none (default: the text cache's).",
                                     panel=METHOD)
     peft: PeftConfig | None = None
@@ -194,6 +200,10 @@ class LossConfig:
     focal_gamma: float = option(2.0, help="gamma of the focal loss.", panel=LOSS, ge=0)
     ldam_margin: float = option(0.5, help="Largest LDAM margin (on the cosine).", panel=LOSS, gt=0)
     cb_beta: float = option(0.9999, help="beta of the class-balanced loss.", panel=LOSS, ge=0, lt=1)
+    grw_exp: float = option(1.0, help="Exponent p of GRW's class weights (n_y / N)^-p.", panel=LOSS, ge=0)
+    reweight_norm: ReweightNormName = option("weights", help="Batch normaliser of cb and grw: weights (sum w_y CE / "
+                                             "sum w_y, LIFT's) or samples (mean w_y CE, Cui et al.'s).", panel=LOSS,
+                                             choices=names(ReweightNormName))
     lade_weight: float = option(0.1, help="Weight of LADE's estimator term.", panel=LOSS, ge=0)
     lade_lambda: float = option(0.1, help="LADE's ReMINE regulariser.", panel=LOSS, ge=0)
     text_align: float = option(0.0, help="beta of the text-alignment term: the adjusted CE of the frozen text "
@@ -208,16 +218,32 @@ class LossConfig:
         if self.text_align > 0 and self.loss not in COMPENSATED_LOSSES:
             raise SageError(f"{option_label('text_align')} composes with the logit-adjusted losses ({family}) only; "
                             f"got {option_label('loss')} {self.loss}")
+        if self.reweight_norm != "weights" and self.loss not in REWEIGHTED_LOSSES:
+            raise SageError(f"{option_label('reweight_norm')} {self.reweight_norm} applies to the reweighted losses "
+                            f"({', '.join(REWEIGHTED_LOSSES)}) only; got {option_label('loss')} {self.loss}")
 
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """SGD with a per-step cosine schedule after a linear warm-up (``warmup_steps`` wins over ``warmup_epochs``)."""
+    """SGD (LIFT's, the default) or AdamW with a per-step cosine schedule after a linear warm-up
+    (``warmup_steps`` wins over ``warmup_epochs``).
+
+    SGD decays every trainable tensor; AdamW, as open_clip and timm do, none of dimension < 2
+    (biases, norm and SSF scales/shifts, the head's scale) nor the prompt tokens
+    (:func:`sage_cli.train.optim.split_decay`).
+    """
 
     epochs: int = option(10, help="Training epochs.", panel=OPTIM, ge=1)
-    lr: float = option(0.01, help="Peak learning rate (SGD).", panel=OPTIM, gt=0)
+    lr: float = option(0.01, help="Peak learning rate.", panel=OPTIM, gt=0)
+    optimizer: OptimizerName = option("sgd", help="Optimizer: sgd (LIFT's; momentum) or adamw (decoupled weight "
+                                      "decay, none on biases, norms and scales).", panel=OPTIM,
+                                      choices=names(OptimizerName))
     momentum: float = option(0.9, help="SGD momentum.", panel=OPTIM, ge=0, lt=1)
-    weight_decay: float = option(5e-4, help="SGD weight decay.", panel=OPTIM, ge=0)
+    weight_decay: float = option(5e-4, help="Weight decay (SGD: L2 on every tensor; AdamW: decoupled, on "
+                                 "matrices only).", panel=OPTIM, ge=0)
+    beta1: float = option(0.9, help="AdamW's beta1.", panel=OPTIM, ge=0, lt=1)
+    beta2: float = option(0.999, help="AdamW's beta2.", panel=OPTIM, ge=0, lt=1)
+    eps: float = option(1e-8, help="AdamW's epsilon.", panel=OPTIM, gt=0)
     warmup_epochs: float = option(1.0, help="Linear warm-up length in epochs.", panel=OPTIM, ge=0)
     warmup_steps: int | None = option(None, help="Warm-up length in steps (wins over --warmup-epochs).", panel=OPTIM,
                                       ge=0)
@@ -296,6 +322,14 @@ class RunConfig:
     checkpoint_every: int = option(0, help="Also checkpoint every N steps (0: each epoch only).", panel=RUN, ge=0)
     log_every: int = option(10, help="Write train metrics (and, without a terminal, a progress line) every N steps.",
                             panel=RUN, ge=1)
+    keep: KeepName = option("last", help="Weights that report, predict and export use: the last step's, or the "
+                            "best evaluation's by --select-metric (kept beside them as best.safetensors).", panel=RUN,
+                            choices=names(KeepName))
+    select_metric: SelectMetricName = option("top1", help="Eval-split figure that --keep best and --patience "
+                                             "follow: top1, few, or mean-groups (mean of many/medium/few top-1).",
+                                             panel=RUN, choices=names(SelectMetricName))
+    patience: int = option(0, help="Stop after N evaluations in a row without a better --select-metric (0: off).",
+                           panel=RUN, ge=0)
     device: str = option("auto", help="Device to run on (auto: CUDA when available).", panel=RUN,
                          metavar="<auto|cpu|cuda[:N]>")
     compile: bool = option(False, help="torch.compile the image tower (the loss stays eager): faster GPU steps "
@@ -311,6 +345,9 @@ class RunConfig:
             (device in DEVICES or device.startswith("cuda:"),
              f"{option_label('device')} must be auto, cpu or cuda[:N]; got {device!r}"),
             (not (self.force and self.resume), f"{option_label('force')} and {option_label('resume')} exclude each other"),
+            (self.eval_every > 0 or (self.keep == "last" and self.patience == 0),
+             f"{option_label('keep')} best and {option_label('patience')} follow evaluations during the run; "
+             f"{option_label('eval_every')} is 0 (evaluate only at the end)"),
         ])
 
 
