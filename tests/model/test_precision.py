@@ -67,3 +67,20 @@ def test_cast_tower_matches_autocast_forward_and_gradients(tiny_clip, class_embe
     (logits_a, grads_a), (logits_b, grads_b) = results
     torch.testing.assert_close(logits_b, logits_a, rtol=0, atol=2e-2 * float(logits_a.abs().max()))
     assert float((grads_b - grads_a).norm() / grads_a.norm()) < 2e-2
+
+
+def test_a_resnet_tower_keeps_its_batch_norms_in_float32() -> None:
+    """sage-tiny-rn under bitfit: convolutions and the attention pool's projections become bf16;
+    every BatchNorm parameter (frozen or tuned) and every tuned bias stays float32."""
+    from sage_cli.backbone import load_clip
+
+    torch.manual_seed(0)
+    clip = load_clip("sage-tiny-rn", "none").model
+    classifier = build_classifier(clip, torch.nn.functional.normalize(torch.randn(4, clip.visual.output_dim), dim=-1),
+                                  model_config("bitfit"))
+    visual = classifier.visual
+    cast_frozen_weights(visual, torch.bfloat16)
+    batch_norms = [m for m in visual.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert batch_norms and all(p.dtype == torch.float32 for m in batch_norms for p in m.parameters())
+    assert visual.conv1.weight.dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in visual.parameters() if p.requires_grad)
