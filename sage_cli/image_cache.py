@@ -417,8 +417,8 @@ class CacheImagesConfig:
     short_side: int = DEFAULT_SHORT_SIDE
     workers: int = 0
     force: bool = False
-    eval_resize: str = "clip"  # the run's --eval-resize and --interpolation (None: the model's)
-    interpolation: str | None = None
+    eval_resize: str = "clip"  # the run's --eval-resize and --interpolation (model: the model's own)
+    interpolation: str = "model"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "prepared", Path(self.prepared))
@@ -429,8 +429,8 @@ class CacheImagesConfig:
             raise SageError(f"--workers must be >= 0; got {self.workers}")
         if self.eval_resize not in ("lift", "clip"):
             raise SageError(f"--eval-resize must be lift or clip; got {self.eval_resize!r}")
-        if self.interpolation not in (None, "bilinear", "bicubic"):
-            raise SageError(f"--interpolation must be bilinear or bicubic; got {self.interpolation!r}")
+        if self.interpolation not in ("model", "bilinear", "bicubic"):
+            raise SageError(f"--interpolation must be model, bilinear or bicubic; got {self.interpolation!r}")
 
 
 def run(config: CacheImagesConfig, progress: Callable[[str, int, int], None] | None = None) -> CacheResult:

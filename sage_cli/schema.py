@@ -31,7 +31,7 @@ HeadName = Literal["cosine", "linear", "l2"]  # sage_cli.model.head.HEADS
 HeadInitName = Literal["text", "class-mean", "k-shot", "linear-probe"]  # sage_cli.model.head_init
 HeadFeatureName = Literal["pre-proj", "projected"]  # sage_cli.model.features
 EvalResizeName = Literal["lift", "clip"]  # sage_cli.train.transforms.build_eval_transform
-InterpolationName = Literal["bilinear", "bicubic"]
+InterpolationName = Literal["model", "bilinear", "bicubic"]  # model: the backbone's own (bicubic for CLIP)
 LrScheduleName = Literal["cosine-step", "cosine-epoch"]  # sage_cli.train.optim.compute_lr_factor
 ActivationName = Literal["relu", "gelu"]
 SamplerName = Literal["uniform", "class-aware"]
@@ -274,9 +274,9 @@ class DataConfig:
     eval_resize: EvalResizeName = option("clip", help="Eval resize before the centre crop: lift (shorter side to "
                                          "size * 8 // 7, LIFT's test transform) or clip (to size, open_clip's).",
                                          panel=DATA, choices=names(EvalResizeName))
-    interpolation: InterpolationName | None = option(None, help="Resize interpolation in training and eval "
-                                                     "(LIFT: bilinear; default: the model's, bicubic for CLIP).",
-                                                     panel=DATA, choices=names(InterpolationName))
+    interpolation: InterpolationName = option("model", help="Resize interpolation in training and eval: the "
+                                              "model's own (bicubic for CLIP), bilinear (LIFT's) or bicubic.",
+                                              panel=DATA, choices=names(InterpolationName))
     eval_split: EvalSplitName | None = option(None, help="Split to validate on (default: val, else test).", panel=DATA,
                                               choices=names(EvalSplitName))
     skip_bad: bool = option(False, help="Skip unreadable images (listed in train.json) instead of stopping.",

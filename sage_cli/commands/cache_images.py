@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -23,8 +23,8 @@ def command(
     workers: int = typer.Option(0, "--workers", help="Decoding processes (0: this one)."),
     eval_resize: str = typer.Option("clip", "--eval-resize", help="Eval view's resize: lift (size * 8 // 7, then the "
                                     "crop) or clip (open_clip's); as the runs that read the cache."),
-    interpolation: Optional[str] = typer.Option(None, "--interpolation", help="bilinear (LIFT) or bicubic (default: "
-                                                "the model's); as the runs that read the cache."),
+    interpolation: str = typer.Option("model", "--interpolation", help="model (its own, bicubic for CLIP), bilinear "
+                                      "(LIFT's) or bicubic; as the runs that read the cache."),
     force: bool = typer.Option(False, "--force", help="Overwrite a cache of other inputs in --out."),
     as_json: bool = typer.Option(False, "--json", help="Print image_cache.json to stdout instead of a summary."),
 ) -> None:

@@ -65,10 +65,11 @@ def build_eval_transform(record: dict[str, Any]) -> Transform:
     ])
 
 
-def apply_preprocessing(clip: LoadedClip, eval_resize: str, interpolation: str | None) -> LoadedClip:
-    """``clip`` with a run's ``--eval-resize`` and ``--interpolation`` (None: the model's) in its record
-    and eval transform (the train transform is built from the record: :func:`build_transforms`)."""
-    record = {**clip.record, "interpolation": interpolation or clip.record.get("interpolation", "bicubic")}
+def apply_preprocessing(clip: LoadedClip, eval_resize: str, interpolation: str = "model") -> LoadedClip:
+    """``clip`` with a run's ``--eval-resize`` and ``--interpolation`` ("model": the model's own) in its
+    record and transforms (what every later stage reads)."""
+    own = clip.record.get("interpolation", "bicubic")
+    record = {**clip.record, "interpolation": own if interpolation in (None, "model") else interpolation}
     if eval_resize != "clip":  # a record without the key is open_clip's resize (runs before the option)
         record["eval_resize"] = eval_resize
     if record == clip.record:

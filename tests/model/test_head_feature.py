@@ -150,7 +150,7 @@ def test_runs_recorded_before_the_option_read_back_with_the_projected_head(tmp_p
     del full["optim"]["lr_schedule"]
     old = read_config({"schema_version": 2, "config": full})
     assert old.model.head.feature == "projected"
-    assert (old.data.eval_resize, old.data.interpolation, old.optim.lr_schedule) == ("clip", None, "cosine-step")
+    assert (old.data.eval_resize, old.data.interpolation, old.optim.lr_schedule) == ("clip", "model", "cosine-step")
     schema_1 = {"config": {"data": {"prepared": "p", "text_cache": "t"}, "run": {"out": "o"},
                            "model": {"model": None, "pretrained": None, "adapter": {"method": "lift"}}}}
     assert read_config(schema_1).model.head.feature == "projected"

@@ -47,7 +47,7 @@ def test_clip_eval_resize_is_open_clip_s_own_preprocess() -> None:
     _, _, preprocess = open_clip.create_model_and_transforms("sage-tiny", pretrained=None)
     image = _image(50, 40)
     torch.testing.assert_close(build_eval_transform(clip.record)(image), preprocess(image), rtol=0, atol=1e-6)
-    assert apply_preprocessing(clip, "clip", None) is clip  # the record of runs before the options
+    assert apply_preprocessing(clip, "clip", "model") is clip  # the record of runs before the options
 
 
 def test_a_run_s_choices_go_into_its_backbone_record_and_both_transforms() -> None:
