@@ -194,8 +194,11 @@ class LossConfig:
 
     loss: LossName = option("la", help="Training loss.", panel=LOSS, choices=names(LossName))
     tau: float = option(1.0, help="Scale of log(prior) in the logit adjustment.", panel=LOSS, ge=0)
-    compensation: CompensationName = option("none", help="Compensation of the LA family.", panel=LOSS,
-                                            choices=names(CompensationName))
+    compensation: CompensationName = option("none", help="Compensation factor delta subtracted from the adjusted "
+                                            "logits (--loss la or bs only): semantic (text-anchored class statistics "
+                                            "of the image features), count (--lam x log(1 + --kappa / n_y)), zero-shot "
+                                            "(the frozen zero-shot classifier's label bias on the training images) or "
+                                            "none.", panel=LOSS, choices=names(CompensationName))
     lam: float = option(0.25, help="lambda: scale of the compensation factor.", panel=LOSS, ge=0)  # tuned on Shapes-LT val
     kappa: float = option(16.0, help="Pseudo-count of the text anchor.", panel=LOSS, gt=0)
     delta_max: float = option(5.0, help="Upper clamp of the compensation factor.", panel=LOSS, ge=0)
@@ -319,7 +322,8 @@ class RunConfig:
     checkpoint_every: int = option(0, help="Also checkpoint every N steps (0: each epoch only).", panel=RUN, ge=0)
     log_every: int = option(10, help="Write train metrics (and, without a terminal, a progress line) every N steps.",
                             panel=RUN, ge=1)
-    device: str = option("auto", help="auto, cpu, cuda or cuda:N.", panel=RUN)
+    device: str = option("auto", help="Device to run on (auto: CUDA when available).", panel=RUN,
+                         metavar="<auto|cpu|cuda[:N]>")
     force: bool = option(False, help="Overwrite another run in --out.", panel=RUN)
     resume: bool = option(False, help="Continue an interrupted run in --out from its last checkpoint.", panel=RUN)
 

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from sage_cli import artifacts
+from sage_cli.config import did_you_mean
 from sage_cli.errors import SageError, explain_write_errors
 from sage_cli.locks import lock_output_dir
 from sage_cli.prepare import check, recipes
@@ -74,7 +75,8 @@ class PrepareConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "out", Path(self.out))
         if self.dataset not in SOURCES:
-            raise SageError(f"unknown dataset {self.dataset!r}; choose from {', '.join(SOURCES)}")
+            raise SageError(f"unknown dataset {self.dataset!r}; choose from {', '.join(SOURCES)}"
+                            f"{did_you_mean(self.dataset, tuple(SOURCES))}")
         if self.imbalance_ratio is not None and self.dataset == "shapes-lt" and self.imbalance_ratio < 1:
             raise SageError(f"--imbalance-ratio must be >= 1 (1: balanced); got {self.imbalance_ratio}")
         if self.imbalance_ratio is not None and self.dataset != "shapes-lt" and self.imbalance_ratio <= 1:
