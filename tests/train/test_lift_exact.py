@@ -91,6 +91,12 @@ def test_benchmark_presets_resolve_lift_to_lift_s_configs(preset) -> None:
     assert optim.epochs == (20 if preset == "inat2018" else 10)
     assert config.data.batch_size == 128 and config.data.augment
     assert (config.data.eval_resize, config.data.interpolation) == ("lift", "bilinear")
+    from sage_cli.train.config import identity_of
+
+    identity = identity_of(config)  # schema 1's layout, the LIFT-exact choices under options
+    assert identity["options"] == {"eval_resize": "lift", "head_feature": "pre-proj", "interpolation": "bilinear",
+                                   "lr_schedule": "cosine-epoch"}
+    assert "lr_schedule" not in identity["optim"] and "eval_resize" not in identity["data"]
 
 
 def test_lift_s_bottleneck_rule() -> None:
