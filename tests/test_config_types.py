@@ -78,7 +78,7 @@ def test_help_shows_choices_panels_and_plain_flags() -> None:
     for panel in ("Method", "Loss", "Adapter", "Optimiser", "Data", "Run"):
         assert f"─ {panel} " in text, panel
     assert "One of: linear, lift, sage, lora," in text  # the registry's methods, listed in the help
-    assert "One of: ce, la, bs, focal, ldam, cb, lade." in text and "<cosine|linear|l2>" in text
+    assert "One of: ce, la, bs, focal, ldam, cb, grw, lade." in text and "<cosine|linear|l2>" in text
     assert "--skip-bad" in text and "--no-skip-bad" in text and "--no-augment" in text
     assert "<bool>" not in text  # a flag shows no placeholder (tests/commands/test_help.py: every command)
 

@@ -32,6 +32,7 @@ def command(
     variant: int = typer.Option(0, "--variant", help="shapes-lt: world variant, the seed of which classes are frequent (apart from --seed)."),
     domain: Domain | None = typer.Option(None, "--domain", help="shapes-lt: fine (world v2: mild textures, class shades), moderate (world v2, stronger textures) or hard (world v1's shifted domain). Default: fine."),
     groups_from: Literal["ir100", "own"] | None = typer.Option(None, "--groups-from", help="cifar100-lt groups: ir100 (default, LIFT's 35/35/30) or own (this ratio's counts).", show_default=False),
+    label_order: Literal["species", "category-id"] | None = typer.Option(None, "--label-order", help="inat2018 labels: species (default, LIFT's: the index of the species name in the sorted names) or category-id (the ids as written).", show_default=False),
     many_threshold: int = typer.Option(100, "--many-threshold", help="many: more training images than this."),
     few_threshold: int = typer.Option(20, "--few-threshold", help="few: fewer training images than this."),
     workers: int | None = typer.Option(None, "--workers", help="Threads for image checks and PNG writes (default: automatic)."),
@@ -52,6 +53,7 @@ def command(
     config = PrepareConfig(dataset=dataset, out=out, root=root, seed=seed, imbalance_ratio=imbalance_ratio,
                            many_threshold=many_threshold, few_threshold=few_threshold, force=force,
                            classnames=classnames, verify=verify, skip_bad=skip_bad, groups_from=groups_from,
+                           label_order=label_order,
                            workers=workers, max_count=max_count, variant=variant, domain=domain,
                            allow_outside_root=allow_outside_root,
                            split=SplitSpec(val_fraction, test_fraction, val_per_class, test_per_class))
