@@ -12,7 +12,7 @@ from torch import nn
 
 from sage_cli.errors import SageError
 from sage_cli.model.adapters import SGAdapter
-from sage_cli.model.features import PRE_PROJ, check_pre_projection, encode_tower, map_text_to_pre_projection
+from sage_cli.model.features import PRE_PROJ, encode_tower, map_text_to_pre_projection, resolve_head_feature
 from sage_cli.model.head import build_head
 from sage_cli.model.peft import PeftContext, inject_peft
 from sage_cli.model.protocol import AdapterModule, mark_only_trainable
@@ -45,9 +45,10 @@ class SageClassifier(nn.Module):
         self.visual = visual
         self.head = head
         self.config = config
-        self.pre_projection = config.head.feature == PRE_PROJ
+        self.head_feature = resolve_head_feature(visual, config.head.feature)  # what the head reads on this tower
+        self.pre_projection = self.head_feature == PRE_PROJ
         # proj [W, E] of the tower, kept in a tuple so it is not registered twice (it is visual's).
-        self._projection = (check_pre_projection(visual),) if self.pre_projection else ()
+        self._projection = (visual.proj,) if self.pre_projection else ()
         self.reads_features = False  # True: inputs are cached head features, not images (read_cached_features)
         head_names = [f"head.{name}" for name, _ in head.named_parameters()] if config.head.train else []
         self.trainable_names: tuple[str, ...] = tuple(f"visual.{name}" for name in tuned) + tuple(head_names)
@@ -129,8 +130,12 @@ class SageClassifier(nn.Module):
         return list(self.trainable_names)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
+        return [param for _, param in self.named_trainable_parameters()]
+
+    def named_trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """``(name, parameter)`` of each trainable parameter, in :attr:`trainable_names` order."""
         params = dict(self.named_parameters())
-        return [params[name] for name in self.trainable_names]
+        return [(name, params[name]) for name in self.trainable_names]
 
     def summary(self) -> dict[str, object]:
         """Resolved settings for run records: PEFT module, head, bottleneck, blocks, counts."""
@@ -139,7 +144,7 @@ class SageClassifier(nn.Module):
         return {
             "peft": self.config.peft.module if self.config.peft is not None else None,
             "head": self.config.head.kind,
-            "head_feature": self.config.head.feature,
+            "head_feature": self.head_feature,
             "head_init": self.config.head.init,
             "bottleneck": adapters[0].bottleneck if adapters else None,
             "adapter_blocks": len(adapters),
@@ -206,8 +211,8 @@ def build_classifier(
         tuned = inject_peft(cfg.peft.module, visual, PeftContext(cfg.peft, class_embeddings))
     if head_vectors is not None:
         vectors = head_vectors.detach().float().to(device)
-    elif cfg.head.feature == PRE_PROJ:
-        vectors = map_text_to_pre_projection(class_embeddings, check_pre_projection(visual))  # [C, W]
+    elif resolve_head_feature(visual, cfg.head.feature) == PRE_PROJ:
+        vectors = map_text_to_pre_projection(class_embeddings, visual.proj)  # [C, W]
     else:
         vectors = class_embeddings
     head = build_head(cfg.head.kind, vectors, cfg.head.scale).to(device)

@@ -6,6 +6,10 @@ open_clip's ``VisionTransformer.forward`` is ``_pool(transformer(_embeds(x)))`` 
   ``proj``: h(x) [B, W] (768-d on ViT-B/16);
 - ``projected`` (CLIP's joint space): f(x) = h(x) @ proj [B, E] (512-d on ViT-B/16).
 
+A tower without a ViT ``proj`` (open_clip's ModifiedResNet, a timm trunk) has no pre-projection
+feature: its head reads the tower's output f(x) (:func:`resolve_head_feature`), as LIFT's
+``Peft_RN`` classifies the attention pool's output.
+
 A head on h(x) starts from the class texts as LIFT's ``init_head_text_feat`` maps them:
 w_c = normalize(normalize(t_c) @ proj.T) [W]. Its logits at init are
 s * cos(h, proj t_c) = s * (f . t_c) / (|h| |proj t_c|): CLIP's zero-shot scores up to the
@@ -24,14 +28,17 @@ from sage_cli.errors import SageError
 PRE_PROJ, PROJECTED = "pre-proj", "projected"
 
 
-def check_pre_projection(visual: nn.Module) -> torch.Tensor:
-    """The tower's projection [W, E]; a SageError when the tower has none (not an open_clip ViT)."""
+def has_pre_projection(visual: nn.Module) -> bool:
+    """Whether the tower is an open_clip ViT with a projection matrix (whose input h(x) a head can read)."""
     proj = getattr(visual, "proj", None)
-    if not isinstance(proj, torch.Tensor) or not all(hasattr(visual, a) for a in ("_embeds", "transformer", "_pool")):
-        raise SageError(f"{option_label('head_feature')} {PRE_PROJ} needs an open_clip ViT image tower with a "
-                        f"projection matrix (proj); this tower ({type(visual).__name__}) has none: use "
-                        f"{option_label('head_feature')} {PROJECTED}")
-    return proj
+    return isinstance(proj, torch.Tensor) and all(hasattr(visual, a) for a in ("_embeds", "transformer", "_pool"))
+
+
+def resolve_head_feature(visual: nn.Module, requested: str) -> str:
+    """The feature a head asking for ``requested`` reads on this tower: pre-proj needs a ViT's ``proj``;
+    a tower without one (open_clip's ModifiedResNet, whose attention-pool output LIFT's ``Peft_RN``
+    classifies; a timm trunk) has no pre-projection feature, and its head reads the tower's output."""
+    return PRE_PROJ if requested == PRE_PROJ and has_pre_projection(visual) else PROJECTED
 
 
 def encode_pre_projection(visual: nn.Module, images: torch.Tensor) -> torch.Tensor:

@@ -54,7 +54,7 @@ def use_cached_features(
     """
     if world_size > 1:
         raise SageError("--feature-cache trains in one process (seconds on a CPU); run it without torchrun")
-    key_inputs = compute_key_inputs(clip_record, inputs.data, device, config.model.head.feature)
+    key_inputs = compute_key_inputs(clip_record, inputs.data, device, classifier.head_feature)
     out: list[Dataset | None] = []
     for split, dataset in (("train", datasets[0]), (inputs.eval_split, datasets[1])):
         if dataset is None:

@@ -124,16 +124,18 @@ def test_every_trained_method_reads_the_pre_projection_feature_and_zero_shot_cli
     assert lift.loss.compensation == "none" and sage.loss.compensation == "semantic"
 
 
-def test_a_tower_without_a_projection_is_refused_for_a_pre_projection_head(narrow_clip, texts) -> None:
-    from sage_cli.errors import SageError
+def test_a_tower_without_a_vit_projection_reads_its_output_as_lift_s_resnet_head_does(texts) -> None:
+    from sage_cli.backbone import load_clip
 
-    saved = narrow_clip.visual.proj
-    narrow_clip.visual.proj = None
-    try:
-        with pytest.raises(SageError, match="--head-feature pre-proj needs an open_clip ViT"):
-            build_classifier(narrow_clip, texts, model_config("lift"))
-    finally:
-        narrow_clip.visual.proj = saved
+    torch.manual_seed(0)
+    resnet = load_clip("sage-tiny-rn", "none").model  # LIFT's Peft_RN classifies the attention pool's output
+    embeddings = F.normalize(torch.randn(CLASSES, 64, generator=torch.Generator().manual_seed(1)), dim=-1)
+    classifier = build_classifier(resnet, embeddings, model_config("bitfit"))
+    assert classifier.head_feature == "projected" and classifier.summary()["head_feature"] == "projected"
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = 25.0 * F.normalize(resnet.encode_image(images), dim=-1) @ embeddings.t()
+        torch.testing.assert_close(classifier(images), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_runs_recorded_before_the_option_read_back_with_the_projected_head(tmp_path: Path) -> None:
