@@ -113,6 +113,12 @@ class SageClassifier(nn.Module):
             head_input = features if not self.pre_projection else F.normalize(head_input, dim=-1)
         return self.head(head_input), features
 
+    def compile_tower(self, **options: object) -> None:
+        """``torch.compile`` the image tower in place (``options`` go to torch.compile); the head and
+        whatever reads the logits (the loss) stay eager. Parameter names and the state dict do not
+        change. Routed guidance compiles two graphs, the frozen pass's and the tuned one's."""
+        self.visual.compile(**options)
+
     def train(self, mode: bool = True) -> SageClassifier:
         # The frozen tower stays in eval mode (no patch dropout); inserted modules and head follow ``mode``.
         super().train(mode)
