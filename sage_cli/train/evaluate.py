@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from sage_cli.artifacts import GROUPS
 from sage_cli.data import build_loader, iterate_batches
+from sage_cli.model.features import encode_tower
 from sage_cli.precision import autocast
 from sage_cli.train.distributed import DistContext
 
@@ -56,28 +58,39 @@ def predict(classifier: nn.Module, loader: DataLoader, device: torch.device) -> 
     return torch.cat(predictions).cpu().numpy(), torch.cat(labels).numpy()
 
 
+class FrozenFeatures(NamedTuple):
+    """The frozen tower's features of a split, L2-normalised, in loader order."""
+
+    features: torch.Tensor  # [N, E] v(x), CLIP's joint space (the zero-shot compensation's)
+    labels: torch.Tensor  # [N]
+    head: torch.Tensor  # [N, D] the head's feature space (= features for a projected head)
+
+
 @torch.no_grad()
-def compute_image_features(visual: nn.Module, loader: DataLoader, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """L2-normalised image features [N, E] (float32, CPU) and labels [N] of ``visual`` over ``loader``, in order."""
-    features, labels = [], []
+def compute_image_features(visual: nn.Module, loader: DataLoader, device: torch.device,
+                           pre_projection: bool = False) -> FrozenFeatures:
+    """L2-normalised image features (float32, CPU) and labels of ``visual`` over ``loader``, in order:
+    v(x) in the joint space and, for a ``pre_projection`` head, h(x) before ``proj`` too."""
+    features, labels, heads = [], [], []
     for batch in iterate_batches(loader):
         images, batch_labels = batch[0], batch[1]
         if images is None:
             continue
         with autocast(device):
-            out = visual(images.to(device, non_blocking=True))
-        out = out[0] if isinstance(out, tuple) else out
-        features.append(torch.nn.functional.normalize(out.float(), dim=-1).cpu())
+            head, joint = encode_tower(visual, images.to(device, non_blocking=True), pre_projection)
+        features.append(F.normalize(joint.float(), dim=-1).cpu())
+        heads.append(F.normalize(head.float(), dim=-1).cpu() if pre_projection else features[-1])
         labels.append(batch_labels)
     if not labels:
-        return torch.zeros(0, 0), torch.zeros(0, dtype=torch.long)
-    return torch.cat(features), torch.cat(labels)
+        empty = torch.zeros(0, 0)
+        return FrozenFeatures(empty, torch.zeros(0, dtype=torch.long), empty)
+    return FrozenFeatures(torch.cat(features), torch.cat(labels), torch.cat(heads))
 
 
 def compute_sharded_image_features(
     visual: nn.Module, dataset: Dataset, batch_size: int, num_workers: int | None, device: torch.device,
-    dist_ctx: DistContext,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    dist_ctx: DistContext, pre_projection: bool = False,
+) -> FrozenFeatures:
     """:func:`compute_image_features` of ``visual`` over ``dataset``, the work split over the ranks.
 
     Each rank encodes its contiguous block (:meth:`DistContext.shard`) and the blocks are gathered
@@ -85,13 +98,13 @@ def compute_sharded_image_features(
     unreadable images left out).
     """
     loader = build_loader(dataset, batch_size, num_workers, device, sampler=dist_ctx.shard(len(dataset)))
-    features, labels = compute_image_features(visual, loader, device)
+    frozen = compute_image_features(visual, loader, device, pre_projection)
     if not dist_ctx.enabled:
-        return features, labels
-    blocks = [(f, y) for f, y in dist_ctx.gather_objects((features, labels)) if len(y)]  # a rank may have none
+        return frozen
+    blocks = [block for block in dist_ctx.gather_objects(tuple(frozen)) if len(block[1])]  # a rank may have none
     if not blocks:
-        return features, labels
-    return torch.cat([f for f, _ in blocks]), torch.cat([y for _, y in blocks])
+        return frozen
+    return FrozenFeatures(*(torch.cat(parts) for parts in zip(*blocks)))
 
 
 def summarise_predictions(predictions: np.ndarray, labels: np.ndarray, groups: Sequence[str]) -> dict[str, Any]:

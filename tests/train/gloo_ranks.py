@@ -111,8 +111,9 @@ def tiny_tower() -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(12, 5))
 
 
-def frozen_features(context: DistContext) -> tuple[torch.Tensor, torch.Tensor]:
-    return compute_sharded_image_features(tiny_tower(), TinyImages(), 2, 0, torch.device("cpu"), context)
+def frozen_features(context: DistContext) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(features, labels, head features) of the tiny tower over TinyImages, in batches of 2."""
+    return tuple(compute_sharded_image_features(tiny_tower(), TinyImages(), 2, 0, torch.device("cpu"), context))
 
 
 def run_rank(rank: int, store: str, out: str) -> None:

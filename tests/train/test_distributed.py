@@ -162,12 +162,13 @@ def test_compensation_statistics_of_two_ranks_match_one_process(gloo_ranks: list
 
 
 def test_the_sharded_frozen_feature_pass_equals_one_process(gloo_ranks: list[dict]) -> None:
-    features, labels = gloo_ranks_job.frozen_features(DistContext())
-    assert labels.tolist() == [0, 1, 2, 0, 2, 0]  # sample 4 unreadable: left out
+    features, labels, head = gloo_ranks_job.frozen_features(DistContext())
+    assert labels.tolist() == [0, 1, 2, 0, 2, 0] and features.shape == head.shape == (6, 5)  # sample 4 unreadable
     for rank in gloo_ranks:
-        sharded_features, sharded_labels = rank["frozen"]
+        sharded_features, sharded_labels, sharded_head = rank["frozen"]
         assert torch.equal(sharded_labels, labels)
         torch.testing.assert_close(sharded_features, features, rtol=0, atol=1e-6)
+        torch.testing.assert_close(sharded_head, head, rtol=0, atol=1e-6)
 
 
 def test_shards_are_contiguous_blocks_in_rank_order() -> None:
