@@ -253,26 +253,24 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     f.update(zs_val=100.0 * zs_val["metrics"]["top1"], zs_desc_val=100.0 * zs_desc_val["metrics"]["top1"])
     (zs,) = bench.report("zs", [], split, zero_shot=lt) if split != "val" else (zs_val,)
     f.update(mean_figures("zs", [zs], groups))
-    # The augmentation: the balanced oracle's val accuracy (seed 0), none or LIFT's crop + flip.
+    # The augmentation: the balanced oracle's val accuracy (seed 0), none or LIFT's crop + flip (--quick: none).
     per_class = math.floor(sum(counts) / len(counts) + 0.5)  # the balanced oracle of the same size
     balanced = bench.prepare(f"balanced{per_class}", ["--imbalance-ratio", "1", "--max-count", str(per_class)])
-    augments = ("none",) if args.quick else ("none", "rrc")
-    oracle0 = {a: bench.train(f"oracle_{a}", balanced, ["--method", "lift"], 0, a) for a in augments}
-    oracle_val = bench.report("oracle_aug", list(oracle0.values()), "val")
-    f["oracle_val"] = {a: 100.0 * r["metrics"]["top1"] for a, r in zip(augments, oracle_val)}
-    chosen = max(f["oracle_val"], key=f["oracle_val"].get)
-    f["augment_chosen"] = None if args.quick else chosen
-    # full-ft's lr on val (seed 0), then every run at its seeds.
+    oracle0 = {a: bench.train(f"oracle_{a}", balanced, ["--method", "lift"], 0, a) for a in ("none", "rrc")
+               if not args.quick}
+    if oracle0:
+        oracle_val = bench.report("oracle_aug", list(oracle0.values()), "val")
+        f["oracle_val"] = {a: 100.0 * r["metrics"]["top1"] for a, r in zip(oracle0, oracle_val)}
+    chosen = max(f["oracle_val"], key=f["oracle_val"].get) if oracle0 else "none"
+    f["augment_chosen"] = chosen if oracle0 else None
+    lt_runs = {"lift": [bench.train("lift", lt, ["--method", "lift"], s, chosen) for s in seeds],
+               "probe": [bench.train("probe_ce", lt, PROBE, s, "none") for s in seeds]}
+    # full-ft's lr on val (seed 0), then its other seeds at that lr.
     fullft_val = {lr: bench.train("fullft", lt, ["--method", "full-ft"], 0, chosen, lr=lr) for lr in args.full_ft_lrs}
     val_top1 = [100.0 * r["metrics"]["top1"] for r in bench.report("fullft_lrs", list(fullft_val.values()), "val")]
     f["fullft_val"] = dict(zip(map(str, args.full_ft_lrs), val_top1))
-    fullft_lr = args.full_ft_lrs[val_top1.index(max(val_top1))]
-    f["fullft_lr"] = fullft_lr
-    lt_runs = {
-        "lift": [bench.train("lift", lt, ["--method", "lift"], s, chosen) for s in seeds],
-        "probe": [bench.train("probe_ce", lt, PROBE, s, "none") for s in seeds],
-        "fullft": [bench.train("fullft", lt, ["--method", "full-ft"], s, chosen, lr=fullft_lr) for s in seeds],
-    }
+    f["fullft_lr"] = fullft_lr = args.full_ft_lrs[val_top1.index(max(val_top1))]
+    lt_runs["fullft"] = [bench.train("fullft", lt, ["--method", "full-ft"], s, chosen, lr=fullft_lr) for s in seeds]
     if not args.quick:
         lt_runs["lift_3x"] = [bench.train("lift_3x", lt, ["--method", "lift"], s, chosen, epochs=3 * bench.epochs)
                               for s in seeds]
@@ -280,8 +278,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     reported = bench.report("lt", [r for runs in lt_runs.values() for r in runs], split)
     for name in lt_runs:
         f.update(mean_figures(name, [r for n, r in zip(names, reported) if n == name], groups))
-    oracle = [oracle0[chosen]] + [bench.train(f"oracle_{chosen}", balanced, ["--method", "lift"], s, chosen)
-                                  for s in seeds if s != 0]
+    oracle = [bench.train(f"oracle_{chosen}", balanced, ["--method", "lift"], s, chosen) for s in seeds]
     f.update(mean_figures("oracle", bench.report("oracle", oracle, split), groups))
     f["shots"] = {}
     for k in args.shots:
