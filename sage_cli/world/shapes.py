@@ -79,6 +79,7 @@ class Domain:
     cast_colour: tuple[float, float, float] = (1.0, 1.0, 1.0)
     cast_strength: float = 0.0
     noise_std: float = 0.04  # per-pixel Gaussian noise, in [0, 1] intensity units
+    colour_jitter: float = _COLOUR_JITTER  # std of each object's RGB jitter
     backgrounds: tuple[str, ...] = ()
     contrast_range: tuple[float, float] = (0.0, 0.0)
     captions: str = "names"
@@ -244,7 +245,7 @@ def generate(
     angle = rng.uniform(0.0, 2.0 * np.pi, size=n)
     rgb = np.asarray([COLOURS[c] for c in COLOUR_NAMES])[colour_idx]
     rgb = rgb + offset
-    rgb = np.clip(rgb + rng.normal(0.0, _COLOUR_JITTER, size=(n, 3)), 0.0, 1.0)
+    rgb = np.clip(rgb + rng.normal(0.0, domain.colour_jitter, size=(n, 3)), 0.0, 1.0)
 
     background, bg_words = _render_backgrounds(n, image_size, domain, rng, kinds)  # [N, S, S, 3]
     mask = _render_masks(shape_idx, centre, radius, angle, _pixel_grid(image_size * _SUPERSAMPLE))

@@ -96,3 +96,18 @@ def test_prepare_v3_defaults(tmp_path) -> None:
     train = manifest[manifest["split"] == "train"]
     counts = np.bincount(train["label"], minlength=80)
     assert counts[0] == 103 and counts[-1] == 2 and len(names) == 80
+
+
+def test_v3_count_defaults_reach_the_record_options(tmp_path) -> None:
+    from sage_cli.prepare import PrepareConfig, _shapes_lt_options
+
+    v3 = _shapes_lt_options(PrepareConfig(dataset="shapes-lt", out=tmp_path / "a", domain="v3"))
+    assert v3 == {"imbalance_ratio": 50.0, "max_count": 200, "variant": 0, "domain": "v3"}
+    given = _shapes_lt_options(PrepareConfig(dataset="shapes-lt", out=tmp_path / "b", domain="v3", max_count=81,
+                                             imbalance_ratio=1))
+    assert given["max_count"] == 81 and given["imbalance_ratio"] == 1
+    fine = _shapes_lt_options(PrepareConfig(dataset="shapes-lt", out=tmp_path / "c"))
+    assert fine == {"imbalance_ratio": 100.0, "max_count": 300, "variant": 0, "domain": "fine"}
+    with pytest.raises(SageError, match="must span the groups"):
+        prepare_shapes_lt(tmp_path / "d", domain="v3", max_count=100)
+    assert not (tmp_path / "d").exists()
