@@ -99,10 +99,10 @@ def run(config: ExportConfig) -> ExportResult:
 
 def _run_locked(config: ExportConfig) -> ExportResult:
     from sage_cli.train import load_trained_classifier
-    from sage_cli.train.restore import resolve_weights_path
+    from sage_cli.train.restore import describe_weights, resolve_weights_path
 
     run_record = artifacts.read_record(config.run, artifacts.TRAIN_RECORD)
-    weights = resolve_weights_path(config.run, config.checkpoint)
+    weights = resolve_weights_path(config.run, config.checkpoint, run_record)
     inputs = {"run_fingerprint": run_record.get("fingerprint"), "format": config.format,
               "weights_sha256": artifacts.sha256_file(weights) if weights.is_file() else None}
     fingerprint = artifacts.sha256_json(inputs)
@@ -121,6 +121,7 @@ def _run_locked(config: ExportConfig) -> ExportResult:
         try:
             staging.chmod(0o777 & ~artifacts.current_umask())  # mkdtemp makes it private
             fields = WRITERS[config.format](classifier, clip, staging)
+            fields = {**fields, "weights": describe_weights(weights, run_record, config.run)}
             export = build_export_record(config, inputs, classifier, record, names, fields)
             export = artifacts.seal_record(staging, export, [p.name for p in staging.iterdir()])
             artifacts.write_record(staging, EXPORT_RECORD, export)
@@ -136,7 +137,8 @@ def build_export_record(config: ExportConfig, inputs: dict[str, Any], classifier
     """export.json before sealing: the source run, classes, preprocessing, tensors and format details."""
     model = run_record["model"]
     preprocessing = {key: model.get(key, default) for key, default in (
-        ("image_size", None), ("mean", None), ("std", None), ("interpolation", "bicubic"), ("resize_mode", "shortest"))}
+        ("image_size", None), ("mean", None), ("std", None), ("interpolation", "bicubic"), ("resize_mode", "shortest"),
+        ("eval_resize", "clip"))}
     height, width = preprocessing["image_size"]
     return artifacts.build_record(
         "export", inputs, format=config.format, model_file=MODEL_FILES[config.format],
@@ -212,7 +214,7 @@ def write_open_clip(classifier: nn.Module, clip: Any, directory: Path) -> dict[s
         "model": clip.record["model"], "quick_gelu": quick_gelu,
         "merged": getattr(classifier.visual, "sage_peft", None),
         "head": {"file": HEAD_FILE, "kind": classifier.config.head.kind, "scale": float(getattr(head, "scale", 1.0)),
-                 "input": "normalized" if head.normalized_input else "raw"},
+                 "input": "normalized" if head.normalized_input else "raw", "feature": classifier.head_feature},
     }}
 
 
@@ -331,6 +333,7 @@ def load_open_clip(directory: Path, record: dict[str, Any], device: torch.device
     from safetensors.torch import load_file
 
     from sage_cli.backbone import _quiet_open_clip  # importing it registers the package's own model configs
+    from sage_cli.model.features import PRE_PROJ, encode_tower
     from sage_cli.model.head import build_head
 
     info = record["open_clip"]
@@ -344,8 +347,8 @@ def load_open_clip(directory: Path, record: dict[str, Any], device: torch.device
 
     @torch.no_grad()
     def predict(images: torch.Tensor) -> torch.Tensor:
-        features = visual(images.to(device))
-        features = features[0] if isinstance(features, tuple) else features
+        # an export written before --head-feature read the projected feature
+        features, _ = encode_tower(visual, images.to(device), info["head"].get("feature") == PRE_PROJ)
         return head(F.normalize(features, dim=-1) if info["head"]["input"] == "normalized" else features).float()
 
     return predict

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from sage_cli.config import coerce_preset, coerce_value, load_yaml_mapping, option_label
+from sage_cli.config import choice_message, coerce_preset, coerce_value, load_yaml_mapping, option_label
 from sage_cli.errors import SageError
 from sage_cli.schema import (
     COMPENSATED_LOSSES,
@@ -39,13 +39,19 @@ from sage_cli.schema import (
 )
 
 
+# LIFT's head: cosine, s = 25, on the pre-projection class token, initialised from the text
+# (models/classifiers.py CosineClassifier, trainer.py init_head_text_feat). Every trained method has it.
+LIFT_HEAD = HeadConfig(feature="pre-proj")
+
+
 @dataclass(frozen=True)
 class Method:
-    """A named, complete model + loss config; the defaults are LIFT's (cosine head from text, LA)."""
+    """A named, complete model + loss config; the defaults are LIFT's (cosine head from text on the
+    pre-projection feature, LA)."""
 
     name: str
     summary: str
-    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    model: ModelConfig = dataclasses.field(default_factory=lambda: ModelConfig(head=LIFT_HEAD))
     loss: LossConfig = dataclasses.field(default_factory=LossConfig)
     trainable: bool = True  # offered by `sage train` (zeroshot is a baseline, not a run)
     demo: bool = False  # trained by `sage demo`
@@ -53,7 +59,7 @@ class Method:
 
 def peft(module: str, guidance: GuidanceConfig | None = None) -> ModelConfig:
     """The model part of a method that puts PEFT ``module`` into the tower (LIFT's head)."""
-    return ModelConfig(peft=PeftConfig(module, guidance=guidance))
+    return ModelConfig(peft=PeftConfig(module, guidance=guidance), head=LIFT_HEAD)
 
 
 SEMANTIC = LossConfig(compensation="semantic")
@@ -82,7 +88,7 @@ _METHODS = (
     Method("sage-zs", "SG-Adapter with the zero-shot compensation factor: the frozen zero-shot classifier's "
            "own label bias on the training images, corrected in the loss",
            peft("sg-adapter", GuidanceConfig()), LossConfig(compensation="zero-shot")),
-    Method("zeroshot", "CLIP zero-shot: the head is the class text embeddings, frozen",
+    Method("zeroshot", "CLIP zero-shot: the head is the class text embeddings, frozen, in CLIP's joint space",
            ModelConfig(head=HeadConfig(train=False)), trainable=False),
 )
 
@@ -99,7 +105,7 @@ def get_method(name: str, choices: tuple[str, ...] | None = None) -> Method:
     """The method ``name``; a SageError naming ``--method`` and the valid names otherwise."""
     valid = choices if choices is not None else tuple(METHODS)
     if name not in valid:
-        raise SageError(f"{option_label('method')} must be one of {', '.join(valid)}; got {name!r}")
+        raise SageError(choice_message(option_label('method'), name, valid))
     return METHODS[name]
 
 
@@ -184,7 +190,7 @@ def _coerce(leaf: Any, value: Any) -> Any:
     if meta.parse is not None and (value is None or isinstance(value, (str, list, tuple))):
         return meta.parse(value)
     if meta.choices is not None and value is not None and value not in meta.choices:
-        raise SageError(f"{option_label(leaf.key)} must be one of {', '.join(meta.choices)}; got {value!r}")
+        raise SageError(choice_message(option_label(leaf.key), value, meta.choices))
     try:
         return coerce_value(value, leaf.annotation)
     except ValueError as exc:

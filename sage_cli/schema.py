@@ -25,13 +25,21 @@ from sage_cli.config import MAX_BATCH_SIZE, MAX_SEED, check_options, option, opt
 from sage_cli.errors import SageError
 
 # The names of every registry, as types (tests/train/test_methods.py checks them against the registries).
-LossName = Literal["ce", "la", "bs", "focal", "ldam", "cb", "lade"]  # sage_cli.losses.LOSSES
+LossName = Literal["ce", "la", "bs", "focal", "ldam", "cb", "grw", "lade"]  # sage_cli.losses.LOSSES
 CompensationName = Literal["semantic", "count", "zero-shot", "none"]  # sage_cli.losses.ESTIMATORS
+ReweightNormName = Literal["weights", "samples"]  # how cb / grw normalise a batch (sage_cli.losses.classification)
 HeadName = Literal["cosine", "linear", "l2"]  # sage_cli.model.head.HEADS
 HeadInitName = Literal["text", "class-mean", "k-shot", "linear-probe"]  # sage_cli.model.head_init
+HeadFeatureName = Literal["pre-proj", "projected"]  # sage_cli.model.features
+EvalResizeName = Literal["lift", "clip"]  # sage_cli.train.transforms.build_eval_transform
+InterpolationName = Literal["model", "bilinear", "bicubic"]  # model: the backbone's own (bicubic for CLIP)
+LrScheduleName = Literal["cosine-step", "cosine-epoch"]  # sage_cli.train.optim.compute_lr_factor
 ActivationName = Literal["relu", "gelu"]
 SamplerName = Literal["uniform", "class-aware"]
 EvalSplitName = Literal["val", "test", "train"]
+OptimizerName = Literal["sgd", "adamw"]
+KeepName = Literal["last", "best"]
+SelectMetricName = Literal["top1", "few", "mean-groups"]  # sage_cli.train.selection.compute_selection_value
 
 # Block indices stop below this, whatever the tower (ViT-bigG has 48 blocks): --blocks 0-99999999
 # is refused before its range is expanded; the tower's own depth is checked when it is built.
@@ -39,6 +47,7 @@ MAX_BLOCKS = 1024
 
 GUIDED_PEFT = ("sg-adapter",)  # the PEFT modules that take a GuidanceConfig
 COMPENSATED_LOSSES = ("la", "bs")  # the logit-adjusted family: the losses a compensation composes with
+REWEIGHTED_LOSSES = ("cb", "grw")  # the class-reweighted CEs: the losses --reweight-norm applies to
 DEVICES = ("auto", "cpu", "cuda")
 
 METHOD, LOSS, ADAPTER, OPTIM, DATA, RUN = "Method", "Loss", "Adapter", "Optimiser", "Data", "Run"
@@ -141,9 +150,19 @@ class PeftConfig:
 
 @dataclass(frozen=True)
 class HeadConfig:
-    """The classifier head: its kind, its initial weights, its scale s and whether it trains."""
+    """The classifier head: its kind, the feature it reads, its initial weights, its scale s and whether it trains.
+
+    ``feature`` "pre-proj" is LIFT's: the class token after ``ln_post``, before the tower's ``proj``
+    ([B, W], 768-d on ViT-B/16), the text init mapped in as normalize(normalize(t) @ proj.T);
+    "projected" is CLIP's joint space ([B, E]). A tower without a ViT ``proj`` (a ResNet, whose
+    attention-pool output LIFT classifies) reads its output either way. The field's default is the value runs had before
+    the option existed (a train.json without it reads as projected); the methods set pre-proj.
+    """
 
     kind: HeadName = option("cosine", help="Classifier head.", panel=METHOD, key="head", choices=names(HeadName))
+    feature: HeadFeatureName = option("projected", help="Feature the head reads: pre-proj (LIFT: the CLS token "
+                                      "after ln_post, before proj) or projected (CLIP's joint space).",
+                                      panel=METHOD, key="head_feature", choices=names(HeadFeatureName))
     init: HeadInitName = option("text", help="Initial head weights.", panel=METHOD, key="head_init",
                                 choices=names(HeadInitName))
     init_shots: int = option(10, help="Images per class for --head-init k-shot.", panel=METHOD,
@@ -160,7 +179,8 @@ class HeadConfig:
 class ModelConfig:
     """The backbone (None: the text cache's model / weights) and the classifier built on it (no PEFT: head only)."""
 
-    model: str | None = option(None, help="open_clip model (default: the text cache's).", panel=METHOD, short="-m")
+    model: str | None = option(None, help="open_clip model, or hf-hub:ORG/NAME (default: the text cache's).",
+                                panel=METHOD, short="-m")
     pretrained: str | None = option(None, help="Tag, checkpoint file or none (default: the text cache's).",
                                     panel=METHOD)
     peft: PeftConfig | None = None
@@ -181,8 +201,11 @@ class LossConfig:
 
     loss: LossName = option("la", help="Training loss.", panel=LOSS, choices=names(LossName))
     tau: float = option(1.0, help="Scale of log(prior) in the logit adjustment.", panel=LOSS, ge=0)
-    compensation: CompensationName = option("none", help="Compensation of the LA family.", panel=LOSS,
-                                            choices=names(CompensationName))
+    compensation: CompensationName = option("none", help="Compensation factor delta subtracted from the adjusted "
+                                            "logits (--loss la or bs only): semantic (text-anchored class statistics "
+                                            "of the image features), count (--lam x log(1 + --kappa / n_y)), zero-shot "
+                                            "(the frozen zero-shot classifier's label bias on the training images) or "
+                                            "none.", panel=LOSS, choices=names(CompensationName))
     lam: float = option(0.25, help="lambda: scale of the compensation factor.", panel=LOSS, ge=0)  # tuned on Shapes-LT val
     kappa: float = option(16.0, help="Pseudo-count of the text anchor.", panel=LOSS, gt=0)
     delta_max: float = option(5.0, help="Upper clamp of the compensation factor.", panel=LOSS, ge=0)
@@ -191,6 +214,10 @@ class LossConfig:
     focal_gamma: float = option(2.0, help="gamma of the focal loss.", panel=LOSS, ge=0)
     ldam_margin: float = option(0.5, help="Largest LDAM margin (on the cosine).", panel=LOSS, gt=0)
     cb_beta: float = option(0.9999, help="beta of the class-balanced loss.", panel=LOSS, ge=0, lt=1)
+    grw_exp: float = option(1.0, help="Exponent p of GRW's class weights (n_y / N)^-p.", panel=LOSS, ge=0)
+    reweight_norm: ReweightNormName = option("weights", help="Batch normaliser of cb and grw: weights (sum w_y CE / "
+                                             "sum w_y, LIFT's) or samples (mean w_y CE, Cui et al.'s).", panel=LOSS,
+                                             choices=names(ReweightNormName))
     lade_weight: float = option(0.1, help="Weight of LADE's estimator term.", panel=LOSS, ge=0)
     lade_lambda: float = option(0.1, help="LADE's ReMINE regulariser.", panel=LOSS, ge=0)
     text_align: float = option(0.0, help="beta of the text-alignment term: the adjusted CE of the frozen text "
@@ -205,19 +232,41 @@ class LossConfig:
         if self.text_align > 0 and self.loss not in COMPENSATED_LOSSES:
             raise SageError(f"{option_label('text_align')} composes with the logit-adjusted losses ({family}) only; "
                             f"got {option_label('loss')} {self.loss}")
+        if self.reweight_norm != "weights" and self.loss not in REWEIGHTED_LOSSES:
+            raise SageError(f"{option_label('reweight_norm')} {self.reweight_norm} applies to the reweighted losses "
+                            f"({', '.join(REWEIGHTED_LOSSES)}) only; got {option_label('loss')} {self.loss}")
 
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """SGD with a per-step cosine schedule after a linear warm-up (``warmup_steps`` wins over ``warmup_epochs``)."""
+    """SGD (LIFT's, the default) or AdamW with a cosine schedule after a linear warm-up
+    (``warmup_steps`` wins over ``warmup_epochs``).
+
+    SGD decays every trainable tensor; AdamW, as open_clip and timm do, none of dimension < 2
+    (biases, norm and SSF scales/shifts, the head's scale) nor the prompt tokens
+    (:func:`sage_cli.train.optim.split_decay`). ``lr_schedule`` cosine-step decays every optimiser
+    step; cosine-epoch holds the lr through each epoch (LIFT's CosineAnnealingLR(T_max=epochs)
+    stepped per epoch). Its default is the value of runs written before the option existed; the
+    benchmark presets set LIFT's.
+    """
 
     epochs: int = option(10, help="Training epochs.", panel=OPTIM, ge=1)
-    lr: float = option(0.01, help="Peak learning rate (SGD).", panel=OPTIM, gt=0)
+    lr: float = option(0.01, help="Peak learning rate.", panel=OPTIM, gt=0)
+    optimizer: OptimizerName = option("sgd", help="Optimizer: sgd (LIFT's; momentum) or adamw (decoupled weight "
+                                      "decay, none on biases, norms and scales).", panel=OPTIM,
+                                      choices=names(OptimizerName))
     momentum: float = option(0.9, help="SGD momentum.", panel=OPTIM, ge=0, lt=1)
-    weight_decay: float = option(5e-4, help="SGD weight decay.", panel=OPTIM, ge=0)
+    weight_decay: float = option(5e-4, help="Weight decay (SGD: L2 on every tensor; AdamW: decoupled, on "
+                                 "matrices only).", panel=OPTIM, ge=0)
+    beta1: float = option(0.9, help="AdamW's beta1.", panel=OPTIM, ge=0, lt=1)
+    beta2: float = option(0.999, help="AdamW's beta2.", panel=OPTIM, ge=0, lt=1)
+    eps: float = option(1e-8, help="AdamW's epsilon.", panel=OPTIM, gt=0)
     warmup_epochs: float = option(1.0, help="Linear warm-up length in epochs.", panel=OPTIM, ge=0)
     warmup_steps: int | None = option(None, help="Warm-up length in steps (wins over --warmup-epochs).", panel=OPTIM,
                                       ge=0)
+    lr_schedule: LrScheduleName = option("cosine-step", help="Cosine decay per optimiser step, or per epoch "
+                                         "(LIFT: CosineAnnealingLR stepped once an epoch).", panel=OPTIM,
+                                         choices=names(LrScheduleName))
 
     def __post_init__(self) -> None:
         check_options(self)
@@ -230,7 +279,9 @@ class DataConfig:
     ``batch_size`` images make one optimizer step; they go through the model in micro-batches of
     ``micro_batch_size`` (gradient accumulation; None = the whole batch at once); both are global
     (under torchrun each rank takes 1 / world size of every micro-batch). ``augment`` False trains
-    on the eval transform. ``eval_split`` None means val when the prepared dataset has one, else
+    on the eval transform; ``eval_resize`` and ``interpolation`` choose the resize of both (their
+    defaults are open_clip's, the values of runs written before they existed; the benchmark presets
+    set LIFT's). ``eval_split`` None means val when the prepared dataset has one, else
     test. ``skip_bad`` skips (and records) unreadable images instead of stopping on the first.
     ``image_cache`` reads decoded pixels from a ``sage cache-images`` directory; ``feature_cache``
     trains a head-only method on the frozen tower's cached output.
@@ -248,6 +299,12 @@ class DataConfig:
                                           "--batch-size).", panel=DATA, ge=1)
     num_workers: int = option(4, help="DataLoader worker processes.", panel=DATA, ge=0)
     augment: bool = option(True, help="Random crop + flip in training.", panel=DATA)
+    eval_resize: EvalResizeName = option("clip", help="Eval resize before the centre crop: lift (shorter side to "
+                                         "size * 8 // 7, LIFT's test transform) or clip (to size, open_clip's).",
+                                         panel=DATA, choices=names(EvalResizeName))
+    interpolation: InterpolationName = option("model", help="Resize interpolation in training and eval: the "
+                                              "model's own (bicubic for CLIP), bilinear (LIFT's) or bicubic.",
+                                              panel=DATA, choices=names(InterpolationName))
     eval_split: EvalSplitName | None = option(None, help="Split to validate on (default: val, else test).", panel=DATA,
                                               choices=names(EvalSplitName))
     skip_bad: bool = option(False, help="Skip unreadable images (listed in train.json) instead of stopping.",
@@ -279,7 +336,10 @@ class RunConfig:
     """Where outputs go and how the run behaves: seed, limits, logging and checkpoint cadence.
 
     ``eval_every`` is in epochs (0: evaluate once, at the end); ``checkpoint_every`` in optimizer
-    steps (0: only at the end of each epoch); ``log_every`` in steps.
+    steps (0: only at the end of each epoch); ``log_every`` in steps. ``compile`` compiles the
+    image tower with ``torch.compile`` (:meth:`~sage_cli.model.SageClassifier.compile_tower`); it
+    changes how fast a step runs, not what it computes (within float rounding), so it is not part of
+    a run's identity and a run may resume with or without it.
     """
 
     out: Path = option(help="Run directory to write.", panel=RUN, short="-o")
@@ -290,7 +350,18 @@ class RunConfig:
     checkpoint_every: int = option(0, help="Also checkpoint every N steps (0: each epoch only).", panel=RUN, ge=0)
     log_every: int = option(10, help="Write train metrics (and, without a terminal, a progress line) every N steps.",
                             panel=RUN, ge=1)
-    device: str = option("auto", help="auto, cpu, cuda or cuda:N.", panel=RUN)
+    keep: KeepName = option("last", help="Weights that report, predict and export use: the last step's, or the "
+                            "best evaluation's by --select-metric (kept beside them as best.safetensors).", panel=RUN,
+                            choices=names(KeepName))
+    select_metric: SelectMetricName = option("top1", help="Eval-split figure that --keep best and --patience "
+                                             "follow: top1, few, or mean-groups (mean of many/medium/few top-1).",
+                                             panel=RUN, choices=names(SelectMetricName))
+    patience: int = option(0, help="Stop after N evaluations in a row without a better --select-metric (0: off).",
+                           panel=RUN, ge=0)
+    device: str = option("auto", help="Device to run on (auto: CUDA when available).", panel=RUN,
+                         metavar="<auto|cpu|cuda[:N]>")
+    compile: bool = option(False, help="torch.compile the image tower (the loss stays eager): faster GPU steps "
+                           "after a one-off compile.", panel=RUN)
     force: bool = option(False, help="Overwrite another run in --out.", panel=RUN)
     resume: bool = option(False, help="Continue an interrupted run in --out from its last checkpoint.", panel=RUN)
 
@@ -302,12 +373,15 @@ class RunConfig:
             (device in DEVICES or device.startswith("cuda:"),
              f"{option_label('device')} must be auto, cpu or cuda[:N]; got {device!r}"),
             (not (self.force and self.resume), f"{option_label('force')} and {option_label('resume')} exclude each other"),
+            (self.eval_every > 0 or (self.keep == "last" and self.patience == 0),
+             f"{option_label('keep')} best and {option_label('patience')} follow evaluations during the run; "
+             f"{option_label('eval_every')} is 0 (evaluate only at the end)"),
         ])
 
 
 # Options that change how a run is written or watched, not what it trains: left out of its identity.
 NOT_IN_RESULT = ("out", "force", "resume", "eval_every", "checkpoint_every", "log_every", "num_workers", "skip_bad",
-                 "feature_cache", "prepared", "text_cache", "image_cache")
+                 "feature_cache", "prepared", "text_cache", "image_cache", "compile")
 
 
 @dataclass(frozen=True)

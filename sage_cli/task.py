@@ -48,12 +48,21 @@ class ClassificationTask(nn.Module):
         loss = self.loss(logits, labels, features if self.loss.needs_features else None)
         return {"loss": loss, "logits": logits, "features": features, "samples": int(len(labels))}
 
+    def normaliser(self, batch: Sequence[Any]) -> float:
+        """The loss's denominator on ``batch``'s labels (host; 0 for an empty batch): what the loop
+        sums over a step's micro-batches and ranks to weight each one's loss."""
+        return self.loss.normaliser(batch[1])
+
     @property
     def feature_dim(self) -> int:
-        return int(self.classifier.head.weight.shape[1])
+        """E: the width of v(x), the features the loss sees (CLIP's joint space, whatever the head reads)."""
+        return self.classifier.joint_dim
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return self.classifier.trainable_parameters()
+
+    def named_trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        return self.classifier.named_trainable_parameters()
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         return self.classifier.trainable_state_dict()

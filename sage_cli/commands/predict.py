@@ -17,18 +17,19 @@ from sage_cli.console import console, escape, print_result
 def command(
     run_dir: Path = typer.Argument(..., metavar="RUN_DIR|EXPORT_DIR", help="Run directory written by sage "
                                    "train, or an export directory written by sage export.", show_default=False),
-    images: list[Path] = typer.Argument(None, metavar="IMAGE...|DIR", help="Image files, or directories searched "
+    images: list[Path] = typer.Argument(None, metavar="IMAGE|DIR", help="Image files, or directories searched "
                                         "for images.", show_default=False),
     top_k: int = typer.Option(5, "--top-k", "-k", help="Classes to list per image."),
     batch_size: int = typer.Option(32, "--batch-size", help="Images per forward pass."),
     workers: int = typer.Option(0, "--workers", help="DataLoader worker processes (0: load in the main process)."),
     device: str = device_option(),
     checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Checkpoint to use instead of "
-                                           "RUN_DIR/adapter.safetensors.", show_default=False),
+                                           "the run's kept weights (train.json's kept).", show_default=False),
     as_json: bool = typer.Option(False, "--json", help="Print the predictions as JSON to stdout."),
 ) -> None:
     """Top-k classes with softmax scores for each image, with the run's own preprocessing."""
     from sage_cli.predict import PredictConfig, run
+    from sage_cli.report.markdown import format_weights
 
     config = PredictConfig(run=run_dir, images=tuple(images or ()), top_k=top_k, batch_size=batch_size,
                            num_workers=workers, device=device, checkpoint=checkpoint)
@@ -40,6 +41,7 @@ def command(
         typer.echo(json.dumps(result.predictions, indent=2))  # stdout, machine-readable
         return
     console.print(predictions_table(result.predictions))
+    console.print(f"weights: {format_weights(result.weights)}", markup=False, highlight=False)
     for entry in result.predictions:
         best = entry["top"][0]
         print_result(f"{entry['image']}\t{best['name']}\t{best['score']:.4f}")

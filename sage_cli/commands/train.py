@@ -25,6 +25,7 @@ from sage_cli.console import console, err_console, escape, print_result
 from sage_cli.methods import METHODS, TRAIN_METHODS, load_preset
 from sage_cli.schema import ADAPTER, METHOD, RUN, Leaf, flat_fields, flatten
 
+TRACKERS = ("tensorboard", "wandb", "csv")  # sage_cli.train.tracking.TRACKERS (a test checks them)
 # Options of this command that are no train option: they say how to run it, not what trains.
 NOT_IN_PRESETS = ("config", "from_run", "print_config", "out", "force", "resume", "as_json", "log")
 GUIDANCE = Option(help="Text guidance in the SG-Adapters (the guided methods: sage, sage-*).", panel=ADAPTER,
@@ -38,12 +39,12 @@ def train(
     from_run: Path | None = typer.Option(None, "--from", help="Relaunch the run in this directory with its own "
                                          "config; flags given change it.", rich_help_panel=RUN),
     print_config: bool = typer.Option(False, "--print-config", help="Print the resolved config (train.json's "
-                                      "schema) and exit.", rich_help_panel=RUN, metavar=""),
+                                      "schema) and exit.", rich_help_panel=RUN),
     log: list[str] = typer.Option([], "--log", help="Also log the metrics to tensorboard, wandb or csv "
                                   "(repeatable; tensorboard and wandb are optional extras).", show_default=False,
-                                  rich_help_panel=RUN),
+                                  metavar=f"<{'|'.join(TRACKERS)}>", rich_help_panel=RUN),
     as_json: bool = typer.Option(False, "--json", help="Print train.json to stdout instead of a summary.",
-                                 rich_help_panel=RUN, metavar=""),
+                                 rich_help_panel=RUN),
     **options: Any,
 ) -> None:
     """Train a PEFT method (LIFT's table: sage, lift, lora, vpt, adapter, ssf, bitfit, ...) on a frozen CLIP.
@@ -113,12 +114,14 @@ def option_parameter(key: str, leaf: Leaf | None, meta: Option) -> inspect.Param
     decls = [f"{flag}/--no-{flag[2:]}" if kind is bool and key not in ("force", "resume") else flag, *meta.aliases]
     decls += [meta.short] if meta.short else []
     default = None if leaf is None else leaf.field.default
-    per_method = len(method_values(key)) > 1 or leaf is None
+    values = method_values(key)
+    # the methods' own value(s), when they differ among them or from the field's default (--head-feature)
+    per_method = leaf is None or len(values) > 1 or bool(values and values != {repr(default)})
     if per_method or default is dataclasses.MISSING:
         default = None
     help_text = meta.help + (" Default: the method's (docs/methods.md)." if per_method else "")
     info = typer.Option(default, *decls, help=help_text, rich_help_panel=meta.panel,
-                        metavar="" if kind is bool else meta.metavar, show_default=not per_method)
+                        metavar=meta.metavar, show_default=not per_method)
     annotation = kind | None if default is None else kind
     return inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=annotation)
 
@@ -293,6 +296,13 @@ def summary_table(record: dict[str, Any]) -> Table:
         table.add_row(f"top-1 ({escape(final['split'])})", _pct(final["top1"]))
         for group in ("many", "medium", "few"):
             table.add_row(f"  {group}", _pct(final[group]))
+    stop = record.get("early_stop")
+    if stop:
+        table.add_row("stopped early", f"step {stop['step']} of {stop['planned_steps']} (patience {stop['patience']})")
+    if (record.get("kept") or {}).get("keep") == "best":
+        from sage_cli.report.markdown import format_weights
+
+        table.add_row("kept", escape(format_weights(record["kept"])))
     return table
 
 

@@ -1,7 +1,9 @@
 """``run``: check the inputs, build the classifier and loss, train, write the run directory.
 
 Outputs in ``RUN_DIR``: ``metrics.jsonl`` (appended as the run goes), ``checkpoints/``,
-``adapter.safetensors`` (the final adapter + head weights) and, last, ``train.json``. A directory
+``adapter.safetensors`` (the final adapter + head weights), under ``--keep best``
+``best.safetensors`` (the best evaluation's) and, last, ``train.json``, whose ``kept`` names the
+weights that report, predict and export use. A directory
 with outputs but no train.json is an interrupted run: ``--resume`` continues it from its latest
 checkpoint (from step 0 when it was stopped before its first one), ``--force`` starts over. The
 finished state is checkpointed before the final writes, so a run that fails there (a full disk)
@@ -30,12 +32,13 @@ from sage_cli.data import ManifestDataset, build_loader
 from sage_cli.encode_text import check_text_cache_matches
 from sage_cli.model.head_init import compute_head_vectors
 from sage_cli.train.advice import warn_short_schedule
-from sage_cli.train.evaluate import compute_image_features
+from sage_cli.model.features import PRE_PROJ, resolve_head_feature
+from sage_cli.train.evaluate import FrozenFeatures, compute_image_features
 from sage_cli.errors import SageError
 from sage_cli.locks import lock_output_dir
 from sage_cli.losses import ESTIMATORS
 from sage_cli.model import SageClassifier
-from sage_cli.precision import describe_precision
+from sage_cli.precision import cast_frozen_weights, compute_dtype, describe_precision
 from sage_cli.train import checkpoint as ckpt
 from sage_cli.train.config import TrainConfig, identity_of
 from sage_cli.train.datasets import build_datasets, describe_input, use_cached_features
@@ -43,14 +46,15 @@ from sage_cli.train.distributed import DistContext, distributed_session
 from sage_cli.train.faults import explain_write_errors
 from sage_cli.train.inputs import TrainInputs, resolve_inputs
 from sage_cli.train.loop import METRICS, Trainer, TrainHooks
+from sage_cli.train.selection import BEST, compute_selection_value
 from sage_cli.task import build_task
-from sage_cli.train.transforms import describe_preprocessing
+from sage_cli.train.transforms import apply_preprocessing, describe_preprocessing
 
 logger = logging.getLogger(__name__)
 
 STAGE = "train"
 ADAPTER = "adapter.safetensors"
-OUTPUTS = (ADAPTER, METRICS, ckpt.CHECKPOINT_DIR)
+OUTPUTS = (ADAPTER, BEST, METRICS, ckpt.CHECKPOINT_DIR)
 TRACKED_OUTPUTS = ("metrics.csv", "tensorboard")  # written by `--log csv|tensorboard` from the metrics
 
 
@@ -58,7 +62,9 @@ TRACKED_OUTPUTS = ("metrics.csv", "tensorboard")  # written by `--log csv|tensor
 class TrainResult:
     """The run directory and its train.json; ``skipped`` when it already held this exact run.
 
-    ``classifier`` is the trained model in memory (eval mode; None when skipped).
+    ``classifier`` is the trained model in memory (eval mode; None when skipped); trained on CUDA,
+    its frozen tower weights are bf16 (:func:`~sage_cli.precision.cast_frozen_weights`): run it
+    under :func:`~sage_cli.precision.autocast`, as every stage does.
     """
 
     out: Path
@@ -121,12 +127,13 @@ def train_locked(
     record = artifacts.build_record(
         STAGE, record_inputs, identity=identity,
         **summarise(config, trainer, clip_record, preprocessing, inputs, device),
-        final_eval=final_eval, wall_time_s=time.perf_counter() - started,
+        final_eval=final_eval, kept=describe_kept(trainer, final_eval), early_stop=describe_early_stop(trainer),
+        wall_time_s=time.perf_counter() - started,
     )
     if dist_ctx.is_main:
-        save_final_weights(out / ADAPTER, trainer, clip_record)
+        weights = save_final_weights(out, trainer, clip_record)
         with explain_write_errors(out / TRAIN_RECORD, "run record"):
-            record = artifacts.seal_record(out, record, (ADAPTER, METRICS))
+            record = artifacts.seal_record(out, record, (*weights, METRICS))
             artifacts.write_record(out, TRAIN_RECORD, record)  # last: marks the run complete
     dist_ctx.barrier()  # no rank reports success before the outputs are on disk
     return TrainResult(out, record, classifier=trainer.task.classifier.eval())
@@ -146,18 +153,25 @@ def build_trainer(
     """Backbone, task (classifier + loss) and datasets, wired into a :class:`Trainer`."""
     clip = build_backbone(inputs.model, inputs.pretrained, device)
     check_text_cache_matches(inputs.cache, clip.record)
+    clip = apply_preprocessing(clip, config.data.eval_resize, config.data.interpolation)
     embeddings = inputs.cache.class_embeddings
     counts = torch.tensor(inputs.data.classes["train_count"].to_numpy(), dtype=torch.float32)
     frozen = compute_frozen_train_features(config, inputs, clip, device)
     head_vectors = compute_initial_head(config, frozen, len(inputs.data.classes))
-    zero_shot = frozen if ESTIMATORS[config.loss.compensation].needs_zero_shot else None
+    zero_shot = frozen[:2] if ESTIMATORS[config.loss.compensation].needs_zero_shot else None  # joint space
     task = build_task(clip.model, embeddings, counts, config.model, config.loss, device, head_vectors,
                       zero_shot)
+    dtype = compute_dtype(device)
+    if dtype != torch.float32:  # bf16 autocast: the frozen tower's weights cast once, not at every op
+        cast = cast_frozen_weights(task.classifier.visual, dtype)
+        logger.info("%d frozen tower weights cast to %s (norms and trainable parameters stay float32)", cast, dtype)
     train_set, eval_set = build_datasets(config, inputs, clip)
     if config.data.feature_cache is not None:
         world_size = dist_ctx.world_size if dist_ctx is not None else 1
         train_set, eval_set, _ = use_cached_features(config, inputs, task.classifier, (train_set, eval_set),
                                                      clip.record, device, world_size)
+    if config.run.compile and config.data.feature_cache is None:  # with cached features there is no tower to run
+        task.classifier.compile_tower()
     groups = inputs.data.classes["group"].tolist()
     trainer = Trainer(config, task, train_set, eval_set, groups, device, hooks,
                       eval_split=inputs.eval_split, fingerprint=fingerprint, dist_ctx=dist_ctx)
@@ -168,32 +182,33 @@ def build_trainer(
 
 def compute_frozen_train_features(
     config: TrainConfig, inputs: TrainInputs, clip: LoadedClip, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The frozen tower's (features [N, E], labels [N]) of the training split under the eval transform,
-    before any PEFT module, when something needs them (a ``--head-init`` other than text, or the
-    zero-shot compensation); None otherwise. One pass serves both."""
+) -> FrozenFeatures | None:
+    """The frozen tower's features of the training split under the eval transform, before any PEFT
+    module, when something needs them (a ``--head-init`` other than text: in the head's feature
+    space; the zero-shot compensation: in CLIP's joint space); None otherwise. One pass serves both."""
     needed = config.model.head.init != "text" or ESTIMATORS[config.loss.compensation].needs_zero_shot
     if not needed:
         return None
     data = inputs.data
     dataset = ManifestDataset(data.split("train"), data.image_root, clip.preprocess_eval, skip_bad=config.data.skip_bad)
     loader = build_loader(dataset, config.data.micro_batch, config.data.num_workers, device)
-    features, labels = compute_image_features(clip.model.visual, loader, device)
-    logger.info("frozen features of %d training images", len(labels))
-    return features, labels
+    visual = clip.model.visual
+    pre_projection = resolve_head_feature(visual, config.model.head.feature) == PRE_PROJ
+    frozen = compute_image_features(visual, loader, device, pre_projection)
+    logger.info("frozen features of %d training images", len(frozen.labels))
+    return frozen
 
 
 def compute_initial_head(
-    config: TrainConfig, frozen: tuple[torch.Tensor, torch.Tensor] | None, num_classes: int
+    config: TrainConfig, frozen: FrozenFeatures | None, num_classes: int
 ) -> torch.Tensor | None:
-    """The head's initial rows [C, E] for a ``--head-init`` other than text (None for text), from
-    :func:`compute_frozen_train_features`."""
+    """The head's initial rows [C, D] (in its feature space) for a ``--head-init`` other than text
+    (None for text), from :func:`compute_frozen_train_features`."""
     head = config.model.head
     if head.init == "text":
         return None
-    features, labels = frozen
-    logger.info("head init %s from %d training images", head.init, len(labels))
-    return compute_head_vectors(head.init, features, labels, num_classes, head.init_shots)
+    logger.info("head init %s from %d training images", head.init, len(frozen.labels))
+    return compute_head_vectors(head.init, frozen.head, frozen.labels, num_classes, head.init_shots)
 
 
 def find_resume_checkpoint(out: Path, fingerprint: str) -> Path | None:
@@ -223,6 +238,7 @@ def clear_outputs(out: Path) -> None:
     """Remove this stage's outputs of an earlier run (only reached with --force or on a fresh dir)."""
     (out / TRAIN_RECORD).unlink(missing_ok=True)  # first: the directory is now marked incomplete
     (out / ADAPTER).unlink(missing_ok=True)
+    (out / BEST).unlink(missing_ok=True)
     (out / METRICS).unlink(missing_ok=True)
     shutil.rmtree(out / ckpt.CHECKPOINT_DIR, ignore_errors=True)
     for tracked in TRACKED_OUTPUTS:  # the --log trackers' copies of the old metrics (W&B's own files stay)
@@ -233,7 +249,8 @@ def clear_outputs(out: Path) -> None:
             path.unlink(missing_ok=True)
 
 
-def save_final_weights(path: Path, trainer: Trainer, clip_record: dict[str, Any]) -> None:
+def save_final_weights(out: Path, trainer: Trainer, clip_record: dict[str, Any]) -> tuple[str, ...]:
+    """The last weights (``adapter.safetensors``) and, under ``--keep best``, the best evaluation's; their names."""
     metadata = {
         "format": "sage-adapter",
         "method": trainer.config.method,
@@ -243,8 +260,36 @@ def save_final_weights(path: Path, trainer: Trainer, clip_record: dict[str, Any]
         "global_step": trainer.position.global_step,
         "fingerprint": trainer.fingerprint,
     }
-    with explain_write_errors(path, "final weights"):
-        ckpt.save_weights(path, trainer.task.trainable_state_dict(), metadata)
+    with explain_write_errors(out / ADAPTER, "final weights"):
+        ckpt.save_weights(out / ADAPTER, trainer.task.trainable_state_dict(), metadata)
+    best = trainer.selection
+    if best.weights is None:
+        return (ADAPTER,)
+    with explain_write_errors(out / BEST, "best weights"):
+        ckpt.save_weights(out / BEST, best.weights,
+                          {**metadata, "global_step": best.best["step"], "selected": best.best})
+    return ADAPTER, BEST
+
+
+def describe_kept(trainer: Trainer, final_eval: dict[str, Any] | None) -> dict[str, Any]:
+    """train.json's ``kept``: the weights file that report, predict and export use, its step, epoch
+    and the ``--select-metric`` value of its evaluation (None without one)."""
+    selection = trainer.selection
+    if selection.weights is not None:
+        return {"keep": "best", "file": BEST, **selection.best}
+    step, epoch = trainer.position.global_step, trainer.position.epoch
+    evaluated = final_eval is not None and final_eval["step"] == step
+    value = compute_selection_value(final_eval, selection.metric) if evaluated else None
+    return {"keep": "last", "file": ADAPTER, "step": step, "epoch": epoch,
+            "split": final_eval.get("split") if evaluated else None, "metric": selection.metric, "value": value}
+
+
+def describe_early_stop(trainer: Trainer) -> dict[str, Any] | None:
+    """Where ``--patience`` stopped the run (None when it ran its course)."""
+    if not trainer.stopped_early:
+        return None
+    return {"step": trainer.position.global_step, "epoch": trainer.position.epoch,
+            "patience": trainer.selection.patience, "planned_steps": trainer.total_steps}
 
 
 def start_info(
@@ -300,7 +345,8 @@ def summarise(
         "images_per_s": counters.train_images / max(counters.train_seconds, 1e-9),
         "peak_memory": measure_peak_memory(device),
         "skipped_images": trainer.all_skipped(),
-        "outputs": [ADAPTER, METRICS, ckpt.CHECKPOINT_DIR],
+        "outputs": [ADAPTER, *([BEST] if trainer.selection.weights is not None else []), METRICS,
+                    ckpt.CHECKPOINT_DIR],
     }
 
 

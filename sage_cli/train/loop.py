@@ -1,15 +1,17 @@
 """The training loop: SGD steps with gradient accumulation, evaluation, metrics and checkpoints.
 
 One optimizer step sees ``batch_size`` images in micro-batches of ``micro_batch_size``; each
-micro-batch's mean loss is weighted by its share of the step's images, so an accumulated step
-takes the same update as one big batch. The compensation statistics of the loss are updated per
-micro-batch. Nothing is synchronised with the GPU per step except on logging and checkpoint steps.
+micro-batch's loss is weighted by its share of the step's normaliser (the loss's denominator:
+the images, or their class weights for ``cb`` / ``grw``; :meth:`ClassificationTask.normaliser`),
+so an accumulated step takes the same update as one big batch. The compensation statistics of
+the loss are updated per micro-batch. Nothing is synchronised with the GPU per step except on logging and checkpoint steps.
 
 Under torchrun each rank takes a disjoint strided slice of every micro-batch of the same seeded
 order (:class:`~sage_cli.data.StepBatchSampler`), weights its losses by its share of the *global*
-step, and the gradients are summed over ranks; rank 0 alone writes. A NaN / inf loss stops the
-run before anything is logged or checkpointed; SIGINT / SIGTERM stop it at the next step
-boundary with a checkpoint (see :mod:`sage_cli.train.faults`).
+step's normaliser, and the gradients are summed over ranks; rank 0 alone writes. A NaN / inf
+loss stops the run before anything is logged or checkpointed; SIGINT / SIGTERM stop it at the next step
+boundary with a checkpoint (see :mod:`sage_cli.train.faults`). Each evaluation goes to
+:class:`~sage_cli.train.selection.Selection` (``--keep best``, ``--patience``).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from sage_cli.train.faults import (
     non_finite_error,
 )
 from sage_cli.train.optim import build_optimizer, build_scheduler, compute_warmup_steps
+from sage_cli.train.selection import BEST, Selection
 
 if TYPE_CHECKING:
     from sage_cli.task import ClassificationTask
@@ -113,11 +116,14 @@ class Trainer:
         self.total_steps = min(planned, config.run.max_steps or planned)
         self.warmup_steps = compute_warmup_steps(config.optim, self.steps_per_epoch, self.total_steps)
         self.trainable = task.trainable_parameters()
-        self.optimizer = build_optimizer(self.trainable, config.optim)
-        self.scheduler = build_scheduler(self.optimizer, self.warmup_steps, self.total_steps)
+        self.optimizer = build_optimizer(task.named_trainable_parameters(), config.optim)
+        per_epoch = self.steps_per_epoch if config.optim.lr_schedule == "cosine-epoch" else None
+        self.scheduler = build_scheduler(self.optimizer, self.warmup_steps, self.total_steps, per_epoch,
+                                         config.optim.epochs)
         self.position = ckpt.Position(epoch=0, step_in_epoch=0, global_step=0)
         self.counters = Counters()
         self.last_eval: dict[str, Any] | None = None
+        self.selection = Selection.from_config(config.run)  # --keep best, --patience
         self.skipped: set[str] = set()  # unreadable training images met with --skip-bad (this rank)
         self.watch = NonFiniteWatch(device)
         self.signals = StopSignals()
@@ -139,7 +145,8 @@ class Trainer:
     # the loop
 
     def fit(self) -> dict[str, Any] | None:
-        """Train to ``total_steps``; evaluate and checkpoint on schedule. Returns the last eval.
+        """Train to ``total_steps`` (or until ``--patience`` runs out); evaluate and checkpoint on
+        schedule. Returns the last eval.
 
         Raises :class:`TrainingInterrupted` after a stop signal (with a checkpoint of the last
         finished step) and a SageError naming the step of a NaN / inf loss.
@@ -147,7 +154,7 @@ class Trainer:
         self.task.train()
         self.dist.broadcast_params(self.trainable)
         with MetricsLog(self.out / METRICS, self.dist.is_main) as metrics, self.signals:
-            while self.position.global_step < self.total_steps:
+            while self.position.global_step < self.total_steps and not self.selection.exhausted:
                 finished_epoch = self.train_epoch(metrics)
                 if self.stopped:
                     self.stop_with_checkpoint()
@@ -157,6 +164,11 @@ class Trainer:
             if self.last_eval is None or self.last_eval["step"] != self.position.global_step:
                 self.run_eval(metrics)
         return self.last_eval
+
+    @property
+    def stopped_early(self) -> bool:
+        """Whether ``--patience`` ended the run before ``total_steps``."""
+        return self.selection.exhausted and self.position.global_step < self.total_steps
 
     def train_epoch(self, metrics: MetricsLog) -> bool:
         """Steps until the epoch ends (True), the run reaches ``total_steps`` or a stop signal (False)."""
@@ -190,28 +202,30 @@ class Trainer:
     def train_step(self, micro_batches: list[MicroBatch]) -> int | None:
         """One optimizer step; the number of images it saw over all ranks, or None on a stop signal."""
         local = sum(len(batch.labels) for batch in micro_batches)
+        shares = [self.task.normaliser(batch) for batch in micro_batches]  # each one's part of the step's normaliser
         self.note_skipped(micro_batches)
-        total, stops = self.dist.sum_host([local, int(self.signals.received is not None)])
+        total, stops, normaliser = self.dist.sum_host_floats([local, int(self.signals.received is not None),
+                                                              sum(shares)])
         if stops:
             return None
         step = self.position.global_step + 1
         self.optimizer.zero_grad(set_to_none=True)
-        for batch in micro_batches:
-            self.train_micro_batch(batch, total, step)
+        for batch, share in zip(micro_batches, shares):
+            self.train_micro_batch(batch, share / normaliser if share else 0.0, step)
         self.dist.all_reduce_grads(self.trainable)
         self._step_lr = self.optimizer.param_groups[0]["lr"]  # the lr this step used (a float)
         self.optimizer.step()
         self.scheduler.step()
-        return total
+        return int(total)
 
-    def train_micro_batch(self, batch: MicroBatch, total: int, step: int) -> None:
-        """Forward and backward of one micro-batch, its loss weighted by its share of the step's ``total`` images."""
+    def train_micro_batch(self, batch: MicroBatch, share: float, step: int) -> None:
+        """Forward and backward of one micro-batch, its loss weighted by ``share``: its part of the step's normaliser."""
         out = self.task(batch)
         if out["loss"] is None:  # nothing readable here (the task still met the other ranks)
             return
         loss = out["loss"]
         self.watch.observe(loss, step)
-        weighted = loss * (out["samples"] / total)
+        weighted = loss * share
         weighted.backward()
         self._window_loss += weighted.detach()
 
@@ -307,6 +321,8 @@ class Trainer:
         self.last_eval = {"kind": "eval", "step": self.position.global_step, "epoch": self.position.epoch,
                           "split": self.eval_split, **result}
         metrics.write(self.last_eval)
+        if self.selection.active:
+            self.selection.observe(self.last_eval, self.task.trainable_state_dict())
         if self.hooks.on_eval is not None:
             self.hooks.on_eval(self.last_eval)
         self._window_start += time.perf_counter() - tic  # eval time is not training throughput
@@ -331,6 +347,7 @@ class Trainer:
             "window": {"loss": window_loss, "steps": self._window_steps, "images": self._window_images},
             "skipped": json.dumps(self.all_skipped()),
             "last_eval": json.dumps(self.last_eval),
+            "selection": self.selection.state(),
             "fingerprint": self.fingerprint,
         }
 
@@ -343,8 +360,9 @@ class Trainer:
         if self.dist.is_main:
             metadata = {"method": self.config.method, "fingerprint": self.fingerprint}
             try:
+                best = {BEST: self.selection.weights} if self.selection.weights is not None else None
                 path = ckpt.save_checkpoint(self.out, self.task.trainable_state_dict(), state,
-                                            self.position, metadata)
+                                            self.position, metadata, extra=best)
             except SageError as exc:
                 error = exc
         if not self.dist.all_true(error is None):
@@ -362,6 +380,8 @@ class Trainer:
         self.position = ckpt.Position(**state["position"])
         self.counters = Counters(**state["counters"])
         self.last_eval = json.loads(state["last_eval"])
+        best = checkpoint / BEST
+        self.selection.load_state(state.get("selection"), ckpt.load_weights(best) if best.is_file() else None)
         window = state.get("window", {"loss": 0.0, "steps": 0, "images": 0})
         self._window_loss.fill_(window["loss"] if self.dist.is_main else 0.0)  # summed over ranks on log steps
         self._window_steps, self._window_images = window["steps"], window["images"]
