@@ -35,10 +35,14 @@ def flat(text: str) -> str:
 
 
 def row(text: str, flag: str) -> str:
-    """The table row of ``flag``: its first line and its continuation lines, whitespace collapsed."""
+    """The table row of ``flag``: its first line and its continuation lines, whitespace collapsed.
+
+    A row starts in the option column (the flag within a few spaces of the panel's border): another option's
+    help may wrap so that one of its lines begins with ``flag``.
+    """
     lines = text.splitlines()
-    start = next(i for i, line in enumerate(lines) if re.search(rf"│\s+(\*\s+)?{re.escape(flag)}\s", line))
-    end = next((i for i in range(start + 1, len(lines)) if re.search(r"│\s+(\*\s+)?-", lines[i])
+    start = next(i for i, line in enumerate(lines) if re.search(rf"^│\s{{1,8}}(\*\s+)?{re.escape(flag)}\s", line))
+    end = next((i for i in range(start + 1, len(lines)) if re.search(r"^│\s{1,8}(\*\s+)?-", lines[i])
                 or "╰" in lines[i]), len(lines))
     return flat("\n".join(lines[start:end]))
 
