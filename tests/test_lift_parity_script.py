@@ -98,7 +98,8 @@ def test_a_folder_that_is_not_lift_names_the_first_missing_module(parity, tmp_pa
     (tmp_path / "clip" / "model.py").write_text("")
     assert parity.main(["--lift-repo", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert err == f"lift_parity.py: error: --lift-repo {tmp_path}: no models/peft_vit.py; is this a checkout of github.com/shijxcs/LIFT?\n"
+    assert err == (f"lift_parity.py: error: --lift-repo {tmp_path}: no models/peft_vit.py; "
+                   "is this a checkout of github.com/shijxcs/LIFT?\n")
 
 
 def test_threads_below_one_are_refused(parity, tmp_path, capsys):

@@ -168,7 +168,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lift-repo", required=True, help="a checkout of github.com/shijxcs/LIFT")
     parser.add_argument("--preset", default="imagenet-lt", help="the sage preset whose options ours takes")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for both sides (printed)")
-    parser.add_argument("--repeats", type=int, default=7, help="timed training steps of each side")
+    parser.add_argument("--repeats", type=int, default=9, help="timed training steps of each side")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lift-commit", default=None, help="LIFT's commit, when the checkout has no .git")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
@@ -527,24 +527,69 @@ def _as_shape(ours: Any, lift: Any) -> Any:
     return ours.reshape(lift.shape) if ours.numel() == lift.numel() else ours
 
 
-def time_steps(step: Callable[[], Any], repeats: int) -> float:
-    """Median seconds of ``repeats`` calls of ``step`` after one warm-up call."""
-    step()
-    times = []
-    for _ in range(repeats):
-        tic = time.perf_counter()
+def time_steps(steps: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
+    """Median seconds of ``repeats`` calls of each step, after one warm-up call of each; the steps
+    alternate (round-robin), so load from other processes falls on both sides alike."""
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for step in steps.values():
         step()
-        times.append(time.perf_counter() - tic)
-    return statistics.median(times)
+    for _ in range(repeats):
+        for name, step in steps.items():
+            tic = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - tic)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def compare_init(lift_trainer: Any, classifier: Any) -> tuple[list[Row], list[str]]:
+    """The head's text init and the deterministic adapter init; the randomly drawn adapter tensors
+    (:data:`RANDOM_INIT_ROLES`) copied from LIFT into ours instead. Returns (rows, copied names)."""
+    import torch
+
+    lift_init = lift_trainable(lift_trainer)
+    ours = dict(classifier.named_parameters())
+    rows = [compare("head weight at init (text)", ours["head.weight"], lift_init["head.weight"])]
+    copied = []
+    with torch.no_grad():
+        for name, value in lift_init.items():
+            if name == "head.weight":
+                continue
+            mine = ours[lift_to_ours(name)]
+            if ".".join(name.split(".")[-2:]) in RANDOM_INIT_ROLES:
+                mine.copy_(value.reshape(mine.shape))
+                copied.append(name)
+            else:
+                rows.append(compare(f"init {name}", _as_shape(mine, value), value))
+    return rows, copied
+
+
+def compare_training(lift_trainer: Any, ours: Any, batches: list[tuple[Any, Any]]) -> list[Row]:
+    """:data:`STEPS` steps of each side on the same batches: every trainable tensor after the
+    :data:`SNAPSHOTS` steps, the lr of each step and of the whole run."""
+    before = lift_trainable(lift_trainer)
+    classifier = ours.task.classifier
+    rows, lift_lrs, our_lrs = [], [], []
+    for step, (images, labels) in enumerate(batches, start=1):
+        lift_lrs.append(lift_trainer.optim.param_groups[0]["lr"])
+        lift_step(lift_trainer, images, labels)
+        our_lrs.append(our_step(ours, images, labels))
+        if step in SNAPSHOTS:
+            mine = dict(classifier.named_parameters())
+            for name, value in lift_trainable(lift_trainer).items():
+                rows.append(compare(f"step {step}: {name}", _as_shape(mine[lift_to_ours(name)], value), value,
+                                    before[name]))
+    rows.append(compare(f"lr of steps 1..{STEPS}", our_lrs, lift_lrs))
+    rows.append(compare_schedule(lift_trainer, ours))
+    return rows
 
 
 def run(args: argparse.Namespace) -> int:
+    """Build both sides, compare, time, print the report; 1 when anything differs."""
     import torch
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     lift = import_lift(args.lift_repo)
-    rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="lift_parity_") as tmp:
         work = Path(tmp)
         images = work / "images"
@@ -553,73 +598,49 @@ def run(args: argparse.Namespace) -> int:
         with quiet():
             lt = build_lift(lift, args.lift_repo, state, images, listing, work)
             ours, config, our_eval = build_ours(args.preset, state, images, work)
-        rows.append(compare_transforms(lt, our_eval, images, listing["val"]))
-        classifier = ours.task.classifier
-
-        lift_init = lift_trainable(lt)
-        our_params = dict(classifier.named_parameters())
-        rows.append(compare("head weight at init (text)", our_params["head.weight"], lift_init["head.weight"]))
-        copied = []
-        with torch.no_grad():
-            for name, value in lift_init.items():
-                if name == "head.weight":
-                    continue
-                mine = our_params[lift_to_ours(name)]
-                if name.rsplit(".", 2)[-2] + "." + name.rsplit(".", 1)[-1] in RANDOM_INIT_ROLES:
-                    mine.copy_(value.reshape(mine.shape))
-                    copied.append(name)
-                else:
-                    rows.append(compare(f"init {name}", _as_shape(mine, value), value))
-
+        rows = [compare_transforms(lt, our_eval, images, listing["val"])]
+        init_rows, copied = compare_init(lt, ours.task.classifier)
+        rows += init_rows
         batches = lift_batches(lt, args.seed)
         images0, labels0 = batches[0]
         lt.tuner.train()
         ours.task.train()
         with torch.no_grad():
             lift_logits = lt.model(images0)
-            our_logits = classifier(images0)
-        rows.append(compare("logits at init", our_logits, lift_logits))
-        counts = lt.cls_num_list
-        rows += compare_losses(lift, config, counts, lift_logits, labels0)
-
-        lift_lrs, our_lrs = [], []
-        for step, (batch_images, batch_labels) in enumerate(batches, start=1):
-            lift_lrs.append(lt.optim.param_groups[0]["lr"])
-            lift_step(lt, batch_images, batch_labels)
-            our_lrs.append(our_step(ours, batch_images, batch_labels))
-            if step in SNAPSHOTS:
-                after = lift_trainable(lt)
-                mine = dict(classifier.named_parameters())
-                for name, value in after.items():
-                    rows.append(compare(f"step {step}: {name}", _as_shape(mine[lift_to_ours(name)], value), value,
-                                        lift_init[name]))
-        rows.append(compare(f"lr of steps 1..{STEPS}", our_lrs, lift_lrs))
-        rows.append(compare_schedule(lt, ours))
-
-        lift_time = time_steps(lambda: lift_step(lt, images0, labels0), args.repeats)
-        our_time = time_steps(lambda: our_step(ours, images0, labels0), args.repeats)
-
-    failed = [row for row in rows if not row.ok]
+            rows.append(compare("logits at init", ours.task.classifier(images0), lift_logits))
+        rows += compare_losses(lift, config, lt.cls_num_list, lift_logits, labels0)
+        rows += compare_training(lt, ours, batches)
+        seconds = time_steps({"ours": lambda: our_step(ours, images0, labels0),
+                              "lift": lambda: lift_step(lt, images0, labels0)}, args.repeats)
     report = {
-        "lift_commit": args.lift_commit or lift_commit(args.lift_repo), "machine": describe_machine(), "threads": torch.get_num_threads(),
-        "torch": torch.__version__, "preset": args.preset, "batch": BATCH_SIZE, "copied_from_lift": copied,
-        "step_seconds": {"ours": our_time, "lift": lift_time}, "ratio": our_time / lift_time,
-        "rows": [row.__dict__ for row in rows], "differ": [row.name for row in failed],
+        "lift_commit": args.lift_commit or lift_commit(args.lift_repo), "machine": describe_machine(),
+        "threads": torch.get_num_threads(), "torch": torch.__version__, "preset": args.preset, "batch": BATCH_SIZE,
+        "copied_from_lift": copied, "step_seconds": seconds, "ratio": seconds["ours"] / seconds["lift"],
+        "rows": [row.__dict__ for row in rows], "differ": [row.name for row in rows if not row.ok],
     }
-    print(f"LIFT commit {report['lift_commit']}; {report['machine']}; torch {torch.__version__}, "
-          f"{report['threads']} thread(s); preset {args.preset}; batch {BATCH_SIZE}; fp32 CPU; tolerance {TOLERANCE:g} rel")
-    print(f"copied from LIFT into ours before step 0 (init draws differ by design): {', '.join(copied)}")
-    print(format_table(rows))
-    print(f"\ntraining step (batch {BATCH_SIZE}, median of {args.repeats}): ours {our_time * 1e3:.2f} ms, "
-          f"LIFT {lift_time * 1e3:.2f} ms, ours / LIFT = {our_time / lift_time:.3f}")
+    print_report(report, rows, args.repeats)
     if args.json is not None:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 1 if report["differ"] else 0
+
+
+def print_report(report: dict[str, Any], rows: Sequence[Row], repeats: int) -> None:
+    """The header (commit, machine, threads), the table, the step times and the verdict."""
+    print(f"LIFT commit {report['lift_commit']}; {report['machine']}; torch {report['torch']}, "
+          f"{report['threads']} thread(s); preset {report['preset']}; batch {report['batch']}; fp32 CPU; "
+          f"tolerance {TOLERANCE:g} relative")
+    print(f"copied from LIFT into ours before step 0 (init draws differ by design): "
+          f"{', '.join(report['copied_from_lift'])}")
+    print(format_table(rows))
+    ours, lift = report["step_seconds"]["ours"], report["step_seconds"]["lift"]
+    print(f"\ntraining step (batch {report['batch']}, median of {repeats}, alternating): ours {ours * 1e3:.2f} ms, "
+          f"LIFT {lift * 1e3:.2f} ms, ours / LIFT = {report['ratio']:.3f}")
+    failed = report["differ"]
     if failed:
         print(f"\ndiffer: {len(failed)} of {len(rows)} quantities beyond {TOLERANCE:g} relative: "
-              + ", ".join(row.name for row in failed[:8]) + (" ..." if len(failed) > 8 else ""))
-        return 1
-    print(f"\nall {len(rows)} quantities within {TOLERANCE:g} relative")
-    return 0
+              + ", ".join(failed[:8]) + (" ..." if len(failed) > 8 else ""))
+    else:
+        print(f"\nall {len(rows)} quantities within {TOLERANCE:g} relative")
 
 
 def compare_losses(lift: types.SimpleNamespace, config: Any, counts: Sequence[int], logits: Any,
