@@ -78,6 +78,11 @@ def test_yaml_values_decode_as_yacs_does(parity):
     assert node == {"lr": 0.01, "momentum": 0.9} and node.lr == 0.01
 
 
+def test_class_names_are_in_the_order_prepare_numbers_their_folders(parity):
+    folders = [name.replace(" ", "_") for name in parity.CLASS_NAMES]
+    assert folders == sorted(folders)
+
+
 def test_class_counts_are_long_tailed_from_300_to_10(parity):
     counts = parity.class_counts()
     assert len(counts) == len(parity.CLASS_NAMES) == 16

@@ -13,7 +13,7 @@ patch 16 at 64 px, embed 32; fp16-representable values, as OpenAI's released wei
   ``build_criterion`` and ``init_head_text_feat``, with LIFT's config defaults (``utils/config.py``),
   ``configs/model/clip_vit_b16.yaml`` and ``adaptformer True`` (scripts/run_tab1to4_main_results.sh);
 - ours by what ``sage train --method lift --config <preset>`` runs: ``sage prepare folder`` and
-  ``sage encode-text`` (default templates) on the same PNGs, then ``sage_cli.methods.resolve`` and
+  ``sage encode-text --templates single`` (as the pipelines run it) on the same PNGs, then ``sage_cli.methods.resolve`` and
   ``sage_cli.train.core.build_trainer``, whose ``train_step`` takes the steps.
 
 Compared (fp32, CPU; "differ" beyond 1e-5 relative to the larger magnitude of LIFT's tensor): the
@@ -62,9 +62,10 @@ TINY_CONFIG = {  # an OpenAI-layout ViT CLIP: LIFT's build_model infers heads = 
     "vision_cfg": {"image_size": 64, "layers": 2, "width": 128, "patch_size": 16},
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 2},
 }
-CLASS_NAMES = ("tench", "goldfish", "great_white_shark", "tiger shark", "hammerhead", "electric ray",
-               "stingray", "cock", "hen", "ostrich", "brambling", "goldfinch", "house finch", "junco",
-               "indigo bunting", "robin")
+# In sorted order of their folder names (spaces as "_"): `sage prepare folder` numbers classes so.
+CLASS_NAMES = ("brambling", "cock", "electric ray", "goldfinch", "goldfish", "great white shark", "hammerhead",
+               "hen", "house finch", "indigo bunting", "junco", "ostrich", "robin", "stingray", "tench",
+               "tiger shark")
 MAX_COUNT, IMBALANCE = 300, 30.0  # long-tailed train counts: 300 .. 10 images per class
 VAL_PER_CLASS = 2
 BATCH_SIZE = 128  # LIFT's and the presets' batch (no gradient accumulation: micro batch = batch)
@@ -167,6 +168,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--lift-repo", required=True, help="a checkout of github.com/shijxcs/LIFT")
     parser.add_argument("--preset", default="imagenet-lt", help="the sage preset whose options ours takes")
+    parser.add_argument("--templates", default="single",
+                        help="sage encode-text --templates, as the pipelines pass it (LIFT: one, 'a photo of a {}.')")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for both sides (printed)")
     parser.add_argument("--repeats", type=int, default=9, help="timed training steps of each side")
     parser.add_argument("--seed", type=int, default=0)
@@ -428,9 +431,9 @@ def quiet() -> Iterator[None]:
         yield
 
 
-def build_ours(preset: str, state: dict[str, Any], images: Path, work: Path) -> tuple[Any, Any, Any]:
+def build_ours(preset: str, templates: str, state: dict[str, Any], images: Path, work: Path) -> tuple[Any, Any, Any]:
     """(Trainer, resolved TrainConfig, eval transform) of ``sage train --method lift --config preset``
-    on the PNGs, after ``sage prepare folder`` and ``sage encode-text`` with its default templates."""
+    on the PNGs, after ``sage prepare folder`` and ``sage encode-text --templates templates``."""
     import open_clip
     import torch
 
@@ -448,7 +451,7 @@ def build_ours(preset: str, state: dict[str, Any], images: Path, work: Path) -> 
     prepared, text, out = work / "prep", work / "text", work / "run"
     prepare.run(prepare.PrepareConfig(dataset="folder", root=images, out=prepared))
     encode_text.run(encode_text.EncodeTextConfig(prepared=prepared, out=text, model=MODEL_NAME,
-                                                 pretrained=str(weights), device="cpu"))
+                                                 pretrained=str(weights), templates=templates, device="cpu"))
     options = {**load_preset(preset), "prepared": prepared, "text_cache": text, "out": out, "device": "cpu",
                "num_workers": 0}
     options.pop("method", None)
@@ -597,7 +600,7 @@ def run(args: argparse.Namespace) -> int:
         state = make_state_dict(args.seed)
         with quiet():
             lt = build_lift(lift, args.lift_repo, state, images, listing, work)
-            ours, config, our_eval = build_ours(args.preset, state, images, work)
+            ours, config, our_eval = build_ours(args.preset, args.templates, state, images, work)
         rows = [compare_transforms(lt, our_eval, images, listing["val"])]
         init_rows, copied = compare_init(lt, ours.task.classifier)
         rows += init_rows
@@ -614,7 +617,8 @@ def run(args: argparse.Namespace) -> int:
                               "lift": lambda: lift_step(lt, images0, labels0)}, args.repeats)
     report = {
         "lift_commit": args.lift_commit or lift_commit(args.lift_repo), "machine": describe_machine(),
-        "threads": torch.get_num_threads(), "torch": torch.__version__, "preset": args.preset, "batch": BATCH_SIZE,
+        "threads": torch.get_num_threads(), "torch": torch.__version__, "preset": args.preset, "templates": args.templates,
+        "batch": BATCH_SIZE,
         "copied_from_lift": copied, "step_seconds": seconds, "ratio": seconds["ours"] / seconds["lift"],
         "rows": [row.__dict__ for row in rows], "differ": [row.name for row in rows if not row.ok],
     }
@@ -627,7 +631,7 @@ def run(args: argparse.Namespace) -> int:
 def print_report(report: dict[str, Any], rows: Sequence[Row], repeats: int) -> None:
     """The header (commit, machine, threads), the table, the step times and the verdict."""
     print(f"LIFT commit {report['lift_commit']}; {report['machine']}; torch {report['torch']}, "
-          f"{report['threads']} thread(s); preset {report['preset']}; batch {report['batch']}; fp32 CPU; "
+          f"{report['threads']} thread(s); preset {report['preset']}; templates {report['templates']}; batch {report['batch']}; fp32 CPU; "
           f"tolerance {TOLERANCE:g} relative")
     print(f"copied from LIFT into ours before step 0 (init draws differ by design): "
           f"{', '.join(report['copied_from_lift'])}")
