@@ -41,7 +41,7 @@ def test_compare_within_tolerance_is_ok_and_zeros_compare_absolutely(parity):
 
 def test_compare_after_steps_reports_the_difference_relative_to_lifts_update(parity):
     row = parity.compare("w", torch.tensor([1.0, 2.1]), torch.tensor([1.0, 2.0]), torch.tensor([1.0, 1.5]))
-    assert row.update_rel == pytest.approx(0.1 / 0.5)
+    assert row.moved == pytest.approx(0.5) and row.update_rel == pytest.approx(0.1 / 0.5)
     assert parity.compare("w", torch.ones(2), torch.ones(2), torch.ones(2)).update_rel == 0.0
 
 
@@ -52,12 +52,13 @@ def test_a_shape_mismatch_is_named_and_differs(parity):
 
 
 def test_table_marks_each_row(parity):
-    rows = [parity.Row("a", 0.0, 0.0), parity.Row("b", 1.0, 0.5, "why"), parity.Row("c", 1e-7, 1e-7, update_rel=0.01)]
+    rows = [parity.Row("a", 0.0, 0.0), parity.Row("b", 1.0, 0.5, "why"),
+            parity.Row("c", 1e-7, 1e-7, moved=1e-5, update_rel=0.01)]
     table = parity.format_table(rows).splitlines()
-    assert table[0] == "| quantity | max abs diff | max rel diff | rel to LIFT's update | verdict |"
-    assert table[2] == "| a | 0 | 0 |  | ok |"
-    assert table[3] == "| b | 1 | 0.5 |  | differ (why) |"
-    assert table[4] == "| c | 1e-07 | 1e-07 | 0.01 | ok |"
+    assert table[0] == "| quantity | max abs diff | max rel diff | LIFT's change | diff / change | verdict |"
+    assert table[2] == "| a | 0 | 0 |  |  | ok |"
+    assert table[3] == "| b | 1 | 0.5 |  |  | differ (why) |"
+    assert table[4] == "| c | 1e-07 | 1e-07 | 1e-05 | 0.01 | ok |"
 
 
 def test_lift_tensor_names_map_to_ours(parity):

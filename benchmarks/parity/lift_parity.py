@@ -97,7 +97,8 @@ class Row:
     max_abs: float
     max_rel: float
     note: str = ""
-    update_rel: float | None = None  # after training steps: max_abs over the largest change LIFT made
+    moved: float | None = None  # after training steps: the largest change LIFT's steps made to the tensor
+    update_rel: float | None = None  # max_abs / moved
 
 
     @property
@@ -124,21 +125,23 @@ def compare(name: str, ours: Any, lift: Any, lift_before: Any = None) -> Row:
         return Row(name, 0.0, 0.0)
     diff = (a - b).abs().max().item()
     scale = b.abs().max().item() or 1.0
-    update = None
-    if lift_before is not None:
-        moved = (b - torch.as_tensor(lift_before).detach().double().cpu().reshape(b.shape)).abs().max().item()
-        update = diff / moved if moved else (0.0 if diff == 0 else math.inf)
-    return Row(name, diff, diff / scale, update_rel=update)
+    if lift_before is None:
+        return Row(name, diff, diff / scale)
+    moved = (b - torch.as_tensor(lift_before).detach().double().cpu().reshape(b.shape)).abs().max().item()
+    update = diff / moved if moved else (0.0 if diff == 0 else math.inf)
+    return Row(name, diff, diff / scale, moved=moved, update_rel=update)
 
 
 def format_table(rows: Sequence[Row]) -> str:
     """A markdown table of the rows with a verdict column ("ok" / "differ")."""
-    lines = ["| quantity | max abs diff | max rel diff | rel to LIFT's update | verdict |", "|---|---|---|---|---|"]
+    lines = ["| quantity | max abs diff | max rel diff | LIFT's change | diff / change | verdict |",
+             "|---|---|---|---|---|---|"]
     for row in rows:
         verdict = "ok" if row.ok else "differ"
         note = f" ({row.note})" if row.note else ""
+        moved = "" if row.moved is None else f"{row.moved:.3g}"
         update = "" if row.update_rel is None else f"{row.update_rel:.3g}"
-        lines.append(f"| {row.name} | {row.max_abs:.3g} | {row.max_rel:.3g} | {update} | {verdict}{note} |")
+        lines.append(f"| {row.name} | {row.max_abs:.3g} | {row.max_rel:.3g} | {moved} | {update} | {verdict}{note} |")
     return "\n".join(lines)
 
 
