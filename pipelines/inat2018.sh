@@ -6,5 +6,5 @@ source "$(dirname "$0")/_lib.sh"
 usage() { sed -n '2,4p' "$0" | sed 's/^# \{0,1\}//'; }
 parse_args "$@"
 WORK="${WORK:-runs/inat2018}"
-require_root "iNaturalist 2018" "Get the iNaturalist 2018 images (github.com/visipedia/inat_comp, 2018) and iNaturalist18_{train,val}.txt (LIFT / Decoupling); categories.json from the same release gives species names." iNaturalist18_train.txt iNaturalist18_val.txt
+require_root "iNaturalist 2018" "Get the iNaturalist 2018 images (github.com/visipedia/inat_comp, 2018) and iNaturalist18_{train,val}.txt (LIFT / Decoupling); categories.json from the same release gives the species names, which LIFT's label order (sorted names) needs." iNaturalist18_train.txt iNaturalist18_val.txt
 run_pipeline inat2018 "--root '$ROOT'" "$SAGE_REPO/sage_cli/presets/inat2018.yaml"

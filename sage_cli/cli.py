@@ -2,26 +2,40 @@
 
 from __future__ import annotations
 
+import copy
 import sys
 from typing import Any
 
 import typer
 from typer.core import TyperGroup
 
-try:  # recent typer vendors its own click: its exceptions are not the click package's
-    from typer._click import exceptions as click_exceptions
-except ImportError:  # pragma: no cover - older typer on the click package
-    from click import exceptions as click_exceptions
-_NO_ARGS_IS_HELP = getattr(click_exceptions, "NoArgsIsHelpError", ())  # click >= 8.2
-
 from sage_cli import __version__
+from sage_cli.cli_style import HELP_NAMES, Polished, SageCommand, click_exceptions
 from sage_cli.console import configure_output, err_console
 
+_NO_ARGS_IS_HELP = getattr(click_exceptions, "NoArgsIsHelpError", ())  # click >= 8.2
+# The root's options that every subcommand also takes, after its name: `sage train ... -q`.
+ANYWHERE = ("quiet", "verbose")
 
 
-class SageGroup(TyperGroup):
+class SageGroup(Polished, TyperGroup):
     """The root command: a usage error (unknown option, bad value, missing argument) prints as one
-    red line and exits with code 2, in the style of a :class:`SageError` (exit code 1)."""
+    red line and exits with code 2, in the style of a :class:`SageError` (exit code 1).
+
+    Its ``-q`` / ``-v`` are also accepted anywhere after the subcommand's name (hidden there).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.polish_help()
+        for command in self.commands.values():
+            taken = {opt for param in command.params for opt in (*param.opts, *param.secondary_opts)}
+            for param in self.params:
+                if param.name in ANYWHERE and not taken & set(param.opts):
+                    command.params.append(late_option(param))
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        return [*super().collect_usage_pieces(ctx), self.subcommand_metavar]
 
     def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
         if not standalone_mode:
@@ -39,6 +53,22 @@ class SageGroup(TyperGroup):
         sys.exit(code if isinstance(code, int) else 0)
 
 
+def late_option(param: Any) -> Any:
+    """A copy of a root option for a subcommand: hidden, not passed to it, applied when parsed."""
+    late = copy.copy(param)
+    late.hidden, late.expose_value, late.callback = True, False, apply_late_option
+    return late
+
+
+def apply_late_option(ctx: Any, param: Any, value: bool) -> bool:
+    """``-q`` / ``-v`` given after the subcommand: set the output as if given before it."""
+    if value:
+        flags = ctx.meta.setdefault("sage_output", {name: bool(ctx.find_root().params.get(name)) for name in ANYWHERE})
+        flags[param.name] = True
+        configure_output(**flags)
+    return value
+
+
 def print_usage_error(exc: click_exceptions.ClickException) -> None:
     """``error: MESSAGE (see 'sage CMD --help')`` on stderr, one line."""
     from sage_cli.console import print_error
@@ -52,6 +82,7 @@ app = typer.Typer(
     cls=SageGroup,
     help="Semantic-guided fine-tuning of CLIP for long-tailed recognition: "
     "prepare -> encode-text -> train -> report.",
+    context_settings={"help_option_names": HELP_NAMES},
     no_args_is_help=True,
     add_completion=True,
     pretty_exceptions_enable=False,
@@ -66,8 +97,10 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main(
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only errors and final results."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show debug logs."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only errors and final results (before or after "
+                               "the command's name)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show debug logs (before or after the command's "
+                                 "name)."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show version."),
 ) -> None:
     configure_output(quiet=quiet, verbose=verbose)
@@ -78,15 +111,15 @@ def _register() -> None:
     from sage_cli.commands import (cache_images, demo, encode_text, export, predict, prepare, pretrain_toy, report,
                                    train)
 
-    app.command("prepare", no_args_is_help=True)(prepare.command)
-    app.command("encode-text", no_args_is_help=True)(encode_text.command)
-    app.command("cache-images", no_args_is_help=True)(cache_images.command)
-    app.command("train", no_args_is_help=True)(train.command)
-    app.command("report", no_args_is_help=True)(report.command)
-    app.command("predict", no_args_is_help=True)(predict.command)
-    app.command("export", no_args_is_help=True)(export.command)
-    app.command("demo")(demo.command)
-    app.command("pretrain-toy")(pretrain_toy.command)
+    app.command("prepare", cls=SageCommand, no_args_is_help=True)(prepare.command)
+    app.command("encode-text", cls=SageCommand, no_args_is_help=True)(encode_text.command)
+    app.command("cache-images", cls=SageCommand, no_args_is_help=True)(cache_images.command)
+    app.command("train", cls=SageCommand, no_args_is_help=True)(train.command)
+    app.command("report", cls=SageCommand, no_args_is_help=True)(report.command)
+    app.command("predict", cls=SageCommand, no_args_is_help=True)(predict.command)
+    app.command("export", cls=SageCommand, no_args_is_help=True)(export.command)
+    app.command("demo", cls=SageCommand)(demo.command)
+    app.command("pretrain-toy", cls=SageCommand)(pretrain_toy.command)
 
 
 _register()

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
+import difflib
 import os
 import types
 import typing
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,12 +108,25 @@ def key_of(f: dataclasses.Field) -> str:
     return meta.key if meta is not None and meta.key else f.name
 
 
+def did_you_mean(value: Any, choices: Sequence[str]) -> str:
+    """`` (did you mean 'lift'?)`` for the choice closest to ``value`` (a typo), else ""."""
+    close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def choice_message(label: str, value: Any, choices: Sequence[str]) -> str:
+    """``--method must be one of linear, lift, ...; got 'lfit' (did you mean 'lift'?)``."""
+    return f"{label} must be one of {', '.join(map(str, choices))}; got {value!r}{did_you_mean(value, choices)}"
+
+
 def check_options(config: Any) -> None:
     """Each :func:`option` field of ``config`` within its choices and bounds; a SageError naming it otherwise."""
     for f in dataclasses.fields(config):
         meta, value = option_of(f), getattr(config, f.name)
         if meta is None or value is None:
             continue
+        if meta.choices is not None and value not in meta.choices:
+            raise SageError(choice_message(option_label(key_of(f)), value, meta.choices))
         message = describe_violation(meta, value)
         if message:
             raise SageError(f"{option_label(key_of(f))} {message}; got {value!r}")

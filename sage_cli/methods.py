@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from sage_cli.config import coerce_preset, coerce_value, load_yaml_mapping, option_label
+from sage_cli.config import choice_message, coerce_preset, coerce_value, load_yaml_mapping, option_label
 from sage_cli.errors import SageError
 from sage_cli.schema import (
     COMPENSATED_LOSSES,
@@ -99,7 +99,7 @@ def get_method(name: str, choices: tuple[str, ...] | None = None) -> Method:
     """The method ``name``; a SageError naming ``--method`` and the valid names otherwise."""
     valid = choices if choices is not None else tuple(METHODS)
     if name not in valid:
-        raise SageError(f"{option_label('method')} must be one of {', '.join(valid)}; got {name!r}")
+        raise SageError(choice_message(option_label('method'), name, valid))
     return METHODS[name]
 
 
@@ -184,7 +184,7 @@ def _coerce(leaf: Any, value: Any) -> Any:
     if meta.parse is not None and (value is None or isinstance(value, (str, list, tuple))):
         return meta.parse(value)
     if meta.choices is not None and value is not None and value not in meta.choices:
-        raise SageError(f"{option_label(leaf.key)} must be one of {', '.join(meta.choices)}; got {value!r}")
+        raise SageError(choice_message(option_label(leaf.key), value, meta.choices))
     try:
         return coerce_value(value, leaf.annotation)
     except ValueError as exc:

@@ -25,8 +25,9 @@ from sage_cli.config import MAX_BATCH_SIZE, MAX_SEED, check_options, option, opt
 from sage_cli.errors import SageError
 
 # The names of every registry, as types (tests/train/test_methods.py checks them against the registries).
-LossName = Literal["ce", "la", "bs", "focal", "ldam", "cb", "lade"]  # sage_cli.losses.LOSSES
+LossName = Literal["ce", "la", "bs", "focal", "ldam", "cb", "grw", "lade"]  # sage_cli.losses.LOSSES
 CompensationName = Literal["semantic", "count", "zero-shot", "none"]  # sage_cli.losses.ESTIMATORS
+ReweightNormName = Literal["weights", "samples"]  # how cb / grw normalise a batch (sage_cli.losses.classification)
 HeadName = Literal["cosine", "linear", "l2"]  # sage_cli.model.head.HEADS
 HeadInitName = Literal["text", "class-mean", "k-shot", "linear-probe"]  # sage_cli.model.head_init
 ActivationName = Literal["relu", "gelu"]
@@ -39,6 +40,7 @@ MAX_BLOCKS = 1024
 
 GUIDED_PEFT = ("sg-adapter",)  # the PEFT modules that take a GuidanceConfig
 COMPENSATED_LOSSES = ("la", "bs")  # the logit-adjusted family: the losses a compensation composes with
+REWEIGHTED_LOSSES = ("cb", "grw")  # the class-reweighted CEs: the losses --reweight-norm applies to
 DEVICES = ("auto", "cpu", "cuda")
 
 METHOD, LOSS, ADAPTER, OPTIM, DATA, RUN = "Method", "Loss", "Adapter", "Optimiser", "Data", "Run"
@@ -181,8 +183,11 @@ class LossConfig:
 
     loss: LossName = option("la", help="Training loss.", panel=LOSS, choices=names(LossName))
     tau: float = option(1.0, help="Scale of log(prior) in the logit adjustment.", panel=LOSS, ge=0)
-    compensation: CompensationName = option("none", help="Compensation of the LA family.", panel=LOSS,
-                                            choices=names(CompensationName))
+    compensation: CompensationName = option("none", help="Compensation factor delta subtracted from the adjusted "
+                                            "logits (--loss la or bs only): semantic (text-anchored class statistics "
+                                            "of the image features), count (--lam x log(1 + --kappa / n_y)), zero-shot "
+                                            "(the frozen zero-shot classifier's label bias on the training images) or "
+                                            "none.", panel=LOSS, choices=names(CompensationName))
     lam: float = option(0.25, help="lambda: scale of the compensation factor.", panel=LOSS, ge=0)  # tuned on Shapes-LT val
     kappa: float = option(16.0, help="Pseudo-count of the text anchor.", panel=LOSS, gt=0)
     delta_max: float = option(5.0, help="Upper clamp of the compensation factor.", panel=LOSS, ge=0)
@@ -191,6 +196,10 @@ class LossConfig:
     focal_gamma: float = option(2.0, help="gamma of the focal loss.", panel=LOSS, ge=0)
     ldam_margin: float = option(0.5, help="Largest LDAM margin (on the cosine).", panel=LOSS, gt=0)
     cb_beta: float = option(0.9999, help="beta of the class-balanced loss.", panel=LOSS, ge=0, lt=1)
+    grw_exp: float = option(1.0, help="Exponent p of GRW's class weights (n_y / N)^-p.", panel=LOSS, ge=0)
+    reweight_norm: ReweightNormName = option("weights", help="Batch normaliser of cb and grw: weights (sum w_y CE / "
+                                             "sum w_y, LIFT's) or samples (mean w_y CE, Cui et al.'s).", panel=LOSS,
+                                             choices=names(ReweightNormName))
     lade_weight: float = option(0.1, help="Weight of LADE's estimator term.", panel=LOSS, ge=0)
     lade_lambda: float = option(0.1, help="LADE's ReMINE regulariser.", panel=LOSS, ge=0)
     text_align: float = option(0.0, help="beta of the text-alignment term: the adjusted CE of the frozen text "
@@ -205,6 +214,9 @@ class LossConfig:
         if self.text_align > 0 and self.loss not in COMPENSATED_LOSSES:
             raise SageError(f"{option_label('text_align')} composes with the logit-adjusted losses ({family}) only; "
                             f"got {option_label('loss')} {self.loss}")
+        if self.reweight_norm != "weights" and self.loss not in REWEIGHTED_LOSSES:
+            raise SageError(f"{option_label('reweight_norm')} {self.reweight_norm} applies to the reweighted losses "
+                            f"({', '.join(REWEIGHTED_LOSSES)}) only; got {option_label('loss')} {self.loss}")
 
 
 @dataclass(frozen=True)
@@ -290,7 +302,8 @@ class RunConfig:
     checkpoint_every: int = option(0, help="Also checkpoint every N steps (0: each epoch only).", panel=RUN, ge=0)
     log_every: int = option(10, help="Write train metrics (and, without a terminal, a progress line) every N steps.",
                             panel=RUN, ge=1)
-    device: str = option("auto", help="auto, cpu, cuda or cuda:N.", panel=RUN)
+    device: str = option("auto", help="Device to run on (auto: CUDA when available).", panel=RUN,
+                         metavar="<auto|cpu|cuda[:N]>")
     force: bool = option(False, help="Overwrite another run in --out.", panel=RUN)
     resume: bool = option(False, help="Continue an interrupted run in --out from its last checkpoint.", panel=RUN)
 

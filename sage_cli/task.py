@@ -48,6 +48,11 @@ class ClassificationTask(nn.Module):
         loss = self.loss(logits, labels, features if self.loss.needs_features else None)
         return {"loss": loss, "logits": logits, "features": features, "samples": int(len(labels))}
 
+    def normaliser(self, batch: Sequence[Any]) -> float:
+        """The loss's denominator on ``batch``'s labels (host; 0 for an empty batch): what the loop
+        sums over a step's micro-batches and ranks to weight each one's loss."""
+        return self.loss.normaliser(batch[1])
+
     @property
     def feature_dim(self) -> int:
         return int(self.classifier.head.weight.shape[1])

@@ -9,7 +9,8 @@ from typing import Any, TypeVar
 
 import typer
 
-from sage_cli.config import cli_names
+from sage_cli.cli_style import click_exceptions
+from sage_cli.config import choice_message, cli_names
 from sage_cli.console import err_console, print_error
 from sage_cli.errors import SageError, describe_write_error, message_of
 
@@ -61,7 +62,7 @@ def parse_device(value: str) -> str:
     text = str(value)
     if text in DEVICE_NAMES or re.fullmatch(r"cuda:\d+", text):
         return text
-    raise typer.BadParameter(f"{text!r} is not one of auto, cpu, cuda, cuda:N")
+    raise click_exceptions.UsageError(choice_message("--device", text, (*DEVICE_NAMES, "cuda:N")))
 
 
 def complete_device(incomplete: str) -> list[str]:

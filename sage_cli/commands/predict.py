@@ -17,7 +17,7 @@ from sage_cli.console import console, escape, print_result
 def command(
     run_dir: Path = typer.Argument(..., metavar="RUN_DIR|EXPORT_DIR", help="Run directory written by sage "
                                    "train, or an export directory written by sage export.", show_default=False),
-    images: list[Path] = typer.Argument(None, metavar="IMAGE...|DIR", help="Image files, or directories searched "
+    images: list[Path] = typer.Argument(None, metavar="IMAGE|DIR", help="Image files, or directories searched "
                                         "for images.", show_default=False),
     top_k: int = typer.Option(5, "--top-k", "-k", help="Classes to list per image."),
     batch_size: int = typer.Option(32, "--batch-size", help="Images per forward pass."),

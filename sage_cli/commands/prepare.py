@@ -15,6 +15,8 @@ from rich.table import Table
 from sage_cli.commands._common import handle_errors
 from sage_cli.console import console, escape, print_result
 
+Domain = Literal["fine", "moderate", "hard"]  # sage_cli.world.shapes_lt.SHAPES_LT_DOMAINS (a test checks them)
+
 
 @handle_errors
 def command(
@@ -28,8 +30,9 @@ def command(
     imbalance_ratio: float | None = typer.Option(None, "--imbalance-ratio", help="Largest / smallest class count (cifar100-lt, shapes-lt: 100; any value > 1; shapes-lt also 1: balanced)."),
     max_count: int | None = typer.Option(None, "--max-count", help="shapes-lt: training images of the most frequent class (default 300)."),
     variant: int = typer.Option(0, "--variant", help="shapes-lt: world variant, the seed of which classes are frequent (apart from --seed)."),
-    domain: str | None = typer.Option(None, "--domain", help="shapes-lt: fine (world v2: mild textures, class shades), moderate (world v2, stronger textures) or hard (world v1's shifted domain). Default: fine."),
+    domain: Domain | None = typer.Option(None, "--domain", help="shapes-lt: fine (world v2: mild textures, class shades), moderate (world v2, stronger textures) or hard (world v1's shifted domain). Default: fine."),
     groups_from: Literal["ir100", "own"] | None = typer.Option(None, "--groups-from", help="cifar100-lt groups: ir100 (default, LIFT's 35/35/30) or own (this ratio's counts).", show_default=False),
+    label_order: Literal["species", "category-id"] | None = typer.Option(None, "--label-order", help="inat2018 labels: species (default, LIFT's: the index of the species name in the sorted names) or category-id (the ids as written).", show_default=False),
     many_threshold: int = typer.Option(100, "--many-threshold", help="many: more training images than this."),
     few_threshold: int = typer.Option(20, "--few-threshold", help="few: fewer training images than this."),
     workers: int | None = typer.Option(None, "--workers", help="Threads for image checks and PNG writes (default: automatic)."),
@@ -50,6 +53,7 @@ def command(
     config = PrepareConfig(dataset=dataset, out=out, root=root, seed=seed, imbalance_ratio=imbalance_ratio,
                            many_threshold=many_threshold, few_threshold=few_threshold, force=force,
                            classnames=classnames, verify=verify, skip_bad=skip_bad, groups_from=groups_from,
+                           label_order=label_order,
                            workers=workers, max_count=max_count, variant=variant, domain=domain,
                            allow_outside_root=allow_outside_root,
                            split=SplitSpec(val_fraction, test_fraction, val_per_class, test_per_class))

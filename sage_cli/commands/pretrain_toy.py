@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -10,6 +11,8 @@ from rich.table import Table
 
 from sage_cli.commands._common import handle_errors
 from sage_cli.console import console, escape
+
+World = Literal["clean", "open"]  # sage_cli.world.pretrain.WORLDS (a test checks them)
 
 
 @handle_errors
@@ -22,7 +25,7 @@ def command(
     device: str = typer.Option("cpu", "--device", help="Torch device, e.g. cpu or cuda."),
     threads: int = typer.Option(2, "--threads", help="Torch CPU threads (fixed for repeatability)."),
     eval_per_class: int = typer.Option(20, "--eval-per-class", help="Held-out images per class for zero-shot."),
-    world: str = typer.Option("clean", "--world", help="Pretraining world: clean (world v1) or open (v2: varied "
+    world: World = typer.Option("clean", "--world", help="Pretraining world: clean (world v1) or open (v2: varied "
                               "backgrounds, attribute captions)."),
     init: Path | None = typer.Option(None, "--init", help="Start from these sage-toy weights (default: random init)."),
     checkpoint_every: int = typer.Option(0, "--checkpoint-every", help="Save a resumable checkpoint every N steps "

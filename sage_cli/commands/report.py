@@ -13,10 +13,13 @@ from rich.table import Table
 from sage_cli.commands._common import device_option, handle_errors
 from sage_cli.console import console, escape, print_result
 
+TteMode = Literal["five-crop", "ten-crop", "flip"]  # sage_cli.report.tte.TTE_MODES (a test checks them)
+
 
 @handle_errors
 def command(
-    runs: list[Path] = typer.Argument(None, help="Run directories written by sage train.", show_default=False),
+    runs: list[Path] = typer.Argument(None, metavar="RUN_DIR", help="Run directories written by sage train.",
+                                      show_default=False),
     out: Path = typer.Option(..., "--out", "-o", help="Directory for report.json/.md/.html and per_class.parquet."),
     zero_shot: Path | None = typer.Option(None, "--zero-shot", help="Prepared dataset: add the frozen CLIP zero-shot row."),
     text_cache: Path | None = typer.Option(None, "--text-cache", help="Text cache for --zero-shot (sage encode-text); "
@@ -24,7 +27,7 @@ def command(
     prepared: Path | None = typer.Option(None, "--prepared", help="Where the runs' prepared dataset now is (checked by "
                                          "its hashes; default: where train.json says, or beside the run)."),
     tte: bool = typer.Option(False, "--tte", help="Test-time ensembling: several views, logits averaged."),
-    tte_mode: str = typer.Option("five-crop", "--tte-mode", help="Views with --tte: five-crop (LIFT's default), "
+    tte_mode: TteMode = typer.Option("five-crop", "--tte-mode", help="Views with --tte: five-crop (LIFT's default), "
                                  "ten-crop (and their mirrors) or flip (the centre crop and its mirror)."),
     tte_expand: int = typer.Option(24, "--tte-expand", help="Pixels added to the image size before cropping "
                                    "(five-crop, ten-crop; LIFT: 24 for ViT-B/16, 21 for ViT-L/14)."),
@@ -41,17 +44,17 @@ def command(
                                      "RUN_DIR/logits.safetensors for post-hoc analysis."),
     tau: list[float] = typer.Option([], "--tau", help="Post-hoc logit adjustment: add a row per run re-scored "
                                     "with logits - T·log(prior) (repeatable; saves the logits).",
-                                    metavar="T", show_default=False),
+                                    metavar="<T>", show_default=False),
     figures: bool = typer.Option(True, "--figures/--no-figures", help="Draw the figures (report.html's plots, "
                                  "figures/*.pdf and *.png); --no-figures: tables only, faster."),
     frontier: bool = typer.Option(False, "--frontier", help="The head-tail frontier: sweep t in logits - t·log(prior) "
                                   "on the val split; against --reference, few and overall at the reference's many "
                                   "accuracy (val), and the val-chosen t applied to test, paired by seed."),
     label: list[str] = typer.Option([], "--label", help="Name of a run in tables and figures (repeatable: one per "
-                                    "RUN_DIR, in order; default: the directory names).", metavar="NAME",
+                                    "RUN_DIR, in order; default: the directory names).", metavar="<name>",
                                     show_default=False),
     title: str | None = typer.Option(None, "--title", help="Title of report.md/.html (default: 'Sage report: "
-                                     "DATASET').", metavar="TEXT", show_default=False),
+                                     "DATASET').", metavar="<text>", show_default=False),
     as_json: bool = typer.Option(False, "--json", help="Print report.json to stdout instead of a table."),
 ) -> None:
     """Top-1/top-5, many/medium/few, prediction share, calibration and plots for one or more runs."""

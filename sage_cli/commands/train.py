@@ -25,6 +25,7 @@ from sage_cli.console import console, err_console, escape, print_result
 from sage_cli.methods import METHODS, TRAIN_METHODS, load_preset
 from sage_cli.schema import ADAPTER, METHOD, RUN, Leaf, flat_fields, flatten
 
+TRACKERS = ("tensorboard", "wandb", "csv")  # sage_cli.train.tracking.TRACKERS (a test checks them)
 # Options of this command that are no train option: they say how to run it, not what trains.
 NOT_IN_PRESETS = ("config", "from_run", "print_config", "out", "force", "resume", "as_json", "log")
 GUIDANCE = Option(help="Text guidance in the SG-Adapters (the guided methods: sage, sage-*).", panel=ADAPTER,
@@ -38,12 +39,12 @@ def train(
     from_run: Path | None = typer.Option(None, "--from", help="Relaunch the run in this directory with its own "
                                          "config; flags given change it.", rich_help_panel=RUN),
     print_config: bool = typer.Option(False, "--print-config", help="Print the resolved config (train.json's "
-                                      "schema) and exit.", rich_help_panel=RUN, metavar=""),
+                                      "schema) and exit.", rich_help_panel=RUN),
     log: list[str] = typer.Option([], "--log", help="Also log the metrics to tensorboard, wandb or csv "
                                   "(repeatable; tensorboard and wandb are optional extras).", show_default=False,
-                                  rich_help_panel=RUN),
+                                  metavar=f"<{'|'.join(TRACKERS)}>", rich_help_panel=RUN),
     as_json: bool = typer.Option(False, "--json", help="Print train.json to stdout instead of a summary.",
-                                 rich_help_panel=RUN, metavar=""),
+                                 rich_help_panel=RUN),
     **options: Any,
 ) -> None:
     """Train a PEFT method (LIFT's table: sage, lift, lora, vpt, adapter, ssf, bitfit, ...) on a frozen CLIP.
@@ -118,7 +119,7 @@ def option_parameter(key: str, leaf: Leaf | None, meta: Option) -> inspect.Param
         default = None
     help_text = meta.help + (" Default: the method's (docs/methods.md)." if per_method else "")
     info = typer.Option(default, *decls, help=help_text, rich_help_panel=meta.panel,
-                        metavar="" if kind is bool else meta.metavar, show_default=not per_method)
+                        metavar=meta.metavar, show_default=not per_method)
     annotation = kind | None if default is None else kind
     return inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=annotation)
 

@@ -7,7 +7,7 @@ distribution mismatch-aware compensation factor delta [C]::
 
 ``pi`` is the training label prior (a buffer); ``delta`` comes from the estimator named by
 ``compensation`` (:mod:`sage_cli.losses.compensation`). Predictions at test time use ``z(x)``
-alone. The other losses (CE, focal, LDAM, class-balanced, LADE) are in
+alone. The other losses (CE, focal, LDAM, class-balanced, GRW, LADE) are in
 :mod:`sage_cli.losses.classification`. Adding one: a class there and a line in :data:`LOSSES`
 (docs/methods.md).
 """
@@ -26,8 +26,10 @@ from sage_cli.losses.classification import (
     CompensatedLALoss,
     CrossEntropy,
     FocalLoss,
+    GeneralizedReweightLoss,
     LADELoss,
     LDAMLoss,
+    ReweightedLoss,
 )
 from sage_cli.losses.compensation import (
     ESTIMATORS,
@@ -77,7 +79,7 @@ def build_loss(
 
 __all__ = [
     "COMPENSATED_LOSSES", "ESTIMATORS", "LOSSES", "BalancedSoftmax", "ClassBalancedLoss", "ClassificationLoss",
-    "CompensatedLALoss", "CompensationEstimator", "CountCompensation", "CrossEntropy", "FocalLoss", "LADELoss",
-    "LDAMLoss", "LossConfig", "NoCompensation", "SemanticCompensation", "ZeroShotCompensation", "build_estimator",
-    "build_loss", "compute_zero_shot_prior",
+    "CompensatedLALoss", "CompensationEstimator", "CountCompensation", "CrossEntropy", "FocalLoss",
+    "GeneralizedReweightLoss", "LADELoss", "LDAMLoss", "LossConfig", "NoCompensation", "ReweightedLoss",
+    "SemanticCompensation", "ZeroShotCompensation", "build_estimator", "build_loss", "compute_zero_shot_prior",
 ]

@@ -1,10 +1,12 @@
 """The training losses, selected by name from :data:`LOSSES` (LIFT's table 16 and LA).
 
-Every loss takes ``(logits [B, C], labels [B], features [B, E] or None)`` and returns the batch
-mean; the class counts n [C] (prior pi = n / sum n) are buffers set at construction. Each is a mean
-of per-sample terms, so micro-batches weighted by their share of the step (gradient accumulation,
-DDP) add up to the loss of the whole batch (LADE's estimator term excepted: it is per micro-batch,
-as LIFT's is per GPU).
+Every loss takes ``(logits [B, C], labels [B], features [B, E] or None)`` and returns its batch
+value ``sum_i t_i / sum_i m_i``: a sum of per-sample terms over the batch's *normaliser*
+:meth:`ClassificationLoss.normaliser` (the batch size for a plain mean; ``sum_i w_{y_i}`` for the
+reweighted losses, as ``F.cross_entropy(weight=w)``). The loop weights each micro-batch by its
+normaliser over the step's total (all micro-batches, all ranks), so gradient accumulation and DDP
+add up to the loss of the whole batch (LADE's estimator term excepted: it is per micro-batch, as
+LIFT's is per GPU). The class counts n [C] (prior pi = n / sum n) are buffers set at construction.
 
 - ``ce``: CE(z, y).
 - ``la``: CE(z + tau log pi - delta, y), logit adjustment (Menon et al.) with the compensation
@@ -15,8 +17,11 @@ as LIFT's is per GPU).
 - ``focal``: mean (1 - p_y)^gamma CE_i (Lin et al.).
 - ``ldam``: CE(z - s m_y e_y, y), m_y proportional to n_y^(-1/4), max m = --ldam-margin, s the
   head's logit scale (Cao et al.; the margin is applied to the cosine, as LIFT does).
-- ``cb``: class-balanced CE (Cui et al.): w_y CE_i with w_y = (1 - beta) / (1 - beta^n_y),
-  normalised to mean 1 over classes; averaged over the batch's samples.
+- ``cb``: class-balanced CE (Cui et al.), w_y = (1 - beta) / (1 - beta^n_y) normalised to mean 1
+  over classes; ``sum_i w_{y_i} CE_i / sum_i w_{y_i}`` (LIFT's, PyTorch's ``weight=``), or with
+  ``reweight_norm="samples"`` ``mean_i w_{y_i} CE_i`` (Cui et al.'s own code).
+- ``grw``: generalised re-weighting (Zhang et al.), w_y = (n_y / N)^(-p) normalised to mean 1,
+  p = --grw-exp; normalised as ``cb``.
 - ``lade``: CE(z + log pi, y) - w sum_y pi_y (ReMINE bound of the logits' class-conditional
   spread) (Hong et al.), LIFT's formula with --lade-weight w and --lade-lambda.
 """
@@ -51,6 +56,10 @@ class ClassificationLoss(nn.Module):
 
     def observe_empty(self, feature_dim: int, device: torch.device) -> None:
         """A micro-batch with no readable image (nothing to do unless statistics are kept)."""
+
+    def normaliser(self, labels: torch.Tensor) -> float:
+        """The denominator of this loss on a batch of ``labels`` [B] (host): its batch size here."""
+        return float(labels.numel())
 
     def compensation(self) -> torch.Tensor | None:
         """The compensation factor delta [C] the loss subtracts now; None for a loss without one."""
@@ -157,19 +166,55 @@ class LDAMLoss(ClassificationLoss):
         return F.cross_entropy(logits - shift, labels)
 
 
-class ClassBalancedLoss(ClassificationLoss):
-    """mean_i w_{y_i} CE_i, w_y = (1 - beta) / (1 - beta^n_y) scaled to mean 1 over classes."""
+class ReweightedLoss(ClassificationLoss):
+    """CE reweighted by class: w [C] from :meth:`compute_weights`, scaled to mean 1 over classes.
+
+    ``cfg.reweight_norm`` "weights": ``sum_i w_{y_i} CE_i / sum_i w_{y_i}``, as LIFT's
+    ``F.cross_entropy(weight=w)``; "samples": ``mean_i w_{y_i} CE_i``. The weights are computed in
+    float32, as LIFT computes them (in float64, cb's weights at beta 0.9999 move by up to 3e-5).
+    """
 
     def __init__(self, cfg: LossConfig, class_counts: torch.Tensor, estimator: CompensationEstimator,
                  logit_scale: float = 25.0) -> None:
         super().__init__(cfg, class_counts, estimator, logit_scale)
-        counts = class_counts.detach().double()
-        weights = (1 - cfg.cb_beta) / (1 - cfg.cb_beta ** counts)
-        self.register_buffer("weights", (weights / weights.mean()).float())  # [C]
+        weights = self.compute_weights(cfg, class_counts.detach().float().cpu())
+        weights = weights / weights.mean()
+        self.register_buffer("weights", weights)  # [C]
+        self.host_weights = weights.double()  # [C], not a buffer: stays on the host for the normaliser
+        self.by_weight = cfg.reweight_norm == "weights"
+
+    @staticmethod
+    def compute_weights(cfg: LossConfig, counts: torch.Tensor) -> torch.Tensor:
+        """The unnormalised class weights [C] for ``counts`` [C] (float32)."""
+        raise NotImplementedError
+
+    def normaliser(self, labels: torch.Tensor) -> float:
+        """sum_i w_{y_i} ("weights") or the batch size ("samples")."""
+        if not self.by_weight:
+            return super().normaliser(labels)
+        return float(self.host_weights[labels.cpu()].sum())
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        if self.by_weight:
+            return F.cross_entropy(logits.float(), labels, weight=self.weights)
         ce = F.cross_entropy(logits.float(), labels, reduction="none")  # [B]
         return (self.weights[labels] * ce).mean()
+
+
+class ClassBalancedLoss(ReweightedLoss):
+    """w_y = (1 - beta) / (1 - beta^n_y) (Cui et al.; LIFT's CB)."""
+
+    @staticmethod
+    def compute_weights(cfg: LossConfig, counts: torch.Tensor) -> torch.Tensor:
+        return (1.0 - cfg.cb_beta) / (1.0 - cfg.cb_beta ** counts)
+
+
+class GeneralizedReweightLoss(ReweightedLoss):
+    """w_y = 1 / (n_y / N)^p with p = ``cfg.grw_exp`` (Zhang et al.; LIFT's GRW)."""
+
+    @staticmethod
+    def compute_weights(cfg: LossConfig, counts: torch.Tensor) -> torch.Tensor:
+        return 1.0 / (counts / counts.sum()) ** cfg.grw_exp
 
 
 class LADELoss(ClassificationLoss):
@@ -196,5 +241,6 @@ LOSSES: dict[str, type[ClassificationLoss]] = {
     "focal": FocalLoss,
     "ldam": LDAMLoss,
     "cb": ClassBalancedLoss,
+    "grw": GeneralizedReweightLoss,
     "lade": LADELoss,
 }

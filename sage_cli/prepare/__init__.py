@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from sage_cli import artifacts
+from sage_cli.config import did_you_mean
 from sage_cli.errors import SageError, explain_write_errors
 from sage_cli.locks import lock_output_dir
 from sage_cli.prepare import check, recipes
@@ -64,6 +65,7 @@ class PrepareConfig:
     verify: str = "exists"
     skip_bad: bool = False
     groups_from: str | None = None  # cifar100-lt: "ir100" (default) or "own"
+    label_order: str | None = None  # inat2018: "species" (default, LIFT's) or "category-id"
     workers: int | None = None  # threads for image checks and PNG writes (None: automatic)
     max_count: int | None = None  # shapes-lt: training images of the most frequent class (None: 300)
     variant: int = 0  # shapes-lt: world variant, the seed of the class order (apart from --seed)
@@ -74,7 +76,8 @@ class PrepareConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "out", Path(self.out))
         if self.dataset not in SOURCES:
-            raise SageError(f"unknown dataset {self.dataset!r}; choose from {', '.join(SOURCES)}")
+            raise SageError(f"unknown dataset {self.dataset!r}; choose from {', '.join(SOURCES)}"
+                            f"{did_you_mean(self.dataset, tuple(SOURCES))}")
         if self.imbalance_ratio is not None and self.dataset == "shapes-lt" and self.imbalance_ratio < 1:
             raise SageError(f"--imbalance-ratio must be >= 1 (1: balanced); got {self.imbalance_ratio}")
         if self.imbalance_ratio is not None and self.dataset != "shapes-lt" and self.imbalance_ratio <= 1:
@@ -93,6 +96,10 @@ class PrepareConfig:
             raise SageError("--groups-from applies to cifar100-lt only")
         if self.groups_from not in (None, "ir100", "own"):
             raise SageError(f"--groups-from must be ir100 or own; got {self.groups_from!r}")
+        if self.label_order is not None and self.dataset != "inat2018":
+            raise SageError("--label-order applies to inat2018 only")
+        if self.label_order not in (None, "species", "category-id"):
+            raise SageError(f"--label-order must be species or category-id; got {self.label_order!r}")
         if self.split.given and self.dataset not in ("folder", "csv"):
             raise SageError(f"--val-fraction/--test-fraction/--val-per-class/--test-per-class apply to folder "
                             f"and csv only, not {self.dataset}")
@@ -290,6 +297,8 @@ def _fingerprint_inputs(config: PrepareConfig, hashes: dict[str, str] | None) ->
     if hashes is not None:  # generated sets keep their original inputs (and fingerprints)
         keys += ["classnames", "verify", "skip_bad", "groups_from"]
     inputs = {k: getattr(config, k) for k in keys}
+    if config.dataset == "inat2018":  # the label numbering (LIFT's sorted species names by default)
+        inputs["label_order"] = config.label_order or "species"
     if config.dataset == "shapes-lt":  # world options other than world v1's (whose fingerprints stay)
         inputs.update({k: v for k, v in _shapes_lt_options(config).items()
                        if k != "imbalance_ratio" and v != _SHAPES_LT_V1[k]})
@@ -329,7 +338,7 @@ def _source_table() -> dict[str, Source]:
     from sage_cli.prepare import cifar, folder, splits
 
     def split_source(name: str) -> Source:
-        return Source(lambda c: splits.load_split_dataset(name, c.root, c.classnames),
+        return Source(lambda c: splits.load_split_dataset(name, c.root, c.classnames, by_name=_sorts_by_name(c)),
                       lambda c: _hash_files(splits.input_files(name, c.root, c.classnames)))
 
     return {
@@ -346,6 +355,11 @@ def _source_table() -> dict[str, Source]:
                       lambda c: _hash_files({"csv": folder.find_csv(c.root)}) | _hash_classnames(c)
                       | _hash_split(c, not folder.csv_has_split(c.root))),
     }
+
+
+def _sorts_by_name(config: PrepareConfig) -> bool:
+    """inat2018's labels numbered by the sorted species names (LIFT's), unless --label-order category-id."""
+    return config.dataset == "inat2018" and config.label_order != "category-id"
 
 
 def _hash_files(files: dict[str, Path]) -> dict[str, str]:

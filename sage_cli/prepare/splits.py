@@ -2,14 +2,17 @@
 
 Split files are parsed vectorised (``pd.read_csv``); only when that fails is the file scanned line
 by line, to name the exact ``file:line`` at fault. Paths stay relative to the dataset root, which
-becomes the prepared dataset's ``image_root``. Labels are taken as written (for iNaturalist the
-category id; no remapping).
+becomes the prepared dataset's ``image_root``. Labels are taken as written, except that
+iNaturalist's category ids are renumbered by default as LIFT numbers them: a class's label is the
+index of its species name in the sorted names (``--label-order species``; ``category-id`` keeps
+the ids as written).
 """
 
 from __future__ import annotations
 
 import csv
 import logging
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +26,7 @@ from sage_cli.prepare.source import SourceData
 logger = logging.getLogger(__name__)
 
 SPLIT_DATASETS = ("imagenet-lt", "places-lt", "inat2018")
+LABEL_ORDERS = ("species", "category-id")  # inat2018: LIFT's (sorted species names) or the ids as written
 # Optional files in ROOT that name the classes, per dataset.
 NAME_FILES = {"imagenet-lt": "LOC_synset_mapping.txt", "inat2018": "categories.json"}
 
@@ -86,8 +90,12 @@ def _scan_split_file(path: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["path", "label", "line"]).astype({"label": np.int64})
 
 
-def load_split_dataset(dataset: str, root: Path, classnames: Path | None = None) -> SourceData:
-    """Parse the split files of ``dataset``, resolve class names and validate every label."""
+def load_split_dataset(dataset: str, root: Path, classnames: Path | None = None, by_name: bool = False) -> SourceData:
+    """Parse the split files of ``dataset``, resolve class names and validate every label.
+
+    ``by_name``: renumber the labels by the alphabetical order of their class names (LIFT's
+    iNaturalist labels), which must come from a names file and be distinct.
+    """
     parts = []
     for split, path in split_files(dataset, root).items():
         table = parse_split_file(path)
@@ -97,11 +105,33 @@ def load_split_dataset(dataset: str, root: Path, classnames: Path | None = None)
         parts.append(table)
         logger.info("%s: %d lines", path.name, len(table))
     train = parts[0]
-    names, warnings = resolve_names(dataset, root, train, classnames)
+    names = read_class_names(dataset, root, train, classnames)
     for table in parts:
         _check_labels(table, len(names))
+    if by_name:
+        names, parts = sort_labels_by_name(names, parts, _names_file(dataset, root, classnames), dataset)
+    names, warnings = class_names.make_unique(names, class_names.folder_keys(train) if dataset == "imagenet-lt"
+                                              else None)
     manifest = pd.concat([t[["path", "label", "split"]] for t in parts], ignore_index=True)
     return SourceData(manifest, names, root, warnings=warnings)
+
+
+def sort_labels_by_name(names: list[str], tables: list[pd.DataFrame], names_file: Path | None,
+                        dataset: str) -> tuple[list[str], list[pd.DataFrame]]:
+    """Names in alphabetical order and the tables relabelled to match: label ``k`` becomes the
+    index of ``names[k]`` in ``sorted(names)`` (LIFT's ``cname2lab`` over the species names)."""
+    if names_file is None:
+        raise SageError(f"{dataset}: LIFT's label order sorts the species names, so it needs categories.json in "
+                        "--root (or --classnames); or keep the ids as written with --label-order category-id")
+    duplicates = sorted(name for name, count in Counter(names).items() if count > 1)
+    if duplicates:
+        raise SageError(f"{names_file}: {len(duplicates)} class name(s) name two categories ({duplicates[0]!r}, ...), "
+                        "so sorting the names cannot number the classes; use --label-order category-id")
+    order = sorted(range(len(names)), key=lambda k: names[k])  # order[new] = old
+    new_label = np.empty(len(names), dtype=np.int64)
+    new_label[order] = np.arange(len(names))
+    relabelled = [table.assign(label=new_label[table["label"].to_numpy()]) for table in tables]
+    return [names[k] for k in order], relabelled
 
 
 def _check_labels(table: pd.DataFrame, num_classes: int) -> None:
@@ -113,20 +143,16 @@ def _check_labels(table: pd.DataFrame, num_classes: int) -> None:
                         f"0..{num_classes - 1} ({num_classes} classes)")
 
 
-def resolve_names(dataset: str, root: Path, train: pd.DataFrame,
-                  classnames: Path | None) -> tuple[list[str], list[str]]:
-    """Class names in label order (made distinct) and the warnings raised on the way."""
+def read_class_names(dataset: str, root: Path, train: pd.DataFrame, classnames: Path | None) -> list[str]:
+    """Class names in label order, as the names file or the folders give them (not yet made distinct)."""
     keys = class_names.folder_keys(train)
     num_labels = int(train["label"].max()) + 1
     names_file = _names_file(dataset, root, classnames)
     if names_file is not None:
-        names = _names_from_file(names_file, keys)
-    elif dataset == "imagenet-lt":
-        names = [keys[i][0] if keys.get(i) else f"class {i}" for i in range(num_labels)]
-    else:
-        names = [class_names.name_from_folders(keys[i]) if keys.get(i) else f"class {i}"
-                 for i in range(num_labels)]
-    return class_names.make_unique(names, keys if dataset == "imagenet-lt" else None)
+        return _names_from_file(names_file, keys)
+    if dataset == "imagenet-lt":
+        return [keys[i][0] if keys.get(i) else f"class {i}" for i in range(num_labels)]
+    return [class_names.name_from_folders(keys[i]) if keys.get(i) else f"class {i}" for i in range(num_labels)]
 
 
 def _names_from_file(path: Path, keys: dict[int, list[str]]) -> list[str]:

@@ -70,6 +70,14 @@ class DistContext:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=self.control_group)
         return tensor.tolist()
 
+    def sum_host_floats(self, values: Sequence[float]) -> list[float]:
+        """Element-wise sums of small host numbers over ranks, in float64 (integers below 2^53 stay exact)."""
+        if not self.enabled:
+            return [float(v) for v in values]
+        tensor = torch.tensor([float(v) for v in values], dtype=torch.float64)
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=self.control_group)
+        return tensor.tolist()
+
     def all_true(self, ok: bool) -> bool:
         """True when ``ok`` holds on every rank (a barrier, too)."""
         return self.sum_host([int(not ok)])[0] == 0

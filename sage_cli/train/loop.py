@@ -1,14 +1,15 @@
 """The training loop: SGD steps with gradient accumulation, evaluation, metrics and checkpoints.
 
 One optimizer step sees ``batch_size`` images in micro-batches of ``micro_batch_size``; each
-micro-batch's mean loss is weighted by its share of the step's images, so an accumulated step
-takes the same update as one big batch. The compensation statistics of the loss are updated per
-micro-batch. Nothing is synchronised with the GPU per step except on logging and checkpoint steps.
+micro-batch's loss is weighted by its share of the step's normaliser (the loss's denominator:
+the images, or their class weights for ``cb`` / ``grw``; :meth:`ClassificationTask.normaliser`),
+so an accumulated step takes the same update as one big batch. The compensation statistics of
+the loss are updated per micro-batch. Nothing is synchronised with the GPU per step except on logging and checkpoint steps.
 
 Under torchrun each rank takes a disjoint strided slice of every micro-batch of the same seeded
 order (:class:`~sage_cli.data.StepBatchSampler`), weights its losses by its share of the *global*
-step, and the gradients are summed over ranks; rank 0 alone writes. A NaN / inf loss stops the
-run before anything is logged or checkpointed; SIGINT / SIGTERM stop it at the next step
+step's normaliser, and the gradients are summed over ranks; rank 0 alone writes. A NaN / inf
+loss stops the run before anything is logged or checkpointed; SIGINT / SIGTERM stop it at the next step
 boundary with a checkpoint (see :mod:`sage_cli.train.faults`).
 """
 
@@ -190,28 +191,30 @@ class Trainer:
     def train_step(self, micro_batches: list[MicroBatch]) -> int | None:
         """One optimizer step; the number of images it saw over all ranks, or None on a stop signal."""
         local = sum(len(batch.labels) for batch in micro_batches)
+        shares = [self.task.normaliser(batch) for batch in micro_batches]  # each one's part of the step's normaliser
         self.note_skipped(micro_batches)
-        total, stops = self.dist.sum_host([local, int(self.signals.received is not None)])
+        total, stops, normaliser = self.dist.sum_host_floats([local, int(self.signals.received is not None),
+                                                              sum(shares)])
         if stops:
             return None
         step = self.position.global_step + 1
         self.optimizer.zero_grad(set_to_none=True)
-        for batch in micro_batches:
-            self.train_micro_batch(batch, total, step)
+        for batch, share in zip(micro_batches, shares):
+            self.train_micro_batch(batch, share / normaliser if share else 0.0, step)
         self.dist.all_reduce_grads(self.trainable)
         self._step_lr = self.optimizer.param_groups[0]["lr"]  # the lr this step used (a float)
         self.optimizer.step()
         self.scheduler.step()
-        return total
+        return int(total)
 
-    def train_micro_batch(self, batch: MicroBatch, total: int, step: int) -> None:
-        """Forward and backward of one micro-batch, its loss weighted by its share of the step's ``total`` images."""
+    def train_micro_batch(self, batch: MicroBatch, share: float, step: int) -> None:
+        """Forward and backward of one micro-batch, its loss weighted by ``share``: its part of the step's normaliser."""
         out = self.task(batch)
         if out["loss"] is None:  # nothing readable here (the task still met the other ranks)
             return
         loss = out["loss"]
         self.watch.observe(loss, step)
-        weighted = loss * (out["samples"] / total)
+        weighted = loss * share
         weighted.backward()
         self._window_loss += weighted.detach()
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from sage_cli.config import choice_message
 from sage_cli.errors import SageError
 from sage_cli.train.loop import METRICS, StepInfo, TrainHooks
 
@@ -206,7 +207,7 @@ def check_tracker_names(names: Sequence[str]) -> tuple[str, ...]:
     out: list[str] = []
     for name in names:
         if name not in TRACKERS:
-            raise SageError(f"--log must be one of {', '.join(TRACKERS)}; got {name!r}")
+            raise SageError(choice_message("--log", name, TRACKERS))
         if name not in out:
             out.append(name)
     return tuple(out)

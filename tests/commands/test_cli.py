@@ -28,9 +28,9 @@ def loud_again() -> Iterator[None]:
 
 @pytest.mark.parametrize(("args", "message"), [
     (["report", "--out", "o", "--nope"], "No such option: --nope"),
-    (["prepare", "synthetic", "--out", "o", "--verify", "full"], "'full' is not one of 'exists', 'decode'"),
-    (["report", "--out", "o", "--device", "gpu"], "'gpu' is not one of auto, cpu, cuda, cuda:N"),
-    (["report", "--out", "o", "--split", "train"], "'train' is not one of 'test', 'val'"),
+    (["prepare", "synthetic", "--out", "o", "--verify", "full"], "--verify must be one of exists, decode; got 'full'"),
+    (["report", "--out", "o", "--device", "gpu"], "--device must be one of auto, cpu, cuda, cuda:N; got 'gpu'"),
+    (["report", "--out", "o", "--split", "train"], "--split must be one of test, val; got 'train'"),
     (["encode-text", "--prepared", "p"], "Missing option '--model'"),
 ])
 def test_usage_errors_are_one_red_line_with_exit_code_2(args: list[str], message: str, tmp_path: Path) -> None:

@@ -129,13 +129,53 @@ def test_places_names_come_from_folders(places_root: Path, tmp_path: Path) -> No
     assert [c["group"] for c in _classes(tmp_path / "out")] == ["medium", "few", "few"]
 
 
-def test_inat_names_from_categories_json_and_val_is_test(inat_root: Path, tmp_path: Path) -> None:
+def _labels_by_folder(out: Path) -> dict[tuple[str, str], set[int]]:
+    """(split, category folder) -> the labels its images got in the manifest."""
+    manifest = artifacts.read_table(out, artifacts.MANIFEST).to_pandas()
+    found: dict[tuple[str, str], set[int]] = {}
+    for path, label, split in zip(manifest["path"], manifest["label"], manifest["split"]):
+        found.setdefault((split, path.split("/")[2]), set()).add(int(label))
+    return found
+
+
+def test_inat_labels_follow_lifts_sorted_species_names(inat_root: Path, tmp_path: Path) -> None:
+    # categories.json: id 0 "Quercus robur", 1 "Turdus merula", 2 "Apis mellifera"; train 40 / 8 / 2 images.
+    # LIFT's label: the index in the sorted names -> Apis 0 (id 2), Quercus 1 (id 0), Turdus 2 (id 1).
     result = run(PrepareConfig("inat2018", tmp_path / "out", root=inat_root))
-    assert [c["name"] for c in _classes(tmp_path / "out")] == ["Quercus robur", "Turdus merula", "Apis mellifera"]
+    classes = _classes(tmp_path / "out")
+    assert [c["name"] for c in classes] == ["Apis mellifera", "Quercus robur", "Turdus merula"]
+    assert [c["train_count"] for c in classes] == [2, 40, 8]
+    assert _labels_by_folder(tmp_path / "out") == {("train", "0"): {1}, ("train", "1"): {2}, ("train", "2"): {0},
+                                                   ("test", "0"): {1}, ("test", "1"): {2}, ("test", "2"): {0}}
     assert result.record["counts"] == {"train": 50, "val": 0, "test": 9}
+    assert result.record["options"]["label_order"] == "species"
+
+
+def test_inat_category_id_order_keeps_the_ids_as_written(inat_root: Path, tmp_path: Path) -> None:
+    result = run(PrepareConfig("inat2018", tmp_path / "out", root=inat_root, label_order="category-id"))
+    assert [c["name"] for c in _classes(tmp_path / "out")] == ["Quercus robur", "Turdus merula", "Apis mellifera"]
+    assert _labels_by_folder(tmp_path / "out")[("train", "2")] == {2}
+    assert result.record["counts"] == {"train": 50, "val": 0, "test": 9}
+    # the same root in the other order is another preparation: refused in the same --out without --force
+    with pytest.raises(SageError, match="--force"):
+        run(PrepareConfig("inat2018", tmp_path / "out", root=inat_root))
     (inat_root / "categories.json").unlink()
-    run(PrepareConfig("inat2018", tmp_path / "out2", root=inat_root))
+    run(PrepareConfig("inat2018", tmp_path / "out2", root=inat_root, label_order="category-id"))
     assert [c["name"] for c in _classes(tmp_path / "out2")] == ["Plantae 0", "Aves 1", "Insecta 2"]
+
+
+def test_inat_species_order_needs_distinct_names_from_a_file(inat_root: Path, tmp_path: Path) -> None:
+    (inat_root / "categories.json").write_text(json.dumps([{"id": 0, "name": "Quercus robur"},
+                                                           {"id": 1, "name": "Quercus robur"},
+                                                           {"id": 2, "name": "Apis mellifera"}]))
+    with pytest.raises(SageError, match=r"categories.json: 1 class name\(s\) name two categories \('Quercus robur'"):
+        run(PrepareConfig("inat2018", tmp_path / "out", root=inat_root))
+    (inat_root / "categories.json").unlink()
+    with pytest.raises(SageError, match="needs categories.json in --root .* --label-order category-id"):
+        run(PrepareConfig("inat2018", tmp_path / "out", root=inat_root))
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(SageError, match="--label-order applies to inat2018 only"):
+        PrepareConfig("places-lt", tmp_path / "out", root=inat_root, label_order="species")
 
 
 @pytest.mark.parametrize(("line", "message"), [
@@ -193,6 +233,6 @@ def test_classnames_flag_wins_over_categories_json(inat_root: Path, tmp_path: Pa
     names = tmp_path / "names.txt"
     names.write_text("oak\nblackbird\nhoney bee\n")
     result = run(PrepareConfig("inat2018", tmp_path / "out", root=inat_root, classnames=names))
-    assert [c["name"] for c in _classes(tmp_path / "out")] == ["oak", "blackbird", "honey bee"]
+    assert [c["name"] for c in _classes(tmp_path / "out")] == ["blackbird", "honey bee", "oak"]  # sorted (LIFT's)
     assert set(result.record["hashes"]) == {"iNaturalist18_train.txt", "iNaturalist18_val.txt",
                                             "classnames:names.txt"}

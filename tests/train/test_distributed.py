@@ -56,6 +56,7 @@ def test_single_process_context_is_a_no_op(monkeypatch: pytest.MonkeyPatch) -> N
     assert read_torchrun_env() is None
     context = DistContext()
     assert not context.enabled and context.is_main and context.sum_host([3, 1]) == [3, 1]
+    assert context.sum_host_floats([3, 0, 2.5]) == [3.0, 0.0, 2.5]
     assert context.gather_objects({"a"}) == [{"a"}] and context.all_true(False) is False
     monkeypatch.setenv("WORLD_SIZE", "4")
     monkeypatch.setenv("RANK", "2")
@@ -70,12 +71,15 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("method", [{"method": "sage", "compensation": "semantic"}, {"method": "lift", "loss": "cb"}],
+                         ids=["sage-semantic", "lift-cb"])
 def test_two_gloo_processes_match_one_process(synthetic_prepared: Path, synthetic_text_cache: Path,
-                                              tmp_path: Path) -> None:
+                                              tmp_path: Path, method: dict) -> None:
     # 7 steps cross the epoch end (step 6 holds 5 images: micro-batches of 4 and 1, so rank 1 gets an
-    # empty one) and the sharded eval; semantic compensation exercises the all-reduced statistics.
-    options = {"method": "sage", "batch_size": 8, "micro_batch_size": 4, "max_steps": 7, "lr": 0.05,
-               "compensation": "semantic", "log_every": 1, "num_workers": 0, "device": "cpu", "seed": 0}
+    # empty one) and the sharded eval; semantic compensation exercises the all-reduced statistics,
+    # cb a step normaliser (the class weights) summed over ranks.
+    options = {**method, "batch_size": 8, "micro_batch_size": 4, "max_steps": 7, "lr": 0.05,
+               "log_every": 1, "num_workers": 0, "device": "cpu", "seed": 0}
     single = run(build_train_config({"prepared": synthetic_prepared, "text_cache": synthetic_text_cache,
                                      "out": tmp_path / "one", **options}))
     out = tmp_path / "two"

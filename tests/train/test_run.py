@@ -134,12 +134,15 @@ def test_max_steps_is_exact(synthetic_prepared: Path, synthetic_text_cache: Path
     assert result.record["final_eval"]["step"] == 7
 
 
+@pytest.mark.parametrize("loss", [{"method": "sage", "compensation": "count"}, {"method": "lift", "loss": "cb"}],
+                         ids=["sage-count", "lift-cb"])
 def test_gradient_accumulation_matches_one_big_batch(synthetic_prepared: Path, synthetic_text_cache: Path,
-                                                     tmp_path: Path) -> None:
+                                                     tmp_path: Path, loss: dict) -> None:
     # Deterministic transforms, one step. The "count" compensation does not depend on the batches
-    # (the "semantic" statistics are updated per micro-batch, so they would differ by design).
-    common = {"method": "sage", "max_steps": 1, "augment": False, "compensation": "count", "lr": 0.5,
-              "warmup_steps": 0}
+    # (the "semantic" statistics are updated per micro-batch, so they would differ by design); cb's
+    # micro-batches are weighted by their class weights' share of the step's, not by their images'
+    # (seed 1: micro-batches of labels [0, 0, 1, 0] and [1, 1, 0, 1], so the two shares differ).
+    common = {**loss, "seed": 1, "max_steps": 1, "augment": False, "lr": 0.5, "warmup_steps": 0}
     whole = run(_config(synthetic_prepared, synthetic_text_cache, tmp_path / "whole", **common))
     split = run(_config(synthetic_prepared, synthetic_text_cache, tmp_path / "split", micro_batch_size=4, **common))
     a = load_file(str(whole.out / "adapter.safetensors"))
