@@ -3,8 +3,10 @@
 ``load_clip(model, pretrained)`` builds any open_clip architecture by name and fills it from
 an open_clip pretrained tag (fetched through open_clip's own cache, only because the user named
 it), a local checkpoint file (always works offline), or ``"none"`` (random init, for tests and
-smoke runs). The returned model is frozen: eval mode, no parameter requires grad. Stages adapt
-it afterwards (see ``sage_cli.model``).
+smoke runs). A model named ``hf-hub:ORG/NAME`` is a Hugging Face repository of open_clip
+(:mod:`sage_cli.hf_hub`): its config and, with ``--pretrained hub``, its weights come from the
+Hugging Face cache (a local ``HF_HUB_CACHE`` works offline). The returned model is frozen: eval
+mode, no parameter requires grad. Stages adapt it afterwards (see ``sage_cli.model``).
 
 Importing this module registers the package's own small configs (``sage_cli/model_configs``,
 e.g. ``sage-tiny``) with open_clip, so ``open_clip.create_model("sage-tiny")`` works too.
@@ -27,6 +29,7 @@ import open_clip
 import torch
 from open_clip.pretrained import get_pretrained_cfg
 
+from sage_cli import hf_hub
 from sage_cli.artifacts import sha256_file
 from sage_cli.errors import SageError
 
@@ -34,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 MODEL_CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
 NO_WEIGHTS = "none"
+HUB_WEIGHTS = "hub"  # --pretrained of an hf-hub: model: the repository's own weights
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
 
 
@@ -101,7 +105,9 @@ def load_clip(model: str, pretrained: str, device: str | torch.device = "cpu") -
     name = check_model_name(model)
     target = resolve_device(device)
     kind, weights = classify_pretrained(name, pretrained)
-    if kind == "tag":
+    if hf_hub.is_hub_name(name):
+        clip = _create_from_hub(name, kind, weights)
+    elif kind == "tag":
         clip = _create_from_tag(name, weights)
     else:
         with _quiet_open_clip():
@@ -112,11 +118,14 @@ def load_clip(model: str, pretrained: str, device: str | torch.device = "cpu") -
     preprocess_train, preprocess_eval = build_transforms(clip)
     record = build_backbone_record(name, kind, weights, clip)
     logger.debug("loaded %s (%s) on %s", name, record["pretrained"], target)
-    return LoadedClip(clip, preprocess_train, preprocess_eval, open_clip.get_tokenizer(name), record)
+    return LoadedClip(clip, preprocess_train, preprocess_eval, build_tokenizer(name), record)
 
 
 def check_model_name(model: str) -> str:
-    """The open_clip config name for ``model`` (``/`` may stand for ``-``), or a SageError."""
+    """The open_clip config name for ``model`` (``/`` may stand for ``-``; ``hf-hub:ORG/NAME`` kept),
+    or a SageError."""
+    if hf_hub.is_hub_name(model):
+        return hf_hub.check_hub_name(model)
     name = model.strip().replace("/", "-")
     known = open_clip.list_models()
     if name in known:
@@ -134,6 +143,11 @@ def classify_pretrained(model: str, pretrained: str) -> tuple[str, str]:
     path = Path(value).expanduser()
     if path.is_file():
         return "file", str(path.resolve())
+    if hf_hub.is_hub_name(model):
+        if value.lower() == HUB_WEIGHTS:
+            return "hub", HUB_WEIGHTS
+        raise SageError(f"--pretrained {value!r}: {model} takes its repository's weights (--pretrained "
+                        f"{HUB_WEIGHTS}), a checkpoint file, or none")
     tags = open_clip.list_pretrained_tags_by_model(model)
     tag = value.lower().replace("-", "_")  # open_clip's own tag normalisation
     if tag in tags:
@@ -144,6 +158,53 @@ def classify_pretrained(model: str, pretrained: str) -> tuple[str, str]:
     raise SageError(
         f"--pretrained {value!r}: neither a checkpoint file nor a tag of {model} (tags: {known})"
     )
+
+
+def _create_from_hub(name: str, kind: str, weights: str) -> torch.nn.Module:
+    """An hf-hub: model built from its cached config (open_clip's local-dir: schema, nothing fetched
+    by open_clip), then filled from the repository's weights or a file (``none``: random init)."""
+    config_dir = locate_hub_config(name).parent
+    with _quiet_open_clip():
+        clip = open_clip.create_model(f"local-dir:{config_dir}", load_weights=False)
+    if kind != "none":
+        load_checkpoint_file(clip, Path(weights) if kind == "file" else locate_hub_weights(name))
+    return clip
+
+
+def locate_hub_config(name: str) -> Path:
+    """The cached ``open_clip_config.json`` of an hf-hub: model (fetched if need be and possible), checked."""
+    return hf_hub.read_config(name, reachable=_reachable(_hub_host()))[0]
+
+
+def locate_hub_weights(name: str) -> Path:
+    return hf_hub.locate_file(name, hf_hub.WEIGHTS_FILES, reachable=_reachable(_hub_host()))
+
+
+def _hub_host() -> str:
+    return urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+
+
+def build_tokenizer(name: str) -> Callable[..., torch.Tensor]:
+    """open_clip's tokenizer for ``name`` (an hf-hub: model's from its cached config)."""
+    if hf_hub.is_hub_name(name):
+        return open_clip.get_tokenizer(f"local-dir:{locate_hub_config(name).parent}")
+    return open_clip.get_tokenizer(name)
+
+
+def compute_weights_sha256(name: str, kind: str, weights: str) -> str | None:
+    """The sha256 of the weights file a backbone is filled from (a file, an hf-hub: repository's), else None."""
+    if kind == "file":
+        return sha256_file(weights)
+    if kind == "hub":
+        return sha256_file(locate_hub_weights(name))
+    return None
+
+
+def embedding_dim(name: str) -> int:
+    """The joint embedding width E of open_clip model ``name``."""
+    if hf_hub.is_hub_name(name):
+        return int(hf_hub.read_config(name, reachable=False)[1]["model_cfg"]["embed_dim"])
+    return int(open_clip.get_model_config(name)["embed_dim"])
 
 
 def _create_from_tag(name: str, tag: str) -> torch.nn.Module:
@@ -197,7 +258,7 @@ def find_cached_tag_file(cfg: dict[str, Any]) -> str | None:
 
 def _download_host(cfg: dict[str, Any]) -> str:
     if cfg.get("hf_hub"):
-        return urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+        return _hub_host()
     return urlparse(cfg.get("url", "")).hostname or "the download host"
 
 
@@ -263,8 +324,8 @@ def build_backbone_record(name: str, kind: str, weights: str, model: torch.nn.Mo
         "model": name,
         "pretrained": NO_WEIGHTS if kind == "none" else weights,
         "pretrained_kind": kind,
-        "pretrained_sha256": sha256_file(weights) if kind == "file" else None,
-        "embedding_dim": int(open_clip.get_model_config(name)["embed_dim"]),
+        "pretrained_sha256": compute_weights_sha256(name, kind, weights),
+        "embedding_dim": embedding_dim(name),
         "image_size": list(size) if isinstance(size, (tuple, list)) else [size, size],
         "context_length": int(getattr(model, "context_length", 0) or 0),
         "mean": [float(x) for x in cfg["mean"]],
@@ -288,7 +349,8 @@ def _quiet_open_clip() -> Iterator[None]:
     """Hide open_clip's root-logger warning that a model is randomly initialised (we asked for it)."""
 
     def _drop(record: logging.LogRecord) -> bool:
-        return "initialized randomly" not in record.getMessage()
+        message = record.getMessage()
+        return "initialized randomly" not in message and "no CLIP weights found" not in message
 
     root = logging.getLogger()
     root.addFilter(_drop)

@@ -99,10 +99,10 @@ def run(config: ExportConfig) -> ExportResult:
 
 def _run_locked(config: ExportConfig) -> ExportResult:
     from sage_cli.train import load_trained_classifier
-    from sage_cli.train.restore import resolve_weights_path
+    from sage_cli.train.restore import describe_weights, resolve_weights_path
 
     run_record = artifacts.read_record(config.run, artifacts.TRAIN_RECORD)
-    weights = resolve_weights_path(config.run, config.checkpoint)
+    weights = resolve_weights_path(config.run, config.checkpoint, run_record)
     inputs = {"run_fingerprint": run_record.get("fingerprint"), "format": config.format,
               "weights_sha256": artifacts.sha256_file(weights) if weights.is_file() else None}
     fingerprint = artifacts.sha256_json(inputs)
@@ -121,6 +121,7 @@ def _run_locked(config: ExportConfig) -> ExportResult:
         try:
             staging.chmod(0o777 & ~artifacts.current_umask())  # mkdtemp makes it private
             fields = WRITERS[config.format](classifier, clip, staging)
+            fields = {**fields, "weights": describe_weights(weights, run_record, config.run)}
             export = build_export_record(config, inputs, classifier, record, names, fields)
             export = artifacts.seal_record(staging, export, [p.name for p in staging.iterdir()])
             artifacts.write_record(staging, EXPORT_RECORD, export)

@@ -61,6 +61,7 @@ class PredictResult:
     run: Path
     predictions: list[dict[str, Any]]  # per image: {"image", "top": [{"class_id", "name", "score"}]}
     seconds: float
+    weights: dict[str, Any] | None = None  # which weights classified them (sage_cli.train.restore.describe_weights)
 
 
 def find_images(paths: tuple[Path, ...]) -> list[Path]:
@@ -99,7 +100,7 @@ def run(config: PredictConfig, progress: Progress | None = None) -> PredictResul
     from sage_cli.report.predictions import compute_ranked_scores
 
     paths = find_images(config.images)
-    model, transform, names, device = load_model(config)
+    model, transform, names, device, weights = load_model(config)
     loader = DataLoader(_Images(paths, transform), batch_size=config.batch_size, shuffle=False,
                         num_workers=config.num_workers)
     predictions, done, start = [], 0, time.perf_counter()
@@ -116,26 +117,29 @@ def run(config: PredictConfig, progress: Progress | None = None) -> PredictResul
                 done += 1
             if progress is not None:
                 progress(done, len(paths))
-    return PredictResult(config.run, predictions, time.perf_counter() - start)
+    return PredictResult(config.run, predictions, time.perf_counter() - start, weights)
 
 
-def load_model(config: PredictConfig) -> tuple[Callable[[torch.Tensor], torch.Tensor],
-                                               Callable[[Any], torch.Tensor], tuple[str, ...], torch.device]:
-    """(images -> logits, PIL image -> tensor, class names, device) of the run or export ``config.run``."""
+def load_model(config: PredictConfig) -> tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[Any], torch.Tensor],
+                                               tuple[str, ...], torch.device, dict[str, Any] | None]:
+    """(images -> logits, PIL image -> tensor, class names, device, which weights) of the run or export
+    ``config.run``."""
     from sage_cli.backbone import resolve_device
     from sage_cli.export import is_export, load_export
     from sage_cli.report.loader import build_eval_transform
     from sage_cli.train import load_trained_classifier
+    from sage_cli.train.restore import describe_weights, resolve_weights_path
 
     if is_export(config.run):
         if config.checkpoint is not None:
             raise SageError(f"--checkpoint applies to a run directory; {config.run} is an export (sage export "
                             "the checkpoint instead)")
         export = load_export(config.run, config.device)
-        return export.predict, export.transform, export.class_names, export.device
+        return export.predict, export.transform, export.class_names, export.device, export.record.get("weights")
     device = resolve_device(config.device)
-    classifier, clip, _, names = load_trained_classifier(config.run, checkpoint=config.checkpoint, device=device)
-    return classifier, build_eval_transform(clip.record), names, device
+    classifier, clip, record, names = load_trained_classifier(config.run, checkpoint=config.checkpoint, device=device)
+    weights = describe_weights(resolve_weights_path(config.run, config.checkpoint, record), record, config.run)
+    return classifier, build_eval_transform(clip.record), names, device, weights
 
 
 __all__ = ["PredictConfig", "PredictResult", "find_images", "run"]

@@ -33,6 +33,9 @@ HeadInitName = Literal["text", "class-mean", "k-shot", "linear-probe"]  # sage_c
 ActivationName = Literal["relu", "gelu"]
 SamplerName = Literal["uniform", "class-aware"]
 EvalSplitName = Literal["val", "test", "train"]
+OptimizerName = Literal["sgd", "adamw"]
+KeepName = Literal["last", "best"]
+SelectMetricName = Literal["top1", "few", "mean-groups"]  # sage_cli.train.selection.compute_selection_value
 
 # Block indices stop below this, whatever the tower (ViT-bigG has 48 blocks): --blocks 0-99999999
 # is refused before its range is expanded; the tower's own depth is checked when it is built.
@@ -162,7 +165,8 @@ class HeadConfig:
 class ModelConfig:
     """The backbone (None: the text cache's model / weights) and the classifier built on it (no PEFT: head only)."""
 
-    model: str | None = option(None, help="open_clip model (default: the text cache's).", panel=METHOD, short="-m")
+    model: str | None = option(None, help="open_clip model, or hf-hub:ORG/NAME (default: the text cache's).",
+                                panel=METHOD, short="-m")
     pretrained: str | None = option(None, help="Tag, checkpoint file or none (default: the text cache's).",
                                     panel=METHOD)
     peft: PeftConfig | None = None
@@ -221,12 +225,25 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """SGD with a per-step cosine schedule after a linear warm-up (``warmup_steps`` wins over ``warmup_epochs``)."""
+    """SGD (LIFT's, the default) or AdamW with a per-step cosine schedule after a linear warm-up
+    (``warmup_steps`` wins over ``warmup_epochs``).
+
+    SGD decays every trainable tensor; AdamW, as open_clip and timm do, none of dimension < 2
+    (biases, norm and SSF scales/shifts, the head's scale) nor the prompt tokens
+    (:func:`sage_cli.train.optim.split_decay`).
+    """
 
     epochs: int = option(10, help="Training epochs.", panel=OPTIM, ge=1)
-    lr: float = option(0.01, help="Peak learning rate (SGD).", panel=OPTIM, gt=0)
+    lr: float = option(0.01, help="Peak learning rate.", panel=OPTIM, gt=0)
+    optimizer: OptimizerName = option("sgd", help="Optimizer: sgd (LIFT's; momentum) or adamw (decoupled weight "
+                                      "decay, none on biases, norms and scales).", panel=OPTIM,
+                                      choices=names(OptimizerName))
     momentum: float = option(0.9, help="SGD momentum.", panel=OPTIM, ge=0, lt=1)
-    weight_decay: float = option(5e-4, help="SGD weight decay.", panel=OPTIM, ge=0)
+    weight_decay: float = option(5e-4, help="Weight decay (SGD: L2 on every tensor; AdamW: decoupled, on "
+                                 "matrices only).", panel=OPTIM, ge=0)
+    beta1: float = option(0.9, help="AdamW's beta1.", panel=OPTIM, ge=0, lt=1)
+    beta2: float = option(0.999, help="AdamW's beta2.", panel=OPTIM, ge=0, lt=1)
+    eps: float = option(1e-8, help="AdamW's epsilon.", panel=OPTIM, gt=0)
     warmup_epochs: float = option(1.0, help="Linear warm-up length in epochs.", panel=OPTIM, ge=0)
     warmup_steps: int | None = option(None, help="Warm-up length in steps (wins over --warmup-epochs).", panel=OPTIM,
                                       ge=0)
@@ -302,6 +319,14 @@ class RunConfig:
     checkpoint_every: int = option(0, help="Also checkpoint every N steps (0: each epoch only).", panel=RUN, ge=0)
     log_every: int = option(10, help="Write train metrics (and, without a terminal, a progress line) every N steps.",
                             panel=RUN, ge=1)
+    keep: KeepName = option("last", help="Weights that report, predict and export use: the last step's, or the "
+                            "best evaluation's by --select-metric (kept beside them as best.safetensors).", panel=RUN,
+                            choices=names(KeepName))
+    select_metric: SelectMetricName = option("top1", help="Eval-split figure that --keep best and --patience "
+                                             "follow: top1, few, or mean-groups (mean of many/medium/few top-1).",
+                                             panel=RUN, choices=names(SelectMetricName))
+    patience: int = option(0, help="Stop after N evaluations in a row without a better --select-metric (0: off).",
+                           panel=RUN, ge=0)
     device: str = option("auto", help="Device to run on (auto: CUDA when available).", panel=RUN,
                          metavar="<auto|cpu|cuda[:N]>")
     force: bool = option(False, help="Overwrite another run in --out.", panel=RUN)
@@ -315,6 +340,9 @@ class RunConfig:
             (device in DEVICES or device.startswith("cuda:"),
              f"{option_label('device')} must be auto, cpu or cuda[:N]; got {device!r}"),
             (not (self.force and self.resume), f"{option_label('force')} and {option_label('resume')} exclude each other"),
+            (self.eval_every > 0 or (self.keep == "last" and self.patience == 0),
+             f"{option_label('keep')} best and {option_label('patience')} follow evaluations during the run; "
+             f"{option_label('eval_every')} is 0 (evaluate only at the end)"),
         ])
 
 

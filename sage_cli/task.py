@@ -60,6 +60,9 @@ class ClassificationTask(nn.Module):
     def trainable_parameters(self) -> list[nn.Parameter]:
         return self.classifier.trainable_parameters()
 
+    def named_trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        return self.classifier.named_trainable_parameters()
+
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         return self.classifier.trainable_state_dict()
 

@@ -93,3 +93,11 @@ def synthetic_prepared(tmp_path_factory: pytest.TempPathFactory):
 def synthetic_text_cache(synthetic_prepared, tmp_path_factory: pytest.TempPathFactory):
     """The sage-tiny text cache of :func:`synthetic_prepared`."""
     return make_tiny_text_cache(synthetic_prepared, tmp_path_factory.mktemp("synthetic-text") / "text")
+
+
+@pytest.fixture(scope="session")
+def train_only_prepared(tmp_path_factory: pytest.TempPathFactory):
+    """(prepared dir, text cache dir) of :func:`synthetic_prepared`'s training images with no val or test split."""
+    root = tmp_path_factory.mktemp("train-only")
+    prepared = make_synthetic_prepared(root / "prepared", eval_per_class=0)
+    return prepared, make_tiny_text_cache(prepared, root / "text")

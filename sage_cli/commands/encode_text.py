@@ -20,8 +20,10 @@ from sage_cli.errors import SageError
 @handle_errors
 def command(
     prepared: Path = typer.Option(..., "--prepared", "-p", help="Prepared dataset directory (from sage prepare)."),
-    model: str = typer.Option(..., "--model", "-m", help="open_clip model name, e.g. ViT-B-16 or sage-tiny."),
-    pretrained: str = typer.Option(..., "--pretrained", help="open_clip tag (e.g. openai), a checkpoint file, or none."),
+    model: str = typer.Option(..., "--model", "-m", help="open_clip model name, e.g. ViT-B-16, sage-tiny or "
+                               "hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K."),
+    pretrained: str = typer.Option(..., "--pretrained", help="open_clip tag (e.g. openai), a checkpoint file, "
+                                   "none, or hub (an hf-hub: model's own weights)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output directory for the text cache."),
     templates: str = typer.Option("ensemble", "--templates", help="single, ensemble, none, or a file of templates with {}."),
     descriptions: Path | None = typer.Option(None, "--descriptions", help="JSON {class: [sentences]} or CSV class,description."),

@@ -24,11 +24,12 @@ def command(
     workers: int = typer.Option(0, "--workers", help="DataLoader worker processes (0: load in the main process)."),
     device: str = device_option(),
     checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Checkpoint to use instead of "
-                                           "RUN_DIR/adapter.safetensors.", show_default=False),
+                                           "the run's kept weights (train.json's kept).", show_default=False),
     as_json: bool = typer.Option(False, "--json", help="Print the predictions as JSON to stdout."),
 ) -> None:
     """Top-k classes with softmax scores for each image, with the run's own preprocessing."""
     from sage_cli.predict import PredictConfig, run
+    from sage_cli.report.markdown import format_weights
 
     config = PredictConfig(run=run_dir, images=tuple(images or ()), top_k=top_k, batch_size=batch_size,
                            num_workers=workers, device=device, checkpoint=checkpoint)
@@ -40,6 +41,7 @@ def command(
         typer.echo(json.dumps(result.predictions, indent=2))  # stdout, machine-readable
         return
     console.print(predictions_table(result.predictions))
+    console.print(f"weights: {format_weights(result.weights)}", markup=False, highlight=False)
     for entry in result.predictions:
         best = entry["top"][0]
         print_result(f"{entry['image']}\t{best['name']}\t{best['score']:.4f}")

@@ -92,7 +92,7 @@ def command(
 
 def summary_table(report: dict[str, Any]) -> Table:
     """Overall / many / medium / few top-1 (and top-5, ECE) per run, in %."""
-    from sage_cli.report.markdown import format_percent
+    from sage_cli.report.markdown import format_percent, weights_lines
 
     data = report["dataset"]
     title = f"{escape(report.get('title') or data['dataset'])} {escape(report['split'])} ({data['num_samples']} images){' · TTE' if report['tte'] else ''}"
@@ -105,6 +105,7 @@ def summary_table(report: dict[str, Any]) -> Table:
         cached = " [dim](cached)[/]" if run["evaluation"].get("cached") else ""
         table.add_row(escape(run["name"]) + cached, *(format_percent(m[k]) for k in ("top1", "many", "medium", "few", "top5",
                                                                              "ece")))
+    table.caption = "\n".join(f"{escape(name)}: {escape(text)}" for name, text in weights_lines(report)) or None
     return table
 
 

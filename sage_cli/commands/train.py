@@ -294,6 +294,13 @@ def summary_table(record: dict[str, Any]) -> Table:
         table.add_row(f"top-1 ({escape(final['split'])})", _pct(final["top1"]))
         for group in ("many", "medium", "few"):
             table.add_row(f"  {group}", _pct(final[group]))
+    stop = record.get("early_stop")
+    if stop:
+        table.add_row("stopped early", f"step {stop['step']} of {stop['planned_steps']} (patience {stop['patience']})")
+    if (record.get("kept") or {}).get("keep") == "best":
+        from sage_cli.report.markdown import format_weights
+
+        table.add_row("kept", escape(format_weights(record["kept"])))
     return table
 
 

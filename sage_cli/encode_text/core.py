@@ -21,7 +21,8 @@ import torch.nn.functional as F
 
 from sage_cli import artifacts
 from sage_cli.artifacts import CLASS_EMBEDDINGS, ENCODE_RECORD, TEXT_CACHE
-from sage_cli.backbone import check_model_name, classify_pretrained, load_clip, resolve_device
+from sage_cli.backbone import (check_model_name, classify_pretrained, compute_weights_sha256, load_clip,
+                               resolve_device)
 from sage_cli.config import check_batch_size
 from sage_cli.encode_text.descriptions import load_descriptions
 from sage_cli.encode_text.llm import PROMPT_VERSION, GenerationResult, LLMConfig, generate_descriptions
@@ -210,7 +211,7 @@ def build_inputs(config: EncodeTextConfig, prepared: PreparedClasses, templates:
         "classes_sha256": prepared.classes_sha256,
         "prepared_fingerprint": prepared.prepared_fingerprint,
         "model": name,
-        "weights": f"sha256:{artifacts.sha256_file(weights)}" if kind == "file" else (weights or "none"),
+        "weights": (f"sha256:{sha}" if (sha := compute_weights_sha256(name, kind, weights)) else (weights or "none")),
         "templates": list(templates.templates),
         "descriptions_sha256": artifacts.sha256_file(config.descriptions) if config.descriptions else None,
         "generate": {"model": generate.model, "n": generate.n, "prompt_version": PROMPT_VERSION}

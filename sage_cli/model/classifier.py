@@ -95,8 +95,12 @@ class SageClassifier(nn.Module):
         return list(self.trainable_names)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
+        return [param for _, param in self.named_trainable_parameters()]
+
+    def named_trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """``(name, parameter)`` of each trainable parameter, in :attr:`trainable_names` order."""
         params = dict(self.named_parameters())
-        return [params[name] for name in self.trainable_names]
+        return [(name, params[name]) for name in self.trainable_names]
 
     def summary(self) -> dict[str, object]:
         """Resolved settings for run records: PEFT module, head, bottleneck, blocks, counts."""

@@ -6,7 +6,8 @@ Mergeable modules change only what a plain tower can hold:
   (q and v rows) and the MLP's ``c_fc`` / ``c_proj``;
 - ``ssf``: ``gamma * h + beta`` after a LayerNorm or a Linear becomes that module's weight and
   bias (``weight * gamma``, ``bias * gamma + beta``); after the attention (``ls_1``, identity in
-  CLIP) it goes into the attention's output projection;
+  CLIP) it goes into the attention's output projection; on a ResNet's pooled feature, into its
+  attention pool's output projection ``c_proj``;
 - ``bitfit``, ``ln-tuning``, ``full-ft`` and head-only methods: the tuned tensors are the tower's own.
 
 The others (AdaptFormer, SG-Adapter, the Houlsby adapter, visual prompts) add computation a plain
@@ -67,6 +68,8 @@ def fold_wrapper(parent: nn.Module, wrapper: Wrapped) -> nn.Module:
     if isinstance(wrapper, Then) and isinstance(adapter, ScaleShift):
         if isinstance(base, nn.Identity):  # SSF after the attention: into its output projection
             fold_scale_shift(parent.attn.out_proj, adapter.scale, adapter.shift)
+        elif type(base).__name__ == "AttentionPool2d":  # a ResNet's pooled feature: its output projection's
+            fold_scale_shift(base.c_proj, adapter.scale, adapter.shift)
         else:
             fold_scale_shift(base, adapter.scale, adapter.shift)
         return base

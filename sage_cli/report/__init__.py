@@ -64,7 +64,7 @@ class ReportConfig:
     tte_mode: str = "five-crop"  # one of TTE_MODES (with tte)
     tte_expand: int = TTE_MARGIN  # px added before cropping (five-crop, ten-crop), LIFT's ``expand``
     split: str = "test"
-    checkpoint: Path | None = None  # instead of RUN_DIR/adapter.safetensors (one run only)
+    checkpoint: Path | None = None  # instead of the run's kept weights (one run only)
     batch_size: int = 64
     num_workers: int = 0
     device: str = "auto"

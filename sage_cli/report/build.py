@@ -108,6 +108,7 @@ def build_run_entry(source: Source, run_metrics: dict[str, Any], evaluation: dic
         "location": str(source.location.resolve()),
         "identity": source.identity,
         "config": source.config,
+        "weights": source.config.get("weights") if source.kind == "run" else None,  # which weights were evaluated
         "evaluation": evaluation,
         "metrics": run_metrics,
         "history": load_history(source.location / METRICS_LOG) if source.kind == "run" and tau is None else None,

@@ -30,6 +30,7 @@ from sage_cli.report.markdown import (
     shows_groups,
     summary_rows,
     true_shares,
+    weights_lines,
 )
 
 CSS = """
@@ -98,6 +99,9 @@ def _accuracy_section(report: dict[str, Any]) -> str:
              _table("summary", ["Run", *(t for _, t in COLUMNS), "ECE"], summary_rows(report)),
              '<p class="note">Top-1 / top-5 accuracy in %. Many / medium / few: top-1 over the images of '
              "the classes in each group. ECE: expected calibration error (15 bins, %). – : no images.</p>"]
+    if weights_lines(report):
+        items = "".join(f"<li><b>{escape(name)}</b>: {escape(text)}</li>" for name, text in weights_lines(report))
+        parts.append(f'<p class="note">Weights evaluated:</p><ul class="weights">{items}</ul>')
     if shows_groups(report):
         parts += ["<h2>Across seeds</h2>",
                   _table("groups", ["Group", "n", *(t for _, t in COLUMNS), "ECE"], group_rows(report), swatches=False),

@@ -142,6 +142,28 @@ def true_shares(report: dict[str, Any]) -> dict[str, float | None]:
     return {g: share[g]["true"] for g in GROUPS}
 
 
+def format_weights(weights: dict[str, Any] | None) -> str:
+    """One line saying which weights an evaluation used (:func:`sage_cli.train.restore.describe_weights`),
+    e.g. ``best.safetensors: best few on val, step 12 (epoch 2): 50.0%``."""
+    if not weights:
+        return "adapter.safetensors: the last step's"
+    step, keep, value = weights.get("step"), weights.get("keep"), weights.get("value")
+    if keep == "checkpoint":
+        return f"{weights['file']}: chosen with --checkpoint (step {step if step is not None else 'unknown'})"
+    split = weights.get("split") or "eval"
+    where = f"step {step} (epoch {weights.get('epoch')})"
+    if keep == "best":
+        return f"{weights['file']}: best {weights['metric']} on {split}, {where}: {100 * value:.1f}%"
+    score = f"; {split} {weights['metric']} {100 * value:.1f}%" if value is not None else ""
+    return f"{weights['file']}: the last step's, {where}{score}"
+
+
+def weights_lines(report: dict[str, Any]) -> list[tuple[str, str]]:
+    """(run name, which weights it evaluated) for each trained run (not its post-hoc tau rows)."""
+    return [(run["name"], format_weights(run.get("weights"))) for run in report["runs"]
+            if run.get("kind") == "run" and run.get("posthoc_tau") is None]
+
+
 def report_title(report: dict[str, Any]) -> str:
     """``--title``, else "Sage report: DATASET"."""
     return report.get("title") or f"Sage report: {report['dataset']['dataset']}"
@@ -162,6 +184,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         *_table(["Run", *(title for _, title in COLUMNS), "ECE"], summary_rows(report)),
     ]
+    if weights_lines(report):
+        lines += ["", "Weights evaluated:", "",
+                  *(f"- **{escape_md(name)}**: {escape_md(text)}" for name, text in weights_lines(report))]
     if len(report["runs"]) > 1:
         first = escape_md(report["runs"][0]["name"])
         lines += ["", f"## Change against {first} (percentage points)", "",

@@ -20,7 +20,6 @@ import torch
 from sage_cli import artifacts
 from sage_cli.errors import SageError
 
-CHECKPOINT_NAME = "adapter.safetensors"
 ZERO_SHOT = "zero-shot"
 _CLASS_COLUMNS = ["class_id", "name", "train_count", "group"]
 
@@ -124,7 +123,7 @@ def _describe_difference(a: TestSet, b: TestSet) -> str | None:
 
 def load_run_source(run_dir: str | os.PathLike[str], split: str, checkpoint: Path | None = None,
                     prepared: Path | None = None, text_cache: Path | None = None) -> Source:
-    """A trained run: its train.json, its checkpoint (default ``RUN_DIR/adapter.safetensors``).
+    """A trained run: its train.json, its checkpoint (default: the weights train.json's ``kept`` names).
 
     Every input is verified against the run's record before anything is evaluated or reused from
     the predictions cache: the prepared dataset (fingerprint, ``classes.parquet``), the text cache
@@ -133,15 +132,16 @@ def load_run_source(run_dir: str | os.PathLike[str], split: str, checkpoint: Pat
     ``text_cache`` is looked at first for the run's cache (it is also the zero-shot row's, which
     may be another).
     """
-    from sage_cli.train.restore import PREPARED, TEXT_CACHE, check_weights_belong, locate_input
+    from sage_cli.train.restore import (PREPARED, TEXT_CACHE, check_weights_belong, describe_weights,
+                                        kept_weights_name, locate_input)
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise SageError(f"{run_dir}: not a directory; pass a run directory written by sage train")
     record = artifacts.read_record(run_dir, artifacts.TRAIN_RECORD)  # verifies the adapter's sha256
-    ckpt = Path(checkpoint) if checkpoint is not None else run_dir / CHECKPOINT_NAME
+    ckpt = Path(checkpoint) if checkpoint is not None else run_dir / kept_weights_name(record)
     if not ckpt.is_file():
-        where = f"--checkpoint {ckpt}" if checkpoint is not None else f"{run_dir}: no checkpoint {CHECKPOINT_NAME}"
+        where = f"--checkpoint {ckpt}" if checkpoint is not None else f"{run_dir}: no checkpoint {ckpt.name}"
         raise SageError(f"{where}: not found; is the run finished? pass --checkpoint FILE to pick one")
     check_checkpoint_readable(ckpt)
     check_weights_belong(ckpt, record, run_dir)
@@ -161,7 +161,8 @@ def load_run_source(run_dir: str | os.PathLike[str], split: str, checkpoint: Pat
         trained = load_trained_classifier(run_dir, checkpoint=ckpt, device=device, text_cache=text_dir)
         return trained.classifier, trained.clip.record
 
-    config = {"checkpoint": str(ckpt.resolve()), **{k: v for k, v in record.items() if k != "versions"}}
+    config = {"checkpoint": str(ckpt.resolve()), **{k: v for k, v in record.items() if k != "versions"},
+              "weights": describe_weights(ckpt, record, run_dir)}
     return Source(run_dir.name, "run", run_dir, test_set, identity, config, run_dir, build)
 
 

@@ -3,7 +3,8 @@
 A checkpoint is a directory ``RUN_DIR/checkpoints/step-00000120/`` holding
 
 - ``adapter.safetensors``: adapter + head weights only (never the frozen backbone), and
-- ``checkpoint.json``: the sha256 of both files, verified before a resume or report reads them, and
+- ``best.safetensors`` under ``--keep best``: the weights of the best evaluation so far,
+- ``checkpoint.json``: the sha256 of each file, verified before a resume or report reads them, and
 - ``state.pt``: optimizer, scheduler and loss-module state (compensation statistics), the
   data-order position (epoch, step in epoch, global step) and every RNG state; plain tensors and
   Python values only, read back with ``torch.load(weights_only=True)``.
@@ -165,11 +166,12 @@ def save_checkpoint(
     position: Position,
     metadata: dict[str, Any],
     keep: int = 2,
+    extra: dict[str, dict[str, torch.Tensor]] | None = None,
 ) -> Path:
     """Write one checkpoint directory atomically, point ``last.json`` at it, prune old ones.
 
-    A full or read-only disk is a SageError naming the checkpoint; the previous checkpoint stays
-    the latest and intact.
+    ``extra``: more weights files by name (the best evaluation's). A full or read-only disk is a
+    SageError naming the checkpoint; the previous checkpoint stays the latest and intact.
     """
     root = run_dir / CHECKPOINT_DIR
     final = root / checkpoint_name(position.global_step)
@@ -179,9 +181,11 @@ def save_checkpoint(
         try:
             tmp.chmod(0o777 & ~artifacts.current_umask())  # mkdtemp makes it private; a checkpoint is as readable as the run
             save_weights(tmp / WEIGHTS, weights, {**metadata, "global_step": position.global_step})
+            for name, tensors in (extra or {}).items():
+                save_weights(tmp / name, tensors, metadata)
             write_state(tmp / STATE, {"format": STATE_FORMAT, "position": vars(position),
                                       "torch_threads": torch.get_num_threads(), **state})
-            write_manifest(tmp, position)
+            write_manifest(tmp, position, tuple(extra or ()))
             artifacts.replace_directory(tmp, final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -201,9 +205,10 @@ def write_state(path: Path, payload: dict[str, Any]) -> None:
     artifacts.write_bytes_atomic(path, buffer.getvalue())
 
 
-def write_manifest(directory: Path, position: Position) -> None:
-    """``checkpoint.json``: the sha256 of the weights and the state, checked before a resume uses them."""
-    files = {name: artifacts.sha256_file(directory / name) for name in (WEIGHTS, STATE)}
+def write_manifest(directory: Path, position: Position, extra: tuple[str, ...] = ()) -> None:
+    """``checkpoint.json``: the sha256 of the weights, the state and ``extra`` files, checked before a resume
+    uses them."""
+    files = {name: artifacts.sha256_file(directory / name) for name in (WEIGHTS, STATE, *extra)}
     artifacts.write_json_atomic(directory / MANIFEST, {"global_step": position.global_step, "files": files})
 
 

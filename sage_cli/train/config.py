@@ -9,7 +9,6 @@ schema or of the one before).
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -75,7 +74,8 @@ def identity_of(config: TrainConfig) -> dict[str, Any]:
     full = config.to_dict()
     data = {k: full["data"][k] for k in SCHEMA_1_DATA}
     identity = {"data": data, "model": {"model": model.model, "pretrained": model.pretrained, "adapter": adapter},
-                "loss": {k: full["loss"][k] for k in SCHEMA_1_LOSS}, "optim": full["optim"],
+                "loss": {k: full["loss"][k] for k in SCHEMA_1_LOSS},
+                "optim": {k: full["optim"][k] for k in SCHEMA_1_OPTIM},
                 "run": {k: full["run"][k] for k in SCHEMA_1_RUN}}
     added = added_options(config)
     return {**identity, "options": added} if added else identity
@@ -86,6 +86,7 @@ SCHEMA_1_DATA = ("batch_size", "micro_batch_size", "augment", "eval_split", "sam
 SCHEMA_1_LOSS = ("loss", "tau", "compensation", "lam", "kappa", "delta_max", "ema", "focal_gamma", "ldam_margin",
                  "cb_beta", "lade_weight", "lade_lambda", "text_align")
 SCHEMA_1_RUN = ("seed", "max_steps", "device")
+SCHEMA_1_OPTIM = ("epochs", "lr", "momentum", "weight_decay", "warmup_epochs", "warmup_steps")
 SCHEMA_1_ADAPTER = ("model", "pretrained", "module", "blocks", "bottleneck", "activation", "prompt_tokens",
                     "guidance", "guidance_tokens", "guidance_topk", "guidance_gate", "attn_heads", "topk_or_all",
                     "head", "head_init", "head_init_shots", "logit_scale", "train_head")
@@ -93,8 +94,7 @@ SCHEMA_1_ADAPTER = ("model", "pretrained", "module", "blocks", "bottleneck", "ac
 
 def added_options(config: TrainConfig) -> dict[str, Any]:
     """Options added after schema 1 that can change the weights, where they leave their default."""
-    known = {*SCHEMA_1_DATA, *SCHEMA_1_LOSS, *SCHEMA_1_RUN, *SCHEMA_1_ADAPTER, *NOT_IN_RESULT,
-             *(f.name for f in dataclasses.fields(OptimConfig))}
+    known = {*SCHEMA_1_DATA, *SCHEMA_1_LOSS, *SCHEMA_1_RUN, *SCHEMA_1_OPTIM, *SCHEMA_1_ADAPTER, *NOT_IN_RESULT}
     leaves = flat_fields()
     return {key: value for key, value in sorted(jsonable(config.flat()).items())
             if key in leaves and key not in known and value != jsonable(leaves[key].field.default)}

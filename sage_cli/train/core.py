@@ -1,7 +1,9 @@
 """``run``: check the inputs, build the classifier and loss, train, write the run directory.
 
 Outputs in ``RUN_DIR``: ``metrics.jsonl`` (appended as the run goes), ``checkpoints/``,
-``adapter.safetensors`` (the final adapter + head weights) and, last, ``train.json``. A directory
+``adapter.safetensors`` (the final adapter + head weights), under ``--keep best``
+``best.safetensors`` (the best evaluation's) and, last, ``train.json``, whose ``kept`` names the
+weights that report, predict and export use. A directory
 with outputs but no train.json is an interrupted run: ``--resume`` continues it from its latest
 checkpoint (from step 0 when it was stopped before its first one), ``--force`` starts over. The
 finished state is checkpointed before the final writes, so a run that fails there (a full disk)
@@ -43,6 +45,7 @@ from sage_cli.train.distributed import DistContext, distributed_session
 from sage_cli.train.faults import explain_write_errors
 from sage_cli.train.inputs import TrainInputs, resolve_inputs
 from sage_cli.train.loop import METRICS, Trainer, TrainHooks
+from sage_cli.train.selection import BEST, compute_selection_value
 from sage_cli.task import build_task
 from sage_cli.train.transforms import describe_preprocessing
 
@@ -50,7 +53,7 @@ logger = logging.getLogger(__name__)
 
 STAGE = "train"
 ADAPTER = "adapter.safetensors"
-OUTPUTS = (ADAPTER, METRICS, ckpt.CHECKPOINT_DIR)
+OUTPUTS = (ADAPTER, BEST, METRICS, ckpt.CHECKPOINT_DIR)
 TRACKED_OUTPUTS = ("metrics.csv", "tensorboard")  # written by `--log csv|tensorboard` from the metrics
 
 
@@ -121,12 +124,13 @@ def train_locked(
     record = artifacts.build_record(
         STAGE, record_inputs, identity=identity,
         **summarise(config, trainer, clip_record, preprocessing, inputs, device),
-        final_eval=final_eval, wall_time_s=time.perf_counter() - started,
+        final_eval=final_eval, kept=describe_kept(trainer, final_eval), early_stop=describe_early_stop(trainer),
+        wall_time_s=time.perf_counter() - started,
     )
     if dist_ctx.is_main:
-        save_final_weights(out / ADAPTER, trainer, clip_record)
+        weights = save_final_weights(out, trainer, clip_record)
         with explain_write_errors(out / TRAIN_RECORD, "run record"):
-            record = artifacts.seal_record(out, record, (ADAPTER, METRICS))
+            record = artifacts.seal_record(out, record, (*weights, METRICS))
             artifacts.write_record(out, TRAIN_RECORD, record)  # last: marks the run complete
     dist_ctx.barrier()  # no rank reports success before the outputs are on disk
     return TrainResult(out, record, classifier=trainer.task.classifier.eval())
@@ -223,6 +227,7 @@ def clear_outputs(out: Path) -> None:
     """Remove this stage's outputs of an earlier run (only reached with --force or on a fresh dir)."""
     (out / TRAIN_RECORD).unlink(missing_ok=True)  # first: the directory is now marked incomplete
     (out / ADAPTER).unlink(missing_ok=True)
+    (out / BEST).unlink(missing_ok=True)
     (out / METRICS).unlink(missing_ok=True)
     shutil.rmtree(out / ckpt.CHECKPOINT_DIR, ignore_errors=True)
     for tracked in TRACKED_OUTPUTS:  # the --log trackers' copies of the old metrics (W&B's own files stay)
@@ -233,7 +238,8 @@ def clear_outputs(out: Path) -> None:
             path.unlink(missing_ok=True)
 
 
-def save_final_weights(path: Path, trainer: Trainer, clip_record: dict[str, Any]) -> None:
+def save_final_weights(out: Path, trainer: Trainer, clip_record: dict[str, Any]) -> tuple[str, ...]:
+    """The last weights (``adapter.safetensors``) and, under ``--keep best``, the best evaluation's; their names."""
     metadata = {
         "format": "sage-adapter",
         "method": trainer.config.method,
@@ -243,8 +249,36 @@ def save_final_weights(path: Path, trainer: Trainer, clip_record: dict[str, Any]
         "global_step": trainer.position.global_step,
         "fingerprint": trainer.fingerprint,
     }
-    with explain_write_errors(path, "final weights"):
-        ckpt.save_weights(path, trainer.task.trainable_state_dict(), metadata)
+    with explain_write_errors(out / ADAPTER, "final weights"):
+        ckpt.save_weights(out / ADAPTER, trainer.task.trainable_state_dict(), metadata)
+    best = trainer.selection
+    if best.weights is None:
+        return (ADAPTER,)
+    with explain_write_errors(out / BEST, "best weights"):
+        ckpt.save_weights(out / BEST, best.weights,
+                          {**metadata, "global_step": best.best["step"], "selected": best.best})
+    return ADAPTER, BEST
+
+
+def describe_kept(trainer: Trainer, final_eval: dict[str, Any] | None) -> dict[str, Any]:
+    """train.json's ``kept``: the weights file that report, predict and export use, its step, epoch
+    and the ``--select-metric`` value of its evaluation (None without one)."""
+    selection = trainer.selection
+    if selection.weights is not None:
+        return {"keep": "best", "file": BEST, **selection.best}
+    step, epoch = trainer.position.global_step, trainer.position.epoch
+    evaluated = final_eval is not None and final_eval["step"] == step
+    value = compute_selection_value(final_eval, selection.metric) if evaluated else None
+    return {"keep": "last", "file": ADAPTER, "step": step, "epoch": epoch,
+            "split": final_eval.get("split") if evaluated else None, "metric": selection.metric, "value": value}
+
+
+def describe_early_stop(trainer: Trainer) -> dict[str, Any] | None:
+    """Where ``--patience`` stopped the run (None when it ran its course)."""
+    if not trainer.stopped_early:
+        return None
+    return {"step": trainer.position.global_step, "epoch": trainer.position.epoch,
+            "patience": trainer.selection.patience, "planned_steps": trainer.total_steps}
 
 
 def start_info(
@@ -300,7 +334,8 @@ def summarise(
         "images_per_s": counters.train_images / max(counters.train_seconds, 1e-9),
         "peak_memory": measure_peak_memory(device),
         "skipped_images": trainer.all_skipped(),
-        "outputs": [ADAPTER, METRICS, ckpt.CHECKPOINT_DIR],
+        "outputs": [ADAPTER, *([BEST] if trainer.selection.weights is not None else []), METRICS,
+                    ckpt.CHECKPOINT_DIR],
     }
 
 

@@ -13,7 +13,8 @@ from typing import Any
 
 
 from sage_cli import artifacts
-from sage_cli.backbone import backbone_identity, check_model_name, classify_pretrained
+from sage_cli.backbone import (backbone_identity, check_model_name, classify_pretrained,
+                               compute_weights_sha256)
 from sage_cli.data import PreparedData, load_prepared_data
 from sage_cli.encode_text import TextCache, check_text_cache_matches, load_text_cache
 from sage_cli.errors import SageError
@@ -71,7 +72,11 @@ def resolve_inputs(config: TrainConfig) -> TrainInputs:
     if config.data.image_cache is not None:
         record = check_image_cache_source(config.data.image_cache, data)
         image_cache = {"path": str(config.data.image_cache.resolve()), "fingerprint": record["fingerprint"]}
-    return TrainInputs(data, cache, check_model_name(model), pretrained, choose_eval_split(data, config), image_cache)
+    eval_split = choose_eval_split(data, config)
+    if eval_split is None and (config.run.keep == "best" or config.run.patience):
+        raise SageError(f"--keep best and --patience follow evaluations: {data.directory} has neither a val nor a test "
+                        "split (sage prepare --val-fraction makes one)")
+    return TrainInputs(data, cache, check_model_name(model), pretrained, eval_split, image_cache)
 
 
 def check_feature_cache_options(config: TrainConfig) -> None:
@@ -107,5 +112,5 @@ def describe_backbone(model: str, pretrained: str) -> dict[str, Any]:
     return {
         "model": name,
         "pretrained": "none" if kind == "none" else weights,
-        "pretrained_sha256": artifacts.sha256_file(weights) if kind == "file" else None,
+        "pretrained_sha256": compute_weights_sha256(name, kind, weights),
     }

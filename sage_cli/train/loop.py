@@ -10,7 +10,8 @@ Under torchrun each rank takes a disjoint strided slice of every micro-batch of 
 order (:class:`~sage_cli.data.StepBatchSampler`), weights its losses by its share of the *global*
 step's normaliser, and the gradients are summed over ranks; rank 0 alone writes. A NaN / inf
 loss stops the run before anything is logged or checkpointed; SIGINT / SIGTERM stop it at the next step
-boundary with a checkpoint (see :mod:`sage_cli.train.faults`).
+boundary with a checkpoint (see :mod:`sage_cli.train.faults`). Each evaluation goes to
+:class:`~sage_cli.train.selection.Selection` (``--keep best``, ``--patience``).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from sage_cli.train.faults import (
     non_finite_error,
 )
 from sage_cli.train.optim import build_optimizer, build_scheduler, compute_warmup_steps
+from sage_cli.train.selection import BEST, Selection
 
 if TYPE_CHECKING:
     from sage_cli.task import ClassificationTask
@@ -114,11 +116,12 @@ class Trainer:
         self.total_steps = min(planned, config.run.max_steps or planned)
         self.warmup_steps = compute_warmup_steps(config.optim, self.steps_per_epoch, self.total_steps)
         self.trainable = task.trainable_parameters()
-        self.optimizer = build_optimizer(self.trainable, config.optim)
+        self.optimizer = build_optimizer(task.named_trainable_parameters(), config.optim)
         self.scheduler = build_scheduler(self.optimizer, self.warmup_steps, self.total_steps)
         self.position = ckpt.Position(epoch=0, step_in_epoch=0, global_step=0)
         self.counters = Counters()
         self.last_eval: dict[str, Any] | None = None
+        self.selection = Selection.from_config(config.run)  # --keep best, --patience
         self.skipped: set[str] = set()  # unreadable training images met with --skip-bad (this rank)
         self.watch = NonFiniteWatch(device)
         self.signals = StopSignals()
@@ -140,7 +143,8 @@ class Trainer:
     # the loop
 
     def fit(self) -> dict[str, Any] | None:
-        """Train to ``total_steps``; evaluate and checkpoint on schedule. Returns the last eval.
+        """Train to ``total_steps`` (or until ``--patience`` runs out); evaluate and checkpoint on
+        schedule. Returns the last eval.
 
         Raises :class:`TrainingInterrupted` after a stop signal (with a checkpoint of the last
         finished step) and a SageError naming the step of a NaN / inf loss.
@@ -148,7 +152,7 @@ class Trainer:
         self.task.train()
         self.dist.broadcast_params(self.trainable)
         with MetricsLog(self.out / METRICS, self.dist.is_main) as metrics, self.signals:
-            while self.position.global_step < self.total_steps:
+            while self.position.global_step < self.total_steps and not self.selection.exhausted:
                 finished_epoch = self.train_epoch(metrics)
                 if self.stopped:
                     self.stop_with_checkpoint()
@@ -158,6 +162,11 @@ class Trainer:
             if self.last_eval is None or self.last_eval["step"] != self.position.global_step:
                 self.run_eval(metrics)
         return self.last_eval
+
+    @property
+    def stopped_early(self) -> bool:
+        """Whether ``--patience`` ended the run before ``total_steps``."""
+        return self.selection.exhausted and self.position.global_step < self.total_steps
 
     def train_epoch(self, metrics: MetricsLog) -> bool:
         """Steps until the epoch ends (True), the run reaches ``total_steps`` or a stop signal (False)."""
@@ -310,6 +319,8 @@ class Trainer:
         self.last_eval = {"kind": "eval", "step": self.position.global_step, "epoch": self.position.epoch,
                           "split": self.eval_split, **result}
         metrics.write(self.last_eval)
+        if self.selection.active:
+            self.selection.observe(self.last_eval, self.task.trainable_state_dict())
         if self.hooks.on_eval is not None:
             self.hooks.on_eval(self.last_eval)
         self._window_start += time.perf_counter() - tic  # eval time is not training throughput
@@ -334,6 +345,7 @@ class Trainer:
             "window": {"loss": window_loss, "steps": self._window_steps, "images": self._window_images},
             "skipped": json.dumps(self.all_skipped()),
             "last_eval": json.dumps(self.last_eval),
+            "selection": self.selection.state(),
             "fingerprint": self.fingerprint,
         }
 
@@ -346,8 +358,9 @@ class Trainer:
         if self.dist.is_main:
             metadata = {"method": self.config.method, "fingerprint": self.fingerprint}
             try:
+                best = {BEST: self.selection.weights} if self.selection.weights is not None else None
                 path = ckpt.save_checkpoint(self.out, self.task.trainable_state_dict(), state,
-                                            self.position, metadata)
+                                            self.position, metadata, extra=best)
             except SageError as exc:
                 error = exc
         if not self.dist.all_true(error is None):
@@ -365,6 +378,8 @@ class Trainer:
         self.position = ckpt.Position(**state["position"])
         self.counters = Counters(**state["counters"])
         self.last_eval = json.loads(state["last_eval"])
+        best = checkpoint / BEST
+        self.selection.load_state(state.get("selection"), ckpt.load_weights(best) if best.is_file() else None)
         window = state.get("window", {"loss": 0.0, "steps": 0, "images": 0})
         self._window_loss.fill_(window["loss"] if self.dist.is_main else 0.0)  # summed over ranks on log steps
         self._window_steps, self._window_images = window["steps"], window["images"]

@@ -1,4 +1,10 @@
-"""SGD over the trainable parameters and a per-step cosine schedule with linear warm-up."""
+"""The optimizer over the trainable parameters and a per-step cosine schedule with linear warm-up.
+
+SGD (LIFT's, the benchmark default) decays every trainable tensor, as LIFT does. AdamW follows
+open_clip's training app and timm: no weight decay on a tensor of dimension < 2 (biases, LayerNorm /
+BatchNorm affines, SSF scales and shifts, adapter gates, a learned logit scale) nor on prompt tokens
+(timm's ``no_weight_decay`` for the class token and position embedding); every matrix decays.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +16,37 @@ from torch import nn
 
 from sage_cli.train.config import OptimConfig
 
+NO_DECAY_SUFFIXES = ("prompts.tokens", "logit_scale")  # tensors of dimension >= 2 that AdamW leaves undecayed
 
-def build_optimizer(model: nn.Module | Iterable[nn.Parameter], cfg: OptimConfig) -> torch.optim.SGD:
-    """SGD (momentum, weight decay) over ``model``'s parameters that require grad, or the given list."""
-    candidates = model.parameters() if isinstance(model, nn.Module) else model
-    params = [p for p in candidates if p.requires_grad]
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+def decays(name: str, param: nn.Parameter) -> bool:
+    """Whether AdamW decays ``param`` (named ``name``): matrices and kernels yes, see the module doc."""
+    return param.ndim >= 2 and not name.endswith(NO_DECAY_SUFFIXES)
+
+
+def split_decay(named: Iterable[tuple[str, nn.Parameter]]) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """The trainable parameters in order, as (decayed, not decayed) by :func:`decays`."""
+    decayed, kept = [], []
+    for name, param in named:
+        if param.requires_grad:
+            (decayed if decays(name, param) else kept).append(param)
+    return decayed, kept
+
+
+def build_optimizer(named: nn.Module | Iterable[tuple[str, nn.Parameter]], cfg: OptimConfig) -> torch.optim.Optimizer:
+    """``cfg.optimizer`` over the parameters that require grad of a module or of ``(name, parameter)`` pairs.
+
+    SGD: one group, momentum and L2 weight decay on everything. AdamW: group 0 decayed, group 1
+    (see :func:`decays`) with weight decay 0; an empty group is left out.
+    """
+    pairs = list(named.named_parameters() if isinstance(named, nn.Module) else named)
+    if cfg.optimizer == "sgd":
+        params = [p for _, p in pairs if p.requires_grad]
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    decayed, kept = split_decay(pairs)
+    groups = [{"params": decayed, "weight_decay": cfg.weight_decay}, {"params": kept, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                             eps=cfg.eps)
 
 
 def compute_warmup_steps(cfg: OptimConfig, steps_per_epoch: int, total_steps: int) -> int:

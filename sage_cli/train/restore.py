@@ -65,13 +65,14 @@ def load_trained_classifier(
 
     The backbone comes from the record's model / weights, the class embeddings from the run's text
     cache (``text_cache`` if given and it is that cache, else where train.json says, else found
-    beside the run by its content), the weights from ``RUN_DIR/adapter.safetensors`` or
-    ``checkpoint`` (a ``.safetensors`` file or a checkpoint directory), which must be this run's.
+    beside the run by its content), the weights from the file train.json's ``kept`` names
+    (``adapter.safetensors``, or ``best.safetensors`` under ``--keep best``) or ``checkpoint`` (a
+    ``.safetensors`` file or a checkpoint directory), which must be this run's.
     A missing, damaged or foreign file is a one-line SageError naming it.
     """
     run_dir = Path(run_dir)
     record = artifacts.read_record(run_dir, artifacts.TRAIN_RECORD)  # verifies adapter.safetensors' sha256
-    weights_path = resolve_weights_path(run_dir, checkpoint)
+    weights_path = resolve_weights_path(run_dir, checkpoint, record)
     check_weights_belong(weights_path, record, run_dir)
     weights = ckpt.load_weights(weights_path)  # checked before the backbone is built
     cache = load_text_cache(locate_input(run_dir, record, TEXT_CACHE, text_cache))
@@ -86,9 +87,11 @@ def load_trained_classifier(
     return TrainedRun(classifier.eval(), clip, record, cache.class_names)
 
 
-def resolve_weights_path(run_dir: Path, checkpoint: str | os.PathLike[str] | None) -> Path:
+def resolve_weights_path(run_dir: Path, checkpoint: str | os.PathLike[str] | None,
+                         record: dict[str, Any] | None = None) -> Path:
+    """``checkpoint`` (its weights file when it is a checkpoint directory), else the run's kept weights."""
     if checkpoint is None:
-        return run_dir / ADAPTER
+        return run_dir / kept_weights_name(record or {})
     path = Path(checkpoint)
     return path / ckpt.WEIGHTS if path.is_dir() else path
 
@@ -115,10 +118,25 @@ def check_weights_belong(path: Path, record: dict[str, Any], run_dir: Path) -> N
         )
 
 
+def kept_weights_name(record: dict[str, Any]) -> str:
+    """The weights file a run keeps for evaluation (train.json's ``kept``; runs before it: the last)."""
+    kept = record.get("kept")
+    return str(kept["file"]) if isinstance(kept, dict) and kept.get("file") else ADAPTER
+
+
+def describe_weights(path: Path, record: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """Which weights an evaluation of the run uses: the kept ones (train.json's ``kept``: keep, step,
+    epoch, metric, value) or another file (``--checkpoint``: its step from its metadata)."""
+    if path.resolve() == (run_dir / kept_weights_name(record)).resolve() and isinstance(record.get("kept"), dict):
+        return {**record["kept"], "file": path.name}
+    step = ckpt.read_weights_metadata(path).get("global_step") if path.is_file() else None
+    return {"keep": "checkpoint", "file": str(path), "step": int(step) if step is not None else None}
+
+
 def is_recorded_adapter(path: Path, record: dict[str, Any], run_dir: Path) -> bool:
-    """Whether ``path`` is the run's own final weights, with the sha256 its train.json records."""
-    expected = (record.get(artifacts.FILES) or {}).get(ADAPTER)
-    return (expected is not None and path.resolve() == (run_dir / ADAPTER).resolve()
+    """Whether ``path`` is one of the run's own final weights files, with the sha256 its train.json records."""
+    expected = (record.get(artifacts.FILES) or {}).get(path.name)
+    return (expected is not None and path.resolve() == (run_dir / path.name).resolve()
             and artifacts.sha256_file(path) == expected)
 
 

@@ -42,8 +42,8 @@ def test_every_method_round_trips_flat_and_nested(method: str) -> None:
 
 def test_flat_keys_are_unique_and_are_the_flags() -> None:
     leaves = flat_fields()
-    # data 11, model 2, peft 5, guidance 5, head 5, loss 15, optim 6, run 9; --guidance and --method beside them
-    assert len(leaves) == 58
+    # data 11, model 2, peft 5, guidance 5, head 5, loss 15, optim 10, run 12; --guidance and --method beside them
+    assert len(leaves) == 65
     assert {"guidance_topk", "attn_heads", "head", "logit_scale", "blocks", "lam", "out"} <= set(leaves)
     assert leaves["guidance_topk"].path == ("model", "peft", "guidance", "topk")
 
@@ -77,8 +77,8 @@ def test_print_config_shows_the_resolved_config_and_trains_nothing(tmp_path: Pat
     expected = resolve("sage-gate", {**load_preset("shapes-lt"), "prepared": "p", "text_cache": "t", "out": out,
                                      "lr": 0.1})
     assert printed == expected.to_dict()
-    assert printed["optim"] == {"epochs": 8, "lr": 0.1, "momentum": 0.9, "weight_decay": 0.0005, "warmup_epochs": 1.0,
-                                "warmup_steps": None}
+    assert printed["optim"] == {"epochs": 8, "lr": 0.1, "optimizer": "sgd", "momentum": 0.9, "weight_decay": 0.0005,
+                                "beta1": 0.9, "beta2": 0.999, "eps": 1e-08, "warmup_epochs": 1.0, "warmup_steps": None}
     assert printed["model"]["peft"]["guidance"]["gate"] == 25.0 and not out.exists()
 
 

@@ -5,7 +5,9 @@ An entry is a function ``inject(visual, blocks, context) -> names``: it changes 
 has) in the vision blocks ``blocks`` (indices checked by :func:`select_blocks`) and returns the
 names, under ``visual``, of the parameters that train. The classifier saves exactly those
 (see :mod:`sage_cli.model.protocol`). Adding a module: write its ``nn.Module`` and an ``inject``
-function decorated with :func:`register_peft` (docs/methods.md).
+function decorated with :func:`register_peft` (docs/methods.md). An open_clip ModifiedResNet
+tower takes bitfit, ln-tuning (its BatchNorms), ssf and full-ft instead (:mod:`.resnet`, as
+LIFT tunes ResNets); other modules on it, and any on another tower, are refused in one line.
 """
 
 from __future__ import annotations
@@ -75,17 +77,29 @@ def inject_peft(name: str, visual: nn.Module, context: PeftContext) -> list[str]
     """Apply PEFT module ``name`` to ``visual`` in place; the trainable parameter names under ``visual``."""
     if name not in PEFT_MODULES:
         raise SageError(f"unknown PEFT module {name!r}; known: {', '.join(PEFT_MODULES)}")
-    blocks = select_blocks(visual, context.config.blocks)
-    check_bottleneck(visual, context.config.bottleneck)
     if getattr(visual, "sage_peft", None) is not None:
         raise SageError(f"this model already carries adapters (PEFT module {visual.sage_peft}); load a fresh backbone "
                         "before building a classifier")
-    names = PEFT_MODULES[name](visual, blocks, context)
+    if resnet.is_resnet_tower(visual):  # LIFT's ResNet tuning, or a refusal naming it
+        names = resnet.inject_resnet_peft(name, visual, context.config.blocks)
+    else:
+        check_vit_tower(name, visual)
+        blocks = select_blocks(visual, context.config.blocks)
+        check_bottleneck(visual, context.config.bottleneck)
+        names = PEFT_MODULES[name](visual, blocks, context)
     visual.sage_peft = name  # a plain attribute: marks the tower as changed, for the check above
     return names
 
 
+def check_vit_tower(name: str, visual: nn.Module) -> None:
+    """Refuse, in one line naming what it takes, a tower that is neither a ViT nor a ModifiedResNet (timm trunks)."""
+    try:
+        get_vision_blocks(visual)
+    except SageError:
+        raise resnet.refuse_other_tower(name, visual) from None
+
+
 # Importing the modules fills the registry.
-from sage_cli.model.peft import adaptformer, lora, partial, prompts, serial  # noqa: E402,F401
+from sage_cli.model.peft import adaptformer, lora, partial, prompts, resnet, serial  # noqa: E402,F401
 
 __all__ = ["PEFT_MODULES", "PeftContext", "inject_peft", "register_peft", "select_blocks"]
