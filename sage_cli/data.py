@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from sage_cli import artifacts
 from sage_cli.errors import SageError
 from sage_cli.imageio import open_image
+from sage_cli.pixels import DeviceBatches, device_normalizer
 
 Transform = Callable[[Image.Image], torch.Tensor]
 logger = logging.getLogger(__name__)
@@ -268,9 +269,11 @@ def build_loader(
     device: torch.device,
     sampler: Sampler | Iterable[int] | None = None,
     batch_sampler: Sampler | None = None,
-) -> DataLoader:
+) -> DataLoader | DeviceBatches:
     """A DataLoader in ``sampler``'s order (or ``batch_sampler``'s batches, or the dataset's order),
-    pinned memory on CUDA, workers kept alive; batches are :class:`MicroBatch` es.
+    pinned memory on CUDA, workers kept alive; batches are :class:`MicroBatch` es. When the
+    dataset's transform stops at uint8 pixels (:class:`~sage_cli.pixels.UInt8Transform`), the
+    loader is wrapped in :class:`~sage_cli.pixels.DeviceBatches`: its images come normalised, on ``device``.
 
     Workers are capped at the CPUs this process may use (more only thrash); the data a step sees
     does not depend on their number.
@@ -278,7 +281,7 @@ def build_loader(
     num_workers = min(num_workers, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     batching: dict[str, Any] = ({"batch_sampler": batch_sampler} if batch_sampler is not None else
                                 {"batch_size": batch_size, "sampler": sampler, "shuffle": False, "drop_last": False})
-    return DataLoader(
+    loader = DataLoader(
         dataset,
         **batching,
         num_workers=num_workers,
@@ -287,6 +290,8 @@ def build_loader(
         persistent_workers=num_workers > 0,
         worker_init_fn=ignore_interrupts if num_workers > 0 else None,
     )
+    normalize = device_normalizer(dataset)
+    return loader if normalize is None else DeviceBatches(loader, device, normalize)
 
 
 def iterate_batches(loader: Iterable[Any]) -> Iterator[Any]:

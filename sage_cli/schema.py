@@ -308,7 +308,10 @@ class RunConfig:
     """Where outputs go and how the run behaves: seed, limits, logging and checkpoint cadence.
 
     ``eval_every`` is in epochs (0: evaluate once, at the end); ``checkpoint_every`` in optimizer
-    steps (0: only at the end of each epoch); ``log_every`` in steps.
+    steps (0: only at the end of each epoch); ``log_every`` in steps. ``compile`` compiles the
+    image tower with ``torch.compile`` (:meth:`~sage_cli.model.SageClassifier.compile_tower`); it
+    changes how fast a step runs, not what it computes (within float rounding), so it is not part of
+    a run's identity and a run may resume with or without it.
     """
 
     out: Path = option(help="Run directory to write.", panel=RUN, short="-o")
@@ -329,6 +332,8 @@ class RunConfig:
                            panel=RUN, ge=0)
     device: str = option("auto", help="Device to run on (auto: CUDA when available).", panel=RUN,
                          metavar="<auto|cpu|cuda[:N]>")
+    compile: bool = option(False, help="torch.compile the image tower (the loss stays eager): faster GPU steps "
+                           "after a one-off compile.", panel=RUN)
     force: bool = option(False, help="Overwrite another run in --out.", panel=RUN)
     resume: bool = option(False, help="Continue an interrupted run in --out from its last checkpoint.", panel=RUN)
 
@@ -348,7 +353,7 @@ class RunConfig:
 
 # Options that change how a run is written or watched, not what it trains: left out of its identity.
 NOT_IN_RESULT = ("out", "force", "resume", "eval_every", "checkpoint_every", "log_every", "num_workers", "skip_bad",
-                 "feature_cache", "prepared", "text_cache", "image_cache")
+                 "feature_cache", "prepared", "text_cache", "image_cache", "compile")
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 GPU_DIR = ROOT / "benchmarks" / "gpu"
 SCRIPT = GPU_DIR / "run.sh"
 RETURNED = {"summary.json", "summary.md", "results.tar.gz", "gpu_tests.log", "bench.log"}
-# model steps, input (plain / cached at 4 and 16 workers), encode-text, sage train runs, report
-GPU_FIGURES = 4 + 4 + 2 + 8 + 2
+# model steps (eager; compiled at 1,000 classes), input (plain / cached at 4 and 16 workers), encode-text,
+# sage train runs, report
+GPU_FIGURES = 4 + 2 + 4 + 2 + 8 + 2
 
 
 def _run(*args: str, env: dict[str, str] | None = None, python: str | None = sys.executable
@@ -71,7 +72,8 @@ def test_dry_run_prints_the_gpu_plan_and_writes_nothing(tmp_path: Path) -> None:
     steps = {s["name"]: s for s in shown["steps"]}
     assert steps["train_sage_c8142_plain"]["needs"] == ["setup_data_c8142", "encode_text_c8142"]
     # expected time by arithmetic: twice, with machine starts, inside 15 minutes; the budget inside 10
-    assert 200 < shown["estimated_wall_s"] < 330 and plan["budget_s"] + plan["step_timeout_s"] < 600
+    assert steps["model_sage_c1000_compile"]["needs"] == ["model_sage_c1000"]  # its FLOPs: the eager step's count
+    assert 300 < shown["estimated_wall_s"] < 390 and plan["budget_s"] + plan["step_timeout_s"] < 600
     assert len(shown["returned_files"]) <= 8
     assert not (tmp_path / "out").exists()
 
@@ -91,8 +93,12 @@ def test_cpu_smoke_runs_every_step_installs_wheels_and_returns_few_files(tmp_pat
 
     summary = json.loads((out / "summary.json").read_text())
     steps = {s["name"]: s for s in summary["steps"]}
-    assert summary["state"] == "complete" and summary["counts"] == {"ok": 25, "failed": 1, "skipped": 0}
+    assert summary["state"] == "complete" and summary["counts"] == {"ok": 26, "failed": 1, "skipped": 1}
     assert steps["model_lift_c10"]["error"] == "RuntimeError: forced failure of model_lift_c10 (--fail-figure)"
+    assert steps["model_lift_c10_compile"]["status"] == "skipped"  # it needs the failed eager step
+    compiled = steps["model_sage_c10_compile"]["record"]  # --compile's call, with the smoke's backend
+    assert compiled["compiled"] == "aot_eager" and compiled["images_per_s"] > 0 and 0 < compiled["mfu"] < 1
+    assert steps["input_plain_w0"]["record"]["uint8_batches"] and steps["input_cached_w1"]["record"]["uint8_batches"]
     work = Path(summary["work"])
     assert work.parent == scratch and not work.is_relative_to(out) and not work.exists()  # removed at the end
     environment = summary["environment"]

@@ -90,15 +90,23 @@ def probe_guidance_attention(device: str, queries: int, layers: int,
     bottleneck width for that class count and ``layers`` blocks."""
     from sage_cli.model import compute_default_bottleneck
 
+    from sage_cli.model.adapters import KEY_TILE, compute_attention_groups, count_parallel_slots
+
     shapes = {}
     for c, tokens in classes_tokens:
-        shapes[f"c{c}"] = probe_sdpa(device, queries, tokens, compute_default_bottleneck(c, layers))
-    return {"kind": "sdpa", "layout": "one head: every query of the batch [1, 1, B*N, r] against [1, 1, M, r]",
+        dim = compute_default_bottleneck(c, layers)
+        slots = count_parallel_slots(device, 0)
+        groups = compute_attention_groups(queries, tokens, 1, slots, KEY_TILE if device == "cuda" else tokens)
+        shapes[f"c{c}"] = {**probe_sdpa(device, queries, tokens, dim, groups), "slots": slots,
+                           "flattened": probe_sdpa(device, queries, tokens, dim, 1)}
+    return {"kind": "sdpa", "layout": "one head: the B*N queries in G groups [G, 1, B*N/G, r] (SGAdapter.attend) "
+            "against [M, r] expanded to [G, 1, M, r]; 'flattened': G = 1",
             "shapes": shapes, "chosen": {k: v["chosen"] for k, v in shapes.items()}}
 
 
-def probe_sdpa(device: str, queries: int, tokens: int, dim: int) -> dict[str, Any]:
-    """Each backend tried alone under ``sdpa_kernel`` (ok and ms, or its error), and torch's own pick."""
+def probe_sdpa(device: str, queries: int, tokens: int, dim: int, groups: int = 1) -> dict[str, Any]:
+    """Each backend tried alone under ``sdpa_kernel`` (ok and ms, or its error), and torch's own pick,
+    with the queries in ``groups`` groups as the adapter cuts them."""
     import torch
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -107,8 +115,9 @@ def probe_sdpa(device: str, queries: int, tokens: int, dim: int) -> dict[str, An
     generator = torch.Generator().manual_seed(0)
     leaves = [torch.randn(n, dim, generator=generator).to(device, dtype).requires_grad_()
               for n in (queries, tokens, tokens)]
-    # the adapter's views: [B*N, r] -> [1, h=1, B*N, r], [M, r] -> [1, 1, M, r] (SGAdapter.attend)
-    q, k, v = (x.reshape(1, -1, 1, dim).transpose(1, 2) for x in leaves)
+    # the adapter's views (SGAdapter.attend): [B*N, r] -> [G, h=1, B*N/G, r], [M, r] -> [1, 1, M, r] -> [G, 1, M, r]
+    q = leaves[0].view(groups, -1, 1, dim).transpose(1, 2)
+    k, v = (x.view(1, -1, 1, dim).transpose(1, 2).expand(groups, -1, -1, -1) for x in leaves[1:])
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
     def forward_backward_ms() -> float:
@@ -136,8 +145,8 @@ def probe_sdpa(device: str, queries: int, tokens: int, dim: int) -> dict[str, An
         reasons = [str(w.message).splitlines()[0] for w in caught if str(w.message).strip()]
         if reasons:
             backends[name]["warnings"] = reasons[:4]
-    return {"queries": queries, "tokens": tokens, "head_dim": dim, "dtype": str(dtype).replace("torch.", ""),
-            "chosen": chosen, "default_ms_forward_backward": forward_backward_ms(), "backends": backends}
+    return {"queries": queries, "tokens": tokens, "head_dim": dim, "groups": groups,
+            "dtype": str(dtype).replace("torch.", ""), "chosen": chosen, "default_ms_forward_backward": forward_backward_ms(), "backends": backends}
 
 
 def run_gpu_tests(args: tuple[str, ...], log: Path, timeout_s: float) -> dict[str, Any]:

@@ -7,7 +7,10 @@ Steps, in order (ViT-B/16 with random weights, as the GPU host has no network; b
   attention at the sage figures' shapes (forward + backward), their times, and the one torch picks;
 - ``gpu_tests``: ``pytest -m gpu`` under a timeout, its log returned as ``gpu_tests.log``;
 - ``model_{method}_c{C}``: a training step on in-memory batches: images/s, model-FLOP utilisation
-  (FLOPs counted by ``torch.utils.flop_counter`` on the real step), peak memory;
+  (FLOPs counted by ``torch.utils.flop_counter`` on the real step), peak memory; the frozen tower's
+  weights cast to bf16 once, as ``sage train`` casts them;
+- ``model_{method}_c{C0}_compile``: the same step with the image tower compiled as ``--compile``
+  compiles it (``SageClassifier.compile_tower``), at the first class count: its compile time too;
 - ``setup_jpegs``, ``setup_data_c{C}``: generated ImageNet-like JPEGs, a long-tailed prepared
   dataset of them with C classes, and its image cache;
 - ``input_{plain|cached}_w{W}``: the training DataLoader alone (no model) with W workers, timed
@@ -67,7 +70,8 @@ PREFETCH_FACTOR = 2  # torch's DataLoader default: each worker is asked for 2 ba
 # Assumed rates for the expected wall time (README.md, "Expected wall time"); GPU plan only.
 RATES = {"jpeg_cpu_s": 0.014, "cache_cpu_s": 0.006, "plain_per_worker": 260.0, "cached_per_worker": 1000.0,
          "train_images_per_s": 3000.0, "texts_per_s": 8000.0}
-FIXED_S = {"environment": 15.0, "sdpa_guidance": 5.0, "gpu_tests": 60.0, "model": 7.0, "report": 6.0, "start": 10.0}
+FIXED_S = {"environment": 15.0, "sdpa_guidance": 5.0, "gpu_tests": 60.0, "model": 7.0, "report": 6.0, "start": 10.0,
+           "compile": 40.0}  # compile: inductor on ViT-B/16's forward + backward with 16 compile workers (a guess)
 
 
 def read_preset_guidance_tokens(num_classes: int) -> int | None:
@@ -102,6 +106,7 @@ class Plan:
     tokens_per_image: int  # queries per image in the guidance attention (ViT-B/16 at 224 px: 197)
     layers: int  # vision blocks (LIFT's bottleneck rule)
     gpu_tests: tuple[str, ...]
+    compile_backend: str  # torch.compile's backend for the compiled model steps (the smoke's: no code generation)
     tests_timeout_s: float
     step_timeout_s: float
     budget_s: float | None
@@ -115,14 +120,14 @@ class Plan:
                        guidance_tokens=(None, 8), images=16, train_steps=4, log_every=1, model_warmup=1,
                        model_steps=2, num_workers=0, input_workers=(0, 1), input_batches=2, eval_batch=4,
                        eval_batches=2, tokens_per_image=17, layers=2, gpu_tests=("-m", "gpu", "tests/test_gpu.py"),
-                       tests_timeout_s=args.tests_timeout or 120.0, step_timeout_s=300.0, **common)
+                       compile_backend="aot_eager", tests_timeout_s=args.tests_timeout or 120.0, step_timeout_s=300.0, **common)
         workers = min(16, args.cpus or usable_cpus())
         classes = (1000, 8142)
         return cls(mode="gpu", model="ViT-B-16", device="cuda", batch=128, classes=classes,
                    guidance_tokens=tuple(read_preset_guidance_tokens(c) for c in classes), images=96 * 128,
                    train_steps=96, log_every=8, model_warmup=3, model_steps=10, num_workers=workers,
                    input_workers=tuple(sorted({4, workers})), input_batches=64, eval_batch=256, eval_batches=8,
-                   tokens_per_image=197, layers=12, gpu_tests=("-m", "gpu", "tests"),
+                   tokens_per_image=197, layers=12, gpu_tests=("-m", "gpu", "tests"), compile_backend="inductor",
                    tests_timeout_s=args.tests_timeout or 180.0, step_timeout_s=90.0,
                    **{**common, "budget_s": 420.0 if args.budget_s is None else args.budget_s})
 
@@ -184,6 +189,9 @@ def build_steps(plan: Plan, ctx: Context) -> list[Step]:
                                                           plan.tests_timeout_s))]
     steps += [Step(f"model_{m}_c{c}", "figure", functools.partial(measure_model_step, ctx, m, c))
               for c in plan.classes for m in plan.methods]
+    steps += [Step(f"model_{m}_c{plan.classes[0]}_compile", "figure",
+                   functools.partial(measure_model_step, ctx, m, plan.classes[0], True),
+                   needs=(f"model_{m}_c{plan.classes[0]}",)) for m in plan.methods]
     steps.append(Step("setup_jpegs", "setup", functools.partial(generate_jpegs, ctx)))
     for c in plan.classes:
         data = f"setup_data_c{c}"
@@ -206,6 +214,8 @@ def estimate_s(plan: Plan, name: str) -> float | None:
         return None
     kind = name.split("_")[0]
     workers = plan.num_workers
+    if name.endswith("_compile"):
+        return FIXED_S["model"] + FIXED_S["compile"]
     if name in FIXED_S or kind in FIXED_S:
         return FIXED_S.get(name, FIXED_S.get(kind))
     if name == "setup_jpegs":
@@ -306,14 +316,16 @@ def count_step_flops(step: Callable[[], None]) -> int:
     return int(counter.get_total_flops())
 
 
-def measure_model_step(ctx: Context, method: str, num_classes: int) -> dict[str, Any]:
-    """A training step on in-memory batches: images/s, MFU, peak memory."""
+def measure_model_step(ctx: Context, method: str, num_classes: int, compiled: bool = False) -> dict[str, Any]:
+    """A training step on in-memory batches: images/s, MFU, peak memory; ``compiled``: the image
+    tower compiled as ``--compile`` does (FLOPs from the eager step's count, which it needs)."""
     import torch
     import torch.nn.functional as F
 
     from sage_cli.losses import build_loss
     from sage_cli.methods import METHODS, model_config
     from sage_cli.model import build_classifier
+    from sage_cli.precision import cast_frozen_weights
 
     plan, device = ctx.plan, torch.device(ctx.plan.device)
     clip = load_backbone(plan.model, device)
@@ -322,6 +334,10 @@ def measure_model_step(ctx: Context, method: str, num_classes: int) -> dict[str,
     counts = torch.randint(2, 1000, (num_classes,), generator=generator).float()
     tokens = {"guidance_tokens": plan.guidance_tokens_for(num_classes)} if method == "sage" else {}
     classifier = build_classifier(clip.model, embeddings.to(device), model_config(method, **tokens)).train()
+    if device.type == "cuda":
+        cast_frozen_weights(classifier.visual, torch.bfloat16)  # as sage train does under bf16 autocast
+    if compiled:
+        classifier.compile_tower(backend=plan.compile_backend)
     loss_fn = build_loss(METHODS[method].loss, counts, embeddings).to(device).train()
     images = torch.randn(plan.batch, 3, *clip.record["image_size"], generator=generator).to(device)
     labels = torch.randint(0, num_classes, (plan.batch,), generator=generator).to(device)
@@ -334,9 +350,11 @@ def measure_model_step(ctx: Context, method: str, num_classes: int) -> dict[str,
         loss.backward()
         classifier.zero_grad(set_to_none=True)
 
-    for _ in range(plan.model_warmup):
+    start = time.perf_counter()
+    for _ in range(plan.model_warmup):  # with compiled: the compile happens in the first
         step()
     sync()
+    warmup_s = time.perf_counter() - start
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times = []
@@ -346,15 +364,19 @@ def measure_model_step(ctx: Context, method: str, num_classes: int) -> dict[str,
         sync()
         times.append(time.perf_counter() - start)
     seconds = statistics.median(times)
-    flops = count_step_flops(step)
-    ctx.flops[(method, num_classes)] = flops / plan.batch
+    if compiled:  # the flop counter does not see inside a compiled graph: the eager step's count
+        flops = ctx.flops[(method, num_classes)] * plan.batch
+    else:
+        flops = count_step_flops(step)
+        ctx.flops[(method, num_classes)] = flops / plan.batch
     peak = int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
     described = classifier.summary()
     return {"kind": "model_step", "method": method, "classes": num_classes, "images_per_s": plan.batch / seconds,
             "step_s": seconds, "flops_per_image": flops / plan.batch, "mfu": flops / seconds / (plan.peak_tflops * 1e12),
             "peak_tflops_assumed": plan.peak_tflops, "peak_memory_bytes": peak,
             "guidance_tokens": described["guidance_tokens"], "bottleneck": described["bottleneck"],
-            "precision": "bf16-autocast" if device.type == "cuda" else "fp32"}
+            "precision": "bf16-autocast, frozen weights bf16" if device.type == "cuda" else "fp32",
+            "compiled": plan.compile_backend if compiled else None, "warmup_s": warmup_s}
 
 
 def measure_input(ctx: Context, num_classes: int, path: str, workers: int) -> dict[str, Any]:
@@ -362,16 +384,17 @@ def measure_input(ctx: Context, num_classes: int, path: str, workers: int) -> di
     import bench_input
 
     from sage_cli.data import load_prepared_data
+    from sage_cli.pixels import device_normalizer
 
     plan = ctx.plan
     data = load_prepared_data(ctx.prepared(num_classes))
     plain, cached = bench_input.build_train_datasets(data, ctx.cache(num_classes), ctx.cpu_backbone().record)
     warmup = max(1, plan.prefetch_batches(workers))
     images = plan.input_batches * plan.batch
-    rate = bench_input.time_loader(cached if path == "cached" else plain, workers, plan.batch, images, warmup,
-                                   plan.device)
+    dataset = cached if path == "cached" else plain
+    rate = bench_input.time_loader(dataset, workers, plan.batch, images, warmup, plan.device)
     return {"kind": "input", "input": "cached (--image-cache)" if path == "cached" else "plain (PIL decode)",
-            "workers": workers, "batch": plan.batch, "warmup_batches": warmup, "timed_images": images,
+            "uint8_batches": device_normalizer(dataset) is not None, "workers": workers, "batch": plan.batch, "warmup_batches": warmup, "timed_images": images,
             "images_per_s": rate}
 
 

@@ -69,6 +69,8 @@ def model_table(records: dict[str, Any], plan: dict[str, Any]) -> list[str]:
 
     rows.append(row("model step, images/s (MFU)", lambda m, c: f"model_{m}_c{c}",
                     lambda r: f"{rate(r['images_per_s'])} ({100 * r['mfu']:.1f}%)"))
+    rows.append(row("model step, `--compile`, images/s (MFU); warm-up s", lambda m, c: f"model_{m}_c{c}_compile",
+                    lambda r: f"{rate(r['images_per_s'])} ({100 * r['mfu']:.1f}%); {r['warmup_s']:.0f} s"))
     rows.append(row("`sage train`, plain input, images/s", lambda m, c: f"train_{m}_c{c}_plain",
                     lambda r: rate(r["images_per_s"])))
     rows.append(row("`sage train`, `--image-cache`, images/s", lambda m, c: f"train_{m}_c{c}_fast",
@@ -97,9 +99,20 @@ def other_table(records: dict[str, Any], plan: dict[str, Any]) -> list[str]:
     chosen = " / ".join(sdpa["chosen"].get(f"c{c}", "?") for c in plan["classes"]) if sdpa else cell(
         records, "sdpa_guidance", str)
     classes = " / ".join(f"{c:,}" for c in plan["classes"])
+    grouping = " / ".join(describe_grouping(sdpa["shapes"].get(f"c{c}", {})) for c in plan["classes"]) if sdpa else (
+        cell(records, "sdpa_guidance", str))
     return ["| figure | value |", "|---|---|",
             f"| encode-text, {last:,} x 10 texts, texts/s | "
             f"{cell(records, f'encode_text_c{last}', lambda r: rate(r['texts_per_s']))} |",
             f"| report, zero-shot, images/s, TTE off / on | {tte} |",
             f"| guidance attention, SDPA backend torch picks at {classes} classes | {chosen} |",
+            f"| guidance attention, forward + backward ms, grouped (G) / flattened, at {classes} classes | {grouping} |",
             f"| `gpu` tests | {cell(records, 'gpu_tests', lambda r: r['summary'])} |"]
+
+
+def describe_grouping(shape: dict[str, Any]) -> str:
+    """``1.2 (G=32) / 9.8``: the grouped and the flattened guidance attention's ms (torch's pick)."""
+    flat = shape.get("flattened") or {}
+    if "default_ms_forward_backward" not in shape or "default_ms_forward_backward" not in flat:
+        return "?"
+    return f"{shape['default_ms_forward_backward']:.2f} (G={shape['groups']}) / {flat['default_ms_forward_backward']:.2f}"

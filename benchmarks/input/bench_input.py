@@ -34,7 +34,7 @@ import imagenet_like  # noqa: E402
 from sage_cli import artifacts  # noqa: E402
 from sage_cli.data import ManifestDataset, StepBatchSampler, build_loader, load_prepared_data  # noqa: E402
 from sage_cli.image_cache import CachedImageDataset, Geometry, build_image_cache, load_image_cache  # noqa: E402
-from sage_cli.train.transforms import build_cached_transforms, build_train_transform  # noqa: E402
+from sage_cli.train.transforms import build_cached_transforms, build_train_transform, to_uint8_transform  # noqa: E402
 
 # ViT-B/16's preprocessing record (what build_backbone_record gives for ViT-B-16), without building it
 VIT_B16 = {"model": "ViT-B-16", "image_size": [224, 224], "interpolation": "bicubic", "resize_mode": "shortest",
@@ -108,9 +108,10 @@ def iterate_epochs(loader: Any, sampler: StepBatchSampler) -> Iterator[Any]:
 
 def build_train_datasets(data: Any, cache_dir: Path, record: dict[str, Any]) -> tuple[Any, Any]:
     """(plain, fast): `sage train`'s training set of ``data`` through PIL decode (LIFT's pipeline)
-    and through the image cache in ``cache_dir``, for the backbone ``record``'s preprocessing."""
+    and through the image cache in ``cache_dir``, for the backbone ``record``'s preprocessing. Both
+    stop at uint8 pixels, as in training (the loader normalises each batch, sage_cli.pixels)."""
     train = data.split("train")
-    plain = ManifestDataset(train, data.image_root, build_train_transform(record))
+    plain = ManifestDataset(train, data.image_root, to_uint8_transform(build_train_transform(record)))
     fast_tf, _ = build_cached_transforms(record, augment=True)
     fast = CachedImageDataset(load_image_cache(cache_dir, data, record), train, "train", fast_tf)
     return plain, fast

@@ -8,9 +8,12 @@ For the token states X of one vision block (any layout: [B, N, D] or [N, B, D]):
     out = alpha * Up(H)                  # Up zero-initialised: out == 0 at step 0
 
 Without guidance (``guidance=None``) H = act(Q): plain AdaptFormer, LIFT's adapter.
-The attention is per token against the same M keys for every image, so tokens are flattened into
-one query sequence and fed to ``scaled_dot_product_attention`` with the [M, r] keys/values as is:
-no per-image copy of K, V and no [B, N, M] tensor outside the fused kernel.
+The attention is per token against the same M keys for every image, so every token of every image
+is one query of one shared attention: the B x N queries are cut into G equal groups, the batch
+dimension of ``scaled_dot_product_attention``, against the [M, r] keys/values expanded (a view, no
+copy) to G; no [B, N, M] tensor exists outside the fused kernel. G is sized to fill the device
+(:func:`compute_attention_groups`); any G gives the same output, up to the order in which the
+backward sums the G groups' shares of dK and dV.
 
 Routed guidance (``GuidanceBank(top_k=k)``, the ``guidance.topk`` option): while the classifier runs an
 image batch it sets the bank's per-image token mask [B, M] (the k guidance tokens closest to the
@@ -25,6 +28,7 @@ it (``last_attention`` [B, h, N, M]: what the output was computed from) for the 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -35,6 +39,48 @@ from torch import nn
 from sage_cli.model.protocol import AdapterModule
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU}
+
+# Keys one thread block of flash attention's backward holds (FlashAttention-2 on sm80/sm90 tiles the
+# keys by 128 for head widths up to 128; memory-efficient attention by 64-128): the unit of its grid.
+KEY_TILE = 128
+WAVES = 2  # thread blocks per SM wanted in the backward's grid: one wave leaves SMs idle at its tail
+
+
+def compute_attention_groups(queries: int, keys: int, heads: int, slots: int, key_tile: int = KEY_TILE) -> int:
+    """G: the groups the ``queries`` of the guidance attention are cut into (SDPA's batch dimension).
+
+    The rule: flash attention's backward (the costly half) runs one thread block per (group, head,
+    tile of ``key_tile`` keys), so its grid holds G x heads x ceil(keys / key_tile) blocks. With all
+    queries in one group (G = 1) and M ~ 1,000 keys that is 8 blocks on a GPU of 132 SMs. G is
+    the largest divisor of ``queries`` (groups of equal size, a view of the queries) that does not
+    exceed ceil(``slots`` / (heads x ceil(keys / key_tile))), the groups that fill ``slots``
+    parallel units (:func:`count_parallel_slots`: WAVES x the SMs on CUDA). More groups than that
+    only add work: each group writes its own [M, r] share of dK and dV, summed afterwards. On CPU
+    one thread takes a whole (group, head), so ``key_tile`` = keys and ``slots`` = the threads.
+
+    E.g. B x N = 128 x 197 queries, M = 1,000, one head, an H200 (132 SMs, 264 slots): 264 / 8 ->
+    33 -> G = 32 groups of 4 images (788 queries), 256 blocks in the backward.
+    """
+    per_group = heads * max(1, math.ceil(keys / key_tile))
+    wanted = max(1, min(queries, math.ceil(slots / per_group)))
+    return next(g for g in range(wanted, 0, -1) if queries % g == 0)
+
+
+@torch.compiler.assume_constant_result
+def count_parallel_slots(device_type: str, index: int) -> int:
+    """How many thread blocks (CUDA: WAVES x SMs) or threads (CPU) the guidance attention should fill."""
+    if device_type == "cuda":
+        return WAVES * torch.cuda.get_device_properties(index).multi_processor_count
+    return max(1, torch.get_num_threads() if device_type == "cpu" else os.cpu_count() or 1)
+
+
+def attend_in_groups(q: torch.Tensor, k_h: torch.Tensor, v_h: torch.Tensor, groups: int) -> torch.Tensor:
+    """softmax(Q K^T / sqrt(d)) V of the queries ``q`` [T, r] against ``k_h``, ``v_h`` [1, h, M, d]
+    (r = h d), the T queries cut into ``groups`` equal groups (``groups`` divides T): [T, r]."""
+    heads, head_dim = k_h.shape[1], k_h.shape[3]
+    q_h = q.view(groups, -1, heads, head_dim).transpose(1, 2)  # [G, h, T/G, d]
+    out = F.scaled_dot_product_attention(q_h, k_h.expand(groups, -1, -1, -1), v_h.expand(groups, -1, -1, -1))
+    return out.transpose(1, 2).reshape(q.shape)  # [T, r]
 
 
 class GuidanceBank(nn.Module):
@@ -175,9 +221,11 @@ class SGAdapter(AdapterModule):
         v_h = v.to(q.dtype).view(1, num_tokens, self.heads, head_dim).transpose(1, 2)  # [1, h, M, r/h]
         if self.guidance.mask is not None or self.guidance.bias is not None or self.record_attention:
             return self.attend_per_image(q, k_h, v_h)
-        q_h = q.reshape(1, -1, self.heads, head_dim).transpose(1, 2)  # [1, h, B*N, r/h]
-        out = F.scaled_dot_product_attention(q_h, k_h, v_h)  # [1, h, B*N, r/h]
-        return out.transpose(1, 2).reshape(q.shape)
+        queries = q.reshape(-1, self.bottleneck)  # [B*N, r]: every token of every image
+        slots = count_parallel_slots(q.device.type, q.device.index or 0)
+        groups = compute_attention_groups(queries.shape[0], num_tokens, self.heads, slots,
+                                          KEY_TILE if q.is_cuda else num_tokens)
+        return attend_in_groups(queries, k_h, v_h, groups).view(q.shape)
 
     def attend_per_image(self, q: torch.Tensor, k_h: torch.Tensor, v_h: torch.Tensor) -> torch.Tensor:
         """The attention image by image: under the bank's mask [B, M] (routed), its gate, and/or recorded."""

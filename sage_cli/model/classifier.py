@@ -78,6 +78,12 @@ class SageClassifier(nn.Module):
         features = F.normalize(raw, dim=-1)
         return self.head(features if self.head.normalized_input else raw), features
 
+    def compile_tower(self, **options: object) -> None:
+        """``torch.compile`` the image tower in place (``options`` go to torch.compile); the head and
+        whatever reads the logits (the loss) stay eager. Parameter names and the state dict do not
+        change. Routed guidance compiles two graphs, the frozen pass's and the tuned one's."""
+        self.visual.compile(**options)
+
     def train(self, mode: bool = True) -> SageClassifier:
         # The frozen tower stays in eval mode (no patch dropout); inserted modules and head follow ``mode``.
         super().train(mode)

@@ -37,7 +37,7 @@ from sage_cli.errors import SageError
 from sage_cli.locks import lock_output_dir
 from sage_cli.losses import ESTIMATORS
 from sage_cli.model import SageClassifier
-from sage_cli.precision import describe_precision
+from sage_cli.precision import cast_frozen_weights, compute_dtype, describe_precision
 from sage_cli.train import checkpoint as ckpt
 from sage_cli.train.config import TrainConfig, identity_of
 from sage_cli.train.datasets import build_datasets, describe_input, use_cached_features
@@ -61,7 +61,9 @@ TRACKED_OUTPUTS = ("metrics.csv", "tensorboard")  # written by `--log csv|tensor
 class TrainResult:
     """The run directory and its train.json; ``skipped`` when it already held this exact run.
 
-    ``classifier`` is the trained model in memory (eval mode; None when skipped).
+    ``classifier`` is the trained model in memory (eval mode; None when skipped); trained on CUDA,
+    its frozen tower weights are bf16 (:func:`~sage_cli.precision.cast_frozen_weights`): run it
+    under :func:`~sage_cli.precision.autocast`, as every stage does.
     """
 
     out: Path
@@ -157,11 +159,17 @@ def build_trainer(
     zero_shot = frozen if ESTIMATORS[config.loss.compensation].needs_zero_shot else None
     task = build_task(clip.model, embeddings, counts, config.model, config.loss, device, head_vectors,
                       zero_shot)
+    dtype = compute_dtype(device)
+    if dtype != torch.float32:  # bf16 autocast: the frozen tower's weights cast once, not at every op
+        cast = cast_frozen_weights(task.classifier.visual, dtype)
+        logger.info("%d frozen tower weights cast to %s (norms and trainable parameters stay float32)", cast, dtype)
     train_set, eval_set = build_datasets(config, inputs, clip)
     if config.data.feature_cache is not None:
         world_size = dist_ctx.world_size if dist_ctx is not None else 1
         train_set, eval_set, _ = use_cached_features(config, inputs, task.classifier, (train_set, eval_set),
                                                      clip.record, device, world_size)
+    if config.run.compile and config.data.feature_cache is None:  # with cached features there is no tower to run
+        task.classifier.compile_tower()
     groups = inputs.data.classes["group"].tolist()
     trainer = Trainer(config, task, train_set, eval_set, groups, device, hooks,
                       eval_split=inputs.eval_split, fingerprint=fingerprint, dist_ctx=dist_ctx)

@@ -8,13 +8,15 @@ The fast path (:mod:`sage_cli.image_cache`, :class:`CachedTrainTransform`) runs 
 uint8 tensors of cached images: the same RandomResizedCrop parameters (drawn by the same
 torchvision function from the same seed, so the same box for an image of the same size, and the
 same regions of the original for a uniformly shrunk one), the same interpolation (torchvision's
-antialiased uint8 kernel, within a fraction of a grey level of PIL's on average), then to float
-and normalise exactly as ToTensor + Normalize do.
+antialiased uint8 kernel, within a fraction of a grey level of PIL's on average).
+
+Training reads both paths as uint8 batches (:mod:`sage_cli.pixels`): the transforms of a run stop
+at uint8 pixels (:func:`to_uint8_transform`) and the device normalises each batch exactly as
+ToTensor + Normalize do.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -23,6 +25,7 @@ from torchvision.transforms import v2
 
 from sage_cli.backbone import LoadedClip
 from sage_cli.data import Transform
+from sage_cli.pixels import Normalize, UInt8Transform, keep_pixels
 
 CROP_SCALE = (0.08, 1.0)
 CROP_RATIO = (3 / 4, 4 / 3)
@@ -41,31 +44,30 @@ def build_train_transform(record: dict[str, Any]) -> Transform:
     ])
 
 
-class ToNormalizedFloat:
-    """uint8 [3, H, W] -> float32, as ToTensor (/ 255) then Normalize do, step for step."""
-
-    def __init__(self, mean: list[float], std: list[float]) -> None:
-        self.mean = torch.as_tensor(mean, dtype=torch.float32).view(-1, 1, 1)
-        self.std = torch.as_tensor(std, dtype=torch.float32).view(-1, 1, 1)
-
-    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
-        return pixels.to(torch.float32).div(255).sub_(self.mean).div_(self.std)
+def to_uint8_transform(transform: Transform) -> Transform:
+    """``transform`` stopping at uint8 pixels: a Compose ending in ToTensor + Normalize becomes a
+    :class:`~sage_cli.pixels.UInt8Transform` of its steps before them plus PILToTensor, finished by
+    the same mean / std on the device. Any other transform is returned as it is (float batches)."""
+    steps = list(getattr(transform, "transforms", ()))
+    if len(steps) < 2 or not isinstance(steps[-2], T.ToTensor) or not isinstance(steps[-1], T.Normalize):
+        return transform
+    normalize = steps[-1]
+    return UInt8Transform(T.Compose([*steps[:-2], T.PILToTensor()]), Normalize(normalize.mean, normalize.std))
 
 
 class CachedTrainTransform:
-    """:func:`build_train_transform`'s steps on a cached uint8 [3, H, W] image, without PIL.
+    """:func:`build_train_transform`'s geometric steps on a cached uint8 [3, H, W] image, without
+    PIL: uint8 [3, h, w] out (the device normalises, :mod:`sage_cli.pixels`).
 
     The crop box is drawn by the very function the plain path's RandomResizedCrop calls
     (``get_params``, same draws from the same generator), the flip by the same ``rand(1) < p``;
-    the box is resized by torchvision's uint8 kernel with the same interpolation (antialiased),
-    then normalised as ToTensor + Normalize do. Called directly rather than through v2.Compose,
-    whose dispatch costs ~0.1 ms a step.
+    the box is resized by torchvision's uint8 kernel with the same interpolation (antialiased).
+    Called directly rather than through v2.Compose, whose dispatch costs ~0.1 ms a step.
     """
 
     def __init__(self, record: dict[str, Any]) -> None:
         self.size = list(record["image_size"])
         self.interpolation = v2.InterpolationMode(record.get("interpolation", "bicubic"))
-        self.normalize = ToNormalizedFloat(record["mean"], record["std"])
 
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
         top, left, height, width = T.RandomResizedCrop.get_params(pixels, list(CROP_SCALE), list(CROP_RATIO))
@@ -73,22 +75,26 @@ class CachedTrainTransform:
                                           interpolation=self.interpolation, antialias=True)
         if torch.rand(1) < FLIP_P:
             crop = crop.flip(-1)
-        return self.normalize(crop)
+        return crop  # uint8 [3, h, w]
 
 
-def build_cached_transforms(record: dict[str, Any], augment: bool) -> tuple[Callable, Callable]:
-    """(train, eval) transforms of cached pixels: the train view's crops, the eval view's tensors.
+def build_cached_transforms(record: dict[str, Any], augment: bool) -> tuple[UInt8Transform, UInt8Transform]:
+    """(train, eval) transforms of cached pixels, stopping at uint8: the train view's crops, the
+    eval view's tensors as stored.
 
     Without ``augment`` the train split is read from the eval view, like the plain path's eval transform.
     """
-    eval_transform = ToNormalizedFloat(record["mean"], record["std"])
-    return (CachedTrainTransform(record) if augment else eval_transform), eval_transform
+    normalize = Normalize(record["mean"], record["std"])
+    eval_transform = UInt8Transform(keep_pixels, normalize)
+    return (UInt8Transform(CachedTrainTransform(record), normalize) if augment else eval_transform), eval_transform
 
 
 def build_transforms(clip: LoadedClip, augment: bool) -> tuple[Transform, Transform]:
-    """(train, eval) transforms; ``augment`` False trains on the eval transform."""
-    eval_transform = clip.preprocess_eval
-    return (build_train_transform(clip.record) if augment else eval_transform), eval_transform
+    """(train, eval) transforms of a run, stopping at uint8 (:func:`to_uint8_transform`); ``augment``
+    False trains on the eval transform."""
+    eval_transform = to_uint8_transform(clip.preprocess_eval)
+    train_transform = to_uint8_transform(build_train_transform(clip.record)) if augment else eval_transform
+    return train_transform, eval_transform
 
 
 def describe_preprocessing(record: dict[str, Any], augment: bool) -> dict[str, Any]:
