@@ -515,16 +515,20 @@ def compare_transforms(lift_trainer: Any, our_transform: Any, images: Path,
     import torch
     from PIL import Image
 
+    name = "eval transform (val PNGs, 80x60 -> 64x64)"
+    if our_transform is None:
+        return Row(name, math.inf, math.inf, "shape: ours has no eval transform")
     lift_transform = lift_trainer.test_loader.dataset.transform
+    # Ours stops at uint8 pixels on the loader's workers and normalises on the device (sage_cli.pixels):
+    # to_float runs both halves, as a batch reaches the model.
+    our_transform = getattr(our_transform, "to_float", our_transform)
     ours, theirs = [], []
     for path, _ in rows:
         with Image.open(images / path) as image:
             rgb = image.convert("RGB")
         theirs.append(lift_transform(rgb)[0])  # [1, 3, H, W] -> [3, H, W]
-        ours.append(our_transform(rgb) if our_transform is not None else torch.zeros(0))
-    if our_transform is None:
-        return Row("eval transform (val PNGs)", math.inf, math.inf, "shape: ours has no eval transform")
-    return compare("eval transform (val PNGs, 80x60 -> 64x64)", torch.stack(ours), torch.stack(theirs))
+        ours.append(our_transform(rgb))
+    return compare(name, torch.stack(ours), torch.stack(theirs))
 
 
 def _as_shape(ours: Any, lift: Any) -> Any:
