@@ -100,11 +100,13 @@ train_command() {
     echo "$torchrun --standalone --nproc-per-node $GPUS -m sage_cli train"
 }
 
-# run_pipeline DATASET PREPARE_ARGS PRESET: the four stages.
+# run_pipeline DATASET PREPARE_ARGS PRESET: the four stages. The head's text init uses LIFT's single
+# template "a photo of a {}." unless TEMPLATES names another set (shapes_lt.sh: the demo's ensemble).
 run_pipeline() {
     local dataset="$1" prepare_args="$2" preset="$3" runs=()
     run "$SAGE prepare $dataset $prepare_args --out '$WORK/prepared'"
     run "$SAGE encode-text --prepared '$WORK/prepared' --model '$MODEL' --pretrained '$PRETRAINED'" \
+        "--templates ${TEMPLATES:-single}" \
         "--device $DEVICE --out '$WORK/text'"
     for method in $METHODS; do
         train_method "$method" "$preset"

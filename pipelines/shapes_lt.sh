@@ -11,4 +11,5 @@ WORK="${WORK:-runs/shapes_lt}"
 MODEL="sage-toy"
 PRETRAINED="$SAGE_REPO/sage_cli/assets/sage_toy_v2.safetensors"  # world v2 (docs/world.md)
 DEVICE="${DEVICE:-cpu}"
+TEMPLATES="${TEMPLATES:-ensemble}"  # the demo's text cache (sage demo), not LIFT's single template
 run_pipeline shapes-lt "" "$SAGE_REPO/sage_cli/presets/shapes_lt.yaml"

@@ -137,7 +137,8 @@ def build_export_record(config: ExportConfig, inputs: dict[str, Any], classifier
     """export.json before sealing: the source run, classes, preprocessing, tensors and format details."""
     model = run_record["model"]
     preprocessing = {key: model.get(key, default) for key, default in (
-        ("image_size", None), ("mean", None), ("std", None), ("interpolation", "bicubic"), ("resize_mode", "shortest"))}
+        ("image_size", None), ("mean", None), ("std", None), ("interpolation", "bicubic"), ("resize_mode", "shortest"),
+        ("eval_resize", "clip"))}
     height, width = preprocessing["image_size"]
     return artifacts.build_record(
         "export", inputs, format=config.format, model_file=MODEL_FILES[config.format],
@@ -213,7 +214,7 @@ def write_open_clip(classifier: nn.Module, clip: Any, directory: Path) -> dict[s
         "model": clip.record["model"], "quick_gelu": quick_gelu,
         "merged": getattr(classifier.visual, "sage_peft", None),
         "head": {"file": HEAD_FILE, "kind": classifier.config.head.kind, "scale": float(getattr(head, "scale", 1.0)),
-                 "input": "normalized" if head.normalized_input else "raw"},
+                 "input": "normalized" if head.normalized_input else "raw", "feature": classifier.head_feature},
     }}
 
 
@@ -332,6 +333,7 @@ def load_open_clip(directory: Path, record: dict[str, Any], device: torch.device
     from safetensors.torch import load_file
 
     from sage_cli.backbone import _quiet_open_clip  # importing it registers the package's own model configs
+    from sage_cli.model.features import PRE_PROJ, encode_tower
     from sage_cli.model.head import build_head
 
     info = record["open_clip"]
@@ -345,8 +347,8 @@ def load_open_clip(directory: Path, record: dict[str, Any], device: torch.device
 
     @torch.no_grad()
     def predict(images: torch.Tensor) -> torch.Tensor:
-        features = visual(images.to(device))
-        features = features[0] if isinstance(features, tuple) else features
+        # an export written before --head-feature read the projected feature
+        features, _ = encode_tower(visual, images.to(device), info["head"].get("feature") == PRE_PROJ)
         return head(F.normalize(features, dim=-1) if info["head"]["input"] == "normalized" else features).float()
 
     return predict

@@ -5,9 +5,11 @@ its output for an image never changes either; recomputing it every epoch is most
 cost. :func:`load_or_compute_features` runs the tower once per split and stores its output.
 
 Layout: ``DIR/<key>/`` holds ``features.json`` (the key's inputs, the splits stored) and one
-``<split>.safetensors`` per split: ``sample_id`` [N] int64 and ``features`` [N, E] float32 (the
-tower's output before L2 normalisation). The key is a hash of the backbone's identity (model and
-weights: tag or file hash), the eval preprocessing (size, interpolation, resize mode, mean, std),
+``<split>.safetensors`` per split: ``sample_id`` [N] int64 and ``features`` [N, D] float32 (the
+feature the head reads, before L2 normalisation: the tower's output, or its class token before
+``proj`` for a pre-proj head). The key is a hash of the backbone's identity (model and weights:
+tag or file hash), the eval preprocessing (size, interpolation, resize mode and eval resize, mean,
+std), the head's feature space when it is pre-proj,
 the precision of the pass (fp32 on CPU, bf16 autocast on CUDA) and the prepared dataset's
 fingerprint; so one directory holds the features of many models side by side and a lookup never
 returns features of another model, weights, preprocessing or dataset.
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,6 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from torch import nn
 from torch.utils.data import Dataset
 
 from sage_cli import artifacts
@@ -50,14 +51,21 @@ class FeatureSet:
     features: torch.Tensor  # [N, E] float32, before L2 normalisation
 
 
-def compute_key_inputs(backbone: dict[str, Any], data: PreparedData, device: torch.device) -> dict[str, Any]:
-    """What decides the features besides the images: the key's inputs (see the module doc)."""
-    return {
+def compute_key_inputs(backbone: dict[str, Any], data: PreparedData, device: torch.device,
+                       head_feature: str = "projected") -> dict[str, Any]:
+    """What decides the features besides the images: the key's inputs (see the module doc). The
+    keys of open_clip's eval resize and the projected feature are those of caches written before
+    those choices existed, so such caches stay valid."""
+    preprocessing = {k: backbone[k] for k in ("image_size", "interpolation", "resize_mode", "mean", "std")}
+    if backbone.get("eval_resize", "clip") != "clip":
+        preprocessing["eval_resize"] = backbone["eval_resize"]
+    inputs = {
         "backbone": backbone_identity(backbone),
-        "preprocessing": {k: backbone[k] for k in ("image_size", "interpolation", "resize_mode", "mean", "std")},
+        "preprocessing": preprocessing,
         "precision": describe_precision(device),
         "prepared": data.record["fingerprint"],
     }
+    return {**inputs, "head_feature": head_feature} if head_feature != "projected" else inputs
 
 
 def describe_precision(device: torch.device) -> str:
@@ -69,9 +77,9 @@ def feature_dir(directory: Path, inputs: dict[str, Any]) -> Path:
 
 
 @torch.no_grad()
-def compute_features(visual: nn.Module, batches: Iterable[Any], device: torch.device) -> FeatureSet:
-    """``visual``'s output [N, E] over ``batches`` of ``(images, labels, sample_ids)``, in order."""
-    visual.eval()
+def compute_features(encode: Callable[[torch.Tensor], torch.Tensor], batches: Iterable[Any],
+                     device: torch.device) -> FeatureSet:
+    """``encode``'s output [N, D] (a frozen tower's) over ``batches`` of ``(images, labels, sample_ids)``, in order."""
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
                 else contextlib.nullcontext())
     ids, parts = [], []
@@ -80,7 +88,7 @@ def compute_features(visual: nn.Module, batches: Iterable[Any], device: torch.de
         if images is None:
             raise SageError("an image of the split is unreadable; cached features need every image")
         with autocast:
-            out = visual(images.to(device, non_blocking=True))
+            out = encode(images.to(device, non_blocking=True))
         out = out[0] if isinstance(out, tuple) else out
         parts.append(out.float().cpu())
         ids.append(torch.as_tensor(sample_ids, dtype=torch.int64))
@@ -90,12 +98,13 @@ def compute_features(visual: nn.Module, batches: Iterable[Any], device: torch.de
 
 
 def load_or_compute_features(
-    directory: Path, inputs: dict[str, Any], split: str, visual: nn.Module, dataset: Dataset,
+    directory: Path, inputs: dict[str, Any], split: str, encode: Callable[[torch.Tensor], torch.Tensor], dataset: Dataset,
     expected_ids: np.ndarray, device: torch.device, batch_size: int, num_workers: int,
 ) -> tuple[FeatureSet, bool]:
     """(the features of ``split``, whether they were read from disk); computed and saved if absent.
 
-    ``dataset`` yields the split's un-augmented eval tensors in ``expected_ids`` order.
+    ``dataset`` yields the split's un-augmented eval tensors in ``expected_ids`` order; ``encode``
+    maps a batch of them to the features (the frozen classifier's h(x)).
     """
     where = feature_dir(directory, inputs)
     path = where / f"{split}.safetensors"
@@ -103,7 +112,7 @@ def load_or_compute_features(
         with lock_output_dir(where, STAGE):  # one writer at a time; a second is refused, naming it
             if not path.is_file():
                 logger.info("computing frozen features of the %s split (%d images) into %s", split, len(dataset), where)
-                features = compute_features(visual, build_loader(dataset, batch_size, num_workers, device), device)
+                features = compute_features(encode, build_loader(dataset, batch_size, num_workers, device), device)
                 save_features(where, split, features, inputs)
                 return check_ids(features, expected_ids, path, where), False
     check_record(where, inputs)

@@ -71,21 +71,24 @@ PixelTransform = Callable[[torch.Tensor], torch.Tensor]  # uint8 [3, H, W] -> fl
 @dataclass(frozen=True)
 class Geometry:
     """What decides a cache's pixels besides the images: the train view's short side and the model's
-    eval preprocessing (size, interpolation, resize mode)."""
+    eval preprocessing (size, interpolation, resize mode, eval resize: ``--eval-resize``)."""
 
     short_side: int
     image_size: tuple[int, int]
     interpolation: str
     resize_mode: str
+    eval_resize: str = "clip"
 
     @classmethod
     def from_record(cls, backbone: dict[str, Any], short_side: int = DEFAULT_SHORT_SIDE) -> Geometry:
         return cls(int(short_side), tuple(backbone["image_size"]), backbone.get("interpolation", "bicubic"),
-                   backbone.get("resize_mode", "shortest"))
+                   backbone.get("resize_mode", "shortest"), backbone.get("eval_resize", "clip"))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"short_side": self.short_side, "image_size": list(self.image_size),
-                "interpolation": self.interpolation, "resize_mode": self.resize_mode}
+        geometry = {"short_side": self.short_side, "image_size": list(self.image_size),
+                    "interpolation": self.interpolation, "resize_mode": self.resize_mode}
+        # open_clip's resize leaves no key: the fingerprint of a cache made before --eval-resize
+        return {**geometry, "eval_resize": self.eval_resize} if self.eval_resize != "clip" else geometry
 
 
 @dataclass(frozen=True)
@@ -414,6 +417,8 @@ class CacheImagesConfig:
     short_side: int = DEFAULT_SHORT_SIDE
     workers: int = 0
     force: bool = False
+    eval_resize: str = "clip"  # the run's --eval-resize and --interpolation (model: the model's own)
+    interpolation: str = "model"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "prepared", Path(self.prepared))
@@ -422,6 +427,10 @@ class CacheImagesConfig:
             raise SageError(f"--short-side must be >= 1; got {self.short_side}")
         if self.workers < 0:
             raise SageError(f"--workers must be >= 0; got {self.workers}")
+        if self.eval_resize not in ("lift", "clip"):
+            raise SageError(f"--eval-resize must be lift or clip; got {self.eval_resize!r}")
+        if self.interpolation not in ("model", "bilinear", "bicubic"):
+            raise SageError(f"--interpolation must be model, bilinear or bicubic; got {self.interpolation!r}")
 
 
 def run(config: CacheImagesConfig, progress: Callable[[str, int, int], None] | None = None) -> CacheResult:
@@ -429,7 +438,10 @@ def run(config: CacheImagesConfig, progress: Callable[[str, int, int], None] | N
     from sage_cli.data import load_prepared_data
 
     data = load_prepared_data(config.prepared)
+    from sage_cli.train.transforms import apply_preprocessing
+
     clip = build_backbone(config.model, config.pretrained, "cpu")
+    clip = apply_preprocessing(clip, config.eval_resize, config.interpolation)
     geometry = Geometry.from_record(clip.record, config.short_side)
     if geometry.short_side < min(geometry.image_size):
         logger.warning("--short-side %d is below the model's %s px crops: train crops will be enlarged",

@@ -39,13 +39,19 @@ from sage_cli.schema import (
 )
 
 
+# LIFT's head: cosine, s = 25, on the pre-projection class token, initialised from the text
+# (models/classifiers.py CosineClassifier, trainer.py init_head_text_feat). Every trained method has it.
+LIFT_HEAD = HeadConfig(feature="pre-proj")
+
+
 @dataclass(frozen=True)
 class Method:
-    """A named, complete model + loss config; the defaults are LIFT's (cosine head from text, LA)."""
+    """A named, complete model + loss config; the defaults are LIFT's (cosine head from text on the
+    pre-projection feature, LA)."""
 
     name: str
     summary: str
-    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    model: ModelConfig = dataclasses.field(default_factory=lambda: ModelConfig(head=LIFT_HEAD))
     loss: LossConfig = dataclasses.field(default_factory=LossConfig)
     trainable: bool = True  # offered by `sage train` (zeroshot is a baseline, not a run)
     demo: bool = False  # trained by `sage demo`
@@ -53,7 +59,7 @@ class Method:
 
 def peft(module: str, guidance: GuidanceConfig | None = None) -> ModelConfig:
     """The model part of a method that puts PEFT ``module`` into the tower (LIFT's head)."""
-    return ModelConfig(peft=PeftConfig(module, guidance=guidance))
+    return ModelConfig(peft=PeftConfig(module, guidance=guidance), head=LIFT_HEAD)
 
 
 SEMANTIC = LossConfig(compensation="semantic")
@@ -82,7 +88,7 @@ _METHODS = (
     Method("sage-zs", "SG-Adapter with the zero-shot compensation factor: the frozen zero-shot classifier's "
            "own label bias on the training images, corrected in the loss",
            peft("sg-adapter", GuidanceConfig()), LossConfig(compensation="zero-shot")),
-    Method("zeroshot", "CLIP zero-shot: the head is the class text embeddings, frozen",
+    Method("zeroshot", "CLIP zero-shot: the head is the class text embeddings, frozen, in CLIP's joint space",
            ModelConfig(head=HeadConfig(train=False)), trainable=False),
 )
 

@@ -30,6 +30,10 @@ CompensationName = Literal["semantic", "count", "zero-shot", "none"]  # sage_cli
 ReweightNormName = Literal["weights", "samples"]  # how cb / grw normalise a batch (sage_cli.losses.classification)
 HeadName = Literal["cosine", "linear", "l2"]  # sage_cli.model.head.HEADS
 HeadInitName = Literal["text", "class-mean", "k-shot", "linear-probe"]  # sage_cli.model.head_init
+HeadFeatureName = Literal["pre-proj", "projected"]  # sage_cli.model.features
+EvalResizeName = Literal["lift", "clip"]  # sage_cli.train.transforms.build_eval_transform
+InterpolationName = Literal["model", "bilinear", "bicubic"]  # model: the backbone's own (bicubic for CLIP)
+LrScheduleName = Literal["cosine-step", "cosine-epoch"]  # sage_cli.train.optim.compute_lr_factor
 ActivationName = Literal["relu", "gelu"]
 SamplerName = Literal["uniform", "class-aware"]
 EvalSplitName = Literal["val", "test", "train"]
@@ -146,9 +150,19 @@ class PeftConfig:
 
 @dataclass(frozen=True)
 class HeadConfig:
-    """The classifier head: its kind, its initial weights, its scale s and whether it trains."""
+    """The classifier head: its kind, the feature it reads, its initial weights, its scale s and whether it trains.
+
+    ``feature`` "pre-proj" is LIFT's: the class token after ``ln_post``, before the tower's ``proj``
+    ([B, W], 768-d on ViT-B/16), the text init mapped in as normalize(normalize(t) @ proj.T);
+    "projected" is CLIP's joint space ([B, E]). A tower without a ViT ``proj`` (a ResNet, whose
+    attention-pool output LIFT classifies) reads its output either way. The field's default is the value runs had before
+    the option existed (a train.json without it reads as projected); the methods set pre-proj.
+    """
 
     kind: HeadName = option("cosine", help="Classifier head.", panel=METHOD, key="head", choices=names(HeadName))
+    feature: HeadFeatureName = option("projected", help="Feature the head reads: pre-proj (LIFT: the CLS token "
+                                      "after ln_post, before proj) or projected (CLIP's joint space).",
+                                      panel=METHOD, key="head_feature", choices=names(HeadFeatureName))
     init: HeadInitName = option("text", help="Initial head weights.", panel=METHOD, key="head_init",
                                 choices=names(HeadInitName))
     init_shots: int = option(10, help="Images per class for --head-init k-shot.", panel=METHOD,
@@ -225,12 +239,15 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """SGD (LIFT's, the default) or AdamW with a per-step cosine schedule after a linear warm-up
+    """SGD (LIFT's, the default) or AdamW with a cosine schedule after a linear warm-up
     (``warmup_steps`` wins over ``warmup_epochs``).
 
     SGD decays every trainable tensor; AdamW, as open_clip and timm do, none of dimension < 2
     (biases, norm and SSF scales/shifts, the head's scale) nor the prompt tokens
-    (:func:`sage_cli.train.optim.split_decay`).
+    (:func:`sage_cli.train.optim.split_decay`). ``lr_schedule`` cosine-step decays every optimiser
+    step; cosine-epoch holds the lr through each epoch (LIFT's CosineAnnealingLR(T_max=epochs)
+    stepped per epoch). Its default is the value of runs written before the option existed; the
+    benchmark presets set LIFT's.
     """
 
     epochs: int = option(10, help="Training epochs.", panel=OPTIM, ge=1)
@@ -247,6 +264,9 @@ class OptimConfig:
     warmup_epochs: float = option(1.0, help="Linear warm-up length in epochs.", panel=OPTIM, ge=0)
     warmup_steps: int | None = option(None, help="Warm-up length in steps (wins over --warmup-epochs).", panel=OPTIM,
                                       ge=0)
+    lr_schedule: LrScheduleName = option("cosine-step", help="Cosine decay per optimiser step, or per epoch "
+                                         "(LIFT: CosineAnnealingLR stepped once an epoch).", panel=OPTIM,
+                                         choices=names(LrScheduleName))
 
     def __post_init__(self) -> None:
         check_options(self)
@@ -259,7 +279,9 @@ class DataConfig:
     ``batch_size`` images make one optimizer step; they go through the model in micro-batches of
     ``micro_batch_size`` (gradient accumulation; None = the whole batch at once); both are global
     (under torchrun each rank takes 1 / world size of every micro-batch). ``augment`` False trains
-    on the eval transform. ``eval_split`` None means val when the prepared dataset has one, else
+    on the eval transform; ``eval_resize`` and ``interpolation`` choose the resize of both (their
+    defaults are open_clip's, the values of runs written before they existed; the benchmark presets
+    set LIFT's). ``eval_split`` None means val when the prepared dataset has one, else
     test. ``skip_bad`` skips (and records) unreadable images instead of stopping on the first.
     ``image_cache`` reads decoded pixels from a ``sage cache-images`` directory; ``feature_cache``
     trains a head-only method on the frozen tower's cached output.
@@ -277,6 +299,12 @@ class DataConfig:
                                           "--batch-size).", panel=DATA, ge=1)
     num_workers: int = option(4, help="DataLoader worker processes.", panel=DATA, ge=0)
     augment: bool = option(True, help="Random crop + flip in training.", panel=DATA)
+    eval_resize: EvalResizeName = option("clip", help="Eval resize before the centre crop: lift (shorter side to "
+                                         "size * 8 // 7, LIFT's test transform) or clip (to size, open_clip's).",
+                                         panel=DATA, choices=names(EvalResizeName))
+    interpolation: InterpolationName = option("model", help="Resize interpolation in training and eval: the "
+                                              "model's own (bicubic for CLIP), bilinear (LIFT's) or bicubic.",
+                                              panel=DATA, choices=names(InterpolationName))
     eval_split: EvalSplitName | None = option(None, help="Split to validate on (default: val, else test).", panel=DATA,
                                               choices=names(EvalSplitName))
     skip_bad: bool = option(False, help="Skip unreadable images (listed in train.json) instead of stopping.",

@@ -55,7 +55,8 @@ class ClassificationTask(nn.Module):
 
     @property
     def feature_dim(self) -> int:
-        return int(self.classifier.head.weight.shape[1])
+        """E: the width of v(x), the features the loss sees (CLIP's joint space, whatever the head reads)."""
+        return self.classifier.joint_dim
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return self.classifier.trainable_parameters()

@@ -112,7 +112,8 @@ def test_open_clip_weights_load_into_open_clip(runs, tmp_path: Path, method: str
         torch.testing.assert_close(head["weight"], classifier.head.weight, atol=0, rtol=0)
     info = result.record["open_clip"]
     assert info["merged"] == method and info["quick_gelu"] is False
-    assert info["head"] == {"file": "head.safetensors", "kind": "cosine", "scale": 25.0, "input": "normalized"}
+    assert info["head"] == {"file": "head.safetensors", "kind": "cosine", "scale": 25.0, "input": "normalized",
+                            "feature": "pre-proj"}
 
 
 def test_predict_on_an_export_prints_the_runs_classes(runs, test_images, tmp_path: Path) -> None:

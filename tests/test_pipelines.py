@@ -86,3 +86,10 @@ def test_gpus_flag_trains_under_torchrun(tmp_path):
     assert all(line.startswith("+ torchrun --standalone --nproc-per-node 4 -m sage_cli train ") for line in trains)
     bad = _run("imagenet_lt.sh", "--dry-run", "--gpus", "0")
     assert bad.returncode == 2 and "--gpus needs a positive integer" in bad.stderr
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_benchmarks_encode_lift_s_single_template_and_the_world_its_demo_ensemble(script, tmp_path):
+    result = _run(script, "--dry-run", "--work", str(tmp_path / "w"))
+    encode = next(line for line in result.stdout.splitlines() if " encode-text " in line)
+    assert ("--templates ensemble" if script == "shapes_lt.sh" else "--templates single") in encode

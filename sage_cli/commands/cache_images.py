@@ -21,6 +21,10 @@ def command(
     out: Path = typer.Option(..., "--out", "-o", help="Output directory for the image cache."),
     short_side: int = typer.Option(320, "--short-side", help="Train view: shrink images to this shorter side (px), never enlarge."),
     workers: int = typer.Option(0, "--workers", help="Decoding processes (0: this one)."),
+    eval_resize: str = typer.Option("clip", "--eval-resize", help="Eval view's resize: lift (size * 8 // 7, then the "
+                                    "crop) or clip (open_clip's); as the runs that read the cache."),
+    interpolation: str = typer.Option("model", "--interpolation", help="model (its own, bicubic for CLIP), bilinear "
+                                      "(LIFT's) or bicubic; as the runs that read the cache."),
     force: bool = typer.Option(False, "--force", help="Overwrite a cache of other inputs in --out."),
     as_json: bool = typer.Option(False, "--json", help="Print image_cache.json to stdout instead of a summary."),
 ) -> None:
@@ -28,7 +32,8 @@ def command(
     from sage_cli.image_cache import CacheImagesConfig, run
 
     config = CacheImagesConfig(prepared=prepared, out=out, model=model, pretrained=pretrained,
-                               short_side=short_side, workers=workers, force=force)
+                               short_side=short_side, workers=workers, force=force, eval_resize=eval_resize,
+                               interpolation=interpolation)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=console, transient=True, disable=as_json) as bar:
         tasks: dict[str, Any] = {}

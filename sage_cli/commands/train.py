@@ -114,7 +114,9 @@ def option_parameter(key: str, leaf: Leaf | None, meta: Option) -> inspect.Param
     decls = [f"{flag}/--no-{flag[2:]}" if kind is bool and key not in ("force", "resume") else flag, *meta.aliases]
     decls += [meta.short] if meta.short else []
     default = None if leaf is None else leaf.field.default
-    per_method = len(method_values(key)) > 1 or leaf is None
+    values = method_values(key)
+    # the methods' own value(s), when they differ among them or from the field's default (--head-feature)
+    per_method = leaf is None or len(values) > 1 or bool(values and values != {repr(default)})
     if per_method or default is dataclasses.MISSING:
         default = None
     help_text = meta.help + (" Default: the method's (docs/methods.md)." if per_method else "")

@@ -12,6 +12,7 @@ from torch import nn
 
 from sage_cli.errors import SageError
 from sage_cli.model.adapters import SGAdapter
+from sage_cli.model.features import PRE_PROJ, encode_tower, map_text_to_pre_projection, resolve_head_feature
 from sage_cli.model.head import build_head
 from sage_cli.model.peft import PeftContext, inject_peft
 from sage_cli.model.protocol import AdapterModule, mark_only_trainable
@@ -21,7 +22,13 @@ logger = logging.getLogger(__name__)
 
 
 class SageClassifier(nn.Module):
-    """logits = head(f(x)) with f(x) the image feature of the (tuned) tower.
+    """logits = head(h(x)) with h(x) the feature the head reads (``config.head.feature``) of the (tuned) tower.
+
+    ``pre-proj`` (LIFT's): h(x) is the tower's class token after ``ln_post``, before ``proj``
+    [B, W]; ``projected``: h(x) = f(x), CLIP's image feature [B, E] (:mod:`sage_cli.model.features`).
+    Whatever the head reads, the features handed to the loss (:meth:`forward_with_features`) are
+    v(x) = normalize(f(x)) in CLIP's joint space, where the class texts live: the compensation's
+    statistics and the guidance's routing work there.
 
     ``tuned`` names the tower parameters the PEFT module trains (under ``visual``); with the head's
     they make :attr:`trainable_names`, the one list that sets ``requires_grad``, gives the
@@ -38,6 +45,11 @@ class SageClassifier(nn.Module):
         self.visual = visual
         self.head = head
         self.config = config
+        self.head_feature = resolve_head_feature(visual, config.head.feature)  # what the head reads on this tower
+        self.pre_projection = self.head_feature == PRE_PROJ
+        # proj [W, E] of the tower, kept in a tuple so it is not registered twice (it is visual's).
+        self._projection = (visual.proj,) if self.pre_projection else ()
+        self.reads_features = False  # True: inputs are cached head features, not images (read_cached_features)
         head_names = [f"head.{name}" for name, _ in head.named_parameters()] if config.head.train else []
         self.trainable_names: tuple[str, ...] = tuple(f"visual.{name}" for name in tuned) + tuple(head_names)
         mark_only_trainable(self, self.trainable_names)
@@ -45,38 +57,61 @@ class SageClassifier(nn.Module):
                  if a.guidance is not None and a.guidance.needs_frozen_pass}
         self._routed_banks = tuple(banks.values())  # a tuple: not registered again as a submodule
 
+    @property
+    def joint_dim(self) -> int:
+        """E: the width of CLIP's joint space, of v(x) and of the class texts."""
+        return int(self._projection[0].shape[1]) if self.pre_projection else int(self.head.weight.shape[1])
+
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """v(x): L2-normalised image features [B, E] (what ``encode_image(normalize=True)`` gives)."""
         return F.normalize(self.encode_raw(images), dim=-1)
 
     def encode_raw(self, images: torch.Tensor) -> torch.Tensor:
         """f(x): the tower's image features [B, E], before normalisation (routed guidance: see the class)."""
+        return self.encode_both(images)[1]
+
+    def encode_head_input(self, images: torch.Tensor) -> torch.Tensor:
+        """h(x): the feature the head reads, before normalisation ([B, W] pre-proj, [B, E] projected)."""
+        return self.encode_both(images)[0]
+
+    def encode_both(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(h(x), f(x)) of one pass through the tower (two with routed guidance: see the class)."""
         if not self._routed_banks:
-            return self.run_tower(images)
+            return self.run_tower_both(images)
         with torch.no_grad(), ExitStack() as stack:
             for bank in self._routed_banks:
                 stack.enter_context(bank.bypassed())
-            frozen = self.run_tower(images)  # [B, E]: the frozen tower's features
+            frozen = self.run_tower_both(images)[1]  # [B, E]: the frozen tower's features
         with ExitStack() as stack:
             for bank in self._routed_banks:
                 stack.enter_context(bank.routed(frozen))
-            return self.run_tower(images)
+            return self.run_tower_both(images)
 
     def run_tower(self, images: torch.Tensor) -> torch.Tensor:
-        """One pass of the image tower as it is set now: [B, E]."""
-        features = self.visual(images)
-        if isinstance(features, tuple):  # towers built with output_tokens=True
-            features = features[0]
-        return features
+        """One pass of the image tower as it is set now: f(x) [B, E]."""
+        return self.run_tower_both(images)[1]
+
+    def run_tower_both(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One pass of the image tower as it is set now: (h(x), f(x))."""
+        if self.pre_projection and self.reads_features:  # images are cached h(x) [B, W]
+            return images, images @ self._projection[0].to(images.dtype)
+        return encode_tower(self.visual, images, self.pre_projection)
+
+    def read_cached_features(self) -> None:
+        """From now on the inputs are cached h(x) of the frozen tower (``--feature-cache``), not images."""
+        self.visual = nn.Identity()
+        self.reads_features = True
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.forward_with_features(images)[0]  # [B, C]
 
     def forward_with_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits [B, C], v(x) [B, E]) from one pass."""
-        raw = self.encode_raw(images)
+        head_input, raw = self.encode_both(images)
         features = F.normalize(raw, dim=-1)
-        return self.head(features if self.head.normalized_input else raw), features
+        if self.head.normalized_input:
+            head_input = features if not self.pre_projection else F.normalize(head_input, dim=-1)
+        return self.head(head_input), features
 
     def compile_tower(self, **options: object) -> None:
         """``torch.compile`` the image tower in place (``options`` go to torch.compile); the head and
@@ -115,6 +150,7 @@ class SageClassifier(nn.Module):
         return {
             "peft": self.config.peft.module if self.config.peft is not None else None,
             "head": self.config.head.kind,
+            "head_feature": self.head_feature,
             "head_init": self.config.head.init,
             "bottleneck": adapters[0].bottleneck if adapters else None,
             "adapter_blocks": len(adapters),
@@ -169,8 +205,8 @@ def build_classifier(
     """Freeze ``clip_model``, apply ``cfg.peft`` (if any) to its image tower in place, add ``cfg.head``.
 
     ``class_embeddings`` [C, E]: the L2-normalised class vectors of the text cache; they are the
-    guidance tokens and the head's initial weight unless ``head_vectors`` [C, E] (another
-    ``head.init``) is given.
+    guidance tokens and the head's initial weight (mapped by normalize(t @ proj.T) for a pre-proj
+    head) unless ``head_vectors`` [C, D] (another ``head.init``, in the head's feature space) is given.
     """
     device = next(clip_model.parameters()).device
     class_embeddings = _check_class_embeddings(clip_model, class_embeddings).to(device)
@@ -179,7 +215,12 @@ def build_classifier(
     tuned: list[str] = []
     if cfg.peft is not None:
         tuned = inject_peft(cfg.peft.module, visual, PeftContext(cfg.peft, class_embeddings))
-    vectors = class_embeddings if head_vectors is None else head_vectors.detach().float().to(device)
+    if head_vectors is not None:
+        vectors = head_vectors.detach().float().to(device)
+    elif resolve_head_feature(visual, cfg.head.feature) == PRE_PROJ:
+        vectors = map_text_to_pre_projection(class_embeddings, visual.proj)  # [C, W]
+    else:
+        vectors = class_embeddings
     head = build_head(cfg.head.kind, vectors, cfg.head.scale).to(device)
     classifier = SageClassifier(visual, head, cfg, tuned)
     classifier.train(clip_model.training)

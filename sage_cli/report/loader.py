@@ -52,10 +52,7 @@ def build_eval_loader(
 
 
 def build_eval_transform(backbone: dict[str, Any]) -> Callable[[Any], torch.Tensor]:
-    """open_clip's own eval preprocessing (resize + centre crop) for this backbone record."""
-    from open_clip.transform import PreprocessCfg, image_transform_v2
+    """The eval preprocessing (resize + centre crop) of this backbone record (a run's choice of resize)."""
+    from sage_cli.train.transforms import build_eval_transform as build
 
-    cfg = PreprocessCfg(size=tuple(backbone["image_size"]), mean=tuple(backbone["mean"]), std=tuple(backbone["std"]),
-                        interpolation=backbone.get("interpolation", "bicubic"),
-                        resize_mode=backbone.get("resize_mode", "shortest"))
-    return image_transform_v2(cfg, is_train=False)
+    return build(backbone)

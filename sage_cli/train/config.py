@@ -130,8 +130,13 @@ def _read_schema_1(config: dict[str, Any]) -> TrainConfig:
         for key in ("guidance", "guidance_topk", "guidance_gate"):
             adapter.pop(key, None)
     flat.update(adapter)
+    flat.update({k: v for k, v in BEFORE_LIFT_EXACT.items() if k not in flat})
     return resolve(method, {k: v for k, v in flat.items() if v is not None or k in _NULLABLE})
 
+
+# The values of options runs were trained with before they existed, where a method now sets another
+# (schema 2 records read the fields' defaults, which are these; schema 1 records resolve the method).
+BEFORE_LIFT_EXACT = {"head_feature": "projected"}
 
 _NULLABLE = ("model", "pretrained", "bottleneck", "blocks", "guidance_tokens", "micro_batch_size", "eval_split",
              "image_cache", "feature_cache", "max_steps", "warmup_steps")

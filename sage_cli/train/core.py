@@ -32,7 +32,8 @@ from sage_cli.data import ManifestDataset, build_loader
 from sage_cli.encode_text import check_text_cache_matches
 from sage_cli.model.head_init import compute_head_vectors
 from sage_cli.train.advice import warn_short_schedule
-from sage_cli.train.evaluate import compute_image_features
+from sage_cli.model.features import PRE_PROJ, resolve_head_feature
+from sage_cli.train.evaluate import FrozenFeatures, compute_image_features
 from sage_cli.errors import SageError
 from sage_cli.locks import lock_output_dir
 from sage_cli.losses import ESTIMATORS
@@ -47,7 +48,7 @@ from sage_cli.train.inputs import TrainInputs, resolve_inputs
 from sage_cli.train.loop import METRICS, Trainer, TrainHooks
 from sage_cli.train.selection import BEST, compute_selection_value
 from sage_cli.task import build_task
-from sage_cli.train.transforms import describe_preprocessing
+from sage_cli.train.transforms import apply_preprocessing, describe_preprocessing
 
 logger = logging.getLogger(__name__)
 
@@ -152,11 +153,12 @@ def build_trainer(
     """Backbone, task (classifier + loss) and datasets, wired into a :class:`Trainer`."""
     clip = build_backbone(inputs.model, inputs.pretrained, device)
     check_text_cache_matches(inputs.cache, clip.record)
+    clip = apply_preprocessing(clip, config.data.eval_resize, config.data.interpolation)
     embeddings = inputs.cache.class_embeddings
     counts = torch.tensor(inputs.data.classes["train_count"].to_numpy(), dtype=torch.float32)
     frozen = compute_frozen_train_features(config, inputs, clip, device)
     head_vectors = compute_initial_head(config, frozen, len(inputs.data.classes))
-    zero_shot = frozen if ESTIMATORS[config.loss.compensation].needs_zero_shot else None
+    zero_shot = frozen[:2] if ESTIMATORS[config.loss.compensation].needs_zero_shot else None  # joint space
     task = build_task(clip.model, embeddings, counts, config.model, config.loss, device, head_vectors,
                       zero_shot)
     dtype = compute_dtype(device)
@@ -180,32 +182,33 @@ def build_trainer(
 
 def compute_frozen_train_features(
     config: TrainConfig, inputs: TrainInputs, clip: LoadedClip, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The frozen tower's (features [N, E], labels [N]) of the training split under the eval transform,
-    before any PEFT module, when something needs them (a ``--head-init`` other than text, or the
-    zero-shot compensation); None otherwise. One pass serves both."""
+) -> FrozenFeatures | None:
+    """The frozen tower's features of the training split under the eval transform, before any PEFT
+    module, when something needs them (a ``--head-init`` other than text: in the head's feature
+    space; the zero-shot compensation: in CLIP's joint space); None otherwise. One pass serves both."""
     needed = config.model.head.init != "text" or ESTIMATORS[config.loss.compensation].needs_zero_shot
     if not needed:
         return None
     data = inputs.data
     dataset = ManifestDataset(data.split("train"), data.image_root, clip.preprocess_eval, skip_bad=config.data.skip_bad)
     loader = build_loader(dataset, config.data.micro_batch, config.data.num_workers, device)
-    features, labels = compute_image_features(clip.model.visual, loader, device)
-    logger.info("frozen features of %d training images", len(labels))
-    return features, labels
+    visual = clip.model.visual
+    pre_projection = resolve_head_feature(visual, config.model.head.feature) == PRE_PROJ
+    frozen = compute_image_features(visual, loader, device, pre_projection)
+    logger.info("frozen features of %d training images", len(frozen.labels))
+    return frozen
 
 
 def compute_initial_head(
-    config: TrainConfig, frozen: tuple[torch.Tensor, torch.Tensor] | None, num_classes: int
+    config: TrainConfig, frozen: FrozenFeatures | None, num_classes: int
 ) -> torch.Tensor | None:
-    """The head's initial rows [C, E] for a ``--head-init`` other than text (None for text), from
-    :func:`compute_frozen_train_features`."""
+    """The head's initial rows [C, D] (in its feature space) for a ``--head-init`` other than text
+    (None for text), from :func:`compute_frozen_train_features`."""
     head = config.model.head
     if head.init == "text":
         return None
-    features, labels = frozen
-    logger.info("head init %s from %d training images", head.init, len(labels))
-    return compute_head_vectors(head.init, features, labels, num_classes, head.init_shots)
+    logger.info("head init %s from %d training images", head.init, len(frozen.labels))
+    return compute_head_vectors(head.init, frozen.head, frozen.labels, num_classes, head.init_shots)
 
 
 def find_resume_checkpoint(out: Path, fingerprint: str) -> Path | None:

@@ -45,15 +45,16 @@ def use_cached_features(
     config: TrainConfig, inputs: TrainInputs, classifier: nn.Module, datasets: tuple[Dataset, Dataset | None],
     clip_record: dict, device: torch.device, world_size: int = 1,
 ) -> tuple[Dataset, Dataset | None, str]:
-    """``--feature-cache``: the frozen tower's output for the train and eval splits (computed once
-    from ``datasets``, the un-augmented eval tensors, then read from disk), and ``classifier``'s
-    tower replaced by an identity, so that the Trainer trains the head on them unchanged.
+    """``--feature-cache``: the frozen tower's h(x), the feature the head reads, for the train and
+    eval splits (computed once from ``datasets``, the un-augmented eval tensors, then read from
+    disk), and ``classifier`` switched to read them in place of images, so that the Trainer trains
+    the head on them unchanged.
 
     Returns (train set, eval set, the cache key's directory).
     """
     if world_size > 1:
         raise SageError("--feature-cache trains in one process (seconds on a CPU); run it without torchrun")
-    key_inputs = compute_key_inputs(clip_record, inputs.data, device)
+    key_inputs = compute_key_inputs(clip_record, inputs.data, device, classifier.head_feature)
     out: list[Dataset | None] = []
     for split, dataset in (("train", datasets[0]), (inputs.eval_split, datasets[1])):
         if dataset is None:
@@ -61,10 +62,10 @@ def use_cached_features(
             continue
         rows = inputs.data.split(split)
         features, _ = load_or_compute_features(
-            config.data.feature_cache, key_inputs, split, classifier.visual, dataset,
+            config.data.feature_cache, key_inputs, split, classifier.encode_head_input, dataset,
             rows["sample_id"].to_numpy(), device, config.data.micro_batch, config.data.num_workers)
         out.append(FeatureDataset(features, rows["label"].to_numpy()))
-    classifier.visual = nn.Identity()  # the head now reads the cached tower output
+    classifier.read_cached_features()  # the head now reads the cached features
     return out[0], out[1], str(feature_dir(config.data.feature_cache, key_inputs))
 
 

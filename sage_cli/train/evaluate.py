@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
 from sage_cli.artifacts import GROUPS
 from sage_cli.data import iterate_batches
+from sage_cli.model.features import encode_tower
 from sage_cli.precision import autocast
 
 
@@ -55,22 +57,33 @@ def predict(classifier: nn.Module, loader: DataLoader, device: torch.device) -> 
     return torch.cat(predictions).cpu().numpy(), torch.cat(labels).numpy()
 
 
+class FrozenFeatures(NamedTuple):
+    """The frozen tower's features of a split, L2-normalised, in loader order."""
+
+    features: torch.Tensor  # [N, E] v(x), CLIP's joint space (the zero-shot compensation's)
+    labels: torch.Tensor  # [N]
+    head: torch.Tensor  # [N, D] the head's feature space (= features for a projected head)
+
+
 @torch.no_grad()
-def compute_image_features(visual: nn.Module, loader: DataLoader, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """L2-normalised image features [N, E] (float32, CPU) and labels [N] of ``visual`` over ``loader``, in order."""
-    features, labels = [], []
+def compute_image_features(visual: nn.Module, loader: DataLoader, device: torch.device,
+                           pre_projection: bool = False) -> FrozenFeatures:
+    """L2-normalised image features (float32, CPU) and labels of ``visual`` over ``loader``, in order:
+    v(x) in the joint space and, for a ``pre_projection`` head, h(x) before ``proj`` too."""
+    features, labels, heads = [], [], []
     for batch in iterate_batches(loader):
         images, batch_labels = batch[0], batch[1]
         if images is None:
             continue
         with autocast(device):
-            out = visual(images.to(device, non_blocking=True))
-        out = out[0] if isinstance(out, tuple) else out
-        features.append(torch.nn.functional.normalize(out.float(), dim=-1).cpu())
+            head, joint = encode_tower(visual, images.to(device, non_blocking=True), pre_projection)
+        features.append(F.normalize(joint.float(), dim=-1).cpu())
+        heads.append(F.normalize(head.float(), dim=-1).cpu() if pre_projection else features[-1])
         labels.append(batch_labels)
     if not labels:
-        return torch.zeros(0, 0), torch.zeros(0, dtype=torch.long)
-    return torch.cat(features), torch.cat(labels)
+        empty = torch.zeros(0, 0)
+        return FrozenFeatures(empty, torch.zeros(0, dtype=torch.long), empty)
+    return FrozenFeatures(torch.cat(features), torch.cat(labels), torch.cat(heads))
 
 
 def summarise_predictions(predictions: np.ndarray, labels: np.ndarray, groups: Sequence[str]) -> dict[str, Any]:

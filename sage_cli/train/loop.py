@@ -117,7 +117,9 @@ class Trainer:
         self.warmup_steps = compute_warmup_steps(config.optim, self.steps_per_epoch, self.total_steps)
         self.trainable = task.trainable_parameters()
         self.optimizer = build_optimizer(task.named_trainable_parameters(), config.optim)
-        self.scheduler = build_scheduler(self.optimizer, self.warmup_steps, self.total_steps)
+        per_epoch = self.steps_per_epoch if config.optim.lr_schedule == "cosine-epoch" else None
+        self.scheduler = build_scheduler(self.optimizer, self.warmup_steps, self.total_steps, per_epoch,
+                                         config.optim.epochs)
         self.position = ckpt.Position(epoch=0, step_in_epoch=0, global_step=0)
         self.counters = Counters()
         self.last_eval: dict[str, Any] | None = None

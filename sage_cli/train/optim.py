@@ -1,4 +1,5 @@
-"""The optimizer over the trainable parameters and a per-step cosine schedule with linear warm-up.
+"""The optimizer over the trainable parameters and a cosine schedule (per step, or per epoch as
+LIFT's: ``--lr-schedule``) with linear warm-up.
 
 SGD (LIFT's, the benchmark default) decays every trainable tensor, as LIFT does. AdamW follows
 open_clip's training app and timm: no weight decay on a tensor of dimension < 2 (biases, LayerNorm /
@@ -55,23 +56,30 @@ def compute_warmup_steps(cfg: OptimConfig, steps_per_epoch: int, total_steps: in
     return max(0, min(steps, total_steps))
 
 
-def compute_lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
+def compute_lr_factor(step: int, warmup_steps: int, total_steps: int, steps_per_epoch: int | None = None,
+                      epochs: int = 1) -> float:
     """Multiplier of the base lr for optimizer step ``step`` (0-based).
 
     Linear warm-up ``(step + 1) / warmup_steps`` (so step 0 already moves), then a cosine from 1
-    to 0 over the remaining steps.
+    to 0 over the remaining steps; or, given ``steps_per_epoch`` (``--lr-schedule cosine-epoch``),
+    LIFT's CosineAnnealingLR(T_max=epochs) stepped once an epoch: 0.5 (1 + cos(pi e / epochs))
+    through epoch e.
     """
     if step < warmup_steps:
         return (step + 1) / warmup_steps
+    if steps_per_epoch is not None:
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step // steps_per_epoch) / epochs)))
     decay_steps = max(1, total_steps - warmup_steps)
     progress = min(1.0, (step - warmup_steps) / decay_steps)
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int
+    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, steps_per_epoch: int | None = None,
+    epochs: int = 1,
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """A LambdaLR stepped once per optimizer step; its state_dict is all a resume needs."""
+    """A LambdaLR stepped once per optimizer step; its state_dict is all a resume needs.
+    ``steps_per_epoch`` given: the per-epoch cosine (see :func:`compute_lr_factor`)."""
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: compute_lr_factor(step, warmup_steps, total_steps)
+        optimizer, lambda step: compute_lr_factor(step, warmup_steps, total_steps, steps_per_epoch, epochs)
     )

@@ -24,10 +24,10 @@ from sage_cli.backbone import LoadedClip, build_backbone
 from sage_cli.encode_text import check_text_cache_matches, load_text_cache
 from sage_cli.errors import SageError
 from sage_cli.model import SageClassifier, build_classifier
-from sage_cli.schema import ModelConfig
 from sage_cli.train import checkpoint as ckpt
 from sage_cli.train.config import read_config
 from sage_cli.train.core import ADAPTER
+from sage_cli.train.transforms import apply_preprocessing
 
 
 class TrainedRun(NamedTuple):
@@ -79,7 +79,9 @@ def load_trained_classifier(
     model = record.get("model", {})
     clip = build_backbone(model["model"], model["pretrained"], device)
     check_text_cache_matches(cache, clip.record)
-    classifier = build_classifier(clip.model, cache.class_embeddings, build_model_config(record, run_dir))
+    config = read_config(record, run_dir / artifacts.TRAIN_RECORD)
+    clip = apply_preprocessing(clip, config.data.eval_resize, config.data.interpolation)  # the run's own
+    classifier = build_classifier(clip.model, cache.class_embeddings, config.model)
     try:
         classifier.load_trainable_state_dict(weights)
     except SageError as exc:
@@ -138,11 +140,6 @@ def is_recorded_adapter(path: Path, record: dict[str, Any], run_dir: Path) -> bo
     expected = (record.get(artifacts.FILES) or {}).get(path.name)
     return (expected is not None and path.resolve() == (run_dir / path.name).resolve()
             and artifacts.sha256_file(path) == expected)
-
-
-def build_model_config(record: dict[str, Any], run_dir: Path) -> ModelConfig:
-    """The ModelConfig a run was trained with, from train.json's config (either schema)."""
-    return read_config(record, run_dir / artifacts.TRAIN_RECORD).model
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,8 +1,13 @@
 """CLIP image preprocessing for training and evaluation, and a record of the protocol used.
 
 Train: RandomResizedCrop (LIFT's scale 0.08..1) + horizontal flip at the model's image size, with
-its mean / std and interpolation. Eval: open_clip's own eval transform (resize the shorter side,
-centre crop). Both change accuracy by points, so train.json records them.
+its mean / std and interpolation. Eval (:func:`build_eval_transform`): resize the shorter side,
+centre crop; ``--eval-resize clip`` resizes to the crop size (open_clip's own eval transform),
+``lift`` to size * 8 // 7 (LIFT's test transform: 224 -> 256 -> 224). ``--interpolation`` sets the
+resize of both (LIFT: bilinear, torchvision's default; open_clip's CLIP configs: bicubic).
+:func:`apply_preprocessing` puts a run's choices into its backbone record, which every later
+stage (report, export, predict, the caches) reads. Both change accuracy by points, so train.json
+records them.
 
 The fast path (:mod:`sage_cli.image_cache`, :class:`CachedTrainTransform`) runs the same steps on
 uint8 tensors of cached images: the same RandomResizedCrop parameters (drawn by the same
@@ -17,6 +22,7 @@ ToTensor + Normalize do.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -30,6 +36,49 @@ from sage_cli.pixels import Normalize, UInt8Transform, keep_pixels
 CROP_SCALE = (0.08, 1.0)
 CROP_RATIO = (3 / 4, 4 / 3)
 FLIP_P = 0.5
+
+
+def to_rgb(image: Any) -> Any:
+    """A PIL image in RGB (open_clip's and LIFT's loaders both convert)."""
+    return image.convert("RGB")
+
+
+def eval_resize_size(record: dict[str, Any]) -> int:
+    """The shorter side the eval transform resizes to before its centre crop (see the module doc)."""
+    short = min(record["image_size"])
+    return short * 8 // 7 if record.get("eval_resize", "clip") == "lift" else short
+
+
+def build_eval_transform(record: dict[str, Any]) -> Transform:
+    """PIL image -> normalised [3, H, W]: the eval transform of a backbone record (a run's, an export's)."""
+    if record.get("eval_resize", "clip") == "clip":
+        from open_clip.transform import PreprocessCfg, image_transform_v2
+
+        cfg = PreprocessCfg(size=tuple(record["image_size"]), mean=tuple(record["mean"]), std=tuple(record["std"]),
+                            interpolation=record.get("interpolation", "bicubic"),
+                            resize_mode=record.get("resize_mode", "shortest"))
+        return image_transform_v2(cfg, is_train=False)
+    interpolation = T.InterpolationMode(record.get("interpolation", "bicubic"))
+    return T.Compose([
+        T.Resize(eval_resize_size(record), interpolation=interpolation),
+        T.CenterCrop(tuple(record["image_size"])),
+        to_rgb,
+        T.ToTensor(),
+        T.Normalize(record["mean"], record["std"]),
+    ])
+
+
+def apply_preprocessing(clip: LoadedClip, eval_resize: str, interpolation: str = "model") -> LoadedClip:
+    """``clip`` with a run's ``--eval-resize`` and ``--interpolation`` ("model": the model's own) in its
+    record and transforms (what every later stage reads)."""
+    own = clip.record.get("interpolation", "bicubic")
+    record = {**clip.record, "interpolation": own if interpolation in (None, "model") else interpolation}
+    if eval_resize != "clip":  # a record without the key is open_clip's resize (runs before the option)
+        record["eval_resize"] = eval_resize
+    if record == clip.record:
+        return clip
+    return dataclasses.replace(clip, record=record, preprocess_eval=build_eval_transform(record),
+                               preprocess_train=build_train_transform(record))
 
 
 def build_train_transform(record: dict[str, Any]) -> Transform:
@@ -90,7 +139,7 @@ def build_cached_transforms(record: dict[str, Any], augment: bool) -> tuple[UInt
 
 
 def build_transforms(clip: LoadedClip, augment: bool) -> tuple[Transform, Transform]:
-    """(train, eval) transforms of a run, stopping at uint8 (:func:`to_uint8_transform`); ``augment``
+    """(train, eval) transforms of a run (the record's: :func:`apply_preprocessing`), stopping at uint8 (:func:`to_uint8_transform`); ``augment``
     False trains on the eval transform."""
     eval_transform = to_uint8_transform(clip.preprocess_eval)
     train_transform = to_uint8_transform(build_train_transform(clip.record)) if augment else eval_transform
@@ -102,7 +151,7 @@ def describe_preprocessing(record: dict[str, Any], augment: bool) -> dict[str, A
     size = record["image_size"]
     interpolation = record.get("interpolation", "bicubic")
     resize_mode = record.get("resize_mode", "shortest")
-    eval_protocol = f"resize ({resize_mode} side) to {size[0]} px + centre crop {size[0]}x{size[1]}"
+    eval_protocol = f"resize ({resize_mode} side) to {eval_resize_size(record)} px + centre crop {size[0]}x{size[1]}"
     train_protocol = (
         f"RandomResizedCrop {size[0]}x{size[1]} scale {list(CROP_SCALE)} ratio [3/4, 4/3] + horizontal flip p={FLIP_P}"
         if augment else f"as eval ({eval_protocol})"
@@ -111,6 +160,7 @@ def describe_preprocessing(record: dict[str, Any], augment: bool) -> dict[str, A
         "image_size": list(size),
         "interpolation": interpolation,
         "resize_mode": resize_mode,
+        "eval_resize": record.get("eval_resize", "clip"),
         "mean": record["mean"],
         "std": record["std"],
         "train": train_protocol,

@@ -127,7 +127,7 @@ def test_guidance_keys_values_computed_once_per_forward(tiny_clip, class_embeddi
 def test_summary_reports_resolved_settings(tiny_clip, class_embeddings) -> None:
     classifier = build_classifier(tiny_clip, class_embeddings, model_config("sage", guidance_tokens=4))
     assert classifier.summary() == {
-        "peft": "sg-adapter", "head": "cosine", "head_init": "text",  # the method names the run, not the model
+        "peft": "sg-adapter", "head": "cosine", "head_feature": "pre-proj", "head_init": "text",  # the method names the run, not the model
         "bottleneck": 2, "adapter_blocks": 2, "guidance_tokens": 4, "guidance_topk": None, "guidance_gate": None,
         "num_classes": 10, "trainable_params": 2054,
     }

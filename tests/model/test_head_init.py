@@ -50,7 +50,7 @@ def test_head_logits_hand_values() -> None:
 
 @pytest.mark.parametrize("head", ["linear", "l2"])
 def test_raw_feature_heads_read_the_unnormalised_feature(tiny_clip, class_embeddings, images, head) -> None:
-    classifier = build_classifier(tiny_clip, class_embeddings, model_config("linear", head=head))
+    classifier = build_classifier(tiny_clip, class_embeddings, model_config("linear", head=head, head_feature="projected"))
     with torch.no_grad():
         raw = classifier.encode_raw(images)
         expected = raw @ (class_embeddings.t() if head == "linear" else F.normalize(class_embeddings, dim=-1).t())

@@ -121,7 +121,7 @@ def test_routing_to_every_token_equals_unrouted_guidance(tiny_clip, class_embedd
     plain.load_trainable_state_dict(routed.trainable_state_dict())  # the same weights
     with torch.no_grad():
         torch.testing.assert_close(routed(images), plain(images), rtol=0, atol=1e-5)
-        assert (plain(images) - plain.head(F.normalize(plain.run_tower(images), dim=-1))).abs().max() == 0
+        assert (plain(images) - plain.head(F.normalize(plain.encode_head_input(images), dim=-1))).abs().max() == 0
 
 
 def test_a_token_outside_every_route_does_not_change_the_output(tiny_clip, class_embeddings, images) -> None:

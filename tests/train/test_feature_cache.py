@@ -40,12 +40,13 @@ def test_cached_features_give_the_uncached_logits(synthetic_prepared: Path, synt
     batch = next(iter(build_loader(dataset, len(dataset), 0, CPU)))
     with torch.no_grad():
         expected = classifier(batch.images)  # [8, 4] through the frozen tower
-    inputs = compute_key_inputs(clip.record, data, CPU)
-    features, from_disk = load_or_compute_features(tmp_path, inputs, "val", classifier.visual, dataset,
+    inputs = compute_key_inputs(clip.record, data, CPU, "pre-proj")  # linear's head reads LIFT's feature
+    assert inputs["head_feature"] == "pre-proj" and "head_feature" not in compute_key_inputs(clip.record, data, CPU)
+    features, from_disk = load_or_compute_features(tmp_path, inputs, "val", classifier.encode_head_input, dataset,
                                                    rows["sample_id"].to_numpy(), CPU, 4, 0)
     assert not from_disk and features.features.shape == (8, clip.record["embedding_dim"])
     assert features.sample_ids.tolist() == rows["sample_id"].tolist()
-    again, from_disk = load_or_compute_features(tmp_path, inputs, "val", classifier.visual, dataset,
+    again, from_disk = load_or_compute_features(tmp_path, inputs, "val", classifier.encode_head_input, dataset,
                                                 rows["sample_id"].to_numpy(), CPU, 4, 0)
     assert from_disk and torch.equal(again.features, features.features)
     with torch.no_grad():
@@ -88,6 +89,10 @@ def test_feature_cache_keys_apart_other_datasets_and_refuses_a_tampered_record(
     assert feature_dir(tmp_path, inputs) != feature_dir(tmp_path, {**inputs, "precision": "bf16-autocast"})
     shifted = {**inputs, "preprocessing": {**inputs["preprocessing"], "interpolation": "bilinear"}}
     assert feature_dir(tmp_path, inputs) != feature_dir(tmp_path, shifted)
+    lift_resize = compute_key_inputs({**record, "eval_resize": "lift"}, data, CPU)
+    assert lift_resize["preprocessing"]["eval_resize"] == "lift" and "eval_resize" not in inputs["preprocessing"]
+    assert feature_dir(tmp_path, inputs) != feature_dir(tmp_path, lift_resize)
+    assert feature_dir(tmp_path, inputs) != feature_dir(tmp_path, compute_key_inputs(record, data, CPU, "pre-proj"))
 
 
 def test_cached_features_of_other_samples_are_refused(synthetic_prepared: Path, synthetic_text_cache: Path,

@@ -83,11 +83,15 @@ def test_feature_head_init_uses_the_frozen_features_of_the_training_split(synthe
     vectors = compute_initial_head(config, frozen, 4)
     train = ManifestDataset(inputs.data.split("train"), inputs.data.image_root, clip.preprocess_eval)
     images = torch.stack([train[i][0] for i in range(len(train))])  # [45, 3, 32, 32]
-    with torch.no_grad():
-        features = F.normalize(clip.model.encode_image(images), dim=-1)
+    visual = clip.model.visual
+    with torch.no_grad():  # lora's head reads the class token after ln_post, before proj (LIFT's)
+        features = F.normalize(visual.ln_post(visual.transformer(visual._embeds(images)))[:, 0], dim=-1)
     labels = torch.tensor(train.labels)
     expected = F.normalize(torch.stack([features[labels == c].mean(0) for c in range(4)]), dim=-1)
     torch.testing.assert_close(vectors, expected, rtol=0, atol=1e-5)
+    with torch.no_grad():  # the joint-space features of the same pass: h @ proj
+        joint = F.normalize(clip.model.encode_image(images), dim=-1)
+    torch.testing.assert_close(frozen.features, joint, rtol=0, atol=1e-5)
     text = build_train_config({"prepared": synthetic_prepared, "text_cache": synthetic_text_cache, "out": "o",
                                "method": "lora"})
     assert compute_frozen_train_features(text, inputs, clip, torch.device("cpu")) is None
@@ -112,7 +116,8 @@ def test_zero_shot_compensation_is_fitted_on_the_frozen_training_features_and_re
                                  "method": "sage-zs", "num_workers": 0, "batch_size": 8})
     inputs = resolve_inputs(config)
     clip = build_backbone(inputs.model, inputs.pretrained, "cpu")
-    features, labels = compute_frozen_train_features(config, inputs, clip, torch.device("cpu"))
+    frozen = compute_frozen_train_features(config, inputs, clip, torch.device("cpu"))
+    features, labels = frozen.features, frozen.labels  # CLIP's joint space, where the class texts are
     expected = compute_zero_shot_prior(features, labels, inputs.cache.class_embeddings, 25.0)
     assert estimate["zero_shot_prior"] == pytest.approx(expected.tolist(), abs=1e-5)
     log_q = expected.log()

@@ -37,13 +37,15 @@ def test_every_method_round_trips_flat_and_nested(method: str) -> None:
     assert build_config(TrainConfig, json.loads(json.dumps(config.to_dict()))) == config
     assert resolve(method, {k: v for k, v in config.flat().items() if k != "method"}) == config
     assert config.method == method
-    assert "options" not in identity_of(config)  # every option of today is in schema 1's layout: fingerprints kept
+    # every option is in schema 1's layout (fingerprints kept) but LIFT's head feature, which trained methods changed
+    expected = {"head_feature": "pre-proj"} if METHODS[method].trainable else {}
+    assert identity_of(config).get("options", {}) == expected
 
 
 def test_flat_keys_are_unique_and_are_the_flags() -> None:
     leaves = flat_fields()
-    # data 11, model 2, peft 5, guidance 5, head 5, loss 15, optim 10, run 13; --guidance and --method beside them
-    assert len(leaves) == 66
+    # data 13, model 2, peft 5, guidance 5, head 6, loss 15, optim 11, run 13; --guidance and --method beside them
+    assert len(leaves) == 70
     assert {"guidance_topk", "attn_heads", "head", "logit_scale", "blocks", "lam", "out"} <= set(leaves)
     assert leaves["guidance_topk"].path == ("model", "peft", "guidance", "topk")
 
@@ -78,7 +80,8 @@ def test_print_config_shows_the_resolved_config_and_trains_nothing(tmp_path: Pat
                                      "lr": 0.1})
     assert printed == expected.to_dict()
     assert printed["optim"] == {"epochs": 8, "lr": 0.1, "optimizer": "sgd", "momentum": 0.9, "weight_decay": 0.0005,
-                                "beta1": 0.9, "beta2": 0.999, "eps": 1e-08, "warmup_epochs": 1.0, "warmup_steps": None}
+                                "beta1": 0.9, "beta2": 0.999, "eps": 1e-08, "warmup_epochs": 1.0, "warmup_steps": None,
+                                "lr_schedule": "cosine-step"}
     assert printed["model"]["peft"]["guidance"]["gate"] == 25.0 and not out.exists()
 
 
@@ -133,7 +136,7 @@ def test_the_help_lists_every_flag_once_with_the_method_defaults() -> None:
 
 
 V1_OPTIONS = {"method": "sage", "epochs": 2, "batch_size": 4, "num_workers": 0, "augment": False, "device": "cpu",
-              "lr": 0.05, "bottleneck": 2}
+              "lr": 0.05, "bottleneck": 2, "head_feature": "projected"}  # the head runs had before LIFT's
 
 
 @pytest.fixture
