@@ -76,6 +76,9 @@ ADAPTER_ROLES = {"ln.weight": "norm.weight", "ln.bias": "norm.bias", "down_proj.
                  "down_proj.bias": "down.bias", "up_proj.weight": "up.weight", "up_proj.bias": "up.bias",
                  "scale": "alpha"}
 RANDOM_INIT_ROLES = ("down_proj.weight",)
+# LIFT's options beyond its configs per benchmark (scripts/run_tab1to4_main_results.sh: `adaptformer True`
+# for all, `num_epochs 20` for iNaturalist 2018), by the name of our preset.
+LIFT_SCRIPT_OPTIONS = {"inat2018": {"num_epochs": 20}}
 # Our --loss for each of LIFT's loss_type compared (LIFT's BS is not: its build_criterion has
 # ``self.criterion == BalancedSoftmaxLoss(...)``, a comparison, so BS trains with no criterion set).
 LOSSES = {"LA": "la", "CE": "ce", "CB": "cb", "GRW": "grw"}
@@ -329,8 +332,9 @@ def import_lift(root: Path) -> types.SimpleNamespace:
     return types.SimpleNamespace(**{name.replace(".", "_"): module for name, module in modules.items()})
 
 
-def lift_config(lift: types.SimpleNamespace, root: Path, dataset: str) -> _CfgNode:
-    """LIFT's config for ``python main.py -d <data> -m clip_vit_b16 adaptformer True`` at fp32 and our size."""
+def lift_config(lift: types.SimpleNamespace, root: Path, dataset: str, preset: str) -> _CfgNode:
+    """LIFT's config for ``python main.py -d <data> -m clip_vit_b16 adaptformer True [...]`` (the
+    options its script gives the benchmark of ``preset``) at fp32 and our size."""
     import yaml
 
     cfg = _CfgNode(lift.utils_config._C)
@@ -341,6 +345,7 @@ def lift_config(lift: types.SimpleNamespace, root: Path, dataset: str) -> _CfgNo
     cfg.update({key: _decode_yacs(value) for key, value in model_cfg.items()})
     cfg.update(dataset=dataset, root="", adaptformer=True, prec="fp32", gpu=None, num_workers=0,
                resolution=TINY_CONFIG["vision_cfg"]["image_size"])
+    cfg.update(LIFT_SCRIPT_OPTIONS.get(preset, {}))
     return cfg
 
 
@@ -354,7 +359,7 @@ def _decode_yacs(value: Any) -> Any:
     return value
 
 
-def build_lift(lift: types.SimpleNamespace, root: Path, state: dict[str, Any], images: Path,
+def build_lift(lift: types.SimpleNamespace, root: Path, preset: str, state: dict[str, Any], images: Path,
                listing: dict[str, list[tuple[str, int]]], work: Path) -> Any:
     """LIFT's Trainer for our PNGs and state dict, built by its own ``build_data_loader`` / ``build_model``."""
     import torch
@@ -375,7 +380,7 @@ def build_lift(lift: types.SimpleNamespace, root: Path, state: dict[str, Any], i
     lift.datasets.ParityImages = ParityImages
     lift.trainer.load_clip_to_cpu = lambda backbone, prec: _lift_clip(lift, state, prec)
     trainer = lift.trainer.Trainer.__new__(lift.trainer.Trainer)
-    trainer.cfg = lift_config(lift, root, "ParityImages")
+    trainer.cfg = lift_config(lift, root, "ParityImages", preset)
     trainer.device = torch.device("cpu")
     with contextlib.redirect_stdout(sys.stderr):
         trainer.build_data_loader()
@@ -606,7 +611,7 @@ def run(args: argparse.Namespace) -> int:
         listing = write_images(images, args.seed)
         state = make_state_dict(args.seed)
         with quiet():
-            lt = build_lift(lift, args.lift_repo, state, images, listing, work)
+            lt = build_lift(lift, args.lift_repo, args.preset, state, images, listing, work)
             ours, config, our_eval = build_ours(args.preset, args.templates, state, images, work)
         rows = [compare_transforms(lt, our_eval, images, listing["val"])]
         init_rows, copied = compare_init(lt, ours.task.classifier)
