@@ -90,7 +90,7 @@ def test_arguments_read_as_their_names() -> None:
     ("train", "--log", "<tensorboard|wandb|csv>"),
     ("train", "--head", "<cosine|linear|l2>"),
     ("train", "--device", "<auto|cpu|cuda[:N]>"),
-    ("prepare", "--domain", "<fine|moderate|hard>"),
+    ("prepare", "--domain", "<fine|moderate|hard|v3>"),
     ("report", "--split", "<test|val>"),
     ("pretrain-toy", "--world", "<clean|open>"),
 ])
@@ -162,7 +162,7 @@ def test_a_new_command_gets_the_same_help() -> None:
 @pytest.mark.parametrize(("args", "message"), [
     (["train", "-p", "p", "-t", "t", "-o", "o", "--method", "lfit"], "--method must be one of linear, lift, "),
     (["train", "-p", "p", "-t", "t", "-o", "o", "--loss", "focl"], "--loss must be one of ce, la, "),
-    (["prepare", "shapes-lt", "-o", "o", "--domain", "fien"], "--domain must be one of fine, moderate, hard; "),
+    (["prepare", "shapes-lt", "-o", "o", "--domain", "fien"], "--domain must be one of fine, moderate, hard, v3; "),
     (["report", "-o", "o", "--tte-mode", "fivecrop"], "--tte-mode must be one of five-crop, ten-crop, flip; "),
     (["export", "r", "-o", "o", "--format", "onxx"], "--format must be one of torchscript, onnx, open_clip; "),
     (["report", "-o", "o", "--device", "cdua"], "--device must be one of auto, cpu, cuda, cuda:N; "),
