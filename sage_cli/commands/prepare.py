@@ -15,7 +15,7 @@ from rich.table import Table
 from sage_cli.commands._common import handle_errors
 from sage_cli.console import console, escape, print_result
 
-Domain = Literal["fine", "moderate", "hard"]  # sage_cli.world.shapes_lt.SHAPES_LT_DOMAINS (a test checks them)
+Domain = Literal["fine", "moderate", "hard", "v3"]  # sage_cli.world.shapes_lt.SHAPES_LT_DOMAINS (a test checks them)
 
 
 @handle_errors
@@ -27,10 +27,10 @@ def command(
     classnames: Path | None = typer.Option(None, "--classnames", help="Class names: '<wnid> <name>' or one name per line, in label order."),
     verify: Literal["exists", "decode"] = typer.Option("exists", "--verify", help="exists: every listed image is a file; decode: also decode each."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Drop missing/undecodable images (listed in OUT/dropped.csv) instead of failing."),
-    imbalance_ratio: float | None = typer.Option(None, "--imbalance-ratio", help="Largest / smallest class count (cifar100-lt, shapes-lt: 100; any value > 1; shapes-lt also 1: balanced)."),
-    max_count: int | None = typer.Option(None, "--max-count", help="shapes-lt: training images of the most frequent class (default 300)."),
+    imbalance_ratio: float | None = typer.Option(None, "--imbalance-ratio", help="Largest / smallest class count (cifar100-lt, shapes-lt: 100, shapes-lt --domain v3: 50; any value > 1; shapes-lt also 1: balanced)."),
+    max_count: int | None = typer.Option(None, "--max-count", help="shapes-lt: training images of the most frequent class (default 300; --domain v3: 200)."),
     variant: int = typer.Option(0, "--variant", help="shapes-lt: world variant, the seed of which classes are frequent (apart from --seed)."),
-    domain: Domain | None = typer.Option(None, "--domain", help="shapes-lt: fine (world v2: mild textures, class shades), moderate (world v2, stronger textures) or hard (world v1's shifted domain). Default: fine."),
+    domain: Domain | None = typer.Option(None, "--domain", help="shapes-lt: v3 (world v3: looks per class, ImageNet-LT group sizes; an option, docs/world.md), fine (world v2: mild textures, class shades), moderate (world v2, stronger textures) or hard (world v1's shifted domain). Default: fine."),
     groups_from: Literal["ir100", "own"] | None = typer.Option(None, "--groups-from", help="cifar100-lt groups: ir100 (default, LIFT's 35/35/30) or own (this ratio's counts).", show_default=False),
     label_order: Literal["species", "category-id"] | None = typer.Option(None, "--label-order", help="inat2018 labels: species (default, LIFT's: the index of the species name in the sorted names) or category-id (the ids as written).", show_default=False),
     many_threshold: int = typer.Option(100, "--many-threshold", help="many: more training images than this."),

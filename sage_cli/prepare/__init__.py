@@ -67,9 +67,9 @@ class PrepareConfig:
     groups_from: str | None = None  # cifar100-lt: "ir100" (default) or "own"
     label_order: str | None = None  # inat2018: "species" (default, LIFT's) or "category-id"
     workers: int | None = None  # threads for image checks and PNG writes (None: automatic)
-    max_count: int | None = None  # shapes-lt: training images of the most frequent class (None: 300)
+    max_count: int | None = None  # shapes-lt: training images of the most frequent class (None: 300; v3: 200)
     variant: int = 0  # shapes-lt: world variant, the seed of the class order (apart from --seed)
-    domain: str | None = None  # shapes-lt: fine or moderate (world v2) or hard (world v1); None: DEFAULT_DOMAIN
+    domain: str | None = None  # shapes-lt: v3, fine or moderate (world v2) or hard (world v1); None: DEFAULT_DOMAIN
     allow_outside_root: bool = False  # accept listed paths that resolve outside the root
     split: SplitSpec = SplitSpec()  # folder/csv without splits: val/test per class (.stratify)
 
@@ -380,10 +380,12 @@ _SHAPES_LT_V1 = {"max_count": 300, "variant": 0, "domain": "hard"}
 
 def _shapes_lt_options(config: PrepareConfig) -> dict[str, Any]:
     """Shapes-LT's world options with their defaults filled in (the domain, counts and class order)."""
-    from sage_cli.world.shapes_lt import DEFAULT_DOMAIN
+    from sage_cli.world.shapes_lt import COUNT_DEFAULTS, DEFAULT_DOMAIN, DOMAIN_COUNT_DEFAULTS
 
-    return {"imbalance_ratio": config.imbalance_ratio or 100.0, "max_count": config.max_count or 300,
-            "variant": config.variant, "domain": config.domain or DEFAULT_DOMAIN}
+    domain = config.domain or DEFAULT_DOMAIN
+    ratio, max_count = DOMAIN_COUNT_DEFAULTS.get(domain, COUNT_DEFAULTS)
+    return {"imbalance_ratio": config.imbalance_ratio or ratio, "max_count": config.max_count or max_count,
+            "variant": config.variant, "domain": domain}
 
 
 def _generate(config: PrepareConfig) -> SourceData:

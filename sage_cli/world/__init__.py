@@ -26,12 +26,15 @@ TOY_WEIGHTS_V2: Path = _ASSETS / "sage_toy_v2.safetensors"
 TOY_WEIGHTS: Path = TOY_WEIGHTS_V2
 # Attribute sentences for every class of the world: `sage encode-text --descriptions <this path>`.
 SHAPES_DESCRIPTIONS: Path = _ASSETS / "shapes_descriptions.json"
+# World v3's (`--domain v3`, variant 0): one sentence per look of each class, naming its size and background.
+SHAPES_DESCRIPTIONS_V3: Path = _ASSETS / "shapes_descriptions_v3.json"
 
 __all__ = [
     "CLEAN",
     "DOMAINS",
     "NUM_CLASSES",
     "SHAPES_DESCRIPTIONS",
+    "SHAPES_DESCRIPTIONS_V3",
     "SHIFTED",
     "TOY_MODEL",
     "TOY_WEIGHTS",

@@ -111,8 +111,15 @@ def compute_class_descriptions(names: Sequence[str]) -> dict[str, list[str]]:
     return descriptions
 
 
-def save_class_descriptions(path: Path, names: Sequence[str]) -> Path:
-    """Write the descriptions of ``names`` as JSON ``{class name: [sentences]}`` (atomically)."""
-    text = json.dumps(compute_class_descriptions(names), indent=2) + "\n"
-    write_bytes_atomic(Path(path), text.encode("utf-8"))
+def compute_look_descriptions(names: Sequence[str], looks: Sequence[Sequence[str]]) -> dict[str, list[str]]:
+    """World v3's descriptions: one sentence per look of each class (``looks[i]``, e.g. ``"small red star on a
+    striped background"``), in the words of the pretraining captions' size and background phrases."""
+    return {name: [f"a {look}." for look in class_looks] for name, class_looks in zip(names, looks)}
+
+
+def save_class_descriptions(path: Path, names: Sequence[str], looks: Sequence[Sequence[str]] | None = None) -> Path:
+    """Write the descriptions of ``names`` as JSON ``{class name: [sentences]}`` (atomically); with ``looks``,
+    world v3's (:func:`compute_look_descriptions`)."""
+    described = compute_class_descriptions(names) if looks is None else compute_look_descriptions(names, looks)
+    write_bytes_atomic(Path(path), (json.dumps(described, indent=2) + "\n").encode("utf-8"))
     return Path(path)

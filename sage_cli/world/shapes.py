@@ -55,6 +55,10 @@ _COLOUR_JITTER = 0.05  # std of per-object RGB jitter
 _RADIUS_RANGE = (0.30, 0.65)  # circumradius, in units of half the image side
 _BACKGROUND_KINDS = ("plain", "gradient", "stripes", "checkers")
 _CLASS_SHIFT_SEED = 15015  # the stream of class_colour_offsets, apart from every image seed
+_MODE_SEED = 22022  # the stream of class_modes (world v3), apart from every image seed
+_FAMILY_SEED = 22023  # the stream of the colour families' shared offsets (world v3)
+# World v3's appearance modes: a mode is a (size, background) look; sizes as radius ranges, named as in captions.
+MODE_SIZES: dict[str, tuple[float, float]] = {"small": (0.30, 0.40), "large": (0.55, 0.65)}
 
 
 @dataclass(frozen=True)
@@ -75,11 +79,15 @@ class Domain:
     cast_colour: tuple[float, float, float] = (1.0, 1.0, 1.0)
     cast_strength: float = 0.0
     noise_std: float = 0.04  # per-pixel Gaussian noise, in [0, 1] intensity units
+    colour_jitter: float = _COLOUR_JITTER  # std of each object's RGB jitter
     backgrounds: tuple[str, ...] = ()
     contrast_range: tuple[float, float] = (0.0, 0.0)
     captions: str = "names"
     class_shift: float = 0.0  # norm of each class's fixed RGB offset (see class_colour_offsets)
-    class_shift_seed: int = 0
+    class_shift_seed: int = 0  # seeds the class offsets, and in world v3 the modes and family offsets
+    modes: int = 0  # world v3: appearance modes per class (0: none; see class_modes)
+    mode_shift: float = 0.0  # world v3: norm of each (class, mode)'s own RGB offset
+    family_shift: float = 0.0  # world v3: norm of the RGB offset shared by all classes of one colour
 
     def __post_init__(self) -> None:
         unknown = set(self.textures) - {"stripes", "checkers"}
@@ -90,8 +98,10 @@ class Domain:
             raise ValueError(f"domain {self.name!r}: captions must be names or open")
         if not 0.0 <= self.cast_strength <= 1.0:
             raise ValueError(f"domain {self.name!r}: cast_strength must be in [0, 1]")
-        if self.class_shift < 0.0:
-            raise ValueError(f"domain {self.name!r}: class_shift must be >= 0")
+        if min(self.class_shift, self.mode_shift, self.family_shift) < 0.0:
+            raise ValueError(f"domain {self.name!r}: class_shift, mode_shift and family_shift must be >= 0")
+        if self.modes and (not self.backgrounds or self.modes > len(MODE_SIZES) * len(self.backgrounds)):
+            raise ValueError(f"domain {self.name!r}: modes need backgrounds, at most {len(MODE_SIZES)} x their number")
 
 
 def class_colour_offsets(domain: Domain) -> np.ndarray:
@@ -105,6 +115,52 @@ def class_colour_offsets(domain: Domain) -> np.ndarray:
         return np.zeros((NUM_CLASSES, 3), dtype=np.float64)
     direction = np.random.default_rng([_CLASS_SHIFT_SEED, domain.class_shift_seed]).normal(size=(NUM_CLASSES, 3))
     return domain.class_shift * direction / np.linalg.norm(direction, axis=1, keepdims=True)
+
+
+@dataclass(frozen=True)
+class ClassModes:
+    """World v3's appearance modes of every class: ``size`` and ``background`` ``[C, M]`` (indices into
+    :data:`MODE_SIZES` and ``domain.backgrounds``) and ``offset`` ``[C, M, 3]``, each mode's RGB offset
+    (the class's colour family's shared offset + the class's own + the mode's own)."""
+
+    size: np.ndarray
+    background: np.ndarray
+    offset: np.ndarray
+
+
+def class_modes(domain: Domain) -> ClassModes:
+    """The ``domain.modes`` looks of each world class (seeded by ``domain.class_shift_seed``).
+
+    Each class draws ``modes`` distinct (size, background) pairs: a few images of a class show some
+    of its looks, not all, and its descriptions name them (:func:`~sage_cli.world.attributes.compute_v3_descriptions`).
+    Each mode also has a shade of its own (norm ``mode_shift``) that no text names, on top of the
+    class's (``class_shift``, :func:`class_colour_offsets`) and its colour family's (``family_shift``).
+    """
+    looks = len(MODE_SIZES) * len(domain.backgrounds)
+    rng = np.random.default_rng([_MODE_SEED, domain.class_shift_seed])
+    pick = np.stack([rng.permutation(looks)[: domain.modes] for _ in range(NUM_CLASSES)])  # [C, M]
+    offset = _random_offsets(rng, (NUM_CLASSES, domain.modes), domain.mode_shift)  # [C, M, 3]
+    family = _random_offsets(np.random.default_rng([_FAMILY_SEED, domain.class_shift_seed]), (len(COLOURS),),
+                             domain.family_shift)  # [colours, 3]
+    colour_idx, _ = split_class_id(np.arange(NUM_CLASSES))
+    offset = offset + (family[colour_idx] + class_colour_offsets(domain))[:, None, :]
+    return ClassModes(size=pick // len(domain.backgrounds), background=pick % len(domain.backgrounds), offset=offset)
+
+
+_BACKGROUND_WORDS = {"gradient": "gradient", "stripes": "striped", "checkers": "checkered"}
+
+
+def describe_looks(domain: Domain) -> list[list[str]]:
+    """Each world class's looks in words, ``"<size> <name> on a <background> background"`` (world v3)."""
+    modes, sizes, names = class_modes(domain), list(MODE_SIZES), class_names()
+    return [[f"{sizes[modes.size[c, m]]} {names[c]} on a {_BACKGROUND_WORDS[domain.backgrounds[modes.background[c, m]]]}"
+             " background" for m in range(domain.modes)] for c in range(NUM_CLASSES)]
+
+
+def _random_offsets(rng: np.random.Generator, shape: tuple[int, ...], norm: float) -> np.ndarray:
+    """Offsets ``[*shape, 3]`` of the given norm in uniformly random directions (always drawn, so streams stay put)."""
+    direction = rng.normal(size=(*shape, 3))
+    return norm * direction / np.linalg.norm(direction, axis=-1, keepdims=True)
 
 
 CLEAN = Domain("clean")
@@ -128,9 +184,15 @@ FINE = Domain("fine", textures=("stripes", "checkers"), texture_contrast=0.2, ca
               class_shift=0.3)
 MILD_TEXTURE_ONLY = Domain("mild-texture-only", textures=FINE.textures, texture_contrast=FINE.texture_contrast)
 SHADES_ONLY = Domain("shades-only", class_shift=FINE.class_shift)
+# World v3's downstream domain (docs/world.md): each class shows itself in a few looks (size x background, the
+# open world's mild contrasts) that its descriptions name and its name does not, each look with a shade of its
+# own; a shade shared by each colour family and one per class; colour jitter 0.08; the amber cast. Trial B of
+# benchmarks/world/TRIALS-v3.md (criteria not all met: docs/world.md). See class_modes.
+V3 = Domain("v3", backgrounds=("gradient", "stripes", "checkers"), contrast_range=(0.1, 0.3), cast_colour=_AMBER,
+            cast_strength=0.2, modes=3, mode_shift=0.15, family_shift=0.05, class_shift=0.1, colour_jitter=0.08)
 # Order matters: an evaluation stream is seeded by the domain's index here (append, never reorder).
 DOMAINS: dict[str, Domain] = {d.name: d for d in (CLEAN, SHIFTED, OPEN, MODERATE, CAST_ONLY, TEXTURE_ONLY, FINE,
-                                                  MILD_TEXTURE_ONLY, SHADES_ONLY)}
+                                                  MILD_TEXTURE_ONLY, SHADES_ONLY, V3)}
 
 
 @dataclass(frozen=True)
@@ -172,14 +234,21 @@ def generate(
         raise ValueError(f"labels must be a 1-d array of class ids in [0, {NUM_CLASSES})")
     n = labels.size
     colour_idx, shape_idx = split_class_id(labels)
-    radius = rng.uniform(*_RADIUS_RANGE, size=n)
+    if domain.modes:  # world v3: each image one of its class's looks
+        modes, mode = class_modes(domain), rng.integers(0, domain.modes, size=n)
+        size_range = np.asarray(list(MODE_SIZES.values()))[modes.size[labels, mode]]  # [N, 2]
+        radius = size_range[:, 0] + (size_range[:, 1] - size_range[:, 0]) * rng.uniform(size=n)
+        offset, kinds = modes.offset[labels, mode], modes.background[labels, mode]
+    else:
+        radius = rng.uniform(*_RADIUS_RANGE, size=n)
+        offset, kinds = class_colour_offsets(domain)[labels], None
     centre = rng.uniform(-1.0, 1.0, size=(n, 2)) * (0.95 - radius)[:, None]  # keep the shape inside
     angle = rng.uniform(0.0, 2.0 * np.pi, size=n)
     rgb = np.asarray([COLOURS[c] for c in COLOUR_NAMES])[colour_idx]
-    rgb = rgb + class_colour_offsets(domain)[labels]
-    rgb = np.clip(rgb + rng.normal(0.0, _COLOUR_JITTER, size=(n, 3)), 0.0, 1.0)
+    rgb = rgb + offset
+    rgb = np.clip(rgb + rng.normal(0.0, domain.colour_jitter, size=(n, 3)), 0.0, 1.0)
 
-    background, bg_words = _render_backgrounds(n, image_size, domain, rng)  # [N, S, S, 3]
+    background, bg_words = _render_backgrounds(n, image_size, domain, rng, kinds)  # [N, S, S, 3]
     mask = _render_masks(shape_idx, centre, radius, angle, _pixel_grid(image_size * _SUPERSAMPLE))
     coverage = _downsample(mask[..., None])  # [N, S, S, 1], anti-aliased edges
     image = background * (1.0 - coverage) + rgb[:, None, None, :].astype(np.float32) * coverage
@@ -299,11 +368,13 @@ def _render_masks(
 
 
 def _render_backgrounds(
-    n: int, image_size: int, domain: Domain, rng: np.random.Generator
+    n: int, image_size: int, domain: Domain, rng: np.random.Generator, kinds: np.ndarray | None = None
 ) -> tuple[np.ndarray, list[str]]:
-    """Backgrounds ``[N, S, S, 3]`` (float32, about [0, 1]) and a caption word for each."""
+    """Backgrounds ``[N, S, S, 3]`` (float32, about [0, 1]) and a caption word for each.
+
+    ``kinds`` ``[N]`` (indices into ``domain.backgrounds``) fixes each image's kind (world v3's modes)."""
     if domain.backgrounds:
-        hi, words = _open_backgrounds(n, _pixel_grid(image_size * _SUPERSAMPLE), domain, rng)
+        hi, words = _open_backgrounds(n, _pixel_grid(image_size * _SUPERSAMPLE), domain, rng, kinds)
         return _downsample(hi), words
     if not domain.textures:
         return _plain_backgrounds(n, _pixel_grid(image_size), rng)
@@ -322,9 +393,11 @@ def _plain_backgrounds(n: int, coords: tuple, rng: np.random.Generator) -> tuple
     return background, words
 
 
-def _open_backgrounds(n: int, coords: tuple, domain: Domain, rng: np.random.Generator) -> tuple[np.ndarray, list[str]]:
-    """World v2 backgrounds: each image one kind of ``domain.backgrounds``, textures at a drawn contrast."""
-    kind = rng.integers(0, len(domain.backgrounds), size=n)
+def _open_backgrounds(n: int, coords: tuple, domain: Domain, rng: np.random.Generator,
+                      kinds: np.ndarray | None = None) -> tuple[np.ndarray, list[str]]:
+    """World v2 backgrounds: each image one kind of ``domain.backgrounds`` (drawn, or ``kinds``), textures at a
+    drawn contrast."""
+    kind = rng.integers(0, len(domain.backgrounds), size=n) if kinds is None else kinds
     contrast = rng.uniform(*domain.contrast_range, size=n)
     background = np.empty((n, *coords[0].shape, 3), dtype=np.float32)
     words = [""] * n

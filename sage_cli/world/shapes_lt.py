@@ -8,6 +8,8 @@ ratio 1 is balanced); val and test are balanced. Downstream class order is a Lat
 shapes and colours, so every stretch of the tail mixes all shapes and many colours (head and tail
 are not one shape, and every rare class shares its shape and its colour with common ones). The
 ``variant`` seeds that Latin square (which shape / colour leads it), apart from the image seed.
+World v3 (``--domain v3``, :data:`~sage_cli.world.shapes.V3`) keeps ImageNet-LT's group sizes instead
+(:func:`compute_group_counts`: 31 / 38 / 11 classes many / medium / few, 200 down to 4 images).
 Domains: ``fine`` (world v2, :data:`~sage_cli.world.shapes.FINE`: its per-class shades are seeded
 by the ``variant`` too), ``moderate`` (world v2, :data:`~sage_cli.world.shapes.MODERATE`) and
 ``hard`` (world v1's ``SHIFTED``).
@@ -24,13 +26,18 @@ import pandas as pd
 from PIL import Image
 
 from sage_cli.errors import SageError
-from sage_cli.world.shapes import COLOUR_NAMES, FINE, MODERATE, SHAPES, SHIFTED, Domain, class_names, generate
+from sage_cli.world.shapes import COLOUR_NAMES, FINE, MODERATE, SHAPES, SHIFTED, V3, Domain, class_names, generate
 
 IMAGE_DIR = "images"
 _SPLIT_STREAMS = {"train": 0, "val": 1, "test": 2}
 _ORDER_SEED = 20240607  # fixes which shape / colour leads the Latin square (variant 0); never tied to --seed
-SHAPES_LT_DOMAINS: dict[str, Domain] = {"fine": FINE, "moderate": MODERATE, "hard": SHIFTED}
+SHAPES_LT_DOMAINS: dict[str, Domain] = {"fine": FINE, "moderate": MODERATE, "hard": SHIFTED, "v3": V3}
 DEFAULT_DOMAIN = "fine"  # world v2, whose instrument card shows its criteria met (docs/world.md); v1: "hard"
+# Each domain's train counts: the exponential profile (v1, v2) or ImageNet-LT's group sizes (v3), and defaults.
+GROUP_PROFILE_DOMAINS = frozenset({"v3"})
+DOMAIN_COUNT_DEFAULTS: dict[str, tuple[float, int]] = {"v3": (50.0, 200)}  # (imbalance ratio, max count)
+COUNT_DEFAULTS = (100.0, 300)
+IMAGENET_LT_GROUPS = (385, 479, 136)  # ImageNet-LT's classes many / medium / few (of 1,000)
 _CHUNK = 512  # images rendered per call; part of the definition of the stream, do not change
 
 
@@ -61,6 +68,29 @@ def compute_train_counts(num_classes: int, imbalance_ratio: float, max_count: in
         math.floor(max_count * imbalance_ratio ** (-i / max(1, num_classes - 1)) + 1e-9)
         for i in range(num_classes)
     ]
+
+
+def compute_group_counts(num_classes: int, imbalance_ratio: float, max_count: int, many: int = 100, few: int = 20,
+                         shares: tuple[int, int, int] = IMAGENET_LT_GROUPS) -> list[int]:
+    """Train counts whose many (> ``many``) / medium / few (< ``few``) groups hold ``shares`` of the classes.
+
+    The log-count falls linearly inside each group: many from ``max_count`` to ``many + 1``, medium
+    from ``many`` to ``few``, few from ``few - 1`` to ``max_count / imbalance_ratio`` (floored), so
+    with 80 classes ImageNet-LT's 38.5 / 47.9 / 13.6% become 31 / 38 / 11 classes. Ratio 1: balanced.
+    """
+    if imbalance_ratio == 1:
+        return [max_count] * num_classes
+    low = max_count / imbalance_ratio
+    if max_count <= many + 1 or low >= few:
+        raise SageError(f"--max-count {max_count} and --imbalance-ratio {imbalance_ratio:g} must span the groups: "
+                        f"the most frequent class above {many + 1} images, the rarest below {few}")
+    n_many, n_few = (round(num_classes * share / sum(shares)) for share in (shares[0], shares[2]))
+    counts = []
+    for high, end, size in ((max_count, many + 1, n_many), (many, few, num_classes - n_many - n_few),
+                            (few - 1, low, n_few)):
+        steps = np.linspace(math.log(high), math.log(end), size) if size > 1 else np.array([math.log(high)])
+        counts += [math.floor(math.exp(v) + 1e-9) for v in steps]
+    return counts
 
 
 def _validate(imbalance_ratio: float, max_count: int, val_per_class: int, test_per_class: int) -> None:
@@ -96,8 +126,8 @@ def _write_split(out_dir: Path, split: str, labels: np.ndarray, world_ids: np.nd
 def prepare_shapes_lt(
     out_dir: Path,
     *,
-    imbalance_ratio: float = 100.0,
-    max_count: int = 300,
+    imbalance_ratio: float | None = None,
+    max_count: int | None = None,
     val_per_class: int = 20,
     test_per_class: int = 50,
     seed: int = 0,
@@ -108,16 +138,21 @@ def prepare_shapes_lt(
 
     The manifest has ``sample_id`` (int64, 0.. in train, val, test order), ``path`` (relative to
     ``out_dir``), ``label`` (downstream class id, 0 = head) and ``split``. Same arguments -> the
-    same pixels.
+    same pixels. ``imbalance_ratio`` and ``max_count`` default to the domain's
+    (:data:`DOMAIN_COUNT_DEFAULTS`, else 100 and 300).
     """
-    _validate(imbalance_ratio, max_count, val_per_class, test_per_class)
     if domain not in SHAPES_LT_DOMAINS:
         raise SageError(f"--domain must be one of {', '.join(SHAPES_LT_DOMAINS)}, got {domain!r}")
+    default_ratio, default_max = DOMAIN_COUNT_DEFAULTS.get(domain, COUNT_DEFAULTS)
+    imbalance_ratio = default_ratio if imbalance_ratio is None else imbalance_ratio
+    max_count = default_max if max_count is None else max_count
+    _validate(imbalance_ratio, max_count, val_per_class, test_per_class)
     order = np.asarray(compute_class_order(variant), dtype=np.int64)
     world_domain = SHAPES_LT_DOMAINS[domain]
-    if world_domain.class_shift:  # another variant: other classes rare, and other class shades
+    if world_domain.class_shift:  # another variant: other classes rare, and other class shades (and v3's looks)
         world_domain = dataclasses.replace(world_domain, class_shift_seed=variant)
-    counts = compute_train_counts(len(order), imbalance_ratio, max_count)
+    profile = compute_group_counts if domain in GROUP_PROFILE_DOMAINS else compute_train_counts
+    counts = profile(len(order), imbalance_ratio, max_count)
     per_split = {
         "train": np.repeat(np.arange(len(order)), counts),
         "val": np.repeat(np.arange(len(order)), val_per_class),

@@ -35,10 +35,14 @@ def flat(text: str) -> str:
 
 
 def row(text: str, flag: str) -> str:
-    """The table row of ``flag``: its first line and its continuation lines, whitespace collapsed."""
+    """The table row of ``flag``: its first line and its continuation lines, whitespace collapsed.
+
+    A row starts in the option column (the flag within a few spaces of the panel's border): another option's
+    help may wrap so that one of its lines begins with ``flag``.
+    """
     lines = text.splitlines()
-    start = next(i for i, line in enumerate(lines) if re.search(rf"│\s+(\*\s+)?{re.escape(flag)}\s", line))
-    end = next((i for i in range(start + 1, len(lines)) if re.search(r"│\s+(\*\s+)?-", lines[i])
+    start = next(i for i, line in enumerate(lines) if re.search(rf"^│\s{{1,8}}(\*\s+)?{re.escape(flag)}\s", line))
+    end = next((i for i in range(start + 1, len(lines)) if re.search(r"^│\s{1,8}(\*\s+)?-", lines[i])
                 or "╰" in lines[i]), len(lines))
     return flat("\n".join(lines[start:end]))
 
@@ -90,7 +94,7 @@ def test_arguments_read_as_their_names() -> None:
     ("train", "--log", "<tensorboard|wandb|csv>"),
     ("train", "--head", "<cosine|linear|l2>"),
     ("train", "--device", "<auto|cpu|cuda[:N]>"),
-    ("prepare", "--domain", "<fine|moderate|hard>"),
+    ("prepare", "--domain", "<fine|moderate|hard|v3>"),
     ("report", "--split", "<test|val>"),
     ("pretrain-toy", "--world", "<clean|open>"),
 ])
@@ -162,7 +166,7 @@ def test_a_new_command_gets_the_same_help() -> None:
 @pytest.mark.parametrize(("args", "message"), [
     (["train", "-p", "p", "-t", "t", "-o", "o", "--method", "lfit"], "--method must be one of linear, lift, "),
     (["train", "-p", "p", "-t", "t", "-o", "o", "--loss", "focl"], "--loss must be one of ce, la, "),
-    (["prepare", "shapes-lt", "-o", "o", "--domain", "fien"], "--domain must be one of fine, moderate, hard; "),
+    (["prepare", "shapes-lt", "-o", "o", "--domain", "fien"], "--domain must be one of fine, moderate, hard, v3; "),
     (["report", "-o", "o", "--tte-mode", "fivecrop"], "--tte-mode must be one of five-crop, ten-crop, flip; "),
     (["export", "r", "-o", "o", "--format", "onxx"], "--format must be one of torchscript, onnx, open_clip; "),
     (["report", "-o", "o", "--device", "cdua"], "--device must be one of auto, cpu, cuda, cuda:N; "),
