@@ -262,10 +262,30 @@ def ignore_interrupts(worker_id: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
+MAX_DEFAULT_WORKERS = 16  # one worker decodes ~300 JPEGs/s: 16 feed ~4,800 img/s, past the GPU targets
+
+
+def cpus_per_local_rank() -> int:
+    """The CPUs this process may use, shared among the ranks of this node (torchrun's LOCAL_WORLD_SIZE)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    local_ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    return max(1, cpus // local_ranks)
+
+
+def resolve_num_workers(requested: int | None) -> int:
+    """DataLoader workers of this rank: ``requested`` capped at :func:`cpus_per_local_rank` (more only
+    thrash); None is the default, one CPU per local rank left to the main process (it launches the
+    GPU's work), at least 1, at most :data:`MAX_DEFAULT_WORKERS`."""
+    cpus = cpus_per_local_rank()
+    if requested is None:
+        return max(1, min(cpus - 1, MAX_DEFAULT_WORKERS))
+    return min(requested, cpus)
+
+
 def build_loader(
     dataset: Dataset,
     batch_size: int,
-    num_workers: int,
+    num_workers: int | None,
     device: torch.device,
     sampler: Sampler | Iterable[int] | None = None,
     batch_sampler: Sampler | None = None,
@@ -275,10 +295,10 @@ def build_loader(
     dataset's transform stops at uint8 pixels (:class:`~sage_cli.pixels.UInt8Transform`), the
     loader is wrapped in :class:`~sage_cli.pixels.DeviceBatches`: its images come normalised, on ``device``.
 
-    Workers are capped at the CPUs this process may use (more only thrash); the data a step sees
-    does not depend on their number.
+    ``num_workers`` goes through :func:`resolve_num_workers` (None: the default for the CPUs of
+    this rank); the data a step sees does not depend on their number.
     """
-    num_workers = min(num_workers, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    num_workers = resolve_num_workers(num_workers)
     batching: dict[str, Any] = ({"batch_sampler": batch_sampler} if batch_sampler is not None else
                                 {"batch_size": batch_size, "sampler": sampler, "shuffle": False, "drop_last": False})
     loader = DataLoader(

@@ -99,7 +99,7 @@ def compute_features(encode: Callable[[torch.Tensor], torch.Tensor], batches: It
 
 def load_or_compute_features(
     directory: Path, inputs: dict[str, Any], split: str, encode: Callable[[torch.Tensor], torch.Tensor], dataset: Dataset,
-    expected_ids: np.ndarray, device: torch.device, batch_size: int, num_workers: int,
+    expected_ids: np.ndarray, device: torch.device, batch_size: int, num_workers: int | None,
 ) -> tuple[FeatureSet, bool]:
     """(the features of ``split``, whether they were read from disk); computed and saved if absent.
 

@@ -297,7 +297,8 @@ class DataConfig:
                              low_message="must be a positive integer")
     micro_batch_size: int | None = option(None, help="Images per forward pass (gradient accumulation; it divides "
                                           "--batch-size).", panel=DATA, ge=1)
-    num_workers: int = option(4, help="DataLoader worker processes.", panel=DATA, ge=0)
+    num_workers: int | None = option(None, help="DataLoader worker processes per rank (default: the CPUs per local rank "
+                                     "less one, at most 16).", panel=DATA, ge=0)
     augment: bool = option(True, help="Random crop + flip in training.", panel=DATA)
     eval_resize: EvalResizeName = option("clip", help="Eval resize before the centre crop: lift (shorter side to "
                                          "size * 8 // 7, LIFT's test transform) or clip (to size, open_clip's).",

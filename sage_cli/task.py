@@ -4,7 +4,9 @@ In the spirit of open_clip's and timm's ``task/``: the :class:`ClassificationTas
 classifier and the loss; ``forward(batch)`` returns ``{"loss", "logits", "features", "samples"}``,
 feeding the loss the image features when it needs them (the semantic compensation's statistics),
 passing an empty micro-batch (every image unreadable) to the loss so its collective statistics
-still meet the other ranks', and running under the one autocast rule (:mod:`sage_cli.precision`).
+still meet the other ranks' (its loss a zero that reaches every trainable parameter, so that its
+backward meets the other ranks' gradient all-reduce under DDP), and running under the one autocast
+rule (:mod:`sage_cli.precision`).
 The trainable parameters and their state dict come from the classifier's one adapter protocol
 (:mod:`sage_cli.model.protocol`), so what trains is what is saved. The Trainer sees only this.
 """
@@ -35,18 +37,26 @@ class ClassificationTask(nn.Module):
     def forward(self, batch: Sequence[Any]) -> dict[str, Any]:
         """Loss and logits of one micro-batch ``(images [B, 3, H, W] or None, labels [B], ...)``.
 
-        ``loss`` is the batch mean (None for a batch without images); ``samples`` its size.
+        ``loss`` is the batch mean (for a batch without images, :meth:`empty_loss`); ``samples`` its size.
         """
         images, labels = batch[0], batch[1]
         if images is None:
             self.loss.observe_empty(self.feature_dim, self.device)
-            return {"loss": None, "logits": None, "features": None, "samples": 0}
+            return {"loss": self.empty_loss(), "logits": None, "features": None, "samples": 0}
         images = images.to(self.device, non_blocking=True)
         labels = labels.to(self.device, non_blocking=True)
         with autocast(self.device):
             logits, features = self.classifier.forward_with_features(images)  # [B, C], [B, E]
         loss = self.loss(logits, labels, features if self.loss.needs_features else None)
         return {"loss": loss, "logits": logits, "features": features, "samples": int(len(labels))}
+
+    def empty_loss(self) -> torch.Tensor:
+        """0 as a function of every trainable parameter: its backward gives each of them a zero gradient.
+
+        DDP all-reduces gradients from the backward of every rank's synced micro-batch; a rank whose
+        micro-batch holds no image runs this backward so that it still takes part.
+        """
+        return torch.stack([p.sum() for p in self.trainable_parameters()]).sum() * 0.0
 
     def normaliser(self, batch: Sequence[Any]) -> float:
         """The loss's denominator on ``batch``'s labels (host; 0 for an empty batch): what the loop

@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-import torch.distributed as dist
 
 from sage_cli.errors import SageError
 from sage_cli.config import cli_names
@@ -188,19 +187,6 @@ def test_bad_counts_are_refused() -> None:
         build_loss(LossConfig(loss="la"), torch.tensor([3.0, 0.0, 1.0]), AXES)
     with pytest.raises(SageError, match="disagree on the number of classes"):
         build_loss(LossConfig(loss="la"), torch.tensor([3.0, 1.0]), AXES)
-
-
-def test_statistics_are_all_reduced_under_distributed(tmp_path) -> None:
-    """A one-process gloo group runs the all-reduce path and gives the single-process numbers."""
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
-    try:
-        estimator = _semantic()
-        estimator.update(FEATURES, LABELS)
-    finally:
-        dist.destroy_process_group()
-    reference = _semantic()
-    reference.update(FEATURES, LABELS)
-    assert torch.equal(estimator.delta(), reference.delta())
 
 
 # The zero-shot estimator. With text t = e0, e1 and s = ln 3, a feature on e0 has zero-shot

@@ -12,10 +12,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from sage_cli.collectives import all_gather_rows, is_distributed
 from sage_cli.config import option_label
 from sage_cli.errors import SageError
 
@@ -87,8 +87,9 @@ class SemanticCompensation(CompensationEstimator):
 
     @torch.no_grad()
     def update(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        features, labels = gather_batch(features.detach().float(), labels)  # every rank folds in the global batch
         # Full [C, E] updates rather than boolean indexing: no host sync on a GPU.
-        sums, counts, sq_norms = _class_sums(features.detach().float(), labels, self.num_classes)
+        sums, counts, sq_norms = _class_sums(features, labels, self.num_classes)
         present = counts > 0  # [C]
         keep = torch.where(present, torch.where(self.seen, self.cfg.ema, 0.0), 1.0)[:, None]  # [C, 1]
         batch_means = sums / counts.clamp_min(1)[:, None]  # [C, E]
@@ -170,17 +171,25 @@ def compute_zero_shot_prior(
     return (per_class / counts[:, None]).mean(0)  # [C], sums to 1
 
 
+def gather_batch(features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The micro-batch's float32 features [B, E] and labels [B] of every rank, in rank order (under DDP;
+    the inputs themselves in one process): one all-gather of [B_r, E + 1] rows, labels as an exact float
+    column, where all-reducing the statistics would move [C, E + 2]."""
+    if not is_distributed():
+        return features, labels
+    rows = all_gather_rows(torch.cat([features, labels[:, None].to(features.dtype)], dim=1))  # [B, E + 1]
+    return rows[:, :-1], rows[:, -1].long()
+
+
 def _class_sums(
     features: torch.Tensor, labels: torch.Tensor, num_classes: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-class feature sums [C, E], counts [C] and summed squared norms [C], all-reduced under DDP."""
+    """Per-class feature sums [C, E], counts [C] and summed squared norms [C]."""
     dim = features.shape[1]
     packed = torch.zeros(num_classes, dim + 2, device=features.device, dtype=features.dtype)
     packed[:, :dim].index_add_(0, labels, features)
     packed[:, dim].index_add_(0, labels, torch.ones_like(labels, dtype=features.dtype))
     packed[:, dim + 1].index_add_(0, labels, features.pow(2).sum(-1))
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(packed)  # every rank folds in the same global batch statistics
     return packed[:, :dim], packed[:, dim], packed[:, dim + 1]
 
 

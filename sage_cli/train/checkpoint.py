@@ -142,13 +142,46 @@ def collect_rng_state() -> dict[str, Any]:
 
 
 def restore_rng_state(state: dict[str, Any]) -> None:
+    """Set the states :func:`collect_rng_state` returned (CUDA ones by :func:`restore_cuda_rng_states`)."""
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    restore_cuda_rng_states(state["cuda"], seed=torch.initial_seed())  # the CPU state carries the run's seed
     kind, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
+
+
+def select_rank_rng_state(state: dict[str, Any], rank: int, world_size: int) -> dict[str, Any]:
+    """The RNG states rank ``rank`` of ``world_size`` resumes with, from a checkpoint's training state.
+
+    Its own when the checkpoint has a rank of that number (written by any number of ranks), else
+    rank 0's: at a fresh start every rank is seeded alike, so a rank new to the job starts as rank 0 did.
+    """
+    ranks = state.get("rng_ranks") or []
+    if ranks and len(ranks) != world_size and rank == 0:
+        extra = (f"ranks {len(ranks)}-{world_size - 1} take rank 0's RNG states" if world_size > len(ranks)
+                 else f"the RNG states of ranks {world_size}-{len(ranks) - 1} are left unused")
+        logger.warning("checkpoint written by %d rank(s), resumed by %d: %s", len(ranks), world_size, extra)
+    return ranks[rank] if rank < len(ranks) else state["rng"]
+
+
+def restore_cuda_rng_states(saved: list[torch.Tensor], seed: int) -> None:
+    """Give this host's CUDA devices the ``saved`` states, whatever GPU count wrote them.
+
+    Device i < min(len(saved), devices here) gets ``saved[i]``; a device beyond the saved ones is
+    seeded with ``seed``, as ``torch.manual_seed(seed)`` seeds every device at a fresh start; saved
+    states beyond this host's devices are dropped. A count that differs is logged: the resumed run
+    then draws other random numbers on those devices than the uninterrupted one would have.
+    """
+    present = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if len(saved) != present:
+        logger.warning("checkpoint holds the CUDA RNG states of %d device(s), this host has %d: restoring the "
+                       "first %d%s", len(saved), present, min(len(saved), present),
+                       f", seeding devices {len(saved)}-{present - 1} with {seed}" if present > len(saved) else "")
+    if present > len(saved):
+        torch.cuda.manual_seed_all(seed)
+    for device, device_state in enumerate(saved[:present]):
+        torch.cuda.set_rng_state(device_state, device)
 
 
 # --------------------------------------------------------------------------------------------

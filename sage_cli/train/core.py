@@ -28,12 +28,12 @@ import torch
 from sage_cli import artifacts
 from sage_cli.artifacts import TRAIN_RECORD
 from sage_cli.backbone import BACKBONE_INIT_SEED, LoadedClip, build_backbone
-from sage_cli.data import ManifestDataset, build_loader
+from sage_cli.data import ManifestDataset
 from sage_cli.encode_text import check_text_cache_matches
 from sage_cli.model.head_init import compute_head_vectors
-from sage_cli.train.advice import warn_short_schedule
+from sage_cli.train.advice import warn_launch_bound, warn_short_schedule
 from sage_cli.model.features import PRE_PROJ, resolve_head_feature
-from sage_cli.train.evaluate import FrozenFeatures, compute_image_features
+from sage_cli.train.evaluate import FrozenFeatures, compute_sharded_image_features
 from sage_cli.errors import SageError
 from sage_cli.locks import lock_output_dir
 from sage_cli.losses import ESTIMATORS
@@ -156,7 +156,7 @@ def build_trainer(
     clip = apply_preprocessing(clip, config.data.eval_resize, config.data.interpolation)
     embeddings = inputs.cache.class_embeddings
     counts = torch.tensor(inputs.data.classes["train_count"].to_numpy(), dtype=torch.float32)
-    frozen = compute_frozen_train_features(config, inputs, clip, device)
+    frozen = compute_frozen_train_features(config, inputs, clip, device, dist_ctx)
     head_vectors = compute_initial_head(config, frozen, len(inputs.data.classes))
     zero_shot = frozen[:2] if ESTIMATORS[config.loss.compensation].needs_zero_shot else None  # joint space
     task = build_task(clip.model, embeddings, counts, config.model, config.loss, device, head_vectors,
@@ -177,24 +177,28 @@ def build_trainer(
                       eval_split=inputs.eval_split, fingerprint=fingerprint, dist_ctx=dist_ctx)
     if dist_ctx is None or dist_ctx.is_main:
         warn_short_schedule(trainer.num_samples, config.data.batch_size, config.optim.epochs, config.run.max_steps)
+        if config.data.feature_cache is None:  # a head on cached features is launch-bound at any batch
+            warn_launch_bound(config.data.micro_batch, trainer.dist.world_size, device.type)
     return trainer, clip.record
 
 
 def compute_frozen_train_features(
-    config: TrainConfig, inputs: TrainInputs, clip: LoadedClip, device: torch.device
+    config: TrainConfig, inputs: TrainInputs, clip: LoadedClip, device: torch.device,
+    dist_ctx: DistContext | None = None,
 ) -> FrozenFeatures | None:
     """The frozen tower's features of the training split under the eval transform, before any PEFT
     module, when something needs them (a ``--head-init`` other than text: in the head's feature
-    space; the zero-shot compensation: in CLIP's joint space); None otherwise. One pass serves both."""
+    space; the zero-shot compensation: in CLIP's joint space); None otherwise. One pass serves both;
+    under torchrun each rank encodes its share and every rank gets the whole."""
     needed = config.model.head.init != "text" or ESTIMATORS[config.loss.compensation].needs_zero_shot
     if not needed:
         return None
     data = inputs.data
     dataset = ManifestDataset(data.split("train"), data.image_root, clip.preprocess_eval, skip_bad=config.data.skip_bad)
-    loader = build_loader(dataset, config.data.micro_batch, config.data.num_workers, device)
     visual = clip.model.visual
     pre_projection = resolve_head_feature(visual, config.model.head.feature) == PRE_PROJ
-    frozen = compute_image_features(visual, loader, device, pre_projection)
+    frozen = compute_sharded_image_features(visual, dataset, config.data.micro_batch, config.data.num_workers, device,
+                                            dist_ctx or DistContext(), pre_projection)
     logger.info("frozen features of %d training images", len(frozen.labels))
     return frozen
 

@@ -2,15 +2,22 @@
 
 ``torchrun --nproc-per-node N -m sage_cli train ...`` (or multi-node torchrun) starts N processes
 with ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` set; :func:`distributed_session` joins them into a
-process group (NCCL on GPU, gloo on CPU) and puts each on ``cuda:LOCAL_RANK``. There is no DDP
-wrapper: only adapters and head train, so after the backward passes of a step
-:meth:`DistContext.all_reduce_grads` sums their gradients in one flat all-reduce (each rank's loss
-is already weighted by its share of the *global* batch, so the sum is the mean over the global
-batch). Outside torchrun every method is a no-op and a run is one process, as before.
+process group (NCCL on GPU, gloo on CPU) and puts each on ``cuda:LOCAL_RANK``.
+
+Gradients are synchronised by :class:`~torch.nn.parallel.DistributedDataParallel`
+(:meth:`DistContext.wrap`): bucketed all-reduces that overlap the backward pass, on the trainable
+parameters only (the frozen tower and every buffer are left out: they are identical on every rank
+by construction). Its hook sums the gradients instead of averaging them: each rank's loss is
+already weighted by its share of the *global* step's normaliser, so the sum is the loss of the global batch.
+Within a step of several micro-batches only the last one's backward all-reduces
+(:meth:`DistContext.gradient_sync`); every rank runs that backward, an empty micro-batch through
+a zero loss (:meth:`~sage_cli.task.ClassificationTask.empty_loss`). Outside torchrun every method
+is a no-op and a run is one process, as before.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -20,8 +27,11 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from sage_cli.backbone import resolve_device
+from sage_cli.collectives import host_group
 from sage_cli.errors import SageError
 
 logger = logging.getLogger(__name__)
@@ -90,31 +100,42 @@ class DistContext:
         dist.all_gather_object(out, obj, group=self.control_group)
         return out
 
-    def broadcast_params(self, params: Sequence[torch.Tensor]) -> None:
-        """Copy rank 0's values of ``params`` to every rank (they start identical; this makes sure)."""
-        if self.enabled:
-            for p in params:
-                dist.broadcast(p.data, src=0)
+    def shard(self, count: int) -> range:
+        """This rank's contiguous block of ``count`` items (all of them in one process); in rank order
+        the blocks are ``range(count)``."""
+        return range(count * self.rank // self.world_size, count * (self.rank + 1) // self.world_size)
 
-    def all_reduce_grads(self, params: Sequence[torch.nn.Parameter]) -> None:
-        """Sum the gradients of ``params`` over ranks in one flat all-reduce.
+    def wrap(self, module: nn.Module) -> nn.Module:
+        """``module`` under DDP, its gradients summed over ranks (``module`` itself outside torchrun).
 
-        A rank whose micro-batches were all empty has no gradients: it sends zeros. A parameter
-        that got no gradient on any rank keeps ``grad = None`` (as in a single process, where
-        SGD then leaves it alone).
+        DDP owns the parameters that require a gradient; the others and every buffer are left out
+        (not broadcast at the start, not in its buckets). Constructing it copies rank 0's trainable
+        values to every rank.
         """
         if not self.enabled:
-            return
-        present = self.sum_host([int(p.grad is not None) for p in params])  # host-side: no GPU sync
-        device = params[0].device
-        flat = torch.cat([p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel(), device=device)
-                          for p in params])
-        self.sum_(flat)
-        offset = 0
-        for p, count in zip(params, present):
-            numel = p.numel()
-            p.grad = flat[offset:offset + numel].view_as(p).to(p.dtype) if count else None
-            offset += numel
+            return module
+        ignored = [name for name, p in module.named_parameters() if not p.requires_grad]
+        ignored += [name for name, _ in module.named_buffers()]
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, ignored)
+        # no device_ids: the module moves its own inputs; no find_unused_parameters: every trainable
+        # parameter takes part in every forward (tests/model/test_task.py checks each method)
+        model = DistributedDataParallel(module)
+        model.register_comm_hook(None, sum_gradients)
+        return model
+
+    def gradient_sync(self, model: nn.Module, sync: bool) -> contextlib.AbstractContextManager:
+        """Around one micro-batch's forward and backward: DDP all-reduces only when ``sync`` (a step's
+        last micro-batch); before it, gradients accumulate locally (``no_sync``)."""
+        if sync or not isinstance(model, DistributedDataParallel):
+            return contextlib.nullcontext()
+        return model.no_sync()
+
+
+def sum_gradients(group, bucket):  # noqa: ANN001, ANN201 (DDP reads the annotations; here they would be strings)
+    """DDP communication hook: the bucket's gradients (a ``dist.GradBucket``) summed over the ranks of
+    ``group``, as a future of the summed tensor (DDP's own hook averages them)."""
+    work = dist.all_reduce(bucket.buffer(), group=group, async_op=True)
+    return work.get_future().then(lambda future: future.value()[0])
 
 
 def read_torchrun_env() -> tuple[int, int, int] | None:
@@ -183,5 +204,4 @@ def current_context() -> DistContext:
     if world <= 1:
         return DistContext(dist.get_rank(), 1, local_rank)
     backend = str(dist.get_backend())
-    control = None if backend == "gloo" else dist.new_group(backend="gloo")  # collective: every rank calls it
-    return DistContext(dist.get_rank(), world, local_rank, backend, control)
+    return DistContext(dist.get_rank(), world, local_rank, backend, host_group())  # collective: every rank calls it

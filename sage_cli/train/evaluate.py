@@ -9,12 +9,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from sage_cli.artifacts import GROUPS
-from sage_cli.data import iterate_batches
+from sage_cli.data import build_loader, iterate_batches
 from sage_cli.model.features import encode_tower
 from sage_cli.precision import autocast
+from sage_cli.train.distributed import DistContext
 
 
 def compute_group_top1(
@@ -84,6 +85,26 @@ def compute_image_features(visual: nn.Module, loader: DataLoader, device: torch.
         empty = torch.zeros(0, 0)
         return FrozenFeatures(empty, torch.zeros(0, dtype=torch.long), empty)
     return FrozenFeatures(torch.cat(features), torch.cat(labels), torch.cat(heads))
+
+
+def compute_sharded_image_features(
+    visual: nn.Module, dataset: Dataset, batch_size: int, num_workers: int | None, device: torch.device,
+    dist_ctx: DistContext, pre_projection: bool = False,
+) -> FrozenFeatures:
+    """:func:`compute_image_features` of ``visual`` over ``dataset``, the work split over the ranks.
+
+    Each rank encodes its contiguous block (:meth:`DistContext.shard`) and the blocks are gathered
+    in rank order, so every rank returns what one process encoding it all would (in dataset order,
+    unreadable images left out).
+    """
+    loader = build_loader(dataset, batch_size, num_workers, device, sampler=dist_ctx.shard(len(dataset)))
+    frozen = compute_image_features(visual, loader, device, pre_projection)
+    if not dist_ctx.enabled:
+        return frozen
+    blocks = [block for block in dist_ctx.gather_objects(tuple(frozen)) if len(block[1])]  # a rank may have none
+    if not blocks:
+        return frozen
+    return FrozenFeatures(*(torch.cat(parts) for parts in zip(*blocks)))
 
 
 def summarise_predictions(predictions: np.ndarray, labels: np.ndarray, groups: Sequence[str]) -> dict[str, Any]:

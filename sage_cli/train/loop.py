@@ -8,8 +8,9 @@ the loss are updated per micro-batch. Nothing is synchronised with the GPU per s
 
 Under torchrun each rank takes a disjoint strided slice of every micro-batch of the same seeded
 order (:class:`~sage_cli.data.StepBatchSampler`), weights its losses by its share of the *global*
-step's normaliser, and the gradients are summed over ranks; rank 0 alone writes. A NaN / inf
-loss stops the run before anything is logged or checkpointed; SIGINT / SIGTERM stop it at the next step
+step's normaliser, and DDP sums the gradients over ranks in the backward of the step's last
+micro-batch (the earlier ones accumulate locally); rank 0 alone writes. A NaN / inf loss stops
+the run before anything is logged or checkpointed; SIGINT / SIGTERM stop it at the next step
 boundary with a checkpoint (see :mod:`sage_cli.train.faults`). Each evaluation goes to
 :class:`~sage_cli.train.selection.Selection` (``--keep best``, ``--patience``).
 """
@@ -116,6 +117,7 @@ class Trainer:
         self.total_steps = min(planned, config.run.max_steps or planned)
         self.warmup_steps = compute_warmup_steps(config.optim, self.steps_per_epoch, self.total_steps)
         self.trainable = task.trainable_parameters()
+        self.model = self.dist.wrap(task)  # the task under DDP (the task itself in one process)
         self.optimizer = build_optimizer(task.named_trainable_parameters(), config.optim)
         per_epoch = self.steps_per_epoch if config.optim.lr_schedule == "cosine-epoch" else None
         self.scheduler = build_scheduler(self.optimizer, self.warmup_steps, self.total_steps, per_epoch,
@@ -152,7 +154,6 @@ class Trainer:
         finished step) and a SageError naming the step of a NaN / inf loss.
         """
         self.task.train()
-        self.dist.broadcast_params(self.trainable)
         with MetricsLog(self.out / METRICS, self.dist.is_main) as metrics, self.signals:
             while self.position.global_step < self.total_steps and not self.selection.exhausted:
                 finished_epoch = self.train_epoch(metrics)
@@ -210,20 +211,26 @@ class Trainer:
             return None
         step = self.position.global_step + 1
         self.optimizer.zero_grad(set_to_none=True)
-        for batch, share in zip(micro_batches, shares):
-            self.train_micro_batch(batch, share / normaliser if share else 0.0, step)
-        self.dist.all_reduce_grads(self.trainable)
+        last = len(micro_batches) - 1  # the same on every rank: each takes part in every micro-batch
+        for index, (batch, share) in enumerate(zip(micro_batches, shares)):
+            with self.dist.gradient_sync(self.model, sync=index == last):  # DDP all-reduces on the last one
+                self.train_micro_batch(batch, share / normaliser if share else 0.0, step)
         self._step_lr = self.optimizer.param_groups[0]["lr"]  # the lr this step used (a float)
-        self.optimizer.step()
+        if total:  # a step without one readable image (on any rank) changes no weight
+            self.optimizer.step()
         self.scheduler.step()
         return int(total)
 
     def train_micro_batch(self, batch: MicroBatch, share: float, step: int) -> None:
-        """Forward and backward of one micro-batch, its loss weighted by ``share``: its part of the step's normaliser."""
-        out = self.task(batch)
-        if out["loss"] is None:  # nothing readable here (the task still met the other ranks)
-            return
+        """Forward and backward of one micro-batch, its loss weighted by ``share``: its part of the step's normaliser.
+
+        A micro-batch without images still runs its (zero) backward: under DDP every rank must.
+        """
+        out = self.model(batch)
         loss = out["loss"]
+        if not out["samples"]:  # nothing readable here: a zero that reaches every trainable parameter
+            loss.backward()
+            return
         self.watch.observe(loss, step)
         weighted = loss * share
         weighted.backward()
@@ -293,7 +300,7 @@ class Trainer:
         """The loss's compensation factor delta [C] in a few numbers: its mean, spread and extremes over
         all classes and its mean over each many / medium / few group; None without a compensation.
 
-        Every rank holds the same delta (its statistics are all-reduced), so no collective is needed.
+        Every rank holds the same delta (its statistics fold in the gathered global batch), so no collective is needed.
         """
         delta = self.task.loss.compensation()
         if delta is None:
@@ -386,8 +393,7 @@ class Trainer:
         self._window_loss.fill_(window["loss"] if self.dist.is_main else 0.0)  # summed over ranks on log steps
         self._window_steps, self._window_images = window["steps"], window["images"]
         self.skipped = set(json.loads(state.get("skipped", "[]"))) if self.dist.is_main else set()
-        ranks = state.get("rng_ranks") or []
-        ckpt.restore_rng_state(ranks[self.dist.rank] if len(ranks) == self.dist.world_size else state["rng"])
+        ckpt.restore_rng_state(ckpt.select_rank_rng_state(state, self.dist.rank, self.dist.world_size))
         self.saved_step = self.position.global_step
         if self.dist.is_main:
             with explain_write_errors(self.out / METRICS, "metrics"):

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from sage_cli.errors import SageError
 from sage_cli.model import CosineHead, GuidanceBank, SGAdapter, build_classifier
+from sage_cli.model.head import HEADS
 from sage_cli.methods import model_config
 
 
@@ -18,6 +19,31 @@ def test_cosine_head_hand_values() -> None:
     head = CosineHead(torch.tensor([[1.0, 0.0], [0.0, 2.0]]), scale=10.0)
     logits = head(torch.tensor([[3.0, 4.0]]))  # cos = 0.6 and 0.8
     torch.testing.assert_close(logits, torch.tensor([[6.0, 8.0]]))
+
+
+@pytest.mark.parametrize("kind", sorted(HEADS))
+def test_head_logits_are_float32_under_bf16_autocast(kind: str) -> None:
+    generator = torch.Generator().manual_seed(3)
+    head = HEADS[kind](torch.randn(300, 16, generator=generator), scale=25.0)
+    with torch.no_grad():
+        head.bias.normal_(generator=generator) if kind == "linear" else None
+    features = torch.randn(8, 16, generator=generator).bfloat16()  # what a tower under bf16 autocast returns
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert (features @ head.weight.t()).dtype == torch.bfloat16  # autocast is on: a plain product rounds
+        logits = head(features)
+    assert logits.dtype == torch.float32
+    torch.testing.assert_close(logits, head(features.float()), rtol=0, atol=1e-6)
+
+
+def test_classifier_logits_are_float32_under_bf16_autocast(tiny_clip, class_embeddings, images) -> None:
+    classifier = build_classifier(tiny_clip, class_embeddings, model_config("sage"))
+    seen = []  # the head's input, whichever feature it reads
+    classifier.head.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, _ = classifier.forward_with_features(images)
+        expected = classifier.head(seen[0].float())
+    assert logits.dtype == torch.float32
+    torch.testing.assert_close(logits, expected, rtol=0, atol=1e-6)
 
 
 def test_zeroshot_logits_are_scaled_text_cosines(tiny_clip, class_embeddings, images) -> None:

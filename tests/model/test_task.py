@@ -41,9 +41,24 @@ def test_an_empty_micro_batch_reaches_the_statistics_and_changes_nothing(tiny_cl
     task.train()
     before = {k: v.clone() for k, v in task.loss.state_dict().items()}
     out = task((None, torch.zeros(0, dtype=torch.long)))
-    assert out["loss"] is None and out["samples"] == 0
+    assert out["samples"] == 0 and out["logits"] is None and float(out["loss"].detach()) == 0.0
     after = task.loss.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+    out["loss"].backward()  # reaches every trainable parameter (DDP's all-reduce needs them all), with zeros
+    assert all(p.grad is not None and not p.grad.any() for p in task.trainable_parameters())
+
+
+@pytest.mark.parametrize("method", sorted(m for m in METHODS if m != "zeroshot"))
+def test_every_trainable_parameter_gets_a_gradient_from_one_micro_batch(tiny_clip, class_embeddings, images,
+                                                                         method: str) -> None:
+    # DDP (find_unused_parameters off) all-reduces on the first backward that reaches every parameter
+    zero_shot = (class_embeddings, torch.arange(10))  # frozen features of one image per class (sage-zs fits on them)
+    task = build_task(tiny_clip, class_embeddings, COUNTS, model_config(method), METHODS[method].loss,
+                      torch.device("cpu"), zero_shot_features=zero_shot)
+    task.train()
+    task((images, torch.tensor([0, 3, 7])))["loss"].backward()
+    unused = [n for n, p in zip(task.classifier.trainable_names, task.trainable_parameters()) if p.grad is None]
+    assert task.trainable_parameters() and unused == []
 
 
 def test_trainable_parameters_are_exactly_the_saved_tensors(tiny_clip, class_embeddings) -> None:

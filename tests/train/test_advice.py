@@ -1,15 +1,19 @@
-"""Warnings of a run set up to learn little: too few optimiser steps, no split to evaluate on."""
+"""Warnings of a run set up to learn little (too few optimiser steps, no split to evaluate on) or to run
+slowly (launch-bound GPU steps), and the DataLoader workers chosen for the CPUs of a rank."""
 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
+from sage_cli.data import build_loader, resolve_num_workers
 from sage_cli.train import build_train_config, run
-from sage_cli.train.advice import compute_schedule_advice
+from sage_cli.train.advice import compute_launch_advice, compute_schedule_advice
 
 from sage_cli import artifacts
 
@@ -58,3 +62,36 @@ def test_train_warns_on_few_steps_and_no_eval_split(synthetic_prepared: Path, sy
     with caplog.at_level(logging.WARNING):
         _train(prepared, text, tmp_path / "run-capped", max_steps=3)  # --max-steps chose the length
     assert "optimiser steps in all" not in caplog.text
+
+
+@pytest.mark.parametrize(("micro", "world", "device", "expected"), [
+    (128, 8, "cuda", "16 images per GPU per forward pass (micro-batch 128 over 8 GPUs)"),
+    (32, 1, "cuda", "32 images per GPU per forward pass (micro-batch 32)"),
+    (128, 2, "cuda", None),  # 64 per GPU: enough
+    (16, 1, "cpu", None),  # a CPU run is not launch-bound
+])
+def test_launch_bound_advice(micro: int, world: int, device: str, expected: str | None) -> None:
+    advice = compute_launch_advice(micro, world, device)
+    if expected is None:
+        assert advice is None
+    else:
+        assert advice.startswith(expected + ": the step is bound by kernel launches") and "at least 64" in advice
+
+
+@pytest.mark.parametrize(("cpus", "local_world", "requested", "workers"), [
+    (16, None, None, 15),  # one GPU: every CPU but the main process's
+    (16, "8", None, 1),  # 8 ranks on 16 CPUs: 2 each, one of them the rank's own
+    (64, "2", None, 16),  # capped at MAX_DEFAULT_WORKERS
+    (2, "4", None, 1),  # fewer CPUs than ranks: still one worker
+    (16, "8", 8, 2),  # an explicit count is capped at this rank's share
+    (16, None, 0, 0),  # 0: load in the main process
+])
+def test_worker_defaults_from_the_cpus_per_local_rank(monkeypatch, cpus, local_world, requested, workers) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cpus)), raising=False)
+    if local_world is None:
+        monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    else:
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", local_world)
+    assert resolve_num_workers(requested) == workers
+    loader = build_loader(list(range(4)), 2, requested, torch.device("cpu"))
+    assert loader.num_workers == workers

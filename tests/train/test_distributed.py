@@ -1,4 +1,6 @@
-"""Data-parallel training: the per-rank data split, and 2 gloo processes under torchrun matching one process."""
+"""Data-parallel training: the per-rank data split; DDP's gradient sum, the gathered compensation statistics
+and the sharded frozen-feature pass in a 2-process gloo job; 2 gloo processes under torchrun matching one
+process."""
 
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ from safetensors.torch import load_file
 from sage_cli.data import BadSample, StepBatchSampler, collate_samples, compute_epoch_order
 from sage_cli.train import build_train_config, run
 from sage_cli.train.distributed import DistContext, read_torchrun_env
+
+from . import gloo_ranks as gloo_ranks_job
 
 
 @pytest.mark.parametrize("world", [2, 3])
@@ -110,3 +114,63 @@ def test_two_gloo_processes_match_one_process(synthetic_prepared: Path, syntheti
     assert [e["loss"] for e in train] == pytest.approx([e["loss"] for e in expected], abs=1e-5)
     state = torch.load(out / "checkpoints" / "step-00000006" / "state.pt", weights_only=True)
     assert len(state["rng_ranks"]) == 2
+
+
+@pytest.fixture(scope="module")
+def gloo_ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    """What each rank of a 2-process gloo job saw (tests/train/gloo_ranks.py); started once for the checks below."""
+    out = tmp_path_factory.mktemp("gloo")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ranks = [subprocess.Popen([sys.executable, gloo_ranks_job.__file__, str(r), str(out / "store"), str(out)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for r in range(gloo_ranks_job.WORLD)]
+    try:
+        outputs = [rank.communicate(timeout=120)[0] for rank in ranks]
+    finally:
+        for rank in ranks:
+            rank.kill()  # a rank left waiting on the other's collective
+    assert all(rank.returncode == 0 for rank in ranks), "\n".join(o[-3000:] for o in outputs)
+    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(gloo_ranks_job.WORLD)]
+
+
+def test_ddp_sums_the_step_gradients_of_every_rank(gloo_ranks: list[dict]) -> None:
+    x, y = gloo_ranks_job.ddp_inputs()
+    module = gloo_ranks_job.StepLoss()
+    module(x[:4], y[:4], 5).backward()  # one process: the same two micro-batches
+    module(x[4:], y[4:], 5).backward()
+    for rank in gloo_ranks:
+        seen = rank["ddp"]
+        assert seen["wrapped"] == "DistributedDataParallel" and seen["ignored"] == ["net.0.bias", "net.0.weight"]
+        assert seen["grads"]["net.0.weight"] is None  # the frozen layer: no gradient, not in DDP's buckets
+        for name in ("net.2.weight", "net.2.bias"):
+            torch.testing.assert_close(seen["grads"][name], dict(module.named_parameters())[name].grad,
+                                       rtol=0, atol=1e-6)
+
+
+def test_compensation_statistics_of_two_ranks_match_one_process(gloo_ranks: list[dict]) -> None:
+    reference = gloo_ranks_job.semantic_estimator()
+    for features, labels in gloo_ranks_job.compensation_batches():
+        reference.update(features, labels)
+    assert bool(reference.seen.all()) and float(reference.delta().abs().max()) > 0  # a delta that moved
+    for rank in gloo_ranks:
+        seen = rank["compensation"]
+        torch.testing.assert_close(seen["delta"], reference.delta(), rtol=0, atol=1e-6)
+        for name, value in reference.state_dict().items():
+            torch.testing.assert_close(seen["state"][name], value, rtol=0, atol=1e-6)
+        # rank 0 sent one row of 0s, rank 1 two rows of 1s: concatenated in rank order, unpadded
+        assert torch.equal(seen["gathered"], torch.tensor([[0.0, 0.0], [1.0, 1.0], [1.0, 1.0]]))
+
+
+def test_the_sharded_frozen_feature_pass_equals_one_process(gloo_ranks: list[dict]) -> None:
+    features, labels, head = gloo_ranks_job.frozen_features(DistContext())
+    assert labels.tolist() == [0, 1, 2, 0, 2, 0] and features.shape == head.shape == (6, 5)  # sample 4 unreadable
+    for rank in gloo_ranks:
+        sharded_features, sharded_labels, sharded_head = rank["frozen"]
+        assert torch.equal(sharded_labels, labels)
+        torch.testing.assert_close(sharded_features, features, rtol=0, atol=1e-6)
+        torch.testing.assert_close(sharded_head, head, rtol=0, atol=1e-6)
+
+
+def test_shards_are_contiguous_blocks_in_rank_order() -> None:
+    blocks = [DistContext(rank=r, world_size=3).shard(7) for r in range(3)]
+    assert blocks == [range(0, 2), range(2, 4), range(4, 7)] and DistContext().shard(7) == range(7)

@@ -63,7 +63,7 @@ def test_a_method_is_a_complete_config_and_options_go_over_it() -> None:
 
 
 def test_shipped_presets_load_by_name_and_by_path() -> None:
-    assert load_preset("imagenet-lt")["epochs"] == 10 and load_preset("imagenet_lt")["num_workers"] == 8
+    assert load_preset("imagenet-lt")["epochs"] == 10 and load_preset("imagenet_lt")["checkpoint_every"] == 1000
     path = Path(__file__).resolve().parents[2] / "sage_cli" / "presets" / "shapes_lt.yaml"
     assert load_preset(str(path)) == load_preset("shapes-lt")
     with pytest.raises(SageError, match="nope-lt: config file not found .shipped presets: cifar100-lt, imagenet-lt"):
