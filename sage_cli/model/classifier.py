@@ -50,6 +50,7 @@ class SageClassifier(nn.Module):
         # proj [W, E] of the tower, kept in a tuple so it is not registered twice (it is visual's).
         self._projection = (visual.proj,) if self.pre_projection else ()
         self.reads_features = False  # True: inputs are cached head features, not images (read_cached_features)
+        self._compiled_pass: tuple[nn.Module, ...] = ()  # compile_tower's; a tuple: not registered as a submodule
         head_names = [f"head.{name}" for name, _ in head.named_parameters()] if config.head.train else []
         self.trainable_names: tuple[str, ...] = tuple(f"visual.{name}" for name in tuned) + tuple(head_names)
         mark_only_trainable(self, self.trainable_names)
@@ -95,12 +96,15 @@ class SageClassifier(nn.Module):
         """One pass of the image tower as it is set now: (h(x), f(x))."""
         if self.pre_projection and self.reads_features:  # images are cached h(x) [B, W]
             return images, images @ self._projection[0].to(images.dtype)
+        if self._compiled_pass:
+            return self._compiled_pass[0](images)
         return encode_tower(self.visual, images, self.pre_projection)
 
     def read_cached_features(self) -> None:
         """From now on the inputs are cached h(x) of the frozen tower (``--feature-cache``), not images."""
         self.visual = nn.Identity()
         self.reads_features = True
+        self._compiled_pass = ()  # it ran the tower, which is gone
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.forward_with_features(images)[0]  # [B, C]
@@ -116,8 +120,12 @@ class SageClassifier(nn.Module):
     def compile_tower(self, **options: object) -> None:
         """``torch.compile`` the image tower in place (``options`` go to torch.compile); the head and
         whatever reads the logits (the loss) stay eager. Parameter names and the state dict do not
-        change. Routed guidance compiles two graphs, the frozen pass's and the tuned one's."""
-        self.visual.compile(**options)
+        change. Routed guidance compiles two graphs, the frozen pass's and the tuned one's. The
+        compiled function is the whole pass the head reads (with a pre-projection head the tower's
+        forward is not called: :func:`~sage_cli.model.features.encode_tower` runs its pieces)."""
+        tower_pass = _TowerPass(self.visual, self.pre_projection)
+        tower_pass.compile(**options)
+        self._compiled_pass = (tower_pass,)
 
     def train(self, mode: bool = True) -> SageClassifier:
         # The frozen tower stays in eval mode (no patch dropout); inserted modules and head follow ``mode``.
@@ -189,6 +197,18 @@ class SageClassifier(nn.Module):
         with torch.no_grad():
             for name in expected:
                 params[name].copy_(state_dict[name])
+
+
+class _TowerPass(nn.Module):
+    """(h(x), f(x)) of one tower pass as a module, so ``torch.compile`` captures exactly what runs."""
+
+    def __init__(self, visual: nn.Module, pre_projection: bool) -> None:
+        super().__init__()
+        self.visual = visual
+        self.pre_projection = pre_projection
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return encode_tower(self.visual, images, self.pre_projection)
 
 
 def _preview(names: list[str], limit: int = 3) -> str:

@@ -12,6 +12,7 @@ from torch import nn
 
 from sage_cli.errors import SageError
 from sage_cli.model import GuidanceBank, SGAdapter, build_classifier, inject_adapters
+from sage_cli.model.features import encode_pre_projection, map_text_to_pre_projection
 from sage_cli.model.surgery import ParallelAdapterMLP
 from sage_cli.methods import model_config
 
@@ -26,8 +27,11 @@ def test_zero_init_adapters_leave_features_unchanged(tiny_clip, class_embeddings
     # With grad enabled torch's MultiheadAttention leaves its fused inference path once the
     # residual stream requires grad, so the two runs may differ by float rounding only.
     torch.testing.assert_close(classifier.encode(images), expected, rtol=0, atol=1e-6)
+    # The head reads h(x) before the projection (LIFT's), its rows LIFT's mapping of the texts.
+    pooled = F.normalize(encode_pre_projection(reference.visual, images), dim=-1)
+    rows = map_text_to_pre_projection(class_embeddings, reference.visual.proj)
     logits = classifier(images)
-    torch.testing.assert_close(logits, 25.0 * expected @ class_embeddings.t(), rtol=0, atol=1e-5)
+    torch.testing.assert_close(logits, 25.0 * pooled @ rows.t(), rtol=0, atol=1e-5)
 
 
 def test_nonzero_up_projection_changes_features(tiny_clip, class_embeddings, images) -> None:
