@@ -92,7 +92,7 @@ def command(
 
 def summary_table(report: dict[str, Any]) -> Table:
     """Overall / many / medium / few top-1 (and top-5, ECE) per run, in %."""
-    from sage_cli.report.markdown import format_percent, weights_lines
+    from sage_cli.report.markdown import format_percent
 
     data = report["dataset"]
     title = f"{escape(report.get('title') or data['dataset'])} {escape(report['split'])} ({data['num_samples']} images){' · TTE' if report['tte'] else ''}"
@@ -105,8 +105,20 @@ def summary_table(report: dict[str, Any]) -> Table:
         cached = " [dim](cached)[/]" if run["evaluation"].get("cached") else ""
         table.add_row(escape(run["name"]) + cached, *(format_percent(m[k]) for k in ("top1", "many", "medium", "few", "top5",
                                                                              "ece")))
-    table.caption = "\n".join(f"{escape(name)}: {escape(text)}" for name, text in weights_lines(report)) or None
+    table.caption = _weights_caption(report)
+    table.caption_justify = "left"
     return table
+
+
+def _weights_caption(report: dict[str, Any]) -> str | None:
+    """Which weights each run was evaluated with: one line when every run used its last step's."""
+    from sage_cli.report.markdown import weights_lines
+
+    lines = weights_lines(report)
+    runs = [run for run in report["runs"] if run.get("kind") == "run" and run.get("posthoc_tau") is None]
+    if lines and all((run.get("weights") or {}).get("keep", "last") == "last" for run in runs):
+        return "weights: each run's last step (adapter.safetensors)"
+    return "\n".join(f"{escape(name)}: {escape(text)}" for name, text in lines) or None
 
 
 def groups_table(report: dict[str, Any]) -> Table:
