@@ -35,6 +35,7 @@ EvalResizeName = Literal["lift", "clip"]  # sage_cli.train.transforms.build_eval
 InterpolationName = Literal["model", "bilinear", "bicubic"]  # model: the backbone's own (bicubic for CLIP)
 LrScheduleName = Literal["cosine-step", "cosine-epoch"]  # sage_cli.train.optim.compute_lr_factor
 ActivationName = Literal["relu", "gelu"]
+AdapterInitName = Literal["kaiming-uniform", "kaiming-normal"]
 SamplerName = Literal["uniform", "class-aware"]
 EvalSplitName = Literal["val", "test", "train"]
 OptimizerName = Literal["sgd", "adamw"]
@@ -133,6 +134,9 @@ class PeftConfig:
     bottleneck: int | None = option(None, help="Adapter width / LoRA rank (default: LIFT's rule).", panel=ADAPTER, ge=1)
     activation: ActivationName = option("relu", help="Adapter activation (sage, lift).", panel=ADAPTER,
                                         choices=names(ActivationName))
+    adapter_init: AdapterInitName = option("kaiming-uniform", help="Adapter down-projection draw (sage, lift), a = "
+                                           "sqrt(5): kaiming-uniform (nn.Linear's) or kaiming-normal (LIFT's; the "
+                                           "same variance).", panel=ADAPTER, choices=names(AdapterInitName))
     prompt_tokens: int = option(10, help="Prompts per prompted block (VPT).", panel=ADAPTER, ge=1)
     guidance: GuidanceConfig | None = None
 

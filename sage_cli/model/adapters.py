@@ -166,6 +166,7 @@ class SGAdapter(AdapterModule):
         guidance: GuidanceBank | None = None,
         heads: int = 1,
         activation: str = "relu",
+        init: str = "kaiming-uniform",
     ) -> None:
         super().__init__()
         if bottleneck % heads:
@@ -177,6 +178,7 @@ class SGAdapter(AdapterModule):
         self.act = _ACTIVATIONS[activation]()
         self.up = nn.Linear(bottleneck, width)
         self.alpha = nn.Parameter(torch.ones(()))
+        self.init = init
         self.guidance = guidance
         self.record_attention = False  # True: keep the attention of each call in last_attention
         self.last_attention: torch.Tensor | None = None  # [B, h, N, M], detached
@@ -187,13 +189,13 @@ class SGAdapter(AdapterModule):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Kaiming-uniform (a = sqrt(5)) down, zero up and biases; unit-scale Wk, Wv.
+        """Kaiming (a = sqrt(5)) down, zero up and biases; unit-scale Wk, Wv.
 
-        LIFT draws the down-projection from Kaiming-normal with the same a = sqrt(5): the same
-        variance, 1 / (3 fan_in). Sage keeps the uniform draw (bounded by 1 / sqrt(fan_in)); see
-        docs/methods.md for why.
+        ``init`` kaiming-uniform (the default, nn.Linear's draw, bounded by 1 / sqrt(fan_in)) or
+        kaiming-normal (LIFT's): the same variance, 1 / (3 fan_in); see docs/methods.md.
         """
-        nn.init.kaiming_uniform_(self.down.weight, a=math.sqrt(5))
+        draw = nn.init.kaiming_normal_ if self.init == "kaiming-normal" else nn.init.kaiming_uniform_
+        draw(self.down.weight, a=math.sqrt(5))
         nn.init.zeros_(self.down.bias)
         nn.init.zeros_(self.up.weight)
         nn.init.zeros_(self.up.bias)

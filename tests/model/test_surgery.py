@@ -149,3 +149,15 @@ def test_adapted_model_survives_deepcopy(tiny_clip, class_embeddings, images) ->
         twin = copy.deepcopy(classifier)
         assert torch.equal(twin(images), classifier(images))
     assert twin.adapters()[0].guidance is twin.adapters()[1].guidance
+
+
+@pytest.mark.parametrize(("init", "beyond_bound"), [("kaiming-uniform", False), ("kaiming-normal", True)])
+def test_adapter_init_draws_the_named_distribution(init: str, beyond_bound: bool) -> None:
+    """Both draws have variance 1 / (3 fan_in) (a = sqrt(5)); only the normal one (LIFT's) leaves the
+    uniform's bound 1 / sqrt(fan_in). Up and biases are zero either way."""
+    torch.manual_seed(0)
+    adapter = SGAdapter(512, 256, init=init)
+    weight = adapter.down.weight.detach()
+    assert abs(weight.var().item() * 3 * 512 - 1.0) < 0.02  # 131,072 draws: sampling error ~0.4%
+    assert bool((weight.abs() > 512 ** -0.5).any()) is beyond_bound
+    assert not adapter.up.weight.any() and not adapter.down.bias.any() and not adapter.up.bias.any()

@@ -29,7 +29,7 @@ def inject_bottleneck_adapters(visual: nn.Module, blocks: list[int], context: Pe
     device = context.class_embeddings.device
 
     def make_adapter(width: int) -> SGAdapter:
-        return SGAdapter(width, bottleneck, bank, heads, cfg.activation).to(device)
+        return SGAdapter(width, bottleneck, bank, heads, cfg.activation, cfg.adapter_init).to(device)
 
     injected = inject_adapters(visual, make_adapter, blocks)
     routing = f", routed to each image's top {bank.top_k}" if bank is not None and bank.top_k else ""
