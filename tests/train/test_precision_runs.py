@@ -97,3 +97,15 @@ def test_fp32_run_records_fp32(synthetic_prepared: Path, synthetic_text_cache: P
     result = run(_config(synthetic_prepared, synthetic_text_cache, tmp_path / "run", precision="fp32", max_steps=2))
     assert result.record["precision"] == "fp32"
     assert "scaler" not in load_checkpoint_state(tmp_path / "run" / "checkpoints" / "step-00000002")
+
+
+def test_report_and_predict_evaluate_a_run_under_its_precision(fp16_run, synthetic_prepared: Path,
+                                                               tmp_path: Path) -> None:
+    from sage_cli.predict import PredictConfig, load_model
+    from sage_cli.report import ReportConfig
+    from sage_cli.report import run as report
+
+    result = report(ReportConfig(out=tmp_path / "report", runs=(fp16_run.out,), device="cpu", figures=False))
+    assert result.report["runs"][0]["evaluation"]["precision"] == "fp16-autocast"
+    image = synthetic_prepared / "images" / "0.png"
+    assert load_model(PredictConfig(run=fp16_run.out, images=(image,), device="cpu"))[-1] == "fp16"
