@@ -10,9 +10,9 @@ feature the head reads, before L2 normalisation: the tower's output, or its clas
 ``proj`` for a pre-proj head). The key is a hash of the backbone's identity (model and weights:
 tag or file hash), the eval preprocessing (size, interpolation, resize mode and eval resize, mean,
 std), the head's feature space when it is pre-proj,
-the precision of the pass (the run's ``--precision``; auto: fp32 on CPU, bf16 autocast on CUDA) and the prepared dataset's
-fingerprint; so one directory holds the features of many models side by side and a lookup never
-returns features of another model, weights, preprocessing or dataset.
+the precision of the pass (the run's ``--precision``; auto: fp32 on CPU, bf16 autocast on CUDA)
+and the prepared dataset's fingerprint; so one directory holds the features of many models side
+by side and a lookup never returns features of another model, weights, preprocessing or dataset.
 """
 
 from __future__ import annotations

@@ -162,7 +162,7 @@ def build_trainer(
     zero_shot = frozen[:2] if ESTIMATORS[config.loss.compensation].needs_zero_shot else None  # joint space
     task = build_task(clip.model, embeddings, counts, config.model, config.loss, device, head_vectors,
                       zero_shot, config.run.precision)
-    if casts_frozen_weights(device, config.run.precision):  # bf16: the frozen tower's weights cast once, not at every op
+    if casts_frozen_weights(device, config.run.precision):  # bf16: frozen tower weights cast once, not at every op
         dtype = compute_dtype(device, config.run.precision)
         cast = cast_frozen_weights(task.classifier.visual, dtype)
         logger.info("%d frozen tower weights cast to %s (norms and trainable parameters stay float32)", cast, dtype)
