@@ -10,14 +10,13 @@ feature the head reads, before L2 normalisation: the tower's output, or its clas
 ``proj`` for a pre-proj head). The key is a hash of the backbone's identity (model and weights:
 tag or file hash), the eval preprocessing (size, interpolation, resize mode and eval resize, mean,
 std), the head's feature space when it is pre-proj,
-the precision of the pass (fp32 on CPU, bf16 autocast on CUDA) and the prepared dataset's
-fingerprint; so one directory holds the features of many models side by side and a lookup never
-returns features of another model, weights, preprocessing or dataset.
+the precision of the pass (the run's ``--precision``; auto: fp32 on CPU, bf16 autocast on CUDA)
+and the prepared dataset's fingerprint; so one directory holds the features of many models side
+by side and a lookup never returns features of another model, weights, preprocessing or dataset.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from sage_cli.backbone import backbone_identity
 from sage_cli.data import Key, PreparedData, build_loader, iterate_batches
 from sage_cli.errors import SageError
 from sage_cli.locks import lock_output_dir
+from sage_cli.precision import autocast, describe_precision
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class FeatureSet:
 
 
 def compute_key_inputs(backbone: dict[str, Any], data: PreparedData, device: torch.device,
-                       head_feature: str = "projected") -> dict[str, Any]:
+                       head_feature: str = "projected", precision: str = "auto") -> dict[str, Any]:
     """What decides the features besides the images: the key's inputs (see the module doc). The
     keys of open_clip's eval resize and the projected feature are those of caches written before
     those choices existed, so such caches stay valid."""
@@ -62,14 +62,10 @@ def compute_key_inputs(backbone: dict[str, Any], data: PreparedData, device: tor
     inputs = {
         "backbone": backbone_identity(backbone),
         "preprocessing": preprocessing,
-        "precision": describe_precision(device),
+        "precision": describe_precision(device, precision),
         "prepared": data.record["fingerprint"],
     }
     return {**inputs, "head_feature": head_feature} if head_feature != "projected" else inputs
-
-
-def describe_precision(device: torch.device) -> str:
-    return "bf16-autocast" if torch.device(device).type == "cuda" else "fp32"
 
 
 def feature_dir(directory: Path, inputs: dict[str, Any]) -> Path:
@@ -78,16 +74,14 @@ def feature_dir(directory: Path, inputs: dict[str, Any]) -> Path:
 
 @torch.no_grad()
 def compute_features(encode: Callable[[torch.Tensor], torch.Tensor], batches: Iterable[Any],
-                     device: torch.device) -> FeatureSet:
+                     device: torch.device, precision: str = "auto") -> FeatureSet:
     """``encode``'s output [N, D] (a frozen tower's) over ``batches`` of ``(images, labels, sample_ids)``, in order."""
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
-                else contextlib.nullcontext())
     ids, parts = [], []
     for batch in iterate_batches(batches):
         images, sample_ids = batch[0], batch[2]
         if images is None:
             raise SageError("an image of the split is unreadable; cached features need every image")
-        with autocast:
+        with autocast(device, precision):
             out = encode(images.to(device, non_blocking=True))
         out = out[0] if isinstance(out, tuple) else out
         parts.append(out.float().cpu())
@@ -100,6 +94,7 @@ def compute_features(encode: Callable[[torch.Tensor], torch.Tensor], batches: It
 def load_or_compute_features(
     directory: Path, inputs: dict[str, Any], split: str, encode: Callable[[torch.Tensor], torch.Tensor], dataset: Dataset,
     expected_ids: np.ndarray, device: torch.device, batch_size: int, num_workers: int | None,
+    precision: str = "auto",
 ) -> tuple[FeatureSet, bool]:
     """(the features of ``split``, whether they were read from disk); computed and saved if absent.
 
@@ -112,7 +107,8 @@ def load_or_compute_features(
         with lock_output_dir(where, STAGE):  # one writer at a time; a second is refused, naming it
             if not path.is_file():
                 logger.info("computing frozen features of the %s split (%d images) into %s", split, len(dataset), where)
-                features = compute_features(encode, build_loader(dataset, batch_size, num_workers, device), device)
+                loader = build_loader(dataset, batch_size, num_workers, device)
+                features = compute_features(encode, loader, device, precision)
                 save_features(where, split, features, inputs)
                 return check_ids(features, expected_ids, path, where), False
     check_record(where, inputs)

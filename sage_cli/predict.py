@@ -11,7 +11,6 @@ softmax scores, best first (ties: lower class id first).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from sage_cli.config import check_batch_size
 from sage_cli.errors import SageError
 from sage_cli.imageio import open_image
+from sage_cli.precision import autocast
 
 logger = logging.getLogger(__name__)
 
@@ -100,15 +100,12 @@ def run(config: PredictConfig, progress: Progress | None = None) -> PredictResul
     from sage_cli.report.predictions import compute_ranked_scores
 
     paths = find_images(config.images)
-    model, transform, names, device, weights = load_model(config)
+    model, transform, names, device, weights, precision = load_model(config)
     loader = DataLoader(_Images(paths, transform), batch_size=config.batch_size, shuffle=False,
                         num_workers=config.num_workers)
     predictions, done, start = [], 0, time.perf_counter()
-    # bf16 autocast on CUDA for a run, as sage report evaluates: the same image gets the report's scores.
-    autocast = contextlib.nullcontext()
-    if device.type == "cuda" and isinstance(model, torch.nn.Module):
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16)
-    with torch.inference_mode(), autocast:
+    # the run's autocast, as sage report evaluates it: the same image gets the report's scores.
+    with torch.inference_mode(), autocast(device, precision):
         for images in loader:
             top, scores = compute_ranked_scores(model(images.to(device)), config.top_k)
             for row_top, row_scores in zip(top.tolist(), scores.tolist()):
@@ -121,9 +118,9 @@ def run(config: PredictConfig, progress: Progress | None = None) -> PredictResul
 
 
 def load_model(config: PredictConfig) -> tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[Any], torch.Tensor],
-                                               tuple[str, ...], torch.device, dict[str, Any] | None]:
-    """(images -> logits, PIL image -> tensor, class names, device, which weights) of the run or export
-    ``config.run``."""
+                                               tuple[str, ...], torch.device, dict[str, Any] | None, str]:
+    """(images -> logits, PIL image -> tensor, class names, device, which weights, precision) of the run or
+    export ``config.run``; the precision is the run's ``--precision`` (fp32 for an export: no autocast)."""
     from sage_cli.backbone import resolve_device
     from sage_cli.export import is_export, load_export
     from sage_cli.report.loader import build_eval_transform
@@ -135,11 +132,14 @@ def load_model(config: PredictConfig) -> tuple[Callable[[torch.Tensor], torch.Te
             raise SageError(f"--checkpoint applies to a run directory; {config.run} is an export (sage export "
                             "the checkpoint instead)")
         export = load_export(config.run, config.device)
-        return export.predict, export.transform, export.class_names, export.device, export.record.get("weights")
+        return (export.predict, export.transform, export.class_names, export.device, export.record.get("weights"),
+                "fp32")  # an export runs as it was exported
     device = resolve_device(config.device)
-    classifier, clip, record, names = load_trained_classifier(config.run, checkpoint=config.checkpoint, device=device)
-    weights = describe_weights(resolve_weights_path(config.run, config.checkpoint, record), record, config.run)
-    return classifier, build_eval_transform(clip.record), names, device, weights
+    trained = load_trained_classifier(config.run, checkpoint=config.checkpoint, device=device)
+    weights = describe_weights(resolve_weights_path(config.run, config.checkpoint, trained.record), trained.record,
+                               config.run)
+    return (trained.classifier, build_eval_transform(trained.clip.record), trained.class_names, device, weights,
+            trained.precision)
 
 
 __all__ = ["PredictConfig", "PredictResult", "find_images", "run"]

@@ -36,6 +36,7 @@ InterpolationName = Literal["model", "bilinear", "bicubic"]  # model: the backbo
 LrScheduleName = Literal["cosine-step", "cosine-epoch"]  # sage_cli.train.optim.compute_lr_factor
 ActivationName = Literal["relu", "gelu"]
 AdapterInitName = Literal["kaiming-uniform", "kaiming-normal"]
+PrecisionName = Literal["auto", "bf16", "fp16", "fp32"]  # sage_cli.precision
 SamplerName = Literal["uniform", "class-aware"]
 EvalSplitName = Literal["val", "test", "train"]
 OptimizerName = Literal["sgd", "adamw"]
@@ -365,6 +366,9 @@ class RunConfig:
                            panel=RUN, ge=0)
     device: str = option("auto", help="Device to run on (auto: CUDA when available).", panel=RUN,
                          metavar="<auto|cpu|cuda[:N]>")
+    precision: PrecisionName = option("auto", help="Mixed precision of every stage: auto (bf16 autocast on CUDA, "
+                                      "fp32 on CPU), bf16, fp16 (LIFT's: fp16 autocast + GradScaler) or fp32 (none).",
+                                      panel=RUN, choices=names(PrecisionName))
     compile: bool = option(False, help="torch.compile the image tower (the loss stays eager): faster GPU steps "
                            "after a one-off compile.", panel=RUN)
     force: bool = option(False, help="Overwrite another run in --out.", panel=RUN)

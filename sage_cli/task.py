@@ -28,11 +28,13 @@ from sage_cli.schema import LossConfig, ModelConfig
 class ClassificationTask(nn.Module):
     """``classifier`` + ``loss`` on ``device``; see the module docstring."""
 
-    def __init__(self, classifier: SageClassifier, loss: nn.Module, device: torch.device) -> None:
+    def __init__(self, classifier: SageClassifier, loss: nn.Module, device: torch.device,
+                 precision: str = "auto") -> None:
         super().__init__()
         self.classifier = classifier
         self.loss = loss
         self.device = torch.device(device)
+        self.precision = precision  # --precision: the autocast the forward runs under
 
     def forward(self, batch: Sequence[Any]) -> dict[str, Any]:
         """Loss and logits of one micro-batch ``(images [B, 3, H, W] or None, labels [B], ...)``.
@@ -45,7 +47,7 @@ class ClassificationTask(nn.Module):
             return {"loss": self.empty_loss(), "logits": None, "features": None, "samples": 0}
         images = images.to(self.device, non_blocking=True)
         labels = labels.to(self.device, non_blocking=True)
-        with autocast(self.device):
+        with autocast(self.device, self.precision):
             logits, features = self.classifier.forward_with_features(images)  # [B, C], [B, E]
         loss = self.loss(logits, labels, features if self.loss.needs_features else None)
         return {"loss": loss, "logits": logits, "features": features, "samples": int(len(labels))}
@@ -91,7 +93,7 @@ class ClassificationTask(nn.Module):
 def build_task(
     clip_model: nn.Module, class_embeddings: torch.Tensor, class_counts: torch.Tensor,
     model: ModelConfig, loss: LossConfig, device: torch.device, head_vectors: torch.Tensor | None = None,
-    zero_shot_features: tuple[torch.Tensor, torch.Tensor] | None = None,
+    zero_shot_features: tuple[torch.Tensor, torch.Tensor] | None = None, precision: str = "auto",
 ) -> ClassificationTask:
     """The classifier of ``model`` on ``clip_model`` (changed in place) and the ``loss``.
 
@@ -100,4 +102,4 @@ def build_task(
     """
     classifier = build_classifier(clip_model, class_embeddings, model, head_vectors)
     loss_fn = build_loss(loss, class_counts, class_embeddings, model.head.scale, zero_shot_features).to(device)
-    return ClassificationTask(classifier, loss_fn, device)
+    return ClassificationTask(classifier, loss_fn, device, precision)

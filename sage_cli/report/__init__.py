@@ -303,7 +303,7 @@ def predict(
                  else build_eval_transform(backbone))
     loader = build_eval_loader(source.test_set, transform, config.batch_size, config.num_workers, device)
     predictions, stats = evaluate_classifier(classifier, loader, device, len(source.test_set.samples), progress,
-                                             keep_logits=config.needs_logits)
+                                             keep_logits=config.needs_logits, precision=source.precision)
     evaluation = {"seconds": round(stats.seconds, 3), "images_per_second": round(stats.images_per_second, 1),
                   "device": stats.device, "precision": stats.precision, "batch_size": config.batch_size,
                   **config.tte_protocol, "image_size": backbone.get("image_size")}

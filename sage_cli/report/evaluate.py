@@ -47,8 +47,10 @@ def evaluate_classifier(
     total: int,
     progress: Progress | None = None,
     keep_logits: bool = False,
+    precision: str = "auto",
 ) -> tuple[Predictions, EvalStats]:
-    """Run ``classifier`` over ``batches`` of (images, labels, sample_ids); bf16 autocast on CUDA.
+    """Run ``classifier`` over ``batches`` of (images, labels, sample_ids) under ``precision``'s autocast
+    (:mod:`sage_cli.precision`; the run's ``--precision``).
 
     Images are ``[B, 3, H, W]``, or ``[B, V, 3, H, W]`` for test-time ensembling (logits averaged).
     With ``keep_logits`` the predictions also hold every logit, as float16.
@@ -57,7 +59,7 @@ def evaluate_classifier(
     parts: list[tuple[np.ndarray, ...]] = []
     kept: list[np.ndarray] = []
     done, start = 0, time.perf_counter()
-    with torch.inference_mode(), autocast(device):
+    with torch.inference_mode(), autocast(device, precision):
         for images, labels, sample_ids in batches:
             logits = compute_ensembled_logits(classifier, images.to(device, non_blocking=True))
             top, scores = compute_ranked_scores(logits, TOP_K)
@@ -73,7 +75,8 @@ def evaluate_classifier(
     ids, labels, top, scores = (np.concatenate(cols) for cols in zip(*parts))
     predictions = Predictions(ids.astype(np.int64), labels.astype(np.int64), top.astype(np.int64),
                               scores.astype(np.float32), np.concatenate(kept) if kept else None)
-    return predictions, EvalStats(seconds, done / max(seconds, 1e-9), str(device), describe_precision(device))
+    return predictions, EvalStats(seconds, done / max(seconds, 1e-9), str(device),
+                                  describe_precision(device, precision))
 
 
 def save_predictions(directory: Path, predictions: Predictions, record: dict[str, Any],

@@ -67,6 +67,7 @@ class Source:
     config: dict[str, Any]  # the run's resolved config (train.json) or the zero-shot settings
     cache_dir: Path  # where predictions.parquet is cached
     build: Loader
+    precision: str = "auto"  # the run's --precision: the autocast it is evaluated under
 
 
 def load_test_set(prepared: str | os.PathLike[str], split: str) -> TestSet:
@@ -132,6 +133,7 @@ def load_run_source(run_dir: str | os.PathLike[str], split: str, checkpoint: Pat
     ``text_cache`` is looked at first for the run's cache (it is also the zero-shot row's, which
     may be another).
     """
+    from sage_cli.train.config import read_config
     from sage_cli.train.restore import (PREPARED, TEXT_CACHE, check_weights_belong, describe_weights,
                                         kept_weights_name, locate_input)
 
@@ -163,7 +165,8 @@ def load_run_source(run_dir: str | os.PathLike[str], split: str, checkpoint: Pat
 
     config = {"checkpoint": str(ckpt.resolve()), **{k: v for k, v in record.items() if k != "versions"},
               "weights": describe_weights(ckpt, record, run_dir)}
-    return Source(run_dir.name, "run", run_dir, test_set, identity, config, run_dir, build)
+    precision = read_config(record, run_dir / artifacts.TRAIN_RECORD).run.precision
+    return Source(run_dir.name, "run", run_dir, test_set, identity, config, run_dir, build, precision)
 
 
 def check_checkpoint_readable(path: Path) -> None:

@@ -5,7 +5,7 @@ A checkpoint is a directory ``RUN_DIR/checkpoints/step-00000120/`` holding
 - ``adapter.safetensors``: adapter + head weights only (never the frozen backbone), and
 - ``best.safetensors`` under ``--keep best``: the weights of the best evaluation so far,
 - ``checkpoint.json``: the sha256 of each file, verified before a resume or report reads them, and
-- ``state.pt``: optimizer, scheduler and loss-module state (compensation statistics), the
+- ``state.pt``: optimizer, scheduler (and, under fp16, GradScaler) and loss-module state (compensation statistics), the
   data-order position (epoch, step in epoch, global step) and every RNG state; plain tensors and
   Python values only, read back with ``torch.load(weights_only=True)``.
 

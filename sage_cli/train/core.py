@@ -38,7 +38,7 @@ from sage_cli.errors import SageError
 from sage_cli.locks import lock_output_dir
 from sage_cli.losses import ESTIMATORS
 from sage_cli.model import SageClassifier
-from sage_cli.precision import cast_frozen_weights, compute_dtype, describe_precision
+from sage_cli.precision import cast_frozen_weights, casts_frozen_weights, compute_dtype, describe_precision
 from sage_cli.train import checkpoint as ckpt
 from sage_cli.train.config import TrainConfig, identity_of
 from sage_cli.train.datasets import build_datasets, describe_input, use_cached_features
@@ -63,8 +63,9 @@ class TrainResult:
     """The run directory and its train.json; ``skipped`` when it already held this exact run.
 
     ``classifier`` is the trained model in memory (eval mode; None when skipped); trained on CUDA,
-    its frozen tower weights are bf16 (:func:`~sage_cli.precision.cast_frozen_weights`): run it
-    under :func:`~sage_cli.precision.autocast`, as every stage does.
+    its frozen tower weights are bf16 under ``--precision auto`` or ``bf16``
+    (:func:`~sage_cli.precision.cast_frozen_weights`): run it under :func:`~sage_cli.precision.autocast`
+    with the run's precision, as every stage does.
     """
 
     out: Path
@@ -160,9 +161,9 @@ def build_trainer(
     head_vectors = compute_initial_head(config, frozen, len(inputs.data.classes))
     zero_shot = frozen[:2] if ESTIMATORS[config.loss.compensation].needs_zero_shot else None  # joint space
     task = build_task(clip.model, embeddings, counts, config.model, config.loss, device, head_vectors,
-                      zero_shot)
-    dtype = compute_dtype(device)
-    if dtype != torch.float32:  # bf16 autocast: the frozen tower's weights cast once, not at every op
+                      zero_shot, config.run.precision)
+    if casts_frozen_weights(device, config.run.precision):  # bf16: frozen tower weights cast once, not at every op
+        dtype = compute_dtype(device, config.run.precision)
         cast = cast_frozen_weights(task.classifier.visual, dtype)
         logger.info("%d frozen tower weights cast to %s (norms and trainable parameters stay float32)", cast, dtype)
     train_set, eval_set = build_datasets(config, inputs, clip)
@@ -198,7 +199,7 @@ def compute_frozen_train_features(
     visual = clip.model.visual
     pre_projection = resolve_head_feature(visual, config.model.head.feature) == PRE_PROJ
     frozen = compute_sharded_image_features(visual, dataset, config.data.micro_batch, config.data.num_workers, device,
-                                            dist_ctx or DistContext(), pre_projection)
+                                            dist_ctx or DistContext(), pre_projection, config.run.precision)
     logger.info("frozen features of %d training images", len(frozen.labels))
     return frozen
 
@@ -336,7 +337,7 @@ def summarise(
         "torch_threads": torch.get_num_threads(),
         "world_size": trainer.dist.world_size,
         "distributed_backend": trainer.dist.backend,
-        "precision": describe_precision(device),
+        "precision": describe_precision(device, config.run.precision),
         "steps": trainer.position.global_step,
         "steps_per_epoch": trainer.steps_per_epoch,
         "warmup_steps": trainer.warmup_steps,

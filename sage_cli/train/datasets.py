@@ -54,7 +54,8 @@ def use_cached_features(
     """
     if world_size > 1:
         raise SageError("--feature-cache trains in one process (seconds on a CPU); run it without torchrun")
-    key_inputs = compute_key_inputs(clip_record, inputs.data, device, classifier.head_feature)
+    key_inputs = compute_key_inputs(clip_record, inputs.data, device, classifier.head_feature,
+                                    config.run.precision)
     out: list[Dataset | None] = []
     for split, dataset in (("train", datasets[0]), (inputs.eval_split, datasets[1])):
         if dataset is None:
@@ -63,7 +64,8 @@ def use_cached_features(
         rows = inputs.data.split(split)
         features, _ = load_or_compute_features(
             config.data.feature_cache, key_inputs, split, classifier.encode_head_input, dataset,
-            rows["sample_id"].to_numpy(), device, config.data.micro_batch, config.data.num_workers)
+            rows["sample_id"].to_numpy(), device, config.data.micro_batch, config.data.num_workers,
+            config.run.precision)
         out.append(FeatureDataset(features, rows["label"].to_numpy()))
     classifier.read_cached_features()  # the head now reads the cached features
     return out[0], out[1], str(feature_dir(config.data.feature_cache, key_inputs))

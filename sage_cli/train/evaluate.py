@@ -35,7 +35,8 @@ def compute_group_top1(
 
 
 @torch.no_grad()
-def predict(classifier: nn.Module, loader: DataLoader, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+def predict(classifier: nn.Module, loader: DataLoader, device: torch.device,
+            precision: str = "auto") -> tuple[np.ndarray, np.ndarray]:
     """Arg-max predictions [N] and labels [N] of ``classifier`` over ``loader``; the model is left as found.
 
     Batches may be ``(images, labels, ...)`` tuples or :class:`~sage_cli.data.MicroBatch` es (an
@@ -48,7 +49,7 @@ def predict(classifier: nn.Module, loader: DataLoader, device: torch.device) -> 
         images, batch_labels = batch[0], batch[1]
         if images is None:
             continue
-        with autocast(device):
+        with autocast(device, precision):
             logits = classifier(images.to(device, non_blocking=True))  # [B, C]
         predictions.append(logits.argmax(dim=-1))
         labels.append(batch_labels)
@@ -68,7 +69,7 @@ class FrozenFeatures(NamedTuple):
 
 @torch.no_grad()
 def compute_image_features(visual: nn.Module, loader: DataLoader, device: torch.device,
-                           pre_projection: bool = False) -> FrozenFeatures:
+                           pre_projection: bool = False, precision: str = "auto") -> FrozenFeatures:
     """L2-normalised image features (float32, CPU) and labels of ``visual`` over ``loader``, in order:
     v(x) in the joint space and, for a ``pre_projection`` head, h(x) before ``proj`` too."""
     features, labels, heads = [], [], []
@@ -76,7 +77,7 @@ def compute_image_features(visual: nn.Module, loader: DataLoader, device: torch.
         images, batch_labels = batch[0], batch[1]
         if images is None:
             continue
-        with autocast(device):
+        with autocast(device, precision):
             head, joint = encode_tower(visual, images.to(device, non_blocking=True), pre_projection)
         features.append(F.normalize(joint.float(), dim=-1).cpu())
         heads.append(F.normalize(head.float(), dim=-1).cpu() if pre_projection else features[-1])
@@ -89,7 +90,7 @@ def compute_image_features(visual: nn.Module, loader: DataLoader, device: torch.
 
 def compute_sharded_image_features(
     visual: nn.Module, dataset: Dataset, batch_size: int, num_workers: int | None, device: torch.device,
-    dist_ctx: DistContext, pre_projection: bool = False,
+    dist_ctx: DistContext, pre_projection: bool = False, precision: str = "auto",
 ) -> FrozenFeatures:
     """:func:`compute_image_features` of ``visual`` over ``dataset``, the work split over the ranks.
 
@@ -98,7 +99,7 @@ def compute_sharded_image_features(
     unreadable images left out).
     """
     loader = build_loader(dataset, batch_size, num_workers, device, sampler=dist_ctx.shard(len(dataset)))
-    frozen = compute_image_features(visual, loader, device, pre_projection)
+    frozen = compute_image_features(visual, loader, device, pre_projection, precision)
     if not dist_ctx.enabled:
         return frozen
     blocks = [block for block in dist_ctx.gather_objects(tuple(frozen)) if len(block[1])]  # a rank may have none

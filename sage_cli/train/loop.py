@@ -11,7 +11,9 @@ order (:class:`~sage_cli.data.StepBatchSampler`), weights its losses by its shar
 step's normaliser, and DDP sums the gradients over ranks in the backward of the step's last
 micro-batch (the earlier ones accumulate locally); rank 0 alone writes. A NaN / inf loss stops
 the run before anything is logged or checkpointed; SIGINT / SIGTERM stop it at the next step
-boundary with a checkpoint (see :mod:`sage_cli.train.faults`). Each evaluation goes to
+boundary with a checkpoint (see :mod:`sage_cli.train.faults`). Under ``--precision fp16`` (LIFT's
+``prec: amp``) a :class:`torch.amp.GradScaler` scales each micro-batch's loss before its backward and
+unscales, steps and updates once per optimizer step; its state is checkpointed. Each evaluation goes to
 :class:`~sage_cli.train.selection.Selection` (``--keep best``, ``--patience``).
 """
 
@@ -31,6 +33,7 @@ import torch
 from sage_cli.artifacts import write_bytes_atomic
 from sage_cli.data import ManifestDataset, MicroBatch, StepBatchSampler, build_loader, iterate_batches
 from sage_cli.errors import SageError
+from sage_cli.precision import uses_grad_scaler
 from sage_cli.train import checkpoint as ckpt
 from sage_cli.train.config import TrainConfig
 from sage_cli.train.distributed import DistContext
@@ -122,6 +125,8 @@ class Trainer:
         per_epoch = self.steps_per_epoch if config.optim.lr_schedule == "cosine-epoch" else None
         self.scheduler = build_scheduler(self.optimizer, self.warmup_steps, self.total_steps, per_epoch,
                                          config.optim.epochs)
+        # fp16 only (LIFT's defaults); disabled, scale() returns the loss and step() steps the optimizer
+        self.scaler = torch.amp.GradScaler(device.type, enabled=uses_grad_scaler(device, config.run.precision))
         self.position = ckpt.Position(epoch=0, step_in_epoch=0, global_step=0)
         self.counters = Counters()
         self.last_eval: dict[str, Any] | None = None
@@ -217,7 +222,12 @@ class Trainer:
                 self.train_micro_batch(batch, share / normaliser if share else 0.0, step)
         self._step_lr = self.optimizer.param_groups[0]["lr"]  # the lr this step used (a float)
         if total:  # a step without one readable image (on any rank) changes no weight
-            self.optimizer.step()
+            # The scaler unscales the gradients and skips the step when one is inf / NaN (an fp16
+            # overflow), then lowers its scale. Such a step still counts and still advances the lr
+            # schedule, as in LIFT and torch's AMP recipe. The NaN-loss stop watches the float32 loss,
+            # not the gradients: a non-finite loss still stops the run, a scaled-gradient overflow does not.
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         self.scheduler.step()
         return int(total)
 
@@ -229,11 +239,11 @@ class Trainer:
         out = self.model(batch)
         loss = out["loss"]
         if not out["samples"]:  # nothing readable here: a zero that reaches every trainable parameter
-            loss.backward()
+            self.scaler.scale(loss).backward()
             return
         self.watch.observe(loss, step)
         weighted = loss * share
-        weighted.backward()
+        self.scaler.scale(weighted).backward()  # the loss itself under fp16 without a scaler
         self._window_loss += weighted.detach()
 
     def note_skipped(self, micro_batches: list[MicroBatch]) -> None:
@@ -318,7 +328,8 @@ class Trainer:
         if self.eval_loader is None:
             return
         tic = time.perf_counter()
-        predictions, labels = predict(self.task.classifier, self.eval_loader, self.device)
+        predictions, labels = predict(self.task.classifier, self.eval_loader, self.device,
+                                      self.config.run.precision)
         if self.dist.enabled:  # each rank evaluated a shard
             shards = self.dist.gather_objects((predictions, labels))
             predictions = np.concatenate([p for p, _ in shards])
@@ -347,6 +358,7 @@ class Trainer:
         return {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
+            **({"scaler": self.scaler.state_dict()} if self.scaler.is_enabled() else {}),
             "loss": self.task.loss.state_dict(),
             "rng": ckpt.collect_rng_state(),
             "rng_ranks": self.dist.gather_objects(ckpt.collect_rng_state()) if self.dist.enabled else [],
@@ -383,6 +395,8 @@ class Trainer:
         self.task.load_trainable_state_dict(ckpt.load_weights(checkpoint / ckpt.WEIGHTS))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler.is_enabled() and "scaler" in state:  # a checkpoint without one resumes with a fresh scaler
+            self.scaler.load_state_dict(state["scaler"])
         self.task.loss.load_state_dict(state["loss"])
         self.position = ckpt.Position(**state["position"])
         self.counters = Counters(**state["counters"])

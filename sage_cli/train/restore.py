@@ -38,6 +38,11 @@ class TrainedRun(NamedTuple):
     record: dict[str, Any]
     class_names: tuple[str, ...]  # index = class id
 
+    @property
+    def precision(self) -> str:
+        """The run's ``--precision`` (auto for runs before it): the autocast it is evaluated under."""
+        return read_config(self.record).run.precision
+
 
 @dataclass(frozen=True)
 class InputKind:

@@ -1,11 +1,13 @@
-"""Frozen tower weights cast to bf16 once (sage_cli.precision): which parameters change dtype, and
-that a pass under bf16 autocast gives what autocast gives with float32 weights.
+"""sage_cli.precision: the autocast dtype of each ``--precision`` on each device; frozen tower
+weights cast to bf16 once (which parameters change dtype, and that a pass under bf16 autocast gives
+what autocast gives with float32 weights).
 
 CPU autocast in bf16 stands in for CUDA's: the rule (bf16 weights under autocast) is the same.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import pytest
@@ -14,7 +16,18 @@ from torch import nn
 
 from sage_cli.methods import model_config
 from sage_cli.model import build_classifier
-from sage_cli.precision import NORMS, cast_frozen_weights, compute_dtype
+from sage_cli.precision import (
+    NORMS,
+    autocast,
+    autocast_dtype,
+    cast_frozen_weights,
+    casts_frozen_weights,
+    compute_dtype,
+    describe_precision,
+    uses_grad_scaler,
+)
+from sage_cli.schema import LossConfig
+from sage_cli.task import build_task
 
 
 def _perturbed(classifier: nn.Module) -> nn.Module:
@@ -84,3 +97,47 @@ def test_a_resnet_tower_keeps_its_batch_norms_in_float32() -> None:
     assert batch_norms and all(p.dtype == torch.float32 for m in batch_norms for p in m.parameters())
     assert visual.conv1.weight.dtype == torch.bfloat16
     assert all(p.dtype == torch.float32 for p in visual.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize(("precision", "device", "dtype", "described"), [
+    ("auto", "cuda", torch.bfloat16, "bf16-autocast"), ("auto", "cuda:1", torch.bfloat16, "bf16-autocast"),
+    ("auto", "cpu", None, "fp32"),
+    ("bf16", "cuda", torch.bfloat16, "bf16-autocast"), ("bf16", "cpu", torch.bfloat16, "bf16-autocast"),
+    ("fp16", "cuda", torch.float16, "fp16-autocast"), ("fp16", "cpu", torch.float16, "fp16-autocast"),
+    ("fp32", "cuda", None, "fp32"), ("fp32", "cpu", None, "fp32"),
+])
+def test_each_precision_names_its_autocast_dtype(precision: str, device: str, dtype, described: str) -> None:
+    assert autocast_dtype(device, precision) == dtype
+    assert compute_dtype(device, precision) == (dtype or torch.float32)
+    assert describe_precision(device, precision) == described
+    assert casts_frozen_weights(device, precision) == (dtype == torch.bfloat16)  # never under fp16: norms etc. stay
+    assert uses_grad_scaler(device, precision) == (dtype == torch.float16)
+
+
+def test_unknown_precision_is_refused() -> None:
+    with pytest.raises(ValueError, match="fp8"):
+        autocast_dtype("cpu", "fp8")
+
+
+def test_fp32_on_cuda_runs_without_autocast(monkeypatch) -> None:
+    """A (faked) CUDA host: auto and fp16 open a CUDA autocast in their dtype, fp32 a null context."""
+    opened = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch, "autocast", lambda device_type, dtype: opened.append((device_type, dtype)) or "cm")
+    assert isinstance(autocast(torch.device("cuda"), "fp32"), contextlib.nullcontext) and opened == []
+    assert autocast(torch.device("cuda:1")) == "cm" and autocast("cuda", "fp16") == "cm"
+    assert opened == [("cuda", torch.bfloat16), ("cuda", torch.float16)]
+
+
+@pytest.mark.parametrize(("precision", "features_dtype"), [("fp16", torch.float16), ("bf16", torch.bfloat16),
+                                                           ("fp32", torch.float32), ("auto", torch.float32)])
+def test_task_forward_runs_under_its_precision_on_cpu(precision: str, features_dtype, tiny_clip,
+                                                      class_embeddings) -> None:
+    """CPU autocast: the tower's features come out in the autocast dtype, the head's logits and the loss in float32."""
+    task = build_task(tiny_clip, class_embeddings, torch.arange(10, 0, -1).float(), model_config("lift"), LossConfig(),
+                      torch.device("cpu"), precision=precision)
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    out = task((images, torch.tensor([0, 9])))
+    assert out["features"].dtype == features_dtype
+    assert out["logits"].dtype == torch.float32 and out["loss"].dtype == torch.float32
+    assert torch.isfinite(out["loss"])
