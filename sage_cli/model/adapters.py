@@ -74,6 +74,11 @@ def count_parallel_slots(device_type: str, index: int) -> int:
     return max(1, torch.get_num_threads() if device_type == "cpu" else os.cpu_count() or 1)
 
 
+def _is_exporting() -> bool:
+    """Whether the forward is being traced or exported (TorchScript trace, ONNX, torch.export)."""
+    return bool(torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting())
+
+
 def attend_in_groups(q: torch.Tensor, k_h: torch.Tensor, v_h: torch.Tensor, groups: int) -> torch.Tensor:
     """softmax(Q K^T / sqrt(d)) V of the queries ``q`` [T, r] against ``k_h``, ``v_h`` [1, h, M, d]
     (r = h d), the T queries cut into ``groups`` equal groups (``groups`` divides T): [T, r]."""
@@ -224,9 +229,12 @@ class SGAdapter(AdapterModule):
         if self.guidance.mask is not None or self.guidance.bias is not None or self.record_attention:
             return self.attend_per_image(q, k_h, v_h)
         queries = q.reshape(-1, self.bottleneck)  # [B*N, r]: every token of every image
-        slots = count_parallel_slots(q.device.type, q.device.index or 0)
-        groups = compute_attention_groups(queries.shape[0], num_tokens, self.heads, slots,
-                                          KEY_TILE if q.is_cuda else num_tokens)
+        if _is_exporting():  # a traced graph keeps G as a constant: one group fits every batch size
+            groups = 1
+        else:
+            slots = count_parallel_slots(q.device.type, q.device.index or 0)
+            groups = compute_attention_groups(queries.shape[0], num_tokens, self.heads, slots,
+                                              KEY_TILE if q.is_cuda else num_tokens)
         return attend_in_groups(queries, k_h, v_h, groups).view(q.shape)
 
     def attend_per_image(self, q: torch.Tensor, k_h: torch.Tensor, v_h: torch.Tensor) -> torch.Tensor:

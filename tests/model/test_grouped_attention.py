@@ -92,3 +92,18 @@ def test_adapter_attention_is_the_flattened_form(batch_first: bool, monkeypatch:
     assert seen == [1, 4]  # 2 heads x 1 tile (CPU: the whole key set) per group -> ceil(8 / 2) = 4 groups
     for name, expected, got in zip(("out", "dq", "dWk", "dWv"), one, grouped):
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-6, msg=name)
+
+
+def test_a_traced_adapter_serves_any_batch_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A trace keeps the group count as a constant: traced, the attention is one group, so the
+    exported graph (TorchScript, ONNX) runs other batch sizes than the one it was traced at."""
+    import sage_cli.model.adapters as adapters
+
+    monkeypatch.setattr(adapters, "count_parallel_slots", lambda *_: 64)  # many groups when eager
+    torch.manual_seed(0)
+    adapter = SGAdapter(16, 8, GuidanceBank(F.normalize(torch.randn(5, 12), dim=-1))).eval()
+    with torch.no_grad():
+        adapter.up.weight.normal_()
+        traced = torch.jit.trace(adapter, torch.randn(2, 6, 16))
+        other = torch.randn(3, 7, 16)
+        torch.testing.assert_close(traced(other), adapter(other), rtol=0, atol=1e-6)
