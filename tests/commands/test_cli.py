@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,15 +14,6 @@ from typer.testing import CliRunner
 from sage_cli.cli import app
 
 runner = CliRunner()
-
-
-@pytest.fixture()
-def loud_again() -> Iterator[None]:
-    """``-q`` sets the shared console quiet; put it back for the tests that follow."""
-    yield
-    from sage_cli.console import configure_output
-
-    configure_output()
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -70,16 +60,6 @@ def test_shell_completion_is_on() -> None:
     assert result.exit_code == 0, result.output
     assert "_SAGE_COMPLETE" in result.output or "complete_bash" in result.output
     assert "--install-completion" in runner.invoke(app, ["--help"]).output
-
-
-def test_quiet_prepare_prints_one_result_line(tmp_path: Path, loud_again: None) -> None:
-    out = tmp_path / "prepared"
-    result = runner.invoke(app, ["-q", "prepare", "synthetic", "--out", str(out)])
-    assert result.exit_code == 0, result.output
-    record = json.loads((out / "prepare.json").read_text())
-    counts = record["counts"]
-    assert result.stdout == (f"{out}: {record['num_classes']} classes, {counts['train']} train / {counts['val']} val / "
-                             f"{counts['test']} test images\n")
 
 
 def _small_folder(root: Path) -> Path:
