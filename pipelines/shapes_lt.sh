@@ -9,7 +9,7 @@ METHODS="linear lift sage"
 parse_args "$@"
 WORK="${WORK:-runs/shapes_lt}"
 MODEL="sage-toy"
-PRETRAINED="$SAGE_REPO/sage_cli/assets/sage_toy_v2.safetensors"  # world v2 (docs/world.md)
+PRETRAINED="$SAGE_REPO/sage_cli/assets/sage_toy_v2.safetensors"  # toy CLIP v2, world v3's model (docs/world.md)
 DEVICE="${DEVICE:-cpu}"
-TEMPLATES="${TEMPLATES:-ensemble}"  # the demo's text cache (sage demo), not LIFT's single template
+TEMPLATES="${TEMPLATES:-single}"  # the demo's text cache (sage demo): LIFT's single template since world v3
 run_pipeline shapes-lt "" "$SAGE_REPO/sage_cli/presets/shapes_lt.yaml"

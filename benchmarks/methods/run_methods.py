@@ -1,13 +1,15 @@
 """Methods and ablations on Shapes-LT, several seeds: overall / many / medium / few, mean ± spread.
 
-    python benchmarks/methods/run_methods.py --out runs/bench-methods --seeds 0 1 2
-    python benchmarks/methods/run_methods.py --out runs/bench-ir50 --imbalance-ratio 50 --splits val test
+    python benchmarks/methods/run_methods.py --out runs/bench-methods --seeds 0 1 2 3 4 --frontier
+    python benchmarks/methods/run_methods.py --out runs/bench-ir25 --imbalance-ratio 25 --splits val test
 
 Reuses `sage demo`'s prepared data and text cache layout under --out and the same training
 settings as the demo (so the table explains what the demo shows). Each run is trained once and
 reported on every split of --splits. Unless --no-record it writes results/<tag>-<split>.json and
-.md beside this script (tag: --tag, else the world variant, e.g. ir50-v0, else "default") and,
-after a test split, rebuilds RESULTS.md from every results/*-test.md (the default world's first).
+.md beside this script (tag: --tag, else the world variant, e.g. ir25-v0, else "default") and,
+after a test split, rebuilds RESULTS.md from every results/*-test.md (the default world's first;
+world v2's and v1's records are kept as results/world-v2-*, world-v1-*, labelled). ``--frontier``
+adds the head-tail frontier against lift (`sage report --frontier`: val chooses t, test reports).
 Val figures never enter RESULTS.md: choices are made on them.
 """
 
@@ -34,6 +36,7 @@ from sage_cli.stats import summarise_paired
 VARIANTS = {
     "linear": ("linear", {}),
     "lift": ("lift", {}),
+    "full-ft": ("full-ft", {"lr": 0.003}),  # its own best lr on val (world v3, K7 of docs/world.md)
     "sage": ("sage", {}),
     "sage, guidance off": ("sage", {"guidance": False}),
     "sage, compensation none": ("sage", {"compensation": "none"}),
@@ -52,15 +55,16 @@ VARIANTS = {
     "sage, text-align 1": ("sage", {"text_align": 1.0}),
     "sage-gate": ("sage-gate", {}),
     # descriptions against templates: the text cache encoded from the world's class descriptions
-    # (sage_cli/assets/shapes_descriptions.json, no templates) for the head, the guidance and the estimator
+    # (shapes_descriptions_v3.json; world v2: shapes_descriptions.json; no templates) for the head, the guidance
+    # and the estimator
     "lift, descriptions": ("lift", {"text": "descriptions"}),
     "sage, descriptions": ("sage", {"text": "descriptions"}),
     "sage, guidance off, descriptions": ("sage", {"guidance": False, "text": "descriptions"}),
 }
-# text caches beside out/text (the 18-template ensemble): name -> encode-text options
+# text caches beside out/text (the demo's: LIFT's single template since world v3): name -> encode-text options
 TEXT_CACHES = {"descriptions": {"templates": "none", "descriptions": "world"}}
-DEFAULT_VARIANTS = ["linear", "lift", "sage", "sage, guidance off", "sage, compensation none",
-                    "sage, compensation count", "sage, lambda 1"]
+DEFAULT_VARIANTS = ["linear", "lift", "full-ft", "sage", "sage, guidance off", "sage, compensation none",
+                    "sage, compensation count"]
 HERE = Path(__file__).resolve().parent
 
 
@@ -171,18 +175,25 @@ def main() -> None:
     parser.add_argument("--tag", default=None, help="name of the records and reports (default: the world's)")
     parser.add_argument("--train-only", action="store_true",
                         help="train the runs and report nothing (a second job beside one that reports)")
+    parser.add_argument("--frontier", action="store_true",
+                        help="after the last seed, the head-tail frontier against lift on the test split (t from val)")
     parser.add_argument("--no-record", action="store_true")
     parser.add_argument("--rewrite", action="store_true",
                         help="rewrite every results/*.md from its .json and RESULTS.md from them, then stop")
     args = parser.parse_args()
     if args.rewrite:
         for path in sorted((HERE / "results").glob("*.json")):
-            if path.stem.startswith("world-v1"):
-                continue  # world v1's record predates this layout; its .md is kept as written
+            if path.stem.startswith("world-v1") or path.stem.endswith("-frontier"):
+                continue  # world v1's record predates this layout (its .md is kept as written); frontiers: below
             record = json.loads(path.read_text())
             record["results"] = compact(record["results"])
+            tag = path.stem.rsplit("-", 1)[0]
             write_results(record["results"], record["seeds"], None, record["seconds"], record["split"],
-                          record.get("world"), path.stem.rsplit("-", 1)[0], record)
+                          record.get("world"), tag, record)
+            frontier = HERE / "results" / f"{tag}-frontier.json"
+            if record["split"] == "test" and frontier.is_file():
+                add_frontier(json.loads(frontier.read_text()), tag)
+        collect_results()
         return
     torch.set_num_threads(args.threads)
     base = DemoConfig(out=args.out, device="cpu")
@@ -192,8 +203,10 @@ def main() -> None:
     for text in sorted({VARIANTS[name][1].get("text") for name in args.variants} - {None}):
         encode_variant(args.out, text, base)
     rows: dict[str, dict[str, list[dict]]] = {split: {"zero-shot": []} for split in args.splits}
+    every_run: list[Path] = []
     for i, seed in enumerate(args.seeds):
         runs = [train_variant(name, seed, args.out, base) for name in args.variants]
+        every_run += runs
         for split in [] if args.train_only else args.splits:
             tag = args.tag or world_tag(world) or "default"
             report = evaluate(runs, args.out / f"report-{tag}-{split}-seed{seed}", split)
@@ -203,6 +216,41 @@ def main() -> None:
             if not args.no_record:  # after every seed, so a cut-off run still leaves its figures
                 write_results(rows[split], args.seeds[: i + 1], base, time.perf_counter() - started, split, world,
                               args.tag)
+    if args.frontier and not args.train_only and "lift" in args.variants:
+        tag = args.tag or world_tag(world) or "default"
+        report = evaluate_frontier(every_run, args.out / f"report-{tag}-frontier")
+        if not args.no_record:
+            section = report["frontier"]
+            section = {"reference": section["reference"], "grid": section["grid"], "paired": section["paired"]}
+            (HERE / "results" / f"{tag}-frontier.json").write_text(json.dumps(section, indent=2) + "\n")
+            add_frontier(section, tag)
+            collect_results()
+
+
+def evaluate_frontier(runs: list[Path], out: Path) -> dict:
+    """report.json of every run (all seeds) against lift with the head-tail frontier, test split."""
+    from sage_cli.report import ReportConfig
+    from sage_cli.report import run as report
+
+    return report(ReportConfig(out=out, runs=tuple(runs), device="cpu", num_workers=0, split="test",
+                               reference="lift", frontier=True)).report
+
+
+def add_frontier(section: dict, tag: str) -> None:
+    """The frontier table (``section``: report.json's frontier, paired rows) added to results/<tag>-test.md."""
+    from sage_cli.report.markdown import FRONTIER_HEADER, frontier_rows
+
+    rows = ["| " + " | ".join(FRONTIER_HEADER) + " |", "|" + "---|" * len(FRONTIER_HEADER),
+            *("| " + " | ".join(row) + " |" for row in frontier_rows({"frontier": section}))]
+    md = HERE / "results" / f"{tag}-test.md"
+    text = md.read_text() if md.is_file() else ""
+    text = text.split(FRONTIER_TITLE)[0].rstrip("\n") + "\n"
+    md.write_text(text + f"\n{FRONTIER_TITLE}\n\nEach run swept along t in z - t·log(prior) on val, read where its many "
+                  "accuracy equals lift's (same seed); the same t applied to test. Above 0: a gain, not a trade. "
+                  "Mean difference [95% t-interval] over seeds, points.\n\n" + "\n".join(rows) + "\n")
+
+
+FRONTIER_TITLE = "Head-tail frontier against lift, paired by seed (points)."
 
 
 def prepare_inputs(out: Path, base: DemoConfig, imbalance_ratio: float | None = None, variant: int = 0) -> None:
@@ -215,7 +263,7 @@ def prepare_inputs(out: Path, base: DemoConfig, imbalance_ratio: float | None = 
         from sage_cli.prepare import run as prepare_world
 
         prepare_world(PrepareConfig(dataset="shapes-lt", out=out / "prepared", seed=base.seed,
-                                    imbalance_ratio=imbalance_ratio, variant=variant))
+                                    imbalance_ratio=imbalance_ratio, variant=variant))  # the default domain
     encode(out / "prepared", out / "text", base)
 
 
@@ -223,11 +271,12 @@ def encode_variant(out: Path, name: str, base: DemoConfig) -> None:
     """The text cache ``out/text-<name>`` (:data:`TEXT_CACHES`) from the toy CLIP, skipped when done."""
     from sage_cli.encode_text import EncodeTextConfig
     from sage_cli.encode_text import run as encode_text
-    from sage_cli.world import SHAPES_DESCRIPTIONS, TOY_MODEL, TOY_WEIGHTS
+    from sage_cli.world import SHAPES_DESCRIPTIONS, SHAPES_DESCRIPTIONS_V3, TOY_MODEL, TOY_WEIGHTS
+    from sage_cli.world.shapes_lt import DEFAULT_DOMAIN
 
     options = dict(TEXT_CACHES[name])
     if options.get("descriptions") == "world":
-        options["descriptions"] = SHAPES_DESCRIPTIONS
+        options["descriptions"] = SHAPES_DESCRIPTIONS_V3 if DEFAULT_DOMAIN == "v3" else SHAPES_DESCRIPTIONS
     target = out / f"text-{name}"
     if (target / "encode.json").is_file():
         return
@@ -252,22 +301,28 @@ def write_results(rows: dict[str, list[dict]], seeds: list[int], base: DemoConfi
                   split: str = "test", world: dict | None = None, tag: str | None = None,
                   record: dict | None = None) -> None:
     """results/<tag>-<split>.json and .md (``record``: rewrite the .md of an existing record)."""
+    from sage_cli.world.shapes_lt import DEFAULT_DOMAIN
+
     world = world or {}
     tag = tag or world_tag(world) or "default"
     table = summarise(rows)
     paired = summarise_against(rows, seeds)
     pieces = summarise_pieces(rows, seeds)
     if record is None:
+        world = {**world, "domain": DEFAULT_DOMAIN}
         record = {"seeds": seeds, "split": split, "world": world, "settings": {"epochs": base.epochs,
                   "batch_size": base.batch_size, "lr": base.lr, "augment": base.augment,
                   "torch_threads": torch.get_num_threads()}, "machine": machine_description(),
                   "seconds": round(seconds), "results": compact(rows)}
     machine, settings = record["machine"], record["settings"]
-    world_name = ("default world (fine, class-order variant 0, imbalance ratio 100)" if not world_tag(world) else
-                  f"world variant (fine, class-order variant {world.get('variant') or 0}, imbalance ratio "
-                  f"{world.get('imbalance_ratio') or 100:g})")
+    domain = world.get("domain", "fine")  # records before world v3 hold no domain: world v2's fine
+    ratio = world.get("imbalance_ratio") or (50 if domain == "v3" else 100)
+    world_name = (f"default world ({domain}, class-order variant 0, imbalance ratio {ratio:g})" if not world_tag(world)
+                  else f"world variant ({domain}, class-order variant {world.get('variant') or 0}, imbalance ratio "
+                  f"{ratio:g})")
     text = (f"## {tag}: {world_name}, {split} split\n\nSeeds {seeds}; demo settings (epochs {settings['epochs']}, "
-            f"batch {settings['batch_size']}, lr {settings['lr']}, augment {settings['augment']}); toy CLIP v2; {split} "
+            f"batch {settings['batch_size']}, lr {settings['lr']}, augment {settings['augment']}"
+            f"{'' if domain != 'v3' else ', LIFT single template'}); toy CLIP v2; {split} "
             f"split, top-1 %, mean ± sample std over seeds.\nMachine: {machine}; {settings['torch_threads']} torch "
             f"thread(s) per run; {record['seconds']} s in all (reports only, when the runs existed).\n\n{table}\n"
             + (f"\nDifference to lift, paired by seed (points): mean [95% t-interval].\n\n{paired}\n" if paired else "")
@@ -281,14 +336,28 @@ def write_results(rows: dict[str, list[dict]], seeds: list[int], base: DemoConfi
     print(f"\n{split}, paired by seed against lift:\n{paired}", flush=True)
 
 
+OLD_WORLDS = {  # results/<prefix>*-test.md of earlier worlds, kept below today's, each under this heading
+    "world-v2-": "# World v2 (domain fine, the 18-template ensemble; the default world before world v3)\n\n"
+                 "> **Measured before `lift` became LIFT-exact** (issue 21): every trained head here read CLIP's "
+                 "projected feature and evaluation used open_clip's resize; `--domain fine --head-feature projected "
+                 "--eval-resize clip` and `--templates ensemble` reproduce those runs.\n\n",
+    "world-v1-": "# World v1 (domain hard, toy CLIP v1)\n\n",
+}
+
+
 def collect_results() -> None:
-    """RESULTS.md: every results/*-test.md, the default world's first (val tables stay out)."""
+    """RESULTS.md: today's world's results/*-test.md (the default world first), then earlier worlds' (labelled)."""
     parts = sorted((HERE / "results").glob("*-test.md"), key=lambda p: (not p.name.startswith("default"), p.name))
-    body = "\n".join(p.read_text() for p in parts)
+    today = [p for p in parts if not p.name.startswith(tuple(OLD_WORLDS))]
+    body = "\n".join(p.read_text() for p in today)
+    for prefix, heading in OLD_WORLDS.items():
+        old = [p for p in parts if p.name.startswith(prefix)]
+        if old:
+            body += "\n" + heading + "\n".join(p.read_text() for p in old)
     (HERE / "RESULTS.md").write_text(
         "# Shapes-LT: methods and ablations (test split)\n\nWritten by `benchmarks/methods/run_methods.py` from "
         "`results/*-test.md` (raw figures in the matching `.json`); the val tables the choices were made on are "
-        "`results/*-val.md` and TRIALS-v2.md.\n\n" + body)
+        "`results/*-val.md`, TRIALS-v3.md (world v3, the default) and TRIALS-v2.md.\n\n" + body)
 
 
 if __name__ == "__main__":

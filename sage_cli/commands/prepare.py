@@ -30,7 +30,7 @@ def command(
     imbalance_ratio: float | None = typer.Option(None, "--imbalance-ratio", help="Largest / smallest class count (cifar100-lt, shapes-lt: 100, shapes-lt --domain v3: 50; any value > 1; shapes-lt also 1: balanced)."),
     max_count: int | None = typer.Option(None, "--max-count", help="shapes-lt: training images of the most frequent class (default 300; --domain v3: 200)."),
     variant: int = typer.Option(0, "--variant", help="shapes-lt: world variant, the seed of which classes are frequent (apart from --seed)."),
-    domain: Domain | None = typer.Option(None, "--domain", help="shapes-lt: v3 (world v3: looks per class, ImageNet-LT group sizes; an option, docs/world.md), fine (world v2: mild textures, class shades), moderate (world v2, stronger textures) or hard (world v1's shifted domain). Default: fine."),
+    domain: Domain | None = typer.Option(None, "--domain", help="shapes-lt: v3 (world v3, the default: looks per class that the descriptions name, ImageNet-LT group sizes; docs/world.md), fine (world v2: mild textures, class shades), moderate (world v2, stronger textures) or hard (world v1's shifted domain)."),
     groups_from: Literal["ir100", "own"] | None = typer.Option(None, "--groups-from", help="cifar100-lt groups: ir100 (default, LIFT's 35/35/30) or own (this ratio's counts).", show_default=False),
     label_order: Literal["species", "category-id"] | None = typer.Option(None, "--label-order", help="inat2018 labels: species (default, LIFT's: the index of the species name in the sorted names) or category-id (the ids as written).", show_default=False),
     many_threshold: int = typer.Option(100, "--many-threshold", help="many: more training images than this."),

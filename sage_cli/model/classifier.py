@@ -14,6 +14,7 @@ from sage_cli.errors import SageError
 from sage_cli.model.adapters import SGAdapter
 from sage_cli.model.features import PRE_PROJ, encode_tower, map_text_to_pre_projection, resolve_head_feature
 from sage_cli.model.head import build_head
+from sage_cli.model.head_init import draw_random_rows
 from sage_cli.model.peft import PeftContext, inject_peft
 from sage_cli.model.protocol import AdapterModule, mark_only_trainable
 from sage_cli.schema import ModelConfig
@@ -226,7 +227,8 @@ def build_classifier(
 
     ``class_embeddings`` [C, E]: the L2-normalised class vectors of the text cache; they are the
     guidance tokens and the head's initial weight (mapped by normalize(t @ proj.T) for a pre-proj
-    head) unless ``head_vectors`` [C, D] (another ``head.init``, in the head's feature space) is given.
+    head) unless ``head_vectors`` [C, D] (another ``head.init``, in the head's feature space) is given;
+    ``head.init`` random draws unit rows of that space's width from torch's (seeded) generator.
     """
     device = next(clip_model.parameters()).device
     class_embeddings = _check_class_embeddings(clip_model, class_embeddings).to(device)
@@ -241,6 +243,8 @@ def build_classifier(
         vectors = map_text_to_pre_projection(class_embeddings, visual.proj)  # [C, W]
     else:
         vectors = class_embeddings
+    if cfg.head.init == "random":  # from scratch: only the width comes from the text vectors
+        vectors = draw_random_rows(*vectors.shape).to(vectors.device)
     head = build_head(cfg.head.kind, vectors, cfg.head.scale).to(device)
     classifier = SageClassifier(visual, head, cfg, tuned)
     classifier.train(clip_model.training)

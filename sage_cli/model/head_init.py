@@ -3,6 +3,8 @@
 - ``class-mean``: the normalised mean of each class's (L2-normalised) frozen image features;
 - ``k-shot``: the same over each class's first ``shots`` training images (manifest order), LIFT's
   1/10/100-shot init;
+- ``random`` (made by :func:`draw_random_rows`, no features needed): unit rows in directions drawn
+  from torch's seeded generator, a probe trained from scratch (Imbalance-VLM's plain linear probe);
 - ``linear-probe``: ridge regression of one-hot labels on the features,
   W = Y^T X (X^T X + lambda I)^-1 with lambda = 1, rows normalised: a deterministic closed-form
   linear probe (LIFT fits a logistic regression; the closed form needs no iterations or seed).
@@ -20,6 +22,12 @@ from sage_cli.config import option_label
 from sage_cli.errors import SageError
 
 RIDGE_LAMBDA = 1.0
+DATA_FREE_INITS = ("text", "random")  # --head-init values that need no image features
+
+
+def draw_random_rows(num_classes: int, dim: int) -> torch.Tensor:
+    """[C, D] unit rows in uniformly random directions, from torch's global generator (seeded by the run)."""
+    return F.normalize(torch.randn(num_classes, dim), dim=-1)
 
 
 def compute_head_vectors(

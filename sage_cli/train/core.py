@@ -30,7 +30,7 @@ from sage_cli.artifacts import TRAIN_RECORD
 from sage_cli.backbone import BACKBONE_INIT_SEED, LoadedClip, build_backbone
 from sage_cli.data import ManifestDataset
 from sage_cli.encode_text import check_text_cache_matches
-from sage_cli.model.head_init import compute_head_vectors
+from sage_cli.model.head_init import DATA_FREE_INITS, compute_head_vectors
 from sage_cli.train.advice import warn_launch_bound, warn_short_schedule
 from sage_cli.model.features import PRE_PROJ, resolve_head_feature
 from sage_cli.train.evaluate import FrozenFeatures, compute_sharded_image_features
@@ -191,7 +191,7 @@ def compute_frozen_train_features(
     module, when something needs them (a ``--head-init`` other than text: in the head's feature
     space; the zero-shot compensation: in CLIP's joint space); None otherwise. One pass serves both;
     under torchrun each rank encodes its share and every rank gets the whole."""
-    needed = config.model.head.init != "text" or ESTIMATORS[config.loss.compensation].needs_zero_shot
+    needed = config.model.head.init not in DATA_FREE_INITS or ESTIMATORS[config.loss.compensation].needs_zero_shot
     if not needed:
         return None
     data = inputs.data
@@ -208,9 +208,10 @@ def compute_initial_head(
     config: TrainConfig, frozen: FrozenFeatures | None, num_classes: int
 ) -> torch.Tensor | None:
     """The head's initial rows [C, D] (in its feature space) for a ``--head-init`` other than text
-    (None for text), from :func:`compute_frozen_train_features`."""
+    (None for text and random: :func:`~sage_cli.model.classifier.build_classifier` makes those), from
+    :func:`compute_frozen_train_features`."""
     head = config.model.head
-    if head.init == "text":
+    if head.init in DATA_FREE_INITS:
         return None
     logger.info("head init %s from %d training images", head.init, len(frozen.labels))
     return compute_head_vectors(head.init, frozen.head, frozen.labels, num_classes, head.init_shots)

@@ -2,15 +2,14 @@
 
 :func:`prepare_shapes_lt` writes PNGs under ``out_dir/images/<split>/`` and returns the manifest
 rows (``sample_id, path, label, split`` with ``path`` relative to ``out_dir``) and the class names.
-The train split is long-tailed: downstream class ``i`` (of ``C``) keeps
-``floor(max_count * imbalance_ratio ** (-i / (C - 1)))`` images (300 down to 3 by default;
-ratio 1 is balanced); val and test are balanced. Downstream class order is a Latin square over
+The train split is long-tailed. World v3 (the default, ``--domain v3``, :data:`~sage_cli.world.shapes.V3`)
+keeps ImageNet-LT's group sizes (:func:`compute_group_counts`: 31 / 38 / 11 classes many / medium /
+few, 200 down to 4 images); worlds v1 and v2 keep ``floor(max_count * imbalance_ratio ** (-i / (C - 1)))``
+images for downstream class ``i`` of ``C`` (300 down to 3). Ratio 1 is balanced; val and test are balanced. Downstream class order is a Latin square over
 shapes and colours, so every stretch of the tail mixes all shapes and many colours (head and tail
 are not one shape, and every rare class shares its shape and its colour with common ones). The
 ``variant`` seeds that Latin square (which shape / colour leads it), apart from the image seed.
-World v3 (``--domain v3``, :data:`~sage_cli.world.shapes.V3`) keeps ImageNet-LT's group sizes instead
-(:func:`compute_group_counts`: 31 / 38 / 11 classes many / medium / few, 200 down to 4 images).
-Domains: ``fine`` (world v2, :data:`~sage_cli.world.shapes.FINE`: its per-class shades are seeded
+Other domains: ``fine`` (world v2, :data:`~sage_cli.world.shapes.FINE`: its per-class shades are seeded
 by the ``variant`` too), ``moderate`` (world v2, :data:`~sage_cli.world.shapes.MODERATE`) and
 ``hard`` (world v1's ``SHIFTED``).
 """
@@ -32,7 +31,7 @@ IMAGE_DIR = "images"
 _SPLIT_STREAMS = {"train": 0, "val": 1, "test": 2}
 _ORDER_SEED = 20240607  # fixes which shape / colour leads the Latin square (variant 0); never tied to --seed
 SHAPES_LT_DOMAINS: dict[str, Domain] = {"fine": FINE, "moderate": MODERATE, "hard": SHIFTED, "v3": V3}
-DEFAULT_DOMAIN = "fine"  # world v2, whose instrument card shows its criteria met (docs/world.md); v1: "hard"
+DEFAULT_DOMAIN = "v3"  # world v3 (docs/world.md, instrument card); v2: "fine", v1: "hard"
 # Each domain's train counts: the exponential profile (v1, v2) or ImageNet-LT's group sizes (v3), and defaults.
 GROUP_PROFILE_DOMAINS = frozenset({"v3"})
 DOMAIN_COUNT_DEFAULTS: dict[str, tuple[float, int]] = {"v3": (50.0, 200)}  # (imbalance ratio, max count)
@@ -83,7 +82,8 @@ def compute_group_counts(num_classes: int, imbalance_ratio: float, max_count: in
     low = max_count / imbalance_ratio
     if max_count <= many + 1 or low >= few:
         raise SageError(f"--max-count {max_count} and --imbalance-ratio {imbalance_ratio:g} must span the groups: "
-                        f"the most frequent class above {many + 1} images, the rarest below {few}")
+                        f"the most frequent class above {many + 1} images, the rarest below {few} (or --domain fine: "
+                        "world v2's exponential profile)")
     n_many, n_few = (round(num_classes * share / sum(shares)) for share in (shares[0], shares[2]))
     counts = []
     for high, end, size in ((max_count, many + 1, n_many), (many, few, num_classes - n_many - n_few),

@@ -63,3 +63,15 @@ def test_head_vectors_replace_the_text_init(tiny_clip, class_embeddings) -> None
     classifier = build_classifier(tiny_clip, class_embeddings, model_config("linear", head_init="class-mean"),
                                   head_vectors=vectors)
     assert torch.equal(classifier.head.weight.detach(), vectors)
+
+
+def test_random_init_draws_seeded_unit_rows_of_the_head_width(tiny_clip, class_embeddings) -> None:
+    torch.manual_seed(3)
+    expected = F.normalize(torch.randn(10, 64), dim=-1)  # what the seeded generator gives next
+    torch.manual_seed(3)
+    classifier = build_classifier(tiny_clip, class_embeddings, model_config("linear", head_init="random",
+                                                                            head_feature="projected"))
+    assert torch.equal(classifier.head.weight.detach(), expected)
+    assert torch.allclose(classifier.head.weight.norm(dim=-1), torch.ones(10))
+    pre = build_classifier(tiny_clip, class_embeddings, model_config("linear", head_init="random"))
+    assert pre.head.weight.shape == (10, tiny_clip.visual.proj.shape[0])  # the pre-projection width

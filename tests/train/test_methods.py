@@ -96,6 +96,10 @@ def test_feature_head_init_uses_the_frozen_features_of_the_training_split(synthe
                                "method": "lora"})
     assert compute_frozen_train_features(text, inputs, clip, torch.device("cpu")) is None
     assert compute_initial_head(text, None, 4) is None
+    scratch = build_train_config({"prepared": synthetic_prepared, "text_cache": synthetic_text_cache, "out": "o",
+                                  "method": "linear", "head_init": "random"})  # needs no pass over the images
+    assert compute_frozen_train_features(scratch, inputs, clip, torch.device("cpu")) is None
+    assert compute_initial_head(scratch, None, 4) is None
 
 
 def test_zero_shot_compensation_is_fitted_on_the_frozen_training_features_and_recorded(

@@ -45,7 +45,8 @@ def test_class_order_interleaves_shapes_and_colours() -> None:
 
 
 def test_prepare_writes_manifest_and_images(tmp_path: Path) -> None:
-    manifest, names = prepare_shapes_lt(tmp_path, imbalance_ratio=4, max_count=8, val_per_class=1, test_per_class=2)
+    manifest, names = prepare_shapes_lt(tmp_path, imbalance_ratio=4, max_count=8, val_per_class=1, test_per_class=2,
+                                        domain="fine")  # world v2's exponential profile
     counts = compute_train_counts(80, 4, 8)
     assert list(manifest.columns) == ["sample_id", "path", "label", "split"]
     assert manifest["sample_id"].tolist() == list(range(sum(counts) + 80 + 160))
@@ -63,7 +64,7 @@ def test_prepare_writes_manifest_and_images(tmp_path: Path) -> None:
 
 
 def test_prepare_pixels_are_the_default_domain(tmp_path: Path) -> None:
-    manifest, _ = prepare_shapes_lt(tmp_path, imbalance_ratio=2, max_count=2, val_per_class=0, test_per_class=1)
+    manifest, _ = prepare_shapes_lt(tmp_path, imbalance_ratio=1, max_count=1, val_per_class=0, test_per_class=1)
     test = manifest[manifest["split"] == "test"]
     # The test split is rendered by one generate() call on stream [seed, 2] (80 images < one chunk).
     world_ids = np.asarray(compute_class_order())[test["label"].to_numpy()]
@@ -73,7 +74,7 @@ def test_prepare_pixels_are_the_default_domain(tmp_path: Path) -> None:
 
 
 def test_prepare_is_deterministic_per_seed(tmp_path: Path) -> None:
-    kwargs = dict(imbalance_ratio=2, max_count=2, val_per_class=0, test_per_class=1)
+    kwargs = dict(imbalance_ratio=1, max_count=2, val_per_class=0, test_per_class=1)
     m1, _ = prepare_shapes_lt(tmp_path / "a", seed=1, **kwargs)
     m2, _ = prepare_shapes_lt(tmp_path / "b", seed=1, **kwargs)
     m3, _ = prepare_shapes_lt(tmp_path / "c", seed=2, **kwargs)
@@ -89,6 +90,7 @@ def test_prepare_is_deterministic_per_seed(tmp_path: Path) -> None:
         ({"imbalance_ratio": 0.5}, "--imbalance-ratio must be >= 1"),
         ({"max_count": 0}, "--max-count must be >= 1"),
         ({"max_count": 50, "imbalance_ratio": 100}, "leaves the rarest class no training image"),
+        ({"max_count": 8, "imbalance_ratio": 4}, "must span the groups: .*--domain fine"),
         ({"test_per_class": 0}, "--test-per-class >= 1"),
         ({"val_per_class": -1}, "--val-per-class >= 0"),
     ],
@@ -113,7 +115,7 @@ def test_balanced_ratio_one_and_max_count(tmp_path: Path) -> None:
 def test_balanced_and_long_tailed_share_their_test_images(tmp_path: Path) -> None:
     # The balanced oracle is evaluated on exactly the long-tailed split's test images.
     kwargs = dict(val_per_class=0, test_per_class=1)
-    lt, _ = prepare_shapes_lt(tmp_path / "lt", imbalance_ratio=4, max_count=4, **kwargs)
+    lt, _ = prepare_shapes_lt(tmp_path / "lt", imbalance_ratio=60, max_count=120, **kwargs)  # world v3's groups
     bal, _ = prepare_shapes_lt(tmp_path / "bal", imbalance_ratio=1, max_count=2, **kwargs)
     a, b = lt[lt["split"] == "test"], bal[bal["split"] == "test"]
     assert a["label"].tolist() == b["label"].tolist()

@@ -106,7 +106,9 @@ def test_v3_count_defaults_reach_the_record_options(tmp_path) -> None:
     given = _shapes_lt_options(PrepareConfig(dataset="shapes-lt", out=tmp_path / "b", domain="v3", max_count=81,
                                              imbalance_ratio=1))
     assert given["max_count"] == 81 and given["imbalance_ratio"] == 1
-    fine = _shapes_lt_options(PrepareConfig(dataset="shapes-lt", out=tmp_path / "c"))
+    default = _shapes_lt_options(PrepareConfig(dataset="shapes-lt", out=tmp_path / "c"))
+    assert default == v3  # world v3 is the default
+    fine = _shapes_lt_options(PrepareConfig(dataset="shapes-lt", out=tmp_path / "c", domain="fine"))
     assert fine == {"imbalance_ratio": 100.0, "max_count": 300, "variant": 0, "domain": "fine"}
     with pytest.raises(SageError, match="must span the groups"):
         prepare_shapes_lt(tmp_path / "d", domain="v3", max_count=100)
