@@ -36,6 +36,10 @@ DEFAULT_DOMAIN = "v3"  # world v3 (docs/world.md, instrument card); v2: "fine", 
 GROUP_PROFILE_DOMAINS = frozenset({"v3"})
 DOMAIN_COUNT_DEFAULTS: dict[str, tuple[float, int]] = {"v3": (50.0, 200)}  # (imbalance ratio, max count)
 COUNT_DEFAULTS = (100.0, 300)
+# World v3's variant k draws its class order, looks and shades from seed k + 1: seed 1 is the class order whose
+# frozen zero-shot accuracy is the flattest across the groups on a screening set of images no split holds
+# (K4, docs/world.md; benchmarks/world/group_balance.py). Other domains: seed k.
+DOMAIN_VARIANT_OFFSET: dict[str, int] = {"v3": 1}
 IMAGENET_LT_GROUPS = (385, 479, 136)  # ImageNet-LT's classes many / medium / few (of 1,000)
 _CHUNK = 512  # images rendered per call; part of the definition of the stream, do not change
 
@@ -123,6 +127,20 @@ def _write_split(out_dir: Path, split: str, labels: np.ndarray, world_ids: np.nd
     return paths
 
 
+def compute_variant_seed(domain: str, variant: int) -> int:
+    """The seed of ``variant``'s class order and (for domains with class shades) its shades and looks."""
+    return variant + DOMAIN_VARIANT_OFFSET.get(domain, 0)
+
+
+def resolve_domain(domain: str, variant: int = 0) -> Domain:
+    """The world :class:`Domain` a ``domain`` name renders in ``variant``: other variants of a domain with class
+    shades (``fine``, ``v3``) draw other shades (and v3 other looks)."""
+    world_domain = SHAPES_LT_DOMAINS[domain]
+    if world_domain.class_shift:
+        world_domain = dataclasses.replace(world_domain, class_shift_seed=compute_variant_seed(domain, variant))
+    return world_domain
+
+
 def prepare_shapes_lt(
     out_dir: Path,
     *,
@@ -147,10 +165,8 @@ def prepare_shapes_lt(
     imbalance_ratio = default_ratio if imbalance_ratio is None else imbalance_ratio
     max_count = default_max if max_count is None else max_count
     _validate(imbalance_ratio, max_count, val_per_class, test_per_class)
-    order = np.asarray(compute_class_order(variant), dtype=np.int64)
-    world_domain = SHAPES_LT_DOMAINS[domain]
-    if world_domain.class_shift:  # another variant: other classes rare, and other class shades (and v3's looks)
-        world_domain = dataclasses.replace(world_domain, class_shift_seed=variant)
+    order = np.asarray(compute_class_order(compute_variant_seed(domain, variant)), dtype=np.int64)
+    world_domain = resolve_domain(domain, variant)
     profile = compute_group_counts if domain in GROUP_PROFILE_DOMAINS else compute_train_counts
     counts = profile(len(order), imbalance_ratio, max_count)
     per_split = {

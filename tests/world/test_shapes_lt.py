@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,9 @@ from sage_cli.world.shapes_lt import (
     SHAPES_LT_DOMAINS,
     compute_class_order,
     compute_train_counts,
+    compute_variant_seed,
     prepare_shapes_lt,
+    resolve_domain,
 )
 
 
@@ -66,9 +69,13 @@ def test_prepare_writes_manifest_and_images(tmp_path: Path) -> None:
 def test_prepare_pixels_are_the_default_domain(tmp_path: Path) -> None:
     manifest, _ = prepare_shapes_lt(tmp_path, imbalance_ratio=1, max_count=1, val_per_class=0, test_per_class=1)
     test = manifest[manifest["split"] == "test"]
-    # The test split is rendered by one generate() call on stream [seed, 2] (80 images < one chunk).
-    world_ids = np.asarray(compute_class_order())[test["label"].to_numpy()]
-    expected = generate(world_ids, np.random.default_rng([0, 2]), SHAPES_LT_DOMAINS[DEFAULT_DOMAIN]).images
+    # The test split is rendered by one generate() call on stream [seed, 2] (80 images < one chunk); world v3's
+    # variant 0 draws its class order, looks and shades from seed 1 (DOMAIN_VARIANT_OFFSET).
+    assert DEFAULT_DOMAIN == "v3" and compute_variant_seed(DEFAULT_DOMAIN, 0) == 1
+    world_ids = np.asarray(compute_class_order(1))[test["label"].to_numpy()]
+    domain = resolve_domain(DEFAULT_DOMAIN, 0)
+    assert domain == dataclasses.replace(SHAPES_LT_DOMAINS["v3"], class_shift_seed=1)
+    expected = generate(world_ids, np.random.default_rng([0, 2]), domain).images
     written = np.stack([np.asarray(Image.open(tmp_path / p)) for p in test["path"]])
     np.testing.assert_array_equal(written, expected)
 

@@ -23,7 +23,7 @@ from sage_cli.world.shapes import (
     describe_looks,
     generate,
 )
-from sage_cli.world.shapes_lt import compute_group_counts, prepare_shapes_lt
+from sage_cli.world.shapes_lt import compute_group_counts, prepare_shapes_lt, resolve_domain
 
 
 def test_v3_is_appended_after_the_v2_domains() -> None:
@@ -69,8 +69,9 @@ def test_v3_images_show_only_their_class_looks() -> None:
 
 
 def test_shipped_v3_descriptions_are_the_generated_ones(tmp_path) -> None:
-    # Regenerate with save_class_descriptions(SHAPES_DESCRIPTIONS_V3, class_names(), describe_looks(V3)).
-    fresh = save_class_descriptions(tmp_path / "d.json", class_names(), describe_looks(V3))
+    # The default variant's looks (seed 1). Regenerate with
+    # save_class_descriptions(SHAPES_DESCRIPTIONS_V3, class_names(), describe_looks(resolve_domain("v3"))).
+    fresh = save_class_descriptions(tmp_path / "d.json", class_names(), describe_looks(resolve_domain("v3")))
     assert SHAPES_DESCRIPTIONS_V3.read_text() == fresh.read_text()
     data = json.loads(fresh.read_text())
     assert list(data) == class_names() and all(len(s) == V3.modes for s in data.values())
