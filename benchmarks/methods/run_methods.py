@@ -36,7 +36,7 @@ from sage_cli.stats import summarise_paired
 VARIANTS = {
     "linear": ("linear", {}),
     "lift": ("lift", {}),
-    "full-ft": ("full-ft", {"lr": 0.003}),  # its own best lr on val (world v3, K7 of docs/world.md)
+    "full-ft": ("full-ft", {"lr": 0.01}),  # --full-ft-lr: its own best lr on val (criteria.py's K7 grid)
     "sage": ("sage", {}),
     "sage, guidance off": ("sage", {"guidance": False}),
     "sage, compensation none": ("sage", {"compensation": "none"}),
@@ -175,6 +175,8 @@ def main() -> None:
     parser.add_argument("--tag", default=None, help="name of the records and reports (default: the world's)")
     parser.add_argument("--train-only", action="store_true",
                         help="train the runs and report nothing (a second job beside one that reports)")
+    parser.add_argument("--full-ft-lr", type=float, default=None,
+                        help="full-ft's peak lr (its own best on val: benchmarks/world/criteria.py's K7 grid)")
     parser.add_argument("--frontier", action="store_true",
                         help="after the last seed, the head-tail frontier against lift on the test split (t from val)")
     parser.add_argument("--no-record", action="store_true")
@@ -196,6 +198,8 @@ def main() -> None:
         collect_results()
         return
     torch.set_num_threads(args.threads)
+    if args.full_ft_lr is not None:
+        VARIANTS["full-ft"] = ("full-ft", {"lr": args.full_ft_lr})
     base = DemoConfig(out=args.out, device="cpu")
     world = {"imbalance_ratio": args.imbalance_ratio, "variant": args.world_variant}
     started = time.perf_counter()
