@@ -187,7 +187,7 @@ SHADES_ONLY = Domain("shades-only", class_shift=FINE.class_shift)
 # World v3's downstream domain (docs/world.md): each class shows itself in a few looks (size x background, the
 # open world's mild contrasts) that its descriptions name and its name does not, each look with a shade of its
 # own; a shade shared by each colour family and one per class; colour jitter 0.08; the amber cast. Trial B of
-# benchmarks/world/TRIALS-v3.md (criteria not all met: docs/world.md). See class_modes.
+# benchmarks/world/TRIALS-v3.md (its text and class order: trials E, F; the card in docs/world.md). See class_modes.
 V3 = Domain("v3", backgrounds=("gradient", "stripes", "checkers"), contrast_range=(0.1, 0.3), cast_colour=_AMBER,
             cast_strength=0.2, modes=3, mode_shift=0.15, family_shift=0.05, class_shift=0.1, colour_jitter=0.08)
 # Order matters: an evaluation stream is seeded by the domain's index here (append, never reorder).

@@ -4,8 +4,9 @@
 rows (``sample_id, path, label, split`` with ``path`` relative to ``out_dir``) and the class names.
 The train split is long-tailed. World v3 (the default, ``--domain v3``, :data:`~sage_cli.world.shapes.V3`)
 keeps ImageNet-LT's group sizes (:func:`compute_group_counts`: 31 / 38 / 11 classes many / medium /
-few, 200 down to 4 images); worlds v1 and v2 keep ``floor(max_count * imbalance_ratio ** (-i / (C - 1)))``
-images for downstream class ``i`` of ``C`` (300 down to 3). Ratio 1 is balanced; val and test are balanced. Downstream class order is a Latin square over
+few, 200 down to 4 images); worlds v1 and v2 keep
+``floor(max_count * imbalance_ratio ** (-i / (C - 1)))`` images for downstream class ``i`` of ``C``
+(300 down to 3). Ratio 1 is balanced; val and test are balanced. Downstream class order is a Latin square over
 shapes and colours, so every stretch of the tail mixes all shapes and many colours (head and tail
 are not one shape, and every rare class shares its shape and its colour with common ones). The
 ``variant`` seeds that Latin square (which shape / colour leads it), apart from the image seed.
