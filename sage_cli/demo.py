@@ -111,6 +111,10 @@ def _train(method: str, prepared: Path, text: Path, config: DemoConfig, hooks: A
         "seed": config.seed, "max_steps": config.max_steps, "device": config.device,
         "num_workers": config.num_workers, "eval_every": 0, "force": config.force, "augment": config.augment,
     }
+    if method == "linear" and not config.augment:
+        # the head alone on the frozen tower's features, computed once (not once per epoch): a cache
+        # location, not an input of the run (its record and weights are those of the uncached run)
+        options["feature_cache"] = config.out / "features"
     train(build_train_config(options), hooks)
     return out
 

@@ -227,6 +227,9 @@ class LossConfig:
     lade_lambda: float = option(0.1, help="LADE's ReMINE regulariser.", panel=LOSS, ge=0)
     text_align: float = option(0.0, help="beta of the text-alignment term: the adjusted CE of the frozen text "
                                "classifier on the image features (LA family; 0: none).", panel=LOSS, ge=0)
+    spread: float = option(0.0, help="lambda_s of the spread margin: rival logits raised by 0.5 lambda_s "
+                           "kappa/(n_y+kappa) Var(z_j - z_y), from the logits' pooled within-class covariance "
+                           "(LA family; 0: none).", panel=LOSS, ge=0)
 
     def __post_init__(self) -> None:
         check_options(self)
@@ -236,6 +239,9 @@ class LossConfig:
                             f"losses ({family}) only; got {option_label('loss')} {self.loss}")
         if self.text_align > 0 and self.loss not in COMPENSATED_LOSSES:
             raise SageError(f"{option_label('text_align')} composes with the logit-adjusted losses ({family}) only; "
+                            f"got {option_label('loss')} {self.loss}")
+        if self.spread > 0 and self.loss not in COMPENSATED_LOSSES:
+            raise SageError(f"{option_label('spread')} composes with the logit-adjusted losses ({family}) only; "
                             f"got {option_label('loss')} {self.loss}")
         if self.reweight_norm != "weights" and self.loss not in REWEIGHTED_LOSSES:
             raise SageError(f"{option_label('reweight_norm')} {self.reweight_norm} applies to the reweighted losses "

@@ -60,6 +60,11 @@ VARIANTS = {
     "lift, descriptions": ("lift", {"text": "descriptions"}),
     "sage, descriptions": ("sage", {"text": "descriptions"}),
     "sage, guidance off, descriptions": ("sage", {"guidance": False, "text": "descriptions"}),
+    # issue 25, candidate 2: the spread margin (sage_cli/losses/spread.py) on lift's adapter and loss
+    "lift, spread 1": ("lift", {"spread": 1.0}),
+    "lift, spread 2": ("lift", {"spread": 2.0}),
+    "lift, spread 4": ("lift", {"spread": 4.0}),
+    "lift, spread 8": ("lift", {"spread": 8.0}),
 }
 # text caches beside out/text (the demo's: LIFT's single template since world v3): name -> encode-text options
 TEXT_CACHES = {"descriptions": {"templates": "none", "descriptions": "world"}}
@@ -92,11 +97,14 @@ def train_variant(name: str, seed: int, out: Path, base: DemoConfig) -> Path:
 
 
 def evaluate(runs: list[Path], out: Path, split: str = "test") -> dict:
+    """Report ``runs`` on ``split`` into ``out``: this script's own derived output, rewritten on every call
+    (the runs of a seed change when a variant is added to an earlier study)."""
     from sage_cli.report import ReportConfig
     from sage_cli.report import run as report
 
     result = report(ReportConfig(out=out, runs=tuple(runs), zero_shot=out.parent / "prepared",
-                                 text_cache=out.parent / "text", device="cpu", num_workers=0, split=split))
+                                 text_cache=out.parent / "text", device="cpu", num_workers=0, split=split,
+                                 force=True))
     return result.report
 
 
@@ -237,7 +245,7 @@ def evaluate_frontier(runs: list[Path], out: Path) -> dict:
     from sage_cli.report import run as report
 
     return report(ReportConfig(out=out, runs=tuple(runs), device="cpu", num_workers=0, split="test",
-                               reference="lift", frontier=True)).report
+                               reference="lift", frontier=True, force=True)).report
 
 
 def add_frontier(section: dict, tag: str) -> None:

@@ -12,7 +12,9 @@ LIFT's is per GPU). The class counts n [C] (prior pi = n / sum n) are buffers se
 - ``la``: CE(z + tau log pi - delta, y), logit adjustment (Menon et al.) with the compensation
   delta of :mod:`sage_cli.losses.compensation`; with ``text_align`` beta > 0, plus
   beta * CE(s cos(v(x), t) + tau log pi - delta, y): the same loss through the frozen text
-  classifier t (the class text vectors), which keeps the tuned image features aligned with it.
+  classifier t (the class text vectors), which keeps the tuned image features aligned with it;
+  with ``spread`` lambda_s > 0, plus the pairwise spread margin of :mod:`sage_cli.losses.spread`
+  on the rival classes' logits (0.5 lambda_s r_y Var(z_j - z_y)).
 - ``bs``: balanced softmax (Ren et al.), CE(z + log pi - delta, y): LA at tau = 1.
 - ``focal``: mean (1 - p_y)^gamma CE_i (Lin et al.).
 - ``ldam``: CE(z - s m_y e_y, y), m_y proportional to n_y^(-1/4), max m = --ldam-margin, s the
@@ -36,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sage_cli.losses.compensation import CompensationEstimator, NoCompensation
+from sage_cli.losses.spread import SpreadMargin
 from sage_cli.schema import COMPENSATED_LOSSES
 
 if TYPE_CHECKING:
@@ -94,6 +97,7 @@ class CompensatedLALoss(ClassificationLoss):
             if text_embeddings is None:
                 raise ValueError("text_align > 0 needs the class text embeddings")
             self.register_buffer("text", F.normalize(text_embeddings.detach().float(), dim=-1))  # t, [C, E]
+        self.spread = SpreadMargin(class_counts, cfg.spread, cfg.kappa, cfg.ema) if cfg.spread > 0 else None
 
     @property
     def tau(self) -> float:
@@ -125,7 +129,12 @@ class CompensatedLALoss(ClassificationLoss):
             if features is not None and self.estimator.needs_features:
                 self.estimator.update(features, labels)
         offset = self.tau * self.log_prior - self.estimator.delta()  # [C]
-        loss = F.cross_entropy(logits.float() + offset, labels)
+        adjusted = logits.float() + offset
+        if self.spread is not None:
+            if self.training:
+                self.spread.update(logits, labels)
+            adjusted = adjusted + self.spread(labels)  # [B, C]: the rivals' margins (0 on the true class)
+        loss = F.cross_entropy(adjusted, labels)
         if self.text_align > 0:
             if features is None:
                 raise ValueError("the text-alignment term needs the image features")

@@ -44,8 +44,8 @@ def test_every_method_round_trips_flat_and_nested(method: str) -> None:
 
 def test_flat_keys_are_unique_and_are_the_flags() -> None:
     leaves = flat_fields()
-    # data 13, model 2, peft 6, guidance 5, head 6, loss 15, optim 11, run 14; --guidance and --method beside them
-    assert len(leaves) == 72
+    # data 13, model 2, peft 6, guidance 5, head 6, loss 16, optim 11, run 14; --guidance and --method beside them
+    assert len(leaves) == 73
     assert {"guidance_topk", "attn_heads", "head", "logit_scale", "blocks", "lam", "out"} <= set(leaves)
     assert leaves["guidance_topk"].path == ("model", "peft", "guidance", "topk")
 
