@@ -19,8 +19,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from sage_cli.config import option_label
+from sage_cli.errors import SageError
 from sage_cli.losses import build_loss
+from sage_cli.losses.classification import HeadView
 from sage_cli.model import SageClassifier, build_classifier
+from sage_cli.model.head import CosineHead
 from sage_cli.precision import autocast
 from sage_cli.schema import LossConfig, ModelConfig
 
@@ -48,8 +52,13 @@ class ClassificationTask(nn.Module):
         images = images.to(self.device, non_blocking=True)
         labels = labels.to(self.device, non_blocking=True)
         with autocast(self.device, self.precision):
-            logits, features = self.classifier.forward_with_features(images)  # [B, C], [B, E]
-        loss = self.loss(logits, labels, features if self.loss.needs_features else None)
+            logits, features, head_input = self.classifier.forward_with_head_input(images)  # [B, C], [B, E], [B, D]
+        if self.loss.needs_head:  # the spread margin reads the head's input and rows
+            head = self.classifier.head
+            view = HeadView(head_input, head.weight, head.scale)
+            loss = self.loss(logits, labels, features if self.loss.needs_features else None, head=view)
+        else:
+            loss = self.loss(logits, labels, features if self.loss.needs_features else None)
         return {"loss": loss, "logits": logits, "features": features, "samples": int(len(labels))}
 
     def empty_loss(self) -> torch.Tensor:
@@ -102,4 +111,7 @@ def build_task(
     """
     classifier = build_classifier(clip_model, class_embeddings, model, head_vectors)
     loss_fn = build_loss(loss, class_counts, class_embeddings, model.head.scale, zero_shot_features).to(device)
+    if loss_fn.needs_head and not isinstance(classifier.head, CosineHead):
+        raise SageError(f"{option_label('spread')} reads a cosine head's rows; got {option_label('head')} "
+                        f"{model.head.kind}")
     return ClassificationTask(classifier, loss_fn, device, precision)

@@ -20,6 +20,7 @@ from sage_cli.losses import (
     build_loss,
     compute_zero_shot_prior,
 )
+from sage_cli.losses.classification import HeadView
 
 
 @pytest.fixture(autouse=True)
@@ -294,32 +295,40 @@ def test_text_alignment_off_by_default_and_refused_outside_the_la_family() -> No
 
 
 def test_spread_margin_hand_values() -> None:
-    # counts [6, 2], kappa 2 -> r = [0.25, 0.5]; pi = [0.75, 0.25]; ema 0.5; lambda_s 3.
-    cfg = LossConfig(loss="la", compensation="none", spread=3.0, kappa=2.0, ema=0.5)
+    # counts [6, 2], kappa 2 -> r = [0.25, 0.5]; pi = [0.75, 0.25]; ema 0.5; lambda_s 2; head rows e_0, e_1; s = 2.
+    cfg = LossConfig(loss="la", compensation="none", spread=2.0, kappa=2.0, ema=0.5)
     loss = build_loss(cfg, torch.tensor([6.0, 2.0]), AXES[:2, :2]).train()
-    logits = torch.tensor([[1.0, 0.0], [3.0, 0.0], [0.0, 2.0]])
+    assert loss.needs_head and not loss.needs_features
+    weight = torch.tensor([[2.0, 0.0], [0.0, 3.0]], requires_grad=True)  # normalised: e_0, e_1
+    # head inputs (normalised by the margin): class 0 at e_0 and e_1 (residuals -+[0.5, -0.5]), class 1 alone
+    inputs = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
     labels = torch.tensor([0, 0, 1])
-    value = loss(logits, labels)
-    # class means [2, 0] and [0, 2]; residuals [-1, 0], [1, 0], [0, 0] -> C = [[2/3, 0], [0, 0]], V[0, 1] = 2/3
-    assert torch.allclose(loss.spread.covariance, torch.tensor([[2 / 3, 0.0], [0.0, 0.0]]))
-    # margins: class 0 rows 0.5 * 3 * 0.25 * [0, 2/3] = [0, 0.25]; class 1 row 0.5 * 3 * 0.5 * [2/3, 0] = [0.5, 0]
-    margins = torch.tensor([[0.0, 0.25], [0.0, 0.25], [0.5, 0.0]])
+    logits = torch.tensor([[1.0, 0.0], [3.0, 0.0], [0.0, 2.0]])
+    value = loss(logits, labels, head=HeadView(inputs, weight, 2.0))
+    # pooled over one degree of freedom: Sigma = 2 * [0.5, -0.5]^T [0.5, -0.5] = [[0.5, -0.5], [-0.5, 0.5]]
+    assert torch.allclose(loss.spread.covariance, torch.tensor([[0.5, -0.5], [-0.5, 0.5]]))
+    # (w_1 - w_0)^T Sigma (w_1 - w_0) = [-1, 1] Sigma [-1, 1]^T = 2; margin 0.5 * 2 * r_y * s^2 * 2 = 8 r_y
+    margins = torch.tensor([[0.0, 2.0], [0.0, 2.0], [4.0, 0.0]])
     expected = torch.nn.functional.cross_entropy(logits + torch.tensor([0.75, 0.25]).log() + margins, labels)
     assert value.item() == pytest.approx(expected.item(), abs=1e-6)
-    # a second batch: class 1's mean 0.5 [0, 2] + 0.5 [0, 4] = [0, 3], residual [0, 1]; C = 0.5 C + 0.5 [[0, 0], [0, 1]]
-    loss(torch.tensor([[0.0, 4.0]]), torch.tensor([1]))
-    assert torch.allclose(loss.spread.logit_means, torch.tensor([[2.0, 0.0], [0.0, 3.0]]))
-    assert torch.allclose(loss.spread.covariance, torch.tensor([[1 / 3, 0.0], [0.0, 0.5]]))
-    assert torch.equal(loss.spread.pair_variance().diagonal(), torch.zeros(2))  # the true class is never moved
+    value.backward()  # the margin's gradient reaches the head's rows (the logits here are constants)
+    assert weight.grad is not None and weight.grad.abs().sum() > 0
+    # a batch of singletons carries no spread: the covariance stays; a second pair halves it towards [[0, 0], [0, 2]]
+    loss(logits[:2], torch.tensor([0, 1]), head=HeadView(inputs[:2], weight, 2.0))
+    assert torch.allclose(loss.spread.covariance, torch.tensor([[0.5, -0.5], [-0.5, 0.5]]))
+    loss(logits[:2], torch.tensor([1, 1]), head=HeadView(torch.tensor([[0.0, 1.0], [0.0, -1.0]]), weight, 2.0))
+    assert torch.allclose(loss.spread.covariance, torch.tensor([[0.25, -0.25], [-0.25, 1.25]]))
 
 
 def test_spread_margin_is_frozen_in_eval_and_checkpointed() -> None:
     cfg = LossConfig(loss="la", compensation="none", spread=1.0)
     loss = build_loss(cfg, torch.tensor([6.0, 2.0, 1.0]), AXES).train()
-    loss(torch.randn(8, 3, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 0, 1, 1, 2, 0, 1, 2]))
+    generator = torch.Generator().manual_seed(0)
+    view = HeadView(torch.randn(8, 5, generator=generator), torch.randn(3, 5, generator=generator), 25.0)
+    loss(torch.randn(8, 3, generator=generator), torch.tensor([0, 0, 1, 1, 2, 0, 1, 2]), head=view)
     state = {k: v.clone() for k, v in loss.state_dict().items()}
-    assert "spread.covariance" in state and state["spread.covariance"].abs().sum() > 0
-    loss.eval()(torch.randn(4, 3), torch.tensor([0, 1, 2, 0]))
+    assert state["spread.covariance"].shape == (5, 5) and state["spread.covariance"].abs().sum() > 0
+    loss.eval()(torch.randn(8, 3), torch.tensor([0, 1, 2, 0, 0, 1, 1, 2]), head=view)
     assert all(torch.equal(state[k], v) for k, v in loss.state_dict().items())
     restored = build_loss(cfg, torch.tensor([6.0, 2.0, 1.0]), AXES)
     restored.load_state_dict(state)
@@ -327,8 +336,12 @@ def test_spread_margin_is_frozen_in_eval_and_checkpointed() -> None:
 
 
 def test_spread_margin_off_by_default_and_refused_outside_the_la_family() -> None:
-    assert build_loss(LossConfig(loss="la"), torch.tensor([2.0, 1.0, 1.0]), AXES).spread is None
+    plain = build_loss(LossConfig(loss="la"), torch.tensor([2.0, 1.0, 1.0]), AXES)
+    assert plain.spread is None and not plain.needs_head
     with pytest.raises(SageError, match="--spread must be >= 0; got -1"):
         LossConfig(loss="la", spread=-1.0)
     with pytest.raises(SageError, match="--spread composes with the logit-adjusted losses"):
         LossConfig(loss="ldam", spread=1.0)
+    with pytest.raises(ValueError, match="needs the head's input and rows"):
+        build_loss(LossConfig(loss="la", spread=1.0), torch.tensor([2.0, 1.0]), AXES[:2]).train()(
+            torch.zeros(1, 2), torch.tensor([0]))

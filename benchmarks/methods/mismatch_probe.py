@@ -103,7 +103,8 @@ def probe(run: Path, text_dirs: dict[str, Path]) -> dict:
     val_f, val_y = splits["val"]  # an oracle anchor: where the val images of each class are (a bound, not a method)
     anchors["val class means (oracle)"] = torch.zeros_like(means).index_add_(0, torch.as_tensor(val_y), val_f) / \
         torch.as_tensor(np.bincount(val_y, minlength=num_classes), dtype=torch.float32)[:, None]
-    out = {"run": str(run), "anchors": {}, "margins": margins(head, scale, splits, groups, counts)}
+    out = {"run": str(run), "anchors": {}, "margins": margins(head, scale, splits, groups, counts),
+           "blend": blend_rows(record, data, text_dirs, reference, counts, prior, groups, scale)}
     for name, anchor in anchors.items():
         rows = []
         for g in GAINS:
@@ -113,6 +114,41 @@ def probe(run: Path, text_dirs: dict[str, Path]) -> dict:
             at_zero = {k: v[cmp["curve"]["t"].index(0.0)] for k, v in cmp["curve"].items() if k != "t"}
             rows.append({"g": g, "val_t0": at_zero, "val": cmp["val"], "test": cmp["test"]})
         out["anchors"][name] = rows
+    return out
+
+
+def blend_rows(record, data, text_dirs: dict[str, Path], reference: dict, counts: torch.Tensor, prior: np.ndarray,
+               groups: list[str], scale: float) -> dict[str, list[dict]]:
+    """The mismatch term read per image with the frozen zero-shot classifier as the test class-conditional:
+    log rho_y(x) ~ zs_y(x) - z_y(x), shrunk by r_y, so z'_y = z_y + g r_y (zs_y(x) - z_y(x)) (a tail class's
+    logit moves toward frozen CLIP's, a head class's stays). zs_y = s cos(v0(x), t_y), the frozen tower's
+    v0 and the same scale s as the head. Swept over g on val; the frontier against the run (g = 0)."""
+    from sage_cli.backbone import build_backbone
+
+    model = record.get("model", {})
+    clip = build_backbone(model["model"], model["pretrained"], "cpu")
+    clip.model.eval()
+    shrink = KAPPA / (counts + KAPPA)
+    frozen = {}
+    for split in ("val", "test"):
+        rows = data.split(split).reset_index(drop=True)
+        dataset = ManifestDataset(rows, data.image_root, clip.preprocess_eval)
+        with torch.no_grad():
+            frozen[split] = torch.cat([clip.model.encode_image(torch.stack(
+                [dataset[i][0] for i in range(start, min(start + 256, len(dataset)))]), normalize=True)
+                for start in range(0, len(dataset), 256)]).float()
+    out = {}
+    for name, text_dir in text_dirs.items():
+        text = F.normalize(load_text_cache(text_dir).class_embeddings.float(), dim=-1)
+        rows = []
+        for g in GAINS[:5]:
+            weight = (g * shrink).clamp(max=1.0).numpy()[None, :]  # [1, C]
+            ours = {s: {"logits": (1 - weight) * reference[s]["logits"] + weight * (scale * frozen[s] @ text.t()).numpy(),
+                        "labels": reference[s]["labels"]} for s in ("val", "test")}
+            cmp = compute_frontier_comparison(ours, reference, prior, groups)
+            at_zero = {k: v[cmp["curve"]["t"].index(0.0)] for k, v in cmp["curve"].items() if k != "t"}
+            rows.append({"g": g, "val_t0": at_zero, "val": cmp["val"], "test": cmp["test"]})
+        out[f"zero-shot blend, {name}"] = rows
     return out
 
 
@@ -156,7 +192,7 @@ def main() -> None:
         print("cosine margin train -> val by group: " + ", ".join(
             f"{g} {v['train']:.3f} -> {v['val']:.3f}" for g, v in m["by_group"].items()) +
             f"; drop vs log n_y: slope {m['slope_drop_vs_log_n']:+.4f}, corr {m['corr_drop_log_n']:+.2f}")
-        for name, rows in result["anchors"].items():
+        for name, rows in {**result["anchors"], **result["blend"]}.items():
             print(f"anchor {name}: g | val t=0 overall/many/few | val few@many, overall@many (pts) | test few, overall, many")
             for r in rows:
                 v, c, t = r["val_t0"], r["val"], r["test"] or {}

@@ -31,7 +31,7 @@ LIFT's is per GPU). The class counts n [C] (prior pi = n / sum n) are buffers se
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -45,10 +45,20 @@ if TYPE_CHECKING:
     from sage_cli.schema import LossConfig
 
 
+class HeadView(NamedTuple):
+    """What a loss may read of the cosine head: its input h(x) [B, D] (before normalisation), its rows
+    [C, D] (the parameter, so a term on them has a gradient) and its logit scale s."""
+
+    inputs: torch.Tensor
+    weight: torch.Tensor
+    scale: float
+
+
 class ClassificationLoss(nn.Module):
     """Base: the class counts and log prior as buffers; no use of the features."""
 
     needs_features = False
+    needs_head = False
 
     def __init__(self, cfg: LossConfig, class_counts: torch.Tensor, estimator: CompensationEstimator,
                  logit_scale: float = 25.0) -> None:
@@ -122,7 +132,13 @@ class CompensatedLALoss(ClassificationLoss):
     def compensation(self) -> torch.Tensor | None:
         return None if isinstance(self.estimator, NoCompensation) else self.estimator.delta()
 
-    def forward(self, logits: torch.Tensor, labels: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+    @property
+    def needs_head(self) -> bool:
+        """Whether :meth:`forward` needs the head's input and rows (the spread margin)."""
+        return self.spread is not None
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor, features: torch.Tensor | None = None,
+                head: HeadView | None = None) -> torch.Tensor:
         if self.training:
             if features is None and self.estimator.needs_features:
                 raise ValueError(f"the {self.cfg.compensation!r} compensation needs the image features")
@@ -131,9 +147,11 @@ class CompensatedLALoss(ClassificationLoss):
         offset = self.tau * self.log_prior - self.estimator.delta()  # [C]
         adjusted = logits.float() + offset
         if self.spread is not None:
+            if head is None:
+                raise ValueError("the spread margin needs the head's input and rows (head=HeadView)")
             if self.training:
-                self.spread.update(logits, labels)
-            adjusted = adjusted + self.spread(labels)  # [B, C]: the rivals' margins (0 on the true class)
+                self.spread.update(head.inputs, labels)
+            adjusted = adjusted + self.spread(labels, head.weight, head.scale)  # [B, C]: 0 on the true class
         loss = F.cross_entropy(adjusted, labels)
         if self.text_align > 0:
             if features is None:

@@ -112,11 +112,15 @@ class SageClassifier(nn.Module):
 
     def forward_with_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits [B, C], v(x) [B, E]) from one pass."""
+        return self.forward_with_head_input(images)[:2]
+
+    def forward_with_head_input(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(logits [B, C], v(x) [B, E], the head's input [B, D]: normalised for a cosine head) from one pass."""
         head_input, raw = self.encode_both(images)
         features = F.normalize(raw, dim=-1)
         if self.head.normalized_input:
             head_input = features if not self.pre_projection else F.normalize(head_input, dim=-1)
-        return self.head(head_input), features
+        return self.head(head_input), features, head_input
 
     def compile_tower(self, **options: object) -> None:
         """``torch.compile`` the image tower in place (``options`` go to torch.compile); the head and

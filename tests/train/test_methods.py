@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -127,3 +128,24 @@ def test_zero_shot_compensation_is_fitted_on_the_frozen_training_features_and_re
     log_q = expected.log()
     assert estimate["delta"] == pytest.approx((-(log_q - log_q.mean())).clamp(-5, 5).tolist(), abs=1e-5)
     assert _train(synthetic_prepared, synthetic_text_cache, tmp_path / "sage", "sage")["compensation_estimate"] is None
+
+
+def test_the_spread_margin_trains_and_checkpoints_its_covariance(synthetic_prepared: Path, synthetic_text_cache: Path,
+                                                                  tmp_path: Path) -> None:
+    record = _train(synthetic_prepared, synthetic_text_cache, tmp_path / "r", "lift", "--spread", "1")
+    assert record["config"]["loss"]["spread"] == 1.0 and record["steps"] == 2
+    classifier, _, _, _ = load_trained_classifier(tmp_path / "r")
+    (state_file,) = sorted((tmp_path / "r" / "checkpoints").glob("step-*/state.pt"))[-1:]
+    # the loss's buffers ride with the checkpoint (a resume continues the EMA): Sigma is [D, D] of the head's input
+    covariance = torch.load(state_file, weights_only=True)["loss"]["spread.covariance"]
+    assert covariance.shape == (classifier.head.weight.shape[1],) * 2 and bool(covariance.abs().sum() > 0)
+
+
+def test_the_spread_margin_needs_a_cosine_head(synthetic_prepared: Path, synthetic_text_cache: Path,
+                                               tmp_path: Path) -> None:
+    args = ["train", "--prepared", str(synthetic_prepared), "--text-cache", str(synthetic_text_cache),
+            "--method", "lift", "--head", "linear", "--spread", "1", "--out", str(tmp_path / "r"), "--device", "cpu",
+            "--num-workers", "0", "--batch-size", "8", "--max-steps", "1", "--eval-every", "0"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1
+    assert "--spread reads a cosine head's rows; got --head linear" in result.output
