@@ -51,3 +51,10 @@ def test_the_frontier_table_is_added_once_to_the_test_record(bench) -> None:
     assert text.startswith("## default\n\n| table |\n\n" + bench.FRONTIER_TITLE)
     assert text.count(bench.FRONTIER_TITLE) == 1
     assert "| sage | 5 | +2.1 [+0.4, +3.8] | – | -1.0 | +2.1 [+0.4, +3.8] | +2.1 [+0.4, +3.8] |" in text
+
+
+def test_a_world_variant_is_named_by_its_own_domain_s_ratio(bench) -> None:
+    assert bench.world_tag({"imbalance_ratio": None, "variant": 0, "domain": "v3"}) == ""  # the default world
+    assert bench.world_tag({"imbalance_ratio": None, "variant": 1, "domain": "v3"}) == "ir50-v1"  # v3's ratio is 50
+    assert bench.world_tag({"imbalance_ratio": 25.0, "variant": 0, "domain": "v3"}) == "ir25-v0"
+    assert bench.world_tag({"imbalance_ratio": None, "variant": 1}) == "ir100-v1"  # a record before v3: world v2's

@@ -30,6 +30,7 @@ from sage_cli.demo import encode_world as encode
 from sage_cli.demo import prepare_world as prepare
 from sage_cli.stats import summarise as summarise_values
 from sage_cli.stats import summarise_paired
+from sage_cli.world.shapes_lt import DEFAULT_DOMAIN
 
 # name -> (method, options put over it): each a preset, resolved by sage_cli.train.resolve as `sage train
 # --method METHOD --OPTION VALUE` would be (text: which text cache); the four methods, then the ablations.
@@ -220,7 +221,7 @@ def main() -> None:
         runs = [train_variant(name, seed, args.out, base) for name in args.variants]
         every_run += runs
         for split in [] if args.train_only else args.splits:
-            tag = args.tag or world_tag(world) or "default"
+            tag = args.tag or world_tag({**world, "domain": DEFAULT_DOMAIN}) or "default"
             report = evaluate(runs, args.out / f"report-{tag}-{split}-seed{seed}", split)
             for name, run in zip(["zero-shot", *args.variants], report["runs"]):
                 rows[split].setdefault(name, []).append(run["metrics"])
@@ -229,7 +230,7 @@ def main() -> None:
                 write_results(rows[split], args.seeds[: i + 1], base, time.perf_counter() - started, split, world,
                               args.tag)
     if args.frontier and not args.train_only and "lift" in args.variants:
-        tag = args.tag or world_tag(world) or "default"
+        tag = args.tag or world_tag({**world, "domain": DEFAULT_DOMAIN}) or "default"
         report = evaluate_frontier(every_run, args.out / f"report-{tag}-frontier")
         if not args.no_record:
             section = report["frontier"]
@@ -284,7 +285,6 @@ def encode_variant(out: Path, name: str, base: DemoConfig) -> None:
     from sage_cli.encode_text import EncodeTextConfig
     from sage_cli.encode_text import run as encode_text
     from sage_cli.world import SHAPES_DESCRIPTIONS, SHAPES_DESCRIPTIONS_V3, TOY_MODEL, TOY_WEIGHTS
-    from sage_cli.world.shapes_lt import DEFAULT_DOMAIN
 
     options = dict(TEXT_CACHES[name])
     if options.get("descriptions") == "world":
@@ -297,11 +297,16 @@ def encode_variant(out: Path, name: str, base: DemoConfig) -> None:
 
 
 def world_tag(world: dict) -> str:
-    """'' for the default world, else e.g. 'ir50-v0' (imbalance ratio 50, class-order variant 0)."""
+    """'' for the default world, else e.g. 'ir50-v1' (imbalance ratio 50, class-order variant 1); an unset
+    ratio is the domain's default (world v3's 50; records before v3 hold no domain: world v2's 100)."""
+    from sage_cli.world.shapes_lt import COUNT_DEFAULTS, DOMAIN_COUNT_DEFAULTS
+
     if world.get("imbalance_ratio") is None and not world.get("variant"):
         return ""
     ratio = world.get("imbalance_ratio")
-    return f"ir{100 if ratio is None else ratio:g}-v{world.get('variant') or 0}"
+    if ratio is None:
+        ratio = DOMAIN_COUNT_DEFAULTS.get(world.get("domain", "fine"), COUNT_DEFAULTS)[0]
+    return f"ir{ratio:g}-v{world.get('variant') or 0}"
 
 
 def machine_description() -> str:
@@ -313,15 +318,14 @@ def write_results(rows: dict[str, list[dict]], seeds: list[int], base: DemoConfi
                   split: str = "test", world: dict | None = None, tag: str | None = None,
                   record: dict | None = None) -> None:
     """results/<tag>-<split>.json and .md (``record``: rewrite the .md of an existing record)."""
-    from sage_cli.world.shapes_lt import DEFAULT_DOMAIN
-
     world = world or {}
+    if record is None:
+        world = {**world, "domain": DEFAULT_DOMAIN}
     tag = tag or world_tag(world) or "default"
     table = summarise(rows)
     paired = summarise_against(rows, seeds)
     pieces = summarise_pieces(rows, seeds)
     if record is None:
-        world = {**world, "domain": DEFAULT_DOMAIN}
         record = {"seeds": seeds, "split": split, "world": world, "settings": {"epochs": base.epochs,
                   "batch_size": base.batch_size, "lr": base.lr, "augment": base.augment,
                   "torch_threads": torch.get_num_threads()}, "machine": machine_description(),
