@@ -228,8 +228,8 @@ class LossConfig:
     text_align: float = option(0.0, help="beta of the text-alignment term: the adjusted CE of the frozen text "
                                "classifier on the image features (LA family; 0: none).", panel=LOSS, ge=0)
     spread: float = option(0.0, help="lambda_s of the spread margin: rival logits raised by 0.5 lambda_s "
-                           "kappa/(n_y+kappa) Var(z_j - z_y), from the logits' pooled within-class covariance "
-                           "(LA family; 0: none).", panel=LOSS, ge=0)
+                           "kappa/(n_y+kappa) s^2 (w_j - w_y)' Sigma (w_j - w_y), Sigma the pooled within-class "
+                           "covariance of the head's input (LA family, cosine head; 0: none).", panel=LOSS, ge=0)
 
     def __post_init__(self) -> None:
         check_options(self)

@@ -53,12 +53,9 @@ class ClassificationTask(nn.Module):
         labels = labels.to(self.device, non_blocking=True)
         with autocast(self.device, self.precision):
             logits, features, head_input = self.classifier.forward_with_head_input(images)  # [B, C], [B, E], [B, D]
-        if self.loss.needs_head:  # the spread margin reads the head's input and rows
-            head = self.classifier.head
-            view = HeadView(head_input, head.weight, head.scale)
-            loss = self.loss(logits, labels, features if self.loss.needs_features else None, head=view)
-        else:
-            loss = self.loss(logits, labels, features if self.loss.needs_features else None)
+        head = self.classifier.head  # the spread margin reads the head's input and rows
+        extra = {"head": HeadView(head_input, head.weight, head.scale)} if self.loss.needs_head else {}
+        loss = self.loss(logits, labels, features if self.loss.needs_features else None, **extra)
         return {"loss": loss, "logits": logits, "features": features, "samples": int(len(labels))}
 
     def empty_loss(self) -> torch.Tensor:
@@ -110,7 +107,8 @@ def build_task(
     compensation estimator fitted from them (``compensation="zero-shot"``).
     """
     classifier = build_classifier(clip_model, class_embeddings, model, head_vectors)
-    loss_fn = build_loss(loss, class_counts, class_embeddings, model.head.scale, zero_shot_features).to(device)
+    loss_fn = build_loss(loss, class_counts, class_embeddings, model.head.scale, zero_shot_features,
+                         head_dim=classifier.head.weight.shape[1]).to(device)
     if loss_fn.needs_head and not isinstance(classifier.head, CosineHead):
         raise SageError(f"{option_label('spread')} reads a cosine head's rows; got {option_label('head')} "
                         f"{model.head.kind}")

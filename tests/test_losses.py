@@ -322,7 +322,7 @@ def test_spread_margin_hand_values() -> None:
 
 def test_spread_margin_is_frozen_in_eval_and_checkpointed() -> None:
     cfg = LossConfig(loss="la", compensation="none", spread=1.0)
-    loss = build_loss(cfg, torch.tensor([6.0, 2.0, 1.0]), AXES).train()
+    loss = build_loss(cfg, torch.tensor([6.0, 2.0, 1.0]), AXES, head_dim=5).train()
     generator = torch.Generator().manual_seed(0)
     view = HeadView(torch.randn(8, 5, generator=generator), torch.randn(3, 5, generator=generator), 25.0)
     loss(torch.randn(8, 3, generator=generator), torch.tensor([0, 0, 1, 1, 2, 0, 1, 2]), head=view)
@@ -330,7 +330,7 @@ def test_spread_margin_is_frozen_in_eval_and_checkpointed() -> None:
     assert state["spread.covariance"].shape == (5, 5) and state["spread.covariance"].abs().sum() > 0
     loss.eval()(torch.randn(8, 3), torch.tensor([0, 1, 2, 0, 0, 1, 1, 2]), head=view)
     assert all(torch.equal(state[k], v) for k, v in loss.state_dict().items())
-    restored = build_loss(cfg, torch.tensor([6.0, 2.0, 1.0]), AXES)
+    restored = build_loss(cfg, torch.tensor([6.0, 2.0, 1.0]), AXES, head_dim=5)
     restored.load_state_dict(state)
     assert torch.equal(restored.spread.covariance, state["spread.covariance"])
 
@@ -345,3 +345,14 @@ def test_spread_margin_off_by_default_and_refused_outside_the_la_family() -> Non
     with pytest.raises(ValueError, match="needs the head's input and rows"):
         build_loss(LossConfig(loss="la", spread=1.0), torch.tensor([2.0, 1.0]), AXES[:2]).train()(
             torch.zeros(1, 2), torch.tensor([0]))
+
+
+def test_spread_margin_meets_an_empty_micro_batch_without_changing() -> None:
+    # under DDP a rank whose micro-batch has no image still joins the statistics' all-gather (observe_empty)
+    loss = build_loss(LossConfig(loss="la", compensation="semantic", spread=1.0), torch.tensor([6.0, 2.0, 1.0]), AXES,
+                      head_dim=4).train()
+    view = HeadView(torch.randn(6, 4, generator=torch.Generator().manual_seed(1)), torch.randn(3, 4), 25.0)
+    loss(torch.zeros(6, 3), torch.tensor([0, 0, 1, 1, 2, 2]), torch.randn(6, 3), head=view)
+    before = loss.spread.covariance.clone()
+    loss.observe_empty(3, torch.device("cpu"))
+    assert torch.equal(loss.spread.covariance, before) and int(loss.spread.num_updates) == 1

@@ -46,7 +46,7 @@ from sage_cli.schema import COMPENSATED_LOSSES, LossConfig
 
 def build_loss(
     cfg: LossConfig, class_counts: torch.Tensor, text_embeddings: torch.Tensor, logit_scale: float = 25.0,
-    zero_shot_features: tuple[torch.Tensor, torch.Tensor] | None = None,
+    zero_shot_features: tuple[torch.Tensor, torch.Tensor] | None = None, head_dim: int | None = None,
 ) -> ClassificationLoss:
     """Loss ``cfg.loss`` for ``class_counts`` [C] (images per class) and text vectors [C, E].
 
@@ -72,9 +72,12 @@ def build_loss(
                             "images (zero_shot_features)")
         features, labels = zero_shot_features
         estimator.fit_zero_shot(features.detach().float().cpu(), labels.detach().long().cpu(), logit_scale)
+    extra: dict[str, object] = {}
     if cfg.text_align > 0:
-        return LOSSES[cfg.loss](cfg, class_counts, estimator, logit_scale, text_embeddings=text_embeddings.detach().cpu())
-    return LOSSES[cfg.loss](cfg, class_counts, estimator, logit_scale)
+        extra["text_embeddings"] = text_embeddings.detach().cpu()
+    if cfg.spread > 0:  # the head's input width: D of a pre-proj head, else the joint space's E
+        extra["head_dim"] = int(text_embeddings.shape[1]) if head_dim is None else int(head_dim)
+    return LOSSES[cfg.loss](cfg, class_counts, estimator, logit_scale, **extra)
 
 
 __all__ = [

@@ -14,7 +14,7 @@ LIFT's is per GPU). The class counts n [C] (prior pi = n / sum n) are buffers se
   beta * CE(s cos(v(x), t) + tau log pi - delta, y): the same loss through the frozen text
   classifier t (the class text vectors), which keeps the tuned image features aligned with it;
   with ``spread`` lambda_s > 0, plus the pairwise spread margin of :mod:`sage_cli.losses.spread`
-  on the rival classes' logits (0.5 lambda_s r_y Var(z_j - z_y)).
+  on the rival classes' logits (0.5 lambda_s r_y s^2 (w_j - w_y)^T Sigma (w_j - w_y)).
 - ``bs``: balanced softmax (Ren et al.), CE(z + log pi - delta, y): LA at tau = 1.
 - ``focal``: mean (1 - p_y)^gamma CE_i (Lin et al.).
 - ``ldam``: CE(z - s m_y e_y, y), m_y proportional to n_y^(-1/4), max m = --ldam-margin, s the
@@ -98,7 +98,8 @@ class CompensatedLALoss(ClassificationLoss):
     """
 
     def __init__(self, cfg: LossConfig, class_counts: torch.Tensor, estimator: CompensationEstimator,
-                 logit_scale: float = 25.0, text_embeddings: torch.Tensor | None = None) -> None:
+                 logit_scale: float = 25.0, text_embeddings: torch.Tensor | None = None,
+                 head_dim: int | None = None) -> None:
         super().__init__(cfg, class_counts, estimator, logit_scale)
         self.estimator = estimator
         self.text_align = float(cfg.text_align)
@@ -107,7 +108,11 @@ class CompensatedLALoss(ClassificationLoss):
             if text_embeddings is None:
                 raise ValueError("text_align > 0 needs the class text embeddings")
             self.register_buffer("text", F.normalize(text_embeddings.detach().float(), dim=-1))  # t, [C, E]
-        self.spread = SpreadMargin(class_counts, cfg.spread, cfg.kappa, cfg.ema) if cfg.spread > 0 else None
+        self.spread = None
+        if cfg.spread > 0:
+            if head_dim is None:
+                raise ValueError("spread > 0 needs the width of the head's input (head_dim)")
+            self.spread = SpreadMargin(class_counts, cfg.spread, cfg.kappa, cfg.ema, head_dim)
 
     @property
     def tau(self) -> float:
@@ -121,9 +126,11 @@ class CompensatedLALoss(ClassificationLoss):
 
     def observe_empty(self, feature_dim: int, device: torch.device) -> None:
         """The statistics still meet the other ranks' all-reduce."""
+        empty = torch.zeros(0, dtype=torch.long, device=device)
         if self.estimator.needs_features:
-            self.estimator.update(torch.zeros(0, feature_dim, device=device),
-                                  torch.zeros(0, dtype=torch.long, device=device))
+            self.estimator.update(torch.zeros(0, feature_dim, device=device), empty)
+        if self.spread is not None:
+            self.spread.update(torch.zeros(0, self.spread.covariance.shape[0], device=device), empty)
 
     def delta(self) -> torch.Tensor:
         """The current compensation factor [C]."""

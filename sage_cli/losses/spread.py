@@ -33,28 +33,20 @@ from sage_cli.losses.compensation import gather_batch
 class SpreadMargin(nn.Module):
     """The pairwise margins [B, C] of a batch (0 on each true class); ``update`` folds in its head inputs."""
 
-    def __init__(self, class_counts: torch.Tensor, weight: float, kappa: float, ema: float) -> None:
+    def __init__(self, class_counts: torch.Tensor, weight: float, kappa: float, ema: float, dim: int) -> None:
         super().__init__()
         counts = class_counts.detach().float()
         self.weight = float(weight)
         self.ema = float(ema)
         self.register_buffer("shrink", kappa / (counts + kappa))  # r_y, [C]
-        self.register_buffer("covariance", torch.zeros(0, 0))  # Sigma [D, D], sized by the first batch
+        self.register_buffer("covariance", torch.zeros(dim, dim))  # Sigma [D, D], pooled within-class
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # noqa: ANN001
-        saved = state_dict.get(prefix + "covariance")
-        if saved is not None and saved.shape != self.covariance.shape:
-            self.covariance = torch.zeros_like(saved)  # sized as the checkpoint's before it is copied in
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @torch.no_grad()
     def update(self, head_input: torch.Tensor, labels: torch.Tensor) -> None:
         """Fold one batch's normalised head inputs [B, D] into the pooled within-class covariance."""
         features, labels = gather_batch(F.normalize(head_input.detach().float(), dim=-1), labels)
         dim = features.shape[1]
-        if self.covariance.shape != (dim, dim):
-            self.covariance = torch.zeros(dim, dim, device=features.device)
         num_classes = self.shrink.shape[0]
         counts = torch.zeros(num_classes, device=features.device).index_add_(0, labels, torch.ones_like(
             labels, dtype=features.dtype))
@@ -71,8 +63,6 @@ class SpreadMargin(nn.Module):
     def forward(self, labels: torch.Tensor, head_weight: torch.Tensor, scale: float) -> torch.Tensor:
         """0.5 lambda_s r_y s^2 (w_j - w_y)^T Sigma (w_j - w_y) for each image's label y and every j: [B, C]."""
         rows = F.normalize(head_weight.float(), dim=-1)  # [C, D], with gradient
-        if self.covariance.numel() == 0:
-            return rows.new_zeros(len(labels), rows.shape[0])
         spread = rows @ self.covariance  # [C, D]
         quadratic = (spread * rows).sum(-1)  # w_j^T Sigma w_j, [C]
         cross = spread[labels] @ rows.t()  # w_y^T Sigma w_j, [B, C]
