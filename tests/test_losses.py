@@ -354,5 +354,8 @@ def test_spread_margin_meets_an_empty_micro_batch_without_changing() -> None:
     view = HeadView(torch.randn(6, 4, generator=torch.Generator().manual_seed(1)), torch.randn(3, 4), 25.0)
     loss(torch.zeros(6, 3), torch.tensor([0, 0, 1, 1, 2, 2]), torch.randn(6, 3), head=view)
     before = loss.spread.covariance.clone()
+    update, calls = loss.spread.update, []
+    loss.spread.update = lambda inputs, labels: (calls.append(tuple(inputs.shape)), update(inputs, labels))
     loss.observe_empty(3, torch.device("cpu"))
+    assert calls == [(0, 4)]  # it took part, with rows of the head's width
     assert torch.equal(loss.spread.covariance, before) and int(loss.spread.num_updates) == 1
