@@ -58,3 +58,25 @@ def test_a_world_variant_is_named_by_its_own_domain_s_ratio(bench) -> None:
     assert bench.world_tag({"imbalance_ratio": None, "variant": 1, "domain": "v3"}) == "ir50-v1"  # v3's ratio is 50
     assert bench.world_tag({"imbalance_ratio": 25.0, "variant": 0, "domain": "v3"}) == "ir25-v0"
     assert bench.world_tag({"imbalance_ratio": None, "variant": 1}) == "ir100-v1"  # a record before v3: world v2's
+
+
+@pytest.mark.parametrize("variant", [0, 1])
+def test_descriptions_are_those_of_the_world_variant_s_looks(bench, tmp_path, monkeypatch, variant: int) -> None:
+    import sage_cli.encode_text
+    from sage_cli.world import SHAPES_DESCRIPTIONS_V3
+    from sage_cli.world.shapes import describe_looks
+    from sage_cli.world.shapes_lt import resolve_domain
+
+    seen = []
+    monkeypatch.setattr(sage_cli.encode_text, "run", lambda config: seen.append(config))
+    bench.encode_variant(tmp_path / "out", "descriptions", bench.DemoConfig(out=tmp_path / "out"), variant)
+    (config,) = seen
+    described = json.loads(Path(config.descriptions).read_text())
+    if variant == 0:
+        assert Path(config.descriptions) == SHAPES_DESCRIPTIONS_V3  # the shipped file: variant 0's looks
+    else:
+        assert Path(config.descriptions).parent == tmp_path / "out"
+        assert described != json.loads(SHAPES_DESCRIPTIONS_V3.read_text())
+    looks = describe_looks(resolve_domain("v3", variant))  # each class's look words are in its sentences
+    assert all(all(word in " ".join(sentences) for word in looks[i][0].split())
+               for i, sentences in enumerate(described.values()))

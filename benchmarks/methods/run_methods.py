@@ -214,7 +214,7 @@ def main() -> None:
     started = time.perf_counter()
     prepare_inputs(args.out, base, **world)
     for text in sorted({VARIANTS[name][1].get("text") for name in args.variants} - {None}):
-        encode_variant(args.out, text, base)
+        encode_variant(args.out, text, base, args.world_variant)
     rows: dict[str, dict[str, list[dict]]] = {split: {"zero-shot": []} for split in args.splits}
     every_run: list[Path] = []
     for i, seed in enumerate(args.seeds):
@@ -280,8 +280,10 @@ def prepare_inputs(out: Path, base: DemoConfig, imbalance_ratio: float | None = 
     encode(out / "prepared", out / "text", base)
 
 
-def encode_variant(out: Path, name: str, base: DemoConfig) -> None:
-    """The text cache ``out/text-<name>`` (:data:`TEXT_CACHES`) from the toy CLIP, skipped when done."""
+def encode_variant(out: Path, name: str, base: DemoConfig, variant: int | None = None) -> None:
+    """The text cache ``out/text-<name>`` (:data:`TEXT_CACHES`) from the toy CLIP, skipped when done. World v3's
+    descriptions name each class's looks, which its class-order ``variant`` draws: the shipped file is variant 0's,
+    another variant's is generated beside the prepared world."""
     from sage_cli.encode_text import EncodeTextConfig
     from sage_cli.encode_text import run as encode_text
     from sage_cli.world import SHAPES_DESCRIPTIONS, SHAPES_DESCRIPTIONS_V3, TOY_MODEL, TOY_WEIGHTS
@@ -289,6 +291,13 @@ def encode_variant(out: Path, name: str, base: DemoConfig) -> None:
     options = dict(TEXT_CACHES[name])
     if options.get("descriptions") == "world":
         options["descriptions"] = SHAPES_DESCRIPTIONS_V3 if DEFAULT_DOMAIN == "v3" else SHAPES_DESCRIPTIONS
+        if DEFAULT_DOMAIN == "v3" and variant:
+            from sage_cli.world.attributes import save_class_descriptions
+            from sage_cli.world.shapes import class_names, describe_looks
+            from sage_cli.world.shapes_lt import resolve_domain
+
+            options["descriptions"] = save_class_descriptions(
+                out / f"descriptions-v3-variant{variant}.json", class_names(), describe_looks(resolve_domain("v3", variant)))
     target = out / f"text-{name}"
     if (target / "encode.json").is_file():
         return
