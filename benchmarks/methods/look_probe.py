@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sage_cli.data import ManifestDataset, load_prepared_data
+from sage_cli.data import ManifestDataset, build_loader, iterate_batches, load_prepared_data
 from sage_cli.train import load_trained_classifier
 from sage_cli.train.restore import PREPARED, locate_input
 from sage_cli.world.shapes import generate
@@ -52,10 +52,9 @@ def replay_looks(labels: np.ndarray, split: str, first_image: Path | None = None
 def predict(run: Path, data, split: str) -> np.ndarray:
     classifier, clip, _, _ = load_trained_classifier(run, device="cpu")
     rows = data.split(split).reset_index(drop=True)
-    dataset = ManifestDataset(rows, data.image_root, clip.preprocess_eval)
+    loader = build_loader(ManifestDataset(rows, data.image_root, clip.preprocess_eval), 256, 0, torch.device("cpu"))
     with torch.no_grad():
-        return torch.cat([classifier(torch.stack([dataset[i][0] for i in range(s, min(s + 256, len(dataset)))]))
-                          .argmax(1) for s in range(0, len(dataset), 256)]).numpy()
+        return torch.cat([classifier(batch[0]).argmax(1) for batch in iterate_batches(loader)]).numpy()
 
 
 def main() -> None:

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sage_cli.data import ManifestDataset, load_prepared_data
+from sage_cli.data import ManifestDataset, build_loader, iterate_batches, load_prepared_data
 from sage_cli.encode_text.cache import load_text_cache
 from sage_cli.report.frontier import compute_frontier_comparison
 from sage_cli.train import load_trained_classifier
@@ -40,16 +40,13 @@ RIDGE = (0.1, 1.0)
 KAPPA = 16.0  # the compensation's default pseudo-count (sage_cli.schema)
 
 
-def encode_split(classifier, clip, data, split: str) -> tuple[torch.Tensor, np.ndarray]:
-    """h(x) normalised [N, D] (what the cosine head reads) and the labels, eval preprocessing."""
+def encode_split(encode, data, split: str, preprocess) -> tuple[torch.Tensor, np.ndarray]:
+    """``encode`` of the split's images (eval preprocessing, the project's loader), float [N, *] and the labels."""
     rows = data.split(split).reset_index(drop=True)
-    dataset = ManifestDataset(rows, data.image_root, clip.preprocess_eval)
-    features = []
+    loader = build_loader(ManifestDataset(rows, data.image_root, preprocess), 256, 0, torch.device("cpu"))
     with torch.no_grad():
-        for start in range(0, len(dataset), 256):
-            batch = torch.stack([dataset[i][0] for i in range(start, min(start + 256, len(dataset)))])
-            features.append(classifier.encode_head_input(batch))
-    return F.normalize(torch.cat(features).float(), dim=-1), rows["label"].to_numpy().copy()
+        out = torch.cat([encode(batch[0]) for batch in iterate_batches(loader)]).float()
+    return out, rows["label"].to_numpy().copy()
 
 
 def anchors_in_head_space(classifier, text: torch.Tensor, train_mean: torch.Tensor) -> torch.Tensor:
@@ -79,7 +76,9 @@ def probe(run: Path, text_dirs: dict[str, Path]) -> dict:
     classifier, clip, record, _ = load_trained_classifier(run, device="cpu")
     classifier.eval()
     data = load_prepared_data(locate_input(run, record, PREPARED))
-    splits = {s: encode_split(classifier, clip, data, s) for s in ("train", "val", "test")}
+    # h(x) normalised [N, D]: what the cosine head reads
+    splits = {s: encode_split(lambda x: F.normalize(classifier.encode_head_input(x), dim=-1), data, s,
+                              clip.preprocess_eval) for s in ("train", "val", "test")}
     groups = data.classes["group"].tolist()
     num_classes = len(groups)
     counts = torch.as_tensor(np.bincount(splits["train"][1], minlength=num_classes), dtype=torch.float32)
@@ -129,14 +128,8 @@ def blend_rows(record, data, text_dirs: dict[str, Path], reference: dict, counts
     clip = build_backbone(model["model"], model["pretrained"], "cpu")
     clip.model.eval()
     shrink = KAPPA / (counts + KAPPA)
-    frozen = {}
-    for split in ("val", "test"):
-        rows = data.split(split).reset_index(drop=True)
-        dataset = ManifestDataset(rows, data.image_root, clip.preprocess_eval)
-        with torch.no_grad():
-            frozen[split] = torch.cat([clip.model.encode_image(torch.stack(
-                [dataset[i][0] for i in range(start, min(start + 256, len(dataset)))]), normalize=True)
-                for start in range(0, len(dataset), 256)]).float()
+    frozen = {split: encode_split(lambda x: clip.model.encode_image(x, normalize=True), data, split,
+                                  clip.preprocess_eval)[0] for split in ("val", "test")}
     out = {}
     for name, text_dir in text_dirs.items():
         text = F.normalize(load_text_cache(text_dir).class_embeddings.float(), dim=-1)
